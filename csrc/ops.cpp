@@ -1,0 +1,56 @@
+// The op registry: every torch.ops.erbnn schema lives here (one TORCH_LIBRARY block); CPU and CUDA
+// kernels register themselves with TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp and csrc/cuda/*.cu.
+// Fake (meta) implementations and autograd registration are in erbnn_ext/ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/cpu_isa.h"
+
+TORCH_LIBRARY(erbnn, m) {
+  // ---- restoration (method.md sections 1-3) ----
+  // w: [O, ...]; w_b same shape/dtype in {-1,+1}; mean, alpha: [O] (float32, float64 for float64 w).
+  m.def("restore_weight(Tensor w) -> (Tensor w_b, Tensor mean, Tensor alpha)");
+  // b: 0-dim tensor, the surrogate width.
+  m.def("_restore_weight_backward(Tensor grad_wb, Tensor w, Tensor mean, Tensor alpha, Tensor b) -> Tensor");
+  // x: [N, ...]; y = sigma * sign((x - mean) / sigma) + mean; mean, sigma 0-dim; sample_rms [N].
+  m.def("restore_activation(Tensor x) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms)");
+  m.def("_restore_activation_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
+        "Tensor sample_rms, Tensor b) -> Tensor");
+  // Fixed statistics (eval, or given by the caller): mean, sigma 0-dim.
+  m.def("restore_activation_fixed(Tensor x, Tensor mean, Tensor sigma) -> Tensor");
+  m.def("_restore_activation_fixed_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
+        "Tensor b) -> Tensor");
+  // Forward sign(x) (+1 for x >= 0); backward g * (max(b,1)/b) * (1 - tanh(x/b)^2).
+  m.def("approx_sign(Tensor x) -> Tensor");
+  m.def("_approx_sign_backward(Tensor grad, Tensor x, Tensor b) -> Tensor");
+
+  // ---- adaptive percentile (method.md section 3) ----
+  // max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation, exact, by selection. 0-dim float32.
+  m.def("two_sided_quantile(Tensor x, float p) -> Tensor");
+
+  // ---- bit packing and XNOR-popcount ops (kernels.md) ----
+  m.def("pack_signs(Tensor x, int dim) -> Tensor");
+  m.def("unpack_signs(Tensor packed, int n, int dim) -> Tensor");
+  // == F.conv2d(sign(x), sign(w), stride, padding, dilation) with zero padding; float32 out.
+  m.def("binary_conv2d(Tensor x, Tensor w, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // == sign(x) @ sign(w).T; float32 out.
+  m.def("binary_linear(Tensor x, Tensor w) -> Tensor");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "erbnn_ext native kernels (ops are registered as torch.ops.erbnn.*)";
+  m.def("cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::active_cpu_isa())); },
+        "The CPU code path kernels use now.");
+  m.def("detected_cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::detected_cpu_isa())); });
+  m.def("set_cpu_isa",
+        [](const std::string& name) { return std::string(erbnn::cpu_isa_name(erbnn::set_cpu_isa(name))); },
+        "Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.");
+  m.def("amx_available", &erbnn::amx_available);
+  m.def("cuda_compiled", [] {
+#ifdef ERBNN_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

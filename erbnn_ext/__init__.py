@@ -1,0 +1,64 @@
+"""erbnn_ext: ER-BNN (Efficient Restoration for Binary Neural Networks) for PyTorch, with fused kernels.
+
+Quick use::
+
+    import erbnn_ext
+    erbnn_ext.backend_info()                 # what was compiled and which CPU path runs
+    from erbnn_ext import functional as EF
+    w_b, mean, alpha = EF.restore_weight(conv.weight)
+"""
+import platform
+
+import torch
+
+from . import _native, _backend
+from ._version import __version__
+from ._backend import get_backend, set_backend, use_backend
+from . import ops, reference, functional, baselines  # noqa: E402,F401
+
+
+def native_available() -> bool:
+    """True when the compiled extension (torch.ops.erbnn kernels) loaded."""
+    return _native.available()
+
+
+def set_cpu_isa(name: str) -> str:
+    """Cap the CPU code path ("scalar", "avx2", "avx512", "auto"); returns the path now active.
+    The environment variable ERBNN_CPU_ISA sets it at load."""
+    if not native_available():
+        raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
+    return _native._C.set_cpu_isa(name)
+
+
+def backend_info() -> dict:
+    """What was compiled and what runs: native, cpu_isa, cuda_compiled, cuda_archs, torch, version, ..."""
+    info = {
+        "native": native_available(),
+        "backend": get_backend(),
+        "cpu_isa": None,
+        "detected_cpu_isa": None,
+        "amx": False,
+        "cuda_compiled": False,
+        "cuda_archs": [],
+        "cuda_available": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "version": __version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    if native_available():
+        C = _native._C
+        info.update(cpu_isa=C.cpu_isa(), detected_cpu_isa=C.detected_cpu_isa(), amx=C.amx_available(),
+                    cuda_compiled=C.cuda_compiled())
+        try:
+            from . import _build_info
+            info["cuda_archs"] = list(_build_info.CUDA_ARCHS) if info["cuda_compiled"] else []
+        except ImportError:
+            pass
+    else:
+        info["load_error"] = _native.LOAD_ERROR
+    return info
+
+
+__all__ = ["__version__", "native_available", "backend_info", "set_backend", "get_backend", "use_backend",
+           "set_cpu_isa", "functional", "reference", "ops", "baselines"]

@@ -1,0 +1,270 @@
+"""Pure-PyTorch reference twins of every torch.ops.erbnn op: the fallback backend and the tests' truth.
+
+Each op has the same name and signature as its native twin (see csrc/ops.cpp). Arithmetic runs in
+float32 for float32/float16/bfloat16 inputs and in float64 for float64 inputs. The `*_autograd`
+functions at the end implement method.md straight from the formulas with torch autograd (only the sign
+has a hand-written surrogate), so that the explicit backward formulas can be checked against them.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-12  # floor of alpha / sigma / per-sample RMS (method.md section 1); csrc/common/macros.h kEps
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def acc_dtype(dtype):
+    """Accumulation / statistics dtype for an input dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_float(x, name):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+
+
+def check_finite(x, name):
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def as_width(b, like):
+    """The surrogate width b as a 0-dim tensor of like's accumulation dtype."""
+    return torch.as_tensor(b, dtype=acc_dtype(like.dtype), device=like.device).reshape(())
+
+
+def sign(x):
+    """+1 for x >= 0 (also -0.0), -1 otherwise; same dtype as x."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def surrogate_grad(x, b):
+    """(h / b) * (1 - tanh(x / b)^2) with h = max(b, 1) (method.md section 3)."""
+    b = as_width(b, x).to(x.dtype)
+    return (b.clamp_min(1) / b) * (1 - torch.tanh(x / b) ** 2)
+
+
+# ------------------------------------------------------------------------------------------ approx_sign
+def approx_sign(x):
+    check_float(x, "x")
+    return sign(x)
+
+
+def approx_sign_backward(grad, x, b):
+    acc = acc_dtype(x.dtype)
+    return (grad.to(acc) * surrogate_grad(x.to(acc), b)).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------- restore_weight
+def _weight_rows(w):
+    check_float(w, "w")
+    if w.dim() < 1:
+        raise ValueError(f"w must have at least 1 dimension (output channels first), got {w.dim()}-D")
+    check_finite(w, "w")
+    return w.reshape(w.shape[0], -1).to(acc_dtype(w.dtype))
+
+
+def restore_weight(w):
+    """(w_b, mean, alpha): per output channel mean and population RMS, w_b = sign((w - mean) / alpha)."""
+    rows = _weight_rows(w)
+    if rows.shape[1] == 0:
+        z = rows.new_zeros(rows.shape[0])
+        return torch.ones_like(w), z, z.clone()
+    mean = rows.mean(1)
+    alpha = (rows - mean[:, None]).pow(2).mean(1).sqrt()
+    what = (rows - mean[:, None]) / alpha.clamp_min(EPS)[:, None]
+    return sign(what).reshape(w.shape).to(w.dtype), mean, alpha
+
+
+def restore_weight_backward(grad_wb, w, mean, alpha, b):
+    """dL/dW = (g - mean(g) - What * mean(g * What)) / alpha, g = dL/dW_b * surrogate'(What)."""
+    rows = _weight_rows(w)
+    if rows.numel() == 0:
+        return torch.zeros_like(w)
+    acc = rows.dtype
+    a = alpha.to(acc).clamp_min(EPS)[:, None]
+    what = (rows - mean.to(acc)[:, None]) / a
+    g = grad_wb.reshape(rows.shape).to(acc) * surrogate_grad(what, b)
+    dw = (g - g.mean(1, keepdim=True) - what * (g * what).mean(1, keepdim=True)) / a
+    return dw.reshape(w.shape).to(w.dtype)
+
+
+# ----------------------------------------------------------------------------------- restore_activation
+def _activation_rows(x):
+    check_float(x, "x")
+    if x.dim() < 1:
+        raise ValueError(f"x must have a batch dimension, got a {x.dim()}-D tensor")
+    check_finite(x, "x")
+    return x.reshape(x.shape[0], -1).to(acc_dtype(x.dtype))
+
+
+def restore_activation(x):
+    """(y, mean, sigma, sample_rms): batch statistics of method.md section 2.
+
+    mean = mean(x); sample_rms[n] = sqrt(mean_d (x[n] - mean)^2); sigma = mean_n sample_rms[n];
+    y = sigma * sign((x - mean) / sigma) + mean.
+    """
+    rows = _activation_rows(x)
+    acc = rows.dtype
+    if rows.numel() == 0:
+        z = torch.zeros((), dtype=acc, device=x.device)
+        return torch.empty_like(x), z, z.clone(), rows.new_zeros(rows.shape[0])
+    mean = rows.mean()
+    rms = (rows - mean).pow(2).mean(1).sqrt()
+    sigma = rms.mean()
+    return restore_activation_fixed(x, mean, sigma), mean, sigma, rms
+
+
+def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b):
+    """Backward of restore_activation with mean and sigma differentiable (derivation in docs)."""
+    rows = _activation_rows(x)
+    acc = rows.dtype
+    if rows.numel() == 0:
+        return torch.zeros_like(x)
+    n, d = rows.shape
+    mu, sig = mean.to(acc), sigma.to(acc)
+    r = sample_rms.to(acc).clamp_min(EPS)
+    xc = rows - mu
+    xhat = xc / sig.clamp_min(EPS)
+    g = grad_y.reshape(rows.shape).to(acc)
+    gs = g * surrogate_grad(xhat, b)
+    g_sigma = (g * sign(xhat)).sum() - (gs * xhat).sum()
+    dsigma_dmu = -((xc.mean(1)) / r).sum() / n
+    g_mu = g.sum() - gs.sum() + g_sigma * dsigma_dmu
+    dx = gs + g_sigma * xc / (n * d * r[:, None]) + g_mu / (n * d)
+    return dx.reshape(x.shape).to(x.dtype)
+
+
+def restore_activation_fixed(x, mean, sigma):
+    """y = sigma * sign((x - mean) / sigma) + mean with given 0-dim statistics."""
+    check_float(x, "x")
+    acc = acc_dtype(x.dtype)
+    mu, sig = torch.as_tensor(mean, dtype=acc), torch.as_tensor(sigma, dtype=acc)
+    xf = x.to(acc)
+    xhat = (xf - mu.to(x.device)) / sig.to(x.device).clamp_min(EPS)
+    return (sig.to(x.device) * sign(xhat) + mu.to(x.device)).to(x.dtype)
+
+
+def restore_activation_fixed_backward(grad_y, x, mean, sigma, b):
+    """dL/dx = g * surrogate'((x - mean) / sigma): sigma * surrogate' / sigma."""
+    acc = acc_dtype(x.dtype)
+    sig = torch.as_tensor(sigma, dtype=acc, device=x.device)
+    xhat = (x.to(acc) - torch.as_tensor(mean, dtype=acc, device=x.device)) / sig.clamp_min(EPS)
+    scale = sig / sig.clamp_min(EPS)
+    return (grad_y.to(acc) * surrogate_grad(xhat, b) * scale).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------ quantile by sort
+def _quantile_sorted(v, p):
+    """numpy.quantile(method="linear") of a sorted 1-D float64 tensor."""
+    n = v.numel()
+    h = (n - 1) * p
+    lo = min(int(math.floor(h)), n - 1)
+    hi = min(lo + 1, n - 1)
+    return v[lo] + (h - lo) * (v[hi] - v[lo])
+
+
+def two_sided_quantile(x, p):
+    """max(Q_p(|x[x<=0]|), Q_p(x[x>=0])) with linear interpolation, exact (sorts: the reference)."""
+    check_float(x, "x")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if x.numel() == 0:
+        raise ValueError("two_sided_quantile: x is empty")
+    check_finite(x, "x")
+    flat = x.reshape(-1).double()
+    neg, pos = -flat[flat <= 0], flat[flat >= 0]
+    qs = [_quantile_sorted(torch.sort(h).values, p) for h in (neg, pos) if h.numel()]
+    return torch.stack(qs).max().to(torch.float32)
+
+
+# -------------------------------------------------------------------------------------------- packing
+def _word_bits(device):
+    return 64 if device.type == "cpu" else 32
+
+
+def pack_signs(x, dim=1):
+    """Sign bits of x along `dim` packed into words: the result has `dim` moved last and replaced by
+    ceil(n / W) words (W = 64, int64 on CPU; 32, int32 on CUDA). Bit j of word k holds element k*W + j
+    (1 for x >= 0); tail bits past n are 0."""
+    check_float(x, "x")
+    check_finite(x, "x")
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    bits = _word_bits(x.device)
+    words = (n + bits - 1) // bits
+    b = (x.movedim(dim, -1) >= 0).to(torch.int64)
+    b = F.pad(b, (0, words * bits - n)).reshape(*b.shape[:-1], words, bits)
+    shifts = torch.arange(bits, device=x.device, dtype=torch.int64)
+    packed = (b << shifts).sum(-1)  # distinct bits: the sum is the OR (mod 2^64)
+    if bits == 32:
+        packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    return packed.contiguous()
+
+
+def unpack_signs(packed, n, dim=1):
+    """Inverse of pack_signs: a float32 tensor of +-1 with the packed axis restored at `dim`."""
+    bits = 64 if packed.dtype == torch.int64 else 32
+    shifts = torch.arange(bits, device=packed.device, dtype=torch.int64)
+    b = (packed.to(torch.int64)[..., None] >> shifts) & 1
+    b = b.reshape(*packed.shape[:-1], -1)[..., :n]
+    out = b.to(torch.float32) * 2 - 1
+    return out.movedim(-1, dim % out.dim())
+
+
+# ------------------------------------------------------------------------------------ binary conv/GEMM
+def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """F.conv2d(sign(x), sign(w)) with zero padding, float32 (integer values)."""
+    check_float(x, "x")
+    check_float(w, "w")
+    check_finite(x, "x")
+    check_finite(w, "w")
+    return F.conv2d(sign(x.float()), sign(w.float()), stride=stride, padding=padding, dilation=dilation)
+
+
+def binary_linear(x, w):
+    """sign(x) @ sign(w).T, float32."""
+    check_float(x, "x")
+    check_float(w, "w")
+    check_finite(x, "x")
+    check_finite(w, "w")
+    return sign(x.float()) @ sign(w.float()).t()
+
+
+# ------------------------------------------------------------- autograd ground truth (tests, float64)
+class _SignSurrogate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b):
+        ctx.save_for_backward(x, b)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, b = ctx.saved_tensors
+        return g * surrogate_grad(x, b), None
+
+
+def approx_sign_autograd(x, b):
+    return _SignSurrogate.apply(x, as_width(b, x).to(x.dtype))
+
+
+def restore_weight_autograd(w, b):
+    """w_b with autograd through mean and alpha (method.md section 1), for gradient checks."""
+    rows = w.reshape(w.shape[0], -1)
+    mean = rows.mean(1, keepdim=True)
+    alpha = (rows - mean).pow(2).mean(1, keepdim=True).sqrt()
+    return approx_sign_autograd((rows - mean) / alpha.clamp_min(EPS), b).reshape(w.shape)
+
+
+def restore_activation_autograd(x, b):
+    """y with autograd through the batch mean and sigma (method.md section 2), for gradient checks."""
+    rows = x.reshape(x.shape[0], -1)
+    mean = rows.mean()
+    sigma = (rows - mean).pow(2).mean(1).sqrt().mean()
+    y = sigma * approx_sign_autograd((rows - mean) / sigma.clamp_min(EPS), b) + mean
+    return y.reshape(x.shape)
