@@ -14,7 +14,7 @@ import torch
 from . import _native, _backend
 from ._version import __version__
 from ._backend import get_backend, set_backend, use_backend
-from . import ops, reference, functional, baselines  # noqa: E402,F401
+from . import ops, reference, functional, baselines, nn  # noqa: E402,F401
 
 
 def native_available() -> bool:
@@ -61,4 +61,4 @@ def backend_info() -> dict:
 
 
 __all__ = ["__version__", "native_available", "backend_info", "set_backend", "get_backend", "use_backend",
-           "set_cpu_isa", "functional", "reference", "ops", "baselines"]
+           "set_cpu_isa", "functional", "reference", "ops", "baselines", "nn"]

@@ -19,6 +19,9 @@ def _be():
 
 
 def _width(b, like):
+    # A float or tensor b becomes a 0-dim tensor of like's accumulation dtype. The Functions keep it on
+    # ctx (not save_for_backward) and read it when the backward runs: the forward never depends on b, so
+    # a layer may pass a tensor that it fills in after measuring this step's quantile (nn.layers).
     return reference.as_width(b.detach() if isinstance(b, torch.Tensor) else b, like)
 
 
@@ -27,13 +30,14 @@ class ApproxSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, b):
-        ctx.save_for_backward(x, b)
+        ctx.save_for_backward(x)
+        ctx.b = b
         return _be().approx_sign(x)
 
     @staticmethod
     def backward(ctx, grad):
-        x, b = ctx.saved_tensors
-        return _be().approx_sign_backward(grad.contiguous(), x, b), None
+        (x,) = ctx.saved_tensors
+        return _be().approx_sign_backward(grad.contiguous(), x, ctx.b), None
 
 
 def approx_sign(x, b=1.0):
@@ -50,22 +54,23 @@ class RestoreWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, b):
         w_b, mean, alpha = _be().restore_weight(w)
-        ctx.save_for_backward(w, mean, alpha, b)
+        ctx.save_for_backward(w, mean, alpha)
+        ctx.b = b
         ctx.mark_non_differentiable(mean, alpha)
         return w_b, mean, alpha
 
     @staticmethod
     def backward(ctx, grad_wb, _gm, _ga):
-        w, mean, alpha, b = ctx.saved_tensors
+        w, mean, alpha = ctx.saved_tensors
         if grad_wb is None:
             return None, None
-        return _be().restore_weight_backward(grad_wb.contiguous(), w, mean, alpha, b), None
+        return _be().restore_weight_backward(grad_wb.contiguous(), w, mean, alpha, ctx.b), None
 
 
 def restore_weight(w, b=1.0):
     """Per output channel (dim 0): mean, population RMS alpha, w_b = sign((w - mean) / alpha).
 
-    Args: w [O, ...] float tensor; b: surrogate width (float or 0-dim tensor).
+    Args: w [O, ...] float tensor; b: surrogate width (float or 0-dim tensor, read when the backward runs).
     Returns (w_b, mean, alpha): w_b like w in {-1, +1}; mean, alpha [O] float32 (float64 for float64 w).
     Gradient: g = dL/dw_b * (h/b)(1 - tanh(What/b)^2), dL/dw = (g - mean(g) - What*mean(g*What)) / alpha,
     with alpha floored at 1e-12 (a constant channel gives w_b = +1 and a finite gradient).
@@ -79,16 +84,17 @@ class RestoreActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b):
         y, mean, sigma, rms = _be().restore_activation(x)
-        ctx.save_for_backward(x, mean, sigma, rms, b)
+        ctx.save_for_backward(x, mean, sigma, rms)
+        ctx.b = b
         ctx.mark_non_differentiable(mean, sigma)
         return y, mean, sigma
 
     @staticmethod
     def backward(ctx, grad_y, _gm, _gs):
-        x, mean, sigma, rms, b = ctx.saved_tensors
+        x, mean, sigma, rms = ctx.saved_tensors
         if grad_y is None:
             return None, None
-        return _be().restore_activation_backward(grad_y.contiguous(), x, mean, sigma, rms, b), None
+        return _be().restore_activation_backward(grad_y.contiguous(), x, mean, sigma, rms, ctx.b), None
 
 
 class RestoreActivationFixed(torch.autograd.Function):
@@ -96,13 +102,14 @@ class RestoreActivationFixed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean, sigma, b):
-        ctx.save_for_backward(x, mean, sigma, b)
+        ctx.save_for_backward(x, mean, sigma)
+        ctx.b = b
         return _be().restore_activation_fixed(x, mean, sigma)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, mean, sigma, b = ctx.saved_tensors
-        return _be().restore_activation_fixed_backward(grad_y.contiguous(), x, mean, sigma, b), None, None, None
+        x, mean, sigma = ctx.saved_tensors
+        return _be().restore_activation_fixed_backward(grad_y.contiguous(), x, mean, sigma, ctx.b), None, None, None
 
 
 def restore_activation(x, b=1.0, stats=None):
