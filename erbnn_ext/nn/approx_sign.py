@@ -27,7 +27,7 @@ class ApproxSign(torch.nn.Module):
         super().__init__()
         self.min_width = float(min_width)
         self.register_buffer("p", torch.tensor(float(p)))
-        self.register_buffer("b", torch.tensor(1.0))  # current width
+        self.register_buffer("b", torch.tensor(1.0, dtype=torch.float64))  # current width
         self.q = RingMean(buffer_size)
         self._p_host = float(p)  # mirror of p: the quantile op takes a host float (no device sync)
 

@@ -7,7 +7,7 @@ import torch
 
 
 class RingMean(torch.nn.Module):
-    def __init__(self, size: int, dtype=torch.float32):
+    def __init__(self, size: int, dtype=torch.float64):
         super().__init__()
         if size < 1:
             raise ValueError(f"ring buffer size must be >= 1, got {size}")
