@@ -1,0 +1,152 @@
+"""deploy.freeze: an inference-only copy of an ER-BNN model on the XNOR-popcount kernels.
+
+An eval-mode ERBinaryConv2d computes conv(sigma * sign(x - mu) + mu, W_b) + bias with the running
+statistics (mu, sigma); because its input takes two values this equals
+    sigma * conv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias        (zero padding, method.md section 2),
+which binary_ops.binary_conv2d_packed computes from weights packed once, with the per-channel affine
+in its epilogue. A BatchNorm that directly follows (and is used nowhere else) folds into that epilogue:
+BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean * a.
+ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
+"""
+import copy
+import warnings
+
+import torch
+import torch.fx
+
+from . import binary_ops, functional as EF
+from .nn.layers import ERBinaryConv2d, ERBinaryLinear
+
+__all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear"]
+
+
+def _running_stats(layer, name):
+    stats = layer.running_stats()
+    if stats is None:
+        raise ValueError(f"deploy.freeze: layer '{name}' has no recorded activation statistics; "
+                         f"train the model (or run training-mode forwards with grad enabled) before freezing")
+    return float(stats[0]), float(stats[1])
+
+
+def _bn_affine(bn):
+    a = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    c = bn.bias.detach().double() - bn.running_mean.double() * a
+    return a, c
+
+
+class _FrozenBinary(torch.nn.Module):
+    """Shared state: packed +-1 weights and the epilogue (out_scale, out_bias, ones_scale), float32."""
+
+    def _freeze_from(self, layer, weight4d, bn, name):
+        self.mu, sigma = _running_stats(layer, name)
+        with torch.no_grad():
+            w_b = EF.restore_weight(weight4d.detach())[0]
+            o = w_b.shape[0]
+            scale = torch.full((o,), sigma, dtype=torch.float64)
+            ones = torch.full((o,), self.mu, dtype=torch.float64)
+            bias = (layer.bias.detach().double().cpu() if layer.bias is not None
+                    else torch.zeros(o, dtype=torch.float64))
+            if bn is not None:
+                a, c = (t.cpu() for t in _bn_affine(bn))
+                scale, ones, bias = scale * a, ones * a, bias * a + c
+        dev = weight4d.device
+        self.register_buffer("w_packed", binary_ops.pack_conv_weight(w_b.float()))
+        self.register_buffer("out_scale", scale.float().to(dev))
+        self.register_buffer("out_bias", bias.float().to(dev))
+        self.register_buffer("ones_scale", ones.float().to(dev))
+        self.folded_bn = bn is not None
+
+    def _conv(self, x4d, stride, padding, dilation):
+        return binary_ops.binary_conv2d_packed(x4d, self.w_packed, stride, padding, dilation, x_shift=self.mu,
+                                               out_scale=self.out_scale, out_bias=self.out_bias,
+                                               ones_scale=self.ones_scale)
+
+
+class FrozenBinaryConv2d(_FrozenBinary):
+    """Inference-only ERBinaryConv2d (+ an optional folded BatchNorm2d) on the packed XNOR kernel."""
+
+    def __init__(self, layer: ERBinaryConv2d, bn=None, name="conv"):
+        super().__init__()
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self._freeze_from(layer, layer.weight, bn, name)
+
+    def forward(self, x):
+        return self._conv(x, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
+                f"mu={self.mu:.4g}, folded_bn={self.folded_bn}")
+
+
+class FrozenBinaryLinear(_FrozenBinary):
+    """Inference-only ERBinaryLinear (+ an optional folded BatchNorm1d), as a 1x1 packed conv."""
+
+    def __init__(self, layer: ERBinaryLinear, bn=None, name="linear"):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._freeze_from(layer, layer.weight[:, :, None, None], bn, name)
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        out = self._conv(x.reshape(-1, self.in_features, 1, 1), (1, 1), (0, 0), (1, 1))
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, mu={self.mu:.4g}, folded_bn={self.folded_bn}"
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, (ERBinaryConv2d, ERBinaryLinear)) or super().is_leaf_module(m, qualname)
+
+
+def _bn_followers(model):
+    """{ER layer name: BatchNorm name} where the BatchNorm's only input is that layer's output, the layer
+    output feeds nothing else, and each is called exactly once. Empty if the model cannot be traced."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # data-dependent control flow etc.: freeze still works, without folding
+        warnings.warn(f"deploy.freeze: could not trace the model to find BatchNorms to fold ({exc}); "
+                      f"BatchNorms stay separate")
+        return {}
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    pairs = {}
+    for target, nodes in calls.items():
+        bn = model.get_submodule(target)
+        if not isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) or len(nodes) != 1:
+            continue
+        src = nodes[0].args[0] if nodes[0].args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and len(calls.get(src.target, [])) == 1 and bn.track_running_stats
+                and isinstance(model.get_submodule(src.target), (ERBinaryConv2d, ERBinaryLinear))):
+            pairs[src.target] = target
+    return pairs
+
+
+def _set(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def freeze(model: torch.nn.Module, fold_bn: bool = True) -> torch.nn.Module:
+    """An inference-only copy of `model` with every ERBinaryConv2d / ERBinaryLinear replaced by a frozen
+    layer on the XNOR-popcount kernels (weights packed once), BatchNorms that directly follow them folded
+    into the kernel epilogue. The copy is in eval mode with gradients off; its outputs equal the eval-mode
+    model's to float tolerance. The layers must have recorded activation statistics (trained)."""
+    frozen = copy.deepcopy(model).eval()
+    pairs = _bn_followers(frozen) if fold_bn else {}
+    for name, m in list(frozen.named_modules()):
+        if isinstance(m, (ERBinaryConv2d, ERBinaryLinear)):
+            bn_name = pairs.get(name)
+            bn = frozen.get_submodule(bn_name) if bn_name else None
+            cls = FrozenBinaryConv2d if isinstance(m, ERBinaryConv2d) else FrozenBinaryLinear
+            _set(frozen, name, cls(m, bn, name))
+            if bn_name:
+                _set(frozen, bn_name, torch.nn.Identity())
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
