@@ -208,3 +208,13 @@ def test_torch_compile_fullgraph(native):
     (gc,) = torch.autograd.grad(out, x, g)
     (ge,) = torch.autograd.grad(EF.restore_activation(x, 0.5)[0], x, g)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.cuda
+def test_cuda_non_finite_propagates_nan(native):
+    """No host sync in the CUDA forward: NaN/Inf poison mean, sigma and y."""
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    x[1, 2, 3, 4] = float("inf")
+    y, mean, sigma = EF.restore_activation(x)
+    assert not torch.isfinite(mean) or not torch.isfinite(sigma)
+    assert torch.isnan(y).all()

@@ -162,3 +162,13 @@ def test_torch_compile_fullgraph(native):
     (gc,) = torch.autograd.grad(out, w, g)
     (ge,) = torch.autograd.grad(EF.restore_weight(w, 0.5)[0], w, g)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.cuda
+def test_cuda_non_finite_propagates_nan(native):
+    """No host sync in the CUDA forward: NaN/Inf poison that channel's statistics and signs."""
+    w = torch.randn(4, 50, device="cuda")
+    w[2, 7] = float("nan")
+    w_b, mean, alpha = EF.restore_weight(w)
+    assert torch.isnan(mean[2]) and torch.isnan(w_b[2]).all()
+    assert torch.isfinite(mean[[0, 1, 3]]).all() and torch.equal(w_b[[0, 1, 3]], R.restore_weight(w[[0, 1, 3]])[0])

@@ -35,16 +35,16 @@ def time_fn(fn, device, min_run_time=0.2):
     return tb.Timer(stmt="call()", globals={"call": call}).blocked_autorange(min_run_time=min_run_time).median
 
 
-def _native_ops():
-    ops = torch.ops.erbnn
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("erbnn::restore_weight", "CPU"):
-        raise RuntimeError("the native restore_weight kernel is not built")
-    return ops
+def _native_ops(device):
+    from .. import ops
+    if not ops.has_kernel("restore_weight", device.type):
+        raise RuntimeError(f"no native restore_weight kernel for {device.type} in this build")
+    return torch.ops.erbnn
 
 
 def weight_forward_fns(w):
     """The forward weight restorations to compare, as zero-argument callables."""
-    ops = _native_ops()
+    ops = _native_ops(w.device)
     return {
         "native": lambda: ops.restore_weight(w),
         "reference": lambda: reference.restore_weight(w),
@@ -56,7 +56,7 @@ def weight_forward_fns(w):
 def weight_backward_fns(w, b=0.5):
     """Backward of weight restoration: the fused native op against autograd of the reference
     (reference.restore_weight_autograd), backward alone (graph retained) and forward + backward."""
-    ops = _native_ops()
+    ops = _native_ops(w.device)
     bt = torch.tensor(b, dtype=torch.float32, device=w.device)
     g = torch.randn_like(w)
     _, mean, alpha = ops.restore_weight(w)
