@@ -74,6 +74,8 @@ def restore_weight(w, b=1.0):
     Returns (w_b, mean, alpha): w_b like w in {-1, +1}; mean, alpha [O] float32 (float64 for float64 w).
     Gradient: g = dL/dw_b * (h/b)(1 - tanh(What/b)^2), dL/dw = (g - mean(g) - What*mean(g*What)) / alpha,
     with alpha floored at 1e-12 (a constant channel gives w_b = +1 and a finite gradient).
+    Non-finite w: on CPU a ValueError naming w; on CUDA the forward does not synchronise with the host
+    to check, so NaN/Inf propagate instead (that channel's mean/alpha are NaN or Inf, its w_b is NaN).
     """
     return RestoreWeight.apply(w, _width(b, w))
 
@@ -118,6 +120,8 @@ def restore_activation(x, b=1.0, stats=None):
     Args: x [N, C, H, W] or [N, F]; b: surrogate width; stats: None for the batch statistics
     (mean = mean(x), sigma = mean over samples of the per-sample RMS about mean; both differentiable),
     or (mean, sigma) to use fixed values. Returns (y, mean, sigma), mean and sigma 0-dim.
+    Non-finite x: on CPU a ValueError; on CUDA (no host sync in the forward) NaN propagates into
+    mean, sigma and y instead.
     """
     if x.dim() < 1:
         raise ValueError(f"x must have a batch dimension, got a {x.dim()}-D tensor")

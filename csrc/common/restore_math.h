@@ -41,3 +41,45 @@ ERBNN_HD T clamp_eps(T v) {
 }
 
 }  // namespace erbnn
+
+namespace erbnn {
+
+// ---- weight restoration (method.md section 1) ----
+// dL/dW for one element: (g - mean(g) - What * mean(g * What)) * inv_alpha, inv_alpha = 1 / max(alpha, eps).
+template <typename T>
+ERBNN_HD T restore_weight_grad(T g, T what, T mean_g, T mean_gw, T inv_alpha) {
+  return (g - mean_g - what * mean_gw) * inv_alpha;
+}
+
+// ---- activation restoration (method.md section 2) ----
+// y = sigma * sign((x - mu) / max(sigma, eps)) + mu takes two values, y_pos = sigma + mu for
+// (x - mu) / sigma >= 0 and y_neg = mu - sigma otherwise; the caller computes both once.
+template <typename T, typename Y>
+ERBNN_HD Y restore_activation_value(T x, T mu, T sigma_clamped, Y y_pos, Y y_neg) {
+  return (x - mu) / sigma_clamped >= T(0) ? y_pos : y_neg;
+}
+
+// Combined coefficients of the activation backward (reference.restore_activation_backward), from the
+// global sums over all N*D elements (xc = x - mu, xhat = xc / max(sigma, eps), gs = g * surrogate'(xhat)):
+//   g_sigma = sum(g * sign(xhat)) - sum(gs * xhat)
+//   g_mu    = sum(g) - sum(gs) + g_sigma * dsigma_dmu,  dsigma_dmu = -(1/N) sum_n mean_d(xc_n) / r_n
+// and then dL/dx = gs + g_sigma * xc / (N * D * r_n) + g_mu / (N * D).
+struct ActivationGradCoef {
+  double g_sigma;
+  double g_mu;
+};
+
+ERBNN_HD ActivationGradCoef activation_grad_coef(double sum_g_sign, double sum_gs_xhat, double sum_g,
+                                                 double sum_gs, double dsigma_dmu) {
+  const double g_sigma = sum_g_sign - sum_gs_xhat;
+  return {g_sigma, sum_g - sum_gs + g_sigma * dsigma_dmu};
+}
+
+// Sum of (x - mu)^2 over D elements from sums shifted by k (s1 = sum(x - k), s2 = sum((x - k)^2)):
+// shifting by a value inside the data keeps the cancellation small. Clamped at 0 against rounding.
+ERBNN_HD double centered_sq_sum(double s1, double s2, double d, double mu_minus_k) {
+  const double v = s2 - 2.0 * mu_minus_k * s1 + d * mu_minus_k * mu_minus_k;
+  return v > 0.0 ? v : 0.0;
+}
+
+}  // namespace erbnn

@@ -1,0 +1,299 @@
+// Activation restoration (method.md section 2), CPU. x is viewed as [N, D] (D = C*H*W or F).
+//   forward:  one statistics pass (per-sample sums shifted by the sample's first element, in double),
+//             a tiny combine (mean, per-sample RMS about the batch mean, sigma), one write pass.
+//   backward: one pass for the global sums (gs = g * surrogate' is kept in dx when dx's dtype holds it
+//             exactly), a tiny combine, one write pass.
+//   fixed-statistics forward and backward: one pass each.
+// Work is split into (sample, block) items (SampleBlocks) so that any N and D use all threads.
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "cpu_utils.h"
+#include "restore_cpu.h"
+
+namespace erbnn {
+namespace {
+
+void check_activation(const at::Tensor& x) {
+  check_float_input(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a batch dimension, got a ", x.dim(), "-D tensor");
+}
+
+at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ------------------------------------------------------------------------------------------ forward
+template <typename scalar_t, typename stat_t>
+void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, double& s2_out) {
+  double s1 = 0.0, s2 = 0.0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < len; ++i) {
+    const double v = static_cast<double>(static_cast<stat_t>(p[i])) - k;
+    s1 += v;
+    s2 += v * v;
+  }
+  s1_out = s1;
+  s2_out = s2;
+}
+
+template <typename scalar_t, typename stat_t>
+void write_two_values(const scalar_t* p, scalar_t* y, int64_t len, stat_t mu, stat_t sc, scalar_t y_pos,
+                      scalar_t y_neg) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i)
+    y[i] = restore_activation_value(static_cast<stat_t>(p[i]), mu, sc, y_pos, y_neg);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x_in) {
+  check_activation(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
+  const auto st = stat_dtype(x);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor mean = at::zeros({}, x.options().dtype(st)), sigma = at::zeros({}, x.options().dtype(st));
+  at::Tensor rms = at::zeros({N}, x.options().dtype(st));
+  if (x.numel() == 0) return {y, mean, sigma, rms};
+  const SampleBlocks sb(N, D);
+  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    std::vector<double> s1(sb.items()), s2(sb.items());
+    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+      isa_call([&] {
+        for (int64_t it = lo; it < hi; ++it) {
+          const scalar_t* row = xp + sb.sample(it) * D;
+          const double k = static_cast<double>(static_cast<stat_t>(row[0]));
+          shifted_sums<scalar_t, stat_t>(row + sb.begin(it), sb.end(it) - sb.begin(it), k, s1[it], s2[it]);
+        }
+      });
+    });
+    // Combine (O(items), sequential). A non-finite shifted sum means NaN/Inf in x.
+    std::vector<double> k(N), S1(N, 0.0), S2(N, 0.0);
+    double mu = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      k[n] = static_cast<double>(static_cast<stat_t>(xp[n * D]));
+      for (int64_t j = 0; j < sb.per_sample; ++j) {
+        S1[n] += s1[n * sb.per_sample + j];
+        S2[n] += s2[n * sb.per_sample + j];
+      }
+      TORCH_CHECK_VALUE(std::isfinite(S1[n]) && std::isfinite(S2[n]) && std::isfinite(k[n]),
+                        "x contains NaN or Inf (sample ", n, "): restore_activation needs finite inputs");
+      mu += k[n] + S1[n] / double(D);
+    }
+    mu /= double(N);
+    stat_t* rp = rms.mutable_data_ptr<stat_t>();
+    double sig = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double r = std::sqrt(centered_sq_sum(S1[n], S2[n], double(D), mu - k[n]) / double(D));
+      rp[n] = static_cast<stat_t>(r);
+      sig += r;
+    }
+    sig /= double(N);
+    const stat_t mu_s = static_cast<stat_t>(mu), sig_s = static_cast<stat_t>(sig), sc = clamp_eps(sig_s);
+    mean.fill_(mu_s);
+    sigma.fill_(sig_s);
+    const scalar_t y_pos = static_cast<scalar_t>(sig_s + mu_s), y_neg = static_cast<scalar_t>(mu_s - sig_s);
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+      isa_call([&] {
+        for (int64_t it = lo; it < hi; ++it) {
+          const int64_t off = sb.sample(it) * D + sb.begin(it);
+          write_two_values<scalar_t, stat_t>(xp + off, yp + off, sb.end(it) - sb.begin(it), mu_s, sc, y_pos, y_neg);
+        }
+      });
+    });
+  });
+  return {y, mean, sigma, rms};
+}
+
+// ----------------------------------------------------------------------------------------- backward
+struct GradSums {
+  double g_sign = 0, gs_xhat = 0, g = 0, gs = 0, xc = 0;
+};
+
+// Sums of one block; with kStore, gs is written to dx for the write pass.
+template <bool kStore, typename scalar_t, typename stat_t>
+GradSums grad_sums(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
+                   stat_t inv_b, stat_t scale) {
+  double a = 0, b = 0, c = 0, d = 0, e = 0;
+#pragma omp simd reduction(+ : a, b, c, d, e)
+  for (int64_t i = 0; i < len; ++i) {
+    const stat_t xc = static_cast<stat_t>(xp[i]) - mu;
+    const stat_t xhat = xc / sc;
+    const stat_t g = static_cast<stat_t>(gp[i]);
+    const stat_t gs = g * surrogate_cpu(xhat, inv_b, scale);
+    if constexpr (kStore) dx[i] = gs;
+    a += static_cast<double>(xhat >= stat_t(0) ? g : -g);
+    b += static_cast<double>(gs * xhat);
+    c += static_cast<double>(g);
+    d += static_cast<double>(gs);
+    e += static_cast<double>(xc);
+  }
+  return {a, b, c, d, e};
+}
+
+template <bool kStore, typename scalar_t, typename stat_t>
+void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
+                stat_t inv_b, stat_t scale, stat_t coef_xc, stat_t coef_1) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const stat_t xc = static_cast<stat_t>(xp[i]) - mu;
+    stat_t gs;
+    if constexpr (kStore) {
+      gs = static_cast<stat_t>(dx[i]);
+    } else {
+      gs = static_cast<stat_t>(gp[i]) * surrogate_cpu(xc / sc, inv_b, scale);
+    }
+    dx[i] = static_cast<scalar_t>(gs + coef_xc * xc + coef_1);
+  }
+}
+
+at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+                                           const at::Tensor& sigma_in, const at::Tensor& rms_in, const at::Tensor& b) {
+  check_activation(x_in);
+  check_same_shape(grad_in, "grad_y", x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
+  const auto st = stat_dtype(x);
+  const at::Tensor mean = as_stat(mean_in, st, "mean", 1), sigma = as_stat(sigma_in, st, "sigma", 1);
+  const at::Tensor rms = as_stat(rms_in, st, "sample_rms", N);
+  const double bw = read_width(b);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return dx.zero_();
+  const at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
+  const SampleBlocks sb(N, D);
+  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_backward_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    constexpr bool kStore = std::is_same_v<scalar_t, stat_t>;
+    const stat_t mu = *mean.const_data_ptr<stat_t>(), sc = clamp_eps(*sigma.const_data_ptr<stat_t>());
+    const stat_t inv_b = stat_t(1) / stat_t(bw), scale = surrogate_scale(stat_t(bw));
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    std::vector<GradSums> part(sb.items());
+    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+      isa_call([&] {
+        for (int64_t it = lo; it < hi; ++it) {
+          const int64_t off = sb.sample(it) * D + sb.begin(it);
+          part[it] = grad_sums<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it),
+                                                         mu, sc, inv_b, scale);
+        }
+      });
+    });
+    const stat_t* rp = rms.const_data_ptr<stat_t>();
+    GradSums tot;
+    double dsigma_dmu = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      double xc_n = 0.0;
+      for (int64_t j = 0; j < sb.per_sample; ++j) {
+        const GradSums& p = part[n * sb.per_sample + j];
+        tot.g_sign += p.g_sign, tot.gs_xhat += p.gs_xhat, tot.g += p.g, tot.gs += p.gs;
+        xc_n += p.xc;
+      }
+      dsigma_dmu -= (xc_n / double(D)) / static_cast<double>(clamp_eps(rp[n]));
+    }
+    dsigma_dmu /= double(N);
+    const ActivationGradCoef cf = activation_grad_coef(tot.g_sign, tot.gs_xhat, tot.g, tot.gs, dsigma_dmu);
+    const double nd = double(N) * double(D);
+    const stat_t coef_1 = static_cast<stat_t>(cf.g_mu / nd);
+    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+      isa_call([&] {
+        for (int64_t it = lo; it < hi; ++it) {
+          const int64_t n = sb.sample(it), off = n * D + sb.begin(it);
+          const stat_t coef_xc = static_cast<stat_t>(cf.g_sigma / (nd * static_cast<double>(clamp_eps(rp[n]))));
+          grad_write<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it), mu, sc,
+                                               inv_b, scale, coef_xc, coef_1);
+        }
+      });
+    });
+  });
+  return dx;
+}
+
+// ---------------------------------------------------------------------------------- fixed statistics
+template <typename scalar_t, typename stat_t>
+bool write_two_values_checked(const scalar_t* p, scalar_t* y, int64_t len, stat_t mu, stat_t sc, scalar_t y_pos,
+                              scalar_t y_neg) {
+  int nan = 0;
+#pragma omp simd reduction(| : nan)
+  for (int64_t i = 0; i < len; ++i) {
+    const stat_t v = static_cast<stat_t>(p[i]);
+    nan |= v != v;
+    y[i] = restore_activation_value(v, mu, sc, y_pos, y_neg);
+  }
+  return nan == 0;
+}
+
+at::Tensor restore_activation_fixed_cpu(const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& sigma_in) {
+  check_float_input(x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const auto st = stat_dtype(x);
+  const at::Tensor mean = as_stat(mean_in, st, "mean", 1), sigma = as_stat(sigma_in, st, "sigma", 1);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return y;
+  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    const stat_t mu = *mean.const_data_ptr<stat_t>(), sig = *sigma.const_data_ptr<stat_t>(), sc = clamp_eps(sig);
+    const scalar_t y_pos = static_cast<scalar_t>(sig + mu), y_neg = static_cast<scalar_t>(mu - sig);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    std::atomic<bool> ok{true};
+    at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
+      bool fine = true;
+      isa_call([&] { fine = write_two_values_checked<scalar_t, stat_t>(xp + lo, yp + lo, hi - lo, mu, sc, y_pos, y_neg); });
+      if (!fine) ok.store(false, std::memory_order_relaxed);
+    });
+    TORCH_CHECK_VALUE(ok.load(), "x contains NaN: its restored value is undefined");
+  });
+  return y;
+}
+
+template <typename scalar_t, typename stat_t>
+void fixed_grad(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
+                stat_t inv_b, stat_t scale) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const stat_t xhat = (static_cast<stat_t>(xp[i]) - mu) / sc;
+    dx[i] = static_cast<scalar_t>(static_cast<stat_t>(gp[i]) * surrogate_cpu(xhat, inv_b, scale));
+  }
+}
+
+at::Tensor restore_activation_fixed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                 const at::Tensor& mean_in, const at::Tensor& sigma_in,
+                                                 const at::Tensor& b) {
+  check_float_input(x_in, "x");
+  check_same_shape(grad_in, "grad_y", x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const auto st = stat_dtype(x);
+  const at::Tensor mean = as_stat(mean_in, st, "mean", 1), sigma = as_stat(sigma_in, st, "sigma", 1);
+  const double bw = read_width(b);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return dx;
+  const at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
+  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_backward_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    const stat_t mu = *mean.const_data_ptr<stat_t>(), sig = *sigma.const_data_ptr<stat_t>(), sc = clamp_eps(sig);
+    // dy/dx = sigma * surrogate'(xhat) / max(sigma, eps): the ratio folds into the surrogate's height.
+    const stat_t inv_b = stat_t(1) / stat_t(bw), scale = surrogate_scale(stat_t(bw)) * (sig / sc);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
+      isa_call([&] { fixed_grad<scalar_t, stat_t>(gp + lo, xp + lo, dp + lo, hi - lo, mu, sc, inv_b, scale); });
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
+  m.impl("restore_activation", &restore_activation_cpu);
+  m.impl("_restore_activation_backward", &restore_activation_backward_cpu);
+  m.impl("restore_activation_fixed", &restore_activation_fixed_cpu);
+  m.impl("_restore_activation_fixed_backward", &restore_activation_fixed_backward_cpu);
+}
+
+}  // namespace erbnn

@@ -1,0 +1,152 @@
+// Weight restoration (method.md section 1), CPU: per output channel mean, population RMS and signs in
+// one kernel, and the fused backward (surrogate gradient + standardisation backward) in another.
+// Parallel over output channels; each channel (Cin*kh*kw elements, <= 18 KiB for the models here) is
+// read from memory once and re-read from L1/L2 by the later passes over it.
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_utils.h"
+#include "restore_cpu.h"
+
+namespace erbnn {
+namespace {
+
+// Channels per parallel task: enough elements that a task outweighs its scheduling.
+int64_t channel_grain(int64_t n) { return std::max<int64_t>(1, kElemGrain / std::max<int64_t>(n, 1)); }
+
+// Channels [lo, hi): mean, alpha and the signs. Sums are in double (exact enough for any Cin*kh*kw);
+// a non-finite sum means NaN/Inf in the channel (a double sum of finite floats cannot overflow), so the
+// finiteness check costs nothing extra. Returns false on non-finite input.
+template <typename scalar_t, typename stat_t>
+bool weight_forward_rows(const scalar_t* w, scalar_t* out, stat_t* mean, stat_t* alpha, int64_t n,
+                         int64_t lo, int64_t hi) {
+  bool finite = true;
+  for (int64_t o = lo; o < hi; ++o) {
+    const scalar_t* row = w + o * n;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(static_cast<stat_t>(row[i]));
+    if (!std::isfinite(s)) {
+      finite = false;
+      continue;
+    }
+    const stat_t mu = static_cast<stat_t>(s / double(n));
+    double q = 0.0;
+#pragma omp simd reduction(+ : q)
+    for (int64_t i = 0; i < n; ++i) {
+      const stat_t d = static_cast<stat_t>(row[i]) - mu;
+      q += static_cast<double>(d) * static_cast<double>(d);
+    }
+    const stat_t al = static_cast<stat_t>(std::sqrt(q / double(n)));
+    const stat_t a = clamp_eps(al);
+    mean[o] = mu;
+    alpha[o] = al;
+    scalar_t* dst = out + o * n;
+    const scalar_t pos(1), neg(-1);
+    // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit.
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = (static_cast<stat_t>(row[i]) - mu) / a >= stat_t(0) ? pos : neg;
+  }
+  return finite;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w_in) {
+  check_float_input(w_in, "w");
+  TORCH_CHECK_VALUE(w_in.dim() >= 1, "w must have at least 1 dimension (output channels first), got ",
+                    w_in.dim(), "-D");
+  const at::Tensor w = w_in.contiguous();
+  const int64_t O = w.size(0), n = O == 0 ? 0 : w.numel() / O;
+  const auto st = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor w_b = at::empty_like(w, at::MemoryFormat::Contiguous);
+  at::Tensor mean = at::zeros({O}, w.options().dtype(st));
+  at::Tensor alpha = at::zeros({O}, w.options().dtype(st));
+  if (n == 0) return {w_b.fill_(1), mean, alpha};
+  ERBNN_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* dst = w_b.mutable_data_ptr<scalar_t>();
+    stat_t* mp = mean.mutable_data_ptr<stat_t>();
+    stat_t* ap = alpha.mutable_data_ptr<stat_t>();
+    std::atomic<bool> finite{true};
+    at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
+      bool ok = true;
+      isa_call([&] { ok = weight_forward_rows<scalar_t, stat_t>(src, dst, mp, ap, n, lo, hi); });
+      if (!ok) finite.store(false, std::memory_order_relaxed);
+    });
+    TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
+  });
+  return {w_b, mean, alpha};
+}
+
+// Channels [lo, hi) of the backward: g = grad * surrogate'(What) and its two channel means in one
+// pass (g kept in `scratch`, n values, cache-resident), then dW in a second pass over the channel.
+template <typename scalar_t, typename stat_t>
+void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t* mean, const stat_t* alpha,
+                          scalar_t* dw, stat_t* scratch, int64_t n, stat_t inv_b, stat_t scale, int64_t lo,
+                          int64_t hi) {
+  for (int64_t o = lo; o < hi; ++o) {
+    const scalar_t* row = w + o * n;
+    const scalar_t* grow = grad + o * n;
+    const stat_t mu = mean[o], a = clamp_eps(alpha[o]), inv_a = stat_t(1) / a;
+    double sg = 0.0, sgw = 0.0;
+#pragma omp simd reduction(+ : sg, sgw)
+    for (int64_t i = 0; i < n; ++i) {
+      const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
+      const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
+      scratch[i] = g;
+      sg += static_cast<double>(g);
+      sgw += static_cast<double>(g * what);
+    }
+    const stat_t mg = static_cast<stat_t>(sg / double(n)), mgw = static_cast<stat_t>(sgw / double(n));
+    scalar_t* dst = dw + o * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
+      dst[i] = static_cast<scalar_t>(restore_weight_grad(scratch[i], what, mg, mgw, inv_a));
+    }
+  }
+}
+
+at::Tensor restore_weight_backward_cpu(const at::Tensor& grad_in, const at::Tensor& w_in, const at::Tensor& mean_in,
+                                       const at::Tensor& alpha_in, const at::Tensor& b) {
+  check_float_input(w_in, "w");
+  TORCH_CHECK_VALUE(w_in.dim() >= 1, "w must have at least 1 dimension, got ", w_in.dim(), "-D");
+  check_same_shape(grad_in, "grad_wb", w_in, "w");
+  const at::Tensor w = w_in.contiguous();
+  const int64_t O = w.size(0), n = O == 0 ? 0 : w.numel() / O;
+  const auto st = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor mean = as_stat(mean_in, st, "mean", O), alpha = as_stat(alpha_in, st, "alpha", O);
+  const double bw = read_width(b);
+  at::Tensor dw = at::empty_like(w, at::MemoryFormat::Contiguous);
+  if (n == 0) return dw.zero_();
+  const at::Tensor g = grad_in.to(w.scalar_type()).contiguous();
+  ERBNN_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_backward_cpu", [&] {
+    using stat_t = stat_type<scalar_t>;
+    const stat_t inv_b = stat_t(1) / stat_t(bw), scale = surrogate_scale(stat_t(bw));
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const stat_t* mp = mean.const_data_ptr<stat_t>();
+    const stat_t* ap = alpha.const_data_ptr<stat_t>();
+    scalar_t* out = dw.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
+      std::vector<stat_t> scratch(n);
+      isa_call([&] {
+        weight_backward_rows<scalar_t, stat_t>(gp, wp, mp, ap, out, scratch.data(), n, inv_b, scale, lo, hi);
+      });
+    });
+  });
+  return dw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
+  m.impl("restore_weight", &restore_weight_cpu);
+  m.impl("_restore_weight_backward", &restore_weight_backward_cpu);
+}
+
+}  // namespace erbnn
