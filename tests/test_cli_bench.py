@@ -87,7 +87,7 @@ def test_quick_run_writes_png_and_tables(quick_run):
         assert text in proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_ARGS = [
     (["--batch", "0"], "positive integer"),
     (["--batch", "two"], "positive integer"),
     (["--repeat", "-1"], "positive integer"),
@@ -98,8 +98,20 @@ def test_quick_run_writes_png_and_tables(quick_run):
     (["--device", "tpu"], "invalid choice"),
     (["--min-time", "nan"], "positive number"),
     (["--bogus"], "unrecognized arguments"),
-])
-def test_bad_arguments(args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGS)
+def test_bad_arguments_in_process(args, message, capsys):
+    from erbnn_ext.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [BAD_ARGS[0], BAD_ARGS[4]])
+def test_bad_arguments_subprocess(args, message):
     proc = run_cli(*args, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr
@@ -119,5 +131,5 @@ def test_unwritable_out_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     proc = run_cli("--quick", "--threads", "1", "--no-progress", "--models", "resnet20", "--sections", "conv",
                    "--out", str(blocker / "sub"), timeout=60)
-    assert proc.returncode == 1
-    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "--out" in proc.stderr and "cannot create" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,6 +2,7 @@
 binary layer shapes of the paper's models; tables to stdout, bench.json and bench.png to --out."""
 import argparse
 import json
+import os
 import sys
 
 from .shapes import MODELS
@@ -87,6 +88,12 @@ def cmd_bench(args):
     if args.device == "cuda" and not torch.cuda.is_available():
         why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
         return _fail(f"--device cuda: {why} (torch.cuda.is_available() is False); use --device cpu")
+    try:  # fail before minutes of measuring, not after
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        return _fail(f"--out {args.out!r}: cannot create the output folder: {e}")
+    if not os.access(args.out, os.W_OK):
+        return _fail(f"--out {args.out!r}: the output folder is not writable")
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
