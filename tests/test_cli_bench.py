@@ -133,3 +133,10 @@ def test_unwritable_out_is_a_clear_error(tmp_path):
                    "--out", str(blocker / "sub"), timeout=60)
     assert proc.returncode == 2
     assert "--out" in proc.stderr and "cannot create" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_load_warning():
+    from erbnn_ext.benchmarks.machine import load_warning
+    assert load_warning({"cpu_count": 2, "load_avg_start": 0.5, "load_avg_end": 1.9}) is None
+    assert "unreliable" in load_warning({"cpu_count": 2, "load_avg_start": 0.5, "load_avg_end": 6.4})
+    assert load_warning({"cpu_count": 2, "load_avg_start": None}) is None

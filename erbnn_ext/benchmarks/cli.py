@@ -56,22 +56,22 @@ def add_bench_parser(sub):
     """Register the `bench` subcommand on an argparse subparsers object."""
     sp = sub.add_parser(
         "bench", help="time restoration (ER-BNN vs IR-Net/ReCU) and binary conv vs F.conv2d",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sp.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
+        description=__doc__)
+    sp.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     sp.add_argument("--models", type=_models, default=list(DEFAULT_MODELS),
-                    help=f"comma-separated, from {','.join(MODELS)}")
+                    help=f"comma-separated, from {','.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
     sp.add_argument("--batch", type=_positive_int, default=None,
                     help=f"images per activation tensor (default {DEFAULT_BATCH}; {QUICK_BATCH} with --quick)")
     sp.add_argument("--repeat", type=_positive_int, default=None,
                     help="time each case with exactly N calls (Timer.timeit) instead of adaptive blocks")
     sp.add_argument("--min-time", type=_positive_float, default=0.2,
-                    help="seconds per case for adaptive timing (Timer.blocked_autorange)")
+                    help="seconds per case for adaptive timing (Timer.blocked_autorange; default 0.2)")
     sp.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
-    sp.add_argument("--sections", type=_sections, default=["overhead", "conv"], help="overhead,conv")
+    sp.add_argument("--sections", type=_sections, default=["overhead", "conv"], help="which parts, comma-separated (default overhead,conv)")
     sp.add_argument("--quick", action="store_true",
                     help=f"smoke run: {QUICK_REPEAT} calls per case, batch {QUICK_BATCH} unless --batch")
     sp.add_argument("--json", action="store_true", help="print the JSON result to stdout (tables to stderr)")
-    sp.add_argument("--out", default="erbnn_out", help="folder for bench.json and bench.png")
+    sp.add_argument("--out", default="erbnn_out", help="folder for bench.json and bench.png (default ./erbnn_out)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_bench)
     return sp

@@ -19,6 +19,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def load_average():
+    """The 1-minute load average (None where the OS has none): other work on the machine skews timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(device="cpu") -> dict:
     info = erbnn_ext.backend_info()
     dev = torch.device(device)
@@ -35,10 +43,20 @@ def machine_info(device="cpu") -> dict:
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_avg_start": load_average(),
     }
     if not info["native"]:
         out["load_error"] = info.get("load_error")
     return out
+
+
+def load_warning(m: dict):
+    """A warning line when the machine was busy (load above its CPU count) during the run, else None."""
+    loads = [v for v in (m.get("load_avg_start"), m.get("load_avg_end")) if v is not None]
+    if loads and m.get("cpu_count") and max(loads) > m["cpu_count"]:
+        return (f"WARNING: load average {max(loads):.1f} on {m['cpu_count']} CPUs during the run: other processes "
+                f"shared the CPUs, timings are unreliable (try --threads 1, or a quiet machine)")
+    return None
 
 
 def machine_line(m: dict) -> str:

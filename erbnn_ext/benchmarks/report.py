@@ -3,7 +3,7 @@ import json
 import os
 
 from . import conv, overhead
-from .machine import machine_line
+from .machine import load_warning, machine_line
 
 JSON_NAME, PNG_NAME = "bench.json", "bench.png"
 SUMMARY_MODES = overhead.MODES + ("train",)
@@ -118,6 +118,9 @@ def render_text(result):
     c = result["config"]
     head = [machine_line(result["machine"]),
             f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")]
+    warning = load_warning(result["machine"])
+    if warning:
+        head.append(warning)
     return "\n\n".join(["\n".join(head)] + overhead_tables(result) + conv_tables(result)) + "\n"
 
 

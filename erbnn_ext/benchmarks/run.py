@@ -5,7 +5,7 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from . import conv, overhead
-from .machine import machine_info
+from .machine import load_average, machine_info
 from .timing import measure
 
 SECTIONS = ("overhead", "conv")
@@ -36,6 +36,7 @@ def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, mi
                         file=sys.stderr, leave=False):
         row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=machine["threads"]))
         rows.append(row)
+    machine["load_avg_end"] = load_average()
     return {"machine": machine, "config": config, "rows": rows, "summary": summarise(rows)}
 
 
