@@ -25,8 +25,3 @@ def measure(fn, *, repeat=None, min_run_time=0.2, threads=None):
         calls = int(repeat)
     return {"time_s": float(m.median), "iqr_s": float(m.iqr), "calls": int(calls)}
 
-
-def sync(device):
-    """Wait for the device's queued work (a no-op on CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
