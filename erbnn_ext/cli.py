@@ -22,6 +22,8 @@ def build_parser():
     sp = sub.add_parser("info", help="show the compiled backends and the CPU path in use")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_info)
+    from .benchmarks.cli import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 

@@ -1,0 +1,146 @@
+"""Restoration overhead per binary layer: ER-BNN (native and reference backends) against IR-Net and ReCU.
+
+What one "call" does, per binary conv layer (weights W of the layer, activations x of a batch):
+  fwd      the forward restoration of W and x under no_grad, as a layer computes it in training:
+           ER-BNN  restore_weight(W) + restore_activation(x) (batch statistics; method.md 1-2)
+           IR-Net  irnet_binarize_weight(W) + sign(x)
+           ReCU    recu_binarize_weight(W) + sign(x / sqrt(var(x_n) + 1e-5)) per sample
+  fwd+bwd  the training-mode versions with their surrogate gradients (method.md 3 and 6), then
+           torch.autograd.grad of both outputs w.r.t. W and x with fixed random upstream gradients.
+  q        ER-BNN only: the per-step width measurement of its adaptive gradient, as ERBinaryConv2d does
+           it in every training step (What and xhat, then two_sided_quantile of each, p = 0.8, under
+           no_grad). IR-Net's EDE and ReCU have no such step. A training step of ER-BNN's restoration
+           costs fwd+bwd + q; the report shows that sum as "train".
+The conv itself is not included (conv.py times it).
+"""
+import torch
+
+from .. import baselines, functional as EF, ops
+from .._backend import native_active, use_backend
+from ..reference import EPS
+from .shapes import MODELS
+
+METHODS = ("erbnn_native", "erbnn_reference", "irnet", "recu")
+LABELS = {"erbnn_native": "ER-BNN native", "erbnn_reference": "ER-BNN reference",
+          "irnet": "IR-Net", "recu": "ReCU"}
+MODES = ("fwd", "fwd+bwd", "q")
+ERBNN_ONLY_MODES = ("q",)
+QUANTILE_P = 0.8  # start of the percentile schedule (method.md 3)
+
+_OPS = {
+    "fwd": ("restore_weight", "restore_activation"),
+    "fwd+bwd": ("restore_weight", "restore_activation", "_restore_weight_backward",
+                "_restore_activation_backward"),
+    "q": ("two_sided_quantile",),
+}
+
+
+def erbnn_backend(method, mode, device) -> str:
+    """Which implementation an ER-BNN row really ran: "native", "reference", or "mixed (reference: ...)"
+    when only some of its ops have a compiled kernel for this device (the rest fall back per op)."""
+    if method != "erbnn_native":
+        return "reference" if method == "erbnn_reference" else "pytorch"
+    with use_backend("native"):
+        if not native_active():
+            return "reference (native not loaded)"
+    dev = torch.device(device).type
+    missing = [op for op in _OPS[mode] if not ops.has_kernel(op, dev)]
+    if not missing:
+        return "native"
+    if len(missing) == len(_OPS[mode]):
+        return "reference (no kernels yet)"
+    return "mixed (reference: " + ", ".join(missing) + ")"
+
+
+def make_inputs(shape, batch, device, seed=0):
+    """Weights (kaiming-like scale) and activations of one layer, plus upstream gradients of both."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape.weight_shape(), generator=g) * (2.0 / (shape.cin * shape.k * shape.k)) ** 0.5
+    x = torch.randn(shape.input_shape(batch), generator=g)
+    gw, gx = torch.randn(w.shape, generator=g), torch.randn(x.shape, generator=g)
+    return tuple(t.to(device) for t in (w, x, gw, gx))
+
+
+def _erbnn_fn(backend, mode, w, x, gw, gx):
+    b = torch.ones((), device=w.device)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    if mode == "fwd":
+        def fwd():
+            with use_backend(backend), torch.no_grad():
+                EF.restore_weight(w, b)
+                EF.restore_activation(x, b)
+        return fwd
+    if mode == "q":
+        with use_backend(backend), torch.no_grad():
+            _, mean, alpha = EF.restore_weight(w, b)
+            _, mu, sigma = EF.restore_activation(x, b)
+        mean, alpha = mean.view(shape), alpha.clamp_min(EPS).view(shape)
+        sigma = sigma.clamp_min(EPS)
+
+        def widths():
+            with use_backend(backend), torch.no_grad():
+                EF.two_sided_quantile((w - mean) / alpha, QUANTILE_P)
+                EF.two_sided_quantile((x - mu) / sigma, QUANTILE_P)
+        return widths
+    wl, xl = w.detach().requires_grad_(), x.detach().requires_grad_()
+
+    def train_step():
+        with use_backend(backend):
+            w_b, _, _ = EF.restore_weight(wl, b)
+            y, _, _ = EF.restore_activation(xl, b)
+            torch.autograd.grad((w_b, y), (wl, xl), (gw, gx))
+    return train_step
+
+
+def _baseline_fn(method, mode, w, x, gw, gx):
+    if mode == "fwd":
+        wfn, xfn = {"irnet": (baselines.irnet_binarize_weight, baselines.irnet_binarize_activation),
+                    "recu": (baselines.recu_binarize_weight, baselines.recu_binarize_activation)}[method]
+
+        def fwd():
+            with torch.no_grad():
+                wfn(w)
+                xfn(x)
+        return fwd
+    wl, xl = w.detach().requires_grad_(), x.detach().requires_grad_()
+    if method == "irnet":
+        t, k = baselines.ede_params(0, 1)
+        wfn = lambda v: baselines.irnet_binarize_weight_train(v, t, k)  # noqa: E731
+        xfn = lambda v: baselines.irnet_binarize_activation_train(v, t, k)  # noqa: E731
+    else:
+        wfn, xfn = baselines.recu_binarize_weight_train, baselines.recu_binarize_activation_train
+
+    def train_step():
+        torch.autograd.grad((wfn(wl), xfn(xl)), (wl, xl), (gw, gx))
+    return train_step
+
+
+def make_fn(method, mode, w, x, gw, gx):
+    """The callable timed for one (method, mode) on one layer's tensors."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if method.startswith("erbnn"):
+        return _erbnn_fn(method.split("_")[1], mode, w, x, gw, gx)
+    if mode in ERBNN_ONLY_MODES:
+        raise ValueError(f"mode {mode!r} exists for the ER-BNN methods only")
+    return _baseline_fn(method, mode, w, x, gw, gx)
+
+
+def cases(models, batch, device, methods=METHODS, modes=MODES):
+    """Yield (row, fn) for every model x layer x mode x method (mode q: ER-BNN methods only). The layer's tensors are made once and
+    shared by its methods, which run back to back so that they see the same machine state."""
+    for model in models:
+        for shape in MODELS[model]:
+            tensors = make_inputs(shape, batch, device)
+            for mode in modes:
+                for method in methods:
+                    if mode in ERBNN_ONLY_MODES and not method.startswith("erbnn"):
+                        continue
+                    row = {"section": "overhead", "model": model, "layer": shape.name, "count": shape.count,
+                           "weight_shape": list(shape.weight_shape()),
+                           "input_shape": list(shape.input_shape(batch)), "batch": batch,
+                           "method": method, "label": LABELS[method], "mode": mode,
+                           "backend": erbnn_backend(method, mode, device), "device": str(device)}
+                    yield row, make_fn(method, mode, *tensors)
