@@ -210,7 +210,7 @@ std::vector<typename QuantileKey<scalar_t>::Key> gather(const scalar_t* x, const
 // Histogram of one digit of the gathered keys that pass f: hist[sign * kRadixBins + digit].
 template <typename scalar_t>
 void digit_histogram(const std::vector<typename QuantileKey<scalar_t>::Key>& keys, const Filter<scalar_t>& f,
-                     int shift, std::vector<int64_t>& hist) {
+                     int shift, int width, std::vector<int64_t>& hist) {
   using Key = typename QuantileKey<scalar_t>::Key;
   constexpr int bits = QuantileKey<scalar_t>::kBits;
   constexpr Key mag_mask = (Key(1) << bits) - 1;
@@ -220,7 +220,7 @@ void digit_histogram(const std::vector<typename QuantileKey<scalar_t>::Key>& key
     std::vector<int64_t> local(2 * kRadixBins, 0);
     for (int64_t i = begin; i < end; ++i) {
       const Key r = keys[i], s = r >> bits;
-      if ((r & f.mask) == f.want[s]) ++local[s * kRadixBins + ((r >> shift) & (kRadixBins - 1))];
+      if ((r & f.mask) == f.want[s]) ++local[s * kRadixBins + ((r >> shift) & ((Key(1) << width) - 1))];
       if ((r & mag_mask) == 0 && f.zero_in[1 - s]) ++local[(1 - s) * kRadixBins];  // zero: both halves
     }
     std::lock_guard<std::mutex> lock(merge);
@@ -312,7 +312,7 @@ float select_quantile(const scalar_t* x, int64_t n, double p) {
   // The remaining digits, on the gathered keys.
   for (int pass = 1; pass < passes; ++pass) {
     const int shift = radix_shift(QK::kBits, pass), width = radix_width(QK::kBits, pass);
-    digit_histogram<scalar_t>(keys, Filter<scalar_t>(hs, digit_mask), shift, hist);
+    digit_histogram<scalar_t>(keys, Filter<scalar_t>(hs, digit_mask), shift, width, hist);
     for (int h = 0; h < 2; ++h)
       if (hs[h].active()) choose_bucket(hs[h], hist.data() + h * kRadixBins, shift, width, pass == passes - 1);
     digit_mask |= uint64_t((1 << width) - 1) << shift;
