@@ -188,38 +188,45 @@ int64_t gather_chunk(const scalar_t* x, int64_t begin, int64_t end, const Filter
   return gather_scalar(x, begin, end, f, out);
 }
 
+// The gathered keys: data[0, size).
+template <typename Key>
+struct Gathered {
+  std::unique_ptr<Key[]> data;
+  int64_t size = 0;
+};
+
 // Pass 2: the raw keys of x that pass f, packed. bound[c] >= chunk c's count of them (from pass 1).
 template <typename scalar_t>
-std::vector<typename QuantileKey<scalar_t>::Key> gather(const scalar_t* x, const Chunks& ch,
-                                                        const Filter<scalar_t>& f,
-                                                        const std::vector<int64_t>& bound) {
+Gathered<typename QuantileKey<scalar_t>::Key> gather(const scalar_t* x, const Chunks& ch, const Filter<scalar_t>& f,
+                                                     const std::vector<int64_t>& bound) {
   using Key = typename QuantileKey<scalar_t>::Key;
   std::vector<int64_t> offset(ch.count + 1, 0), count(ch.count, 0);
   for (int64_t c = 0; c < ch.count; ++c) offset[c + 1] = offset[c] + bound[c] + 1;  // +1: the spare slot
-  std::unique_ptr<Key[]> buf(new Key[offset[ch.count]]);  // uninitialized: every used slot is written
+  Gathered<Key> g{std::unique_ptr<Key[]>(new Key[offset[ch.count]])};  // uninitialized: used slots are written
   at::parallel_for(0, ch.count, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      count[c] = gather_chunk(x, ch.begin(c), ch.end(c), f, buf.get() + offset[c]);
+      count[c] = gather_chunk(x, ch.begin(c), ch.end(c), f, g.data.get() + offset[c]);
   });
-  std::vector<Key> keys;
-  keys.reserve(offset[ch.count]);
-  for (int64_t c = 0; c < ch.count; ++c) keys.insert(keys.end(), buf.get() + offset[c], buf.get() + offset[c] + count[c]);
-  return keys;
+  for (int64_t c = 0; c < ch.count; ++c) {  // close the gaps (moves only leftwards)
+    std::memmove(g.data.get() + g.size, g.data.get() + offset[c], count[c] * sizeof(Key));
+    g.size += count[c];
+  }
+  return g;
 }
 
 // Histogram of one digit of the gathered keys that pass f: hist[sign * kRadixBins + digit].
 template <typename scalar_t>
-void digit_histogram(const std::vector<typename QuantileKey<scalar_t>::Key>& keys, const Filter<scalar_t>& f,
+void digit_histogram(const Gathered<typename QuantileKey<scalar_t>::Key>& keys, const Filter<scalar_t>& f,
                      int shift, int width, std::vector<int64_t>& hist) {
   using Key = typename QuantileKey<scalar_t>::Key;
   constexpr int bits = QuantileKey<scalar_t>::kBits;
   constexpr Key mag_mask = (Key(1) << bits) - 1;
   std::fill(hist.begin(), hist.end(), 0);
   std::mutex merge;
-  at::parallel_for(0, int64_t(keys.size()), kElemGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, keys.size, kElemGrain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> local(2 * kRadixBins, 0);
     for (int64_t i = begin; i < end; ++i) {
-      const Key r = keys[i], s = r >> bits;
+      const Key r = keys.data[i], s = r >> bits;
       if ((r & f.mask) == f.want[s]) ++local[s * kRadixBins + ((r >> shift) & ((Key(1) << width) - 1))];
       if ((r & mag_mask) == 0 && f.zero_in[1 - s]) ++local[(1 - s) * kRadixBins];  // zero: both halves
     }
@@ -319,7 +326,7 @@ float select_quantile(const scalar_t* x, int64_t n, double p) {
   }
   // key_hi beyond the last bucket: first among the gathered keys (they hold the whole top bucket),
   // else in the next top buckets, over x.
-  if (hs[0].need_min || hs[1].need_min) min_above<scalar_t>(keys.data(), int64_t(keys.size()), hs);
+  if (hs[0].need_min || hs[1].need_min) min_above<scalar_t>(keys.data.get(), keys.size, hs);
   if (hs[0].need_min || hs[1].need_min) min_above<scalar_t>(x, n, hs);
 
   double result = 0.0;  // n > 0: at least one half is active

@@ -200,7 +200,7 @@ __global__ void finalize_kernel(const State* st, float* out) {
 // Enough blocks to fill the GPU, few enough that merging block histograms stays cheap.
 int histogram_grid(int64_t n) {
   const int64_t want = (n + kHistThreads * 16 - 1) / (kHistThreads * 16);
-  const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 4;
+  const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
   return int(std::max<int64_t>(1, std::min(want, cap)));
 }
 
