@@ -96,6 +96,12 @@ def test_special_data(native, isa, kind, n, dtype):
     check(x, ps())
 
 
+@pytest.mark.parametrize("kind", ["ties", "all_negative", "zeros", "mostly_zeros", "wide"])
+def test_special_data_several_chunks(native, isa, kind):
+    # above 2^18 elements the CPU kernel splits x into chunks that gather their candidates apart
+    check(_case(kind, 700_001, torch.float32), [0.8, float(torch.rand(()))])
+
+
 def test_one_half_empty_takes_the_other(native):
     x = torch.tensor([1.0, 2.0, 4.0])
     assert ops.two_sided_quantile(x, 0.5).item() == 2.0

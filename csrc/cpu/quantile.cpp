@@ -68,12 +68,15 @@ struct Filter {
   }
 };
 
-// Fixed chunks of x (the gather pass reuses pass 1's per-chunk counts to place its output).
+// Fixed chunks of x (the gather pass reuses pass 1's per-chunk counts to place its output), each
+// worth far more than a parallel region's start (a pass costs about 1 ns per element).
+constexpr int64_t kMinChunk = int64_t(1) << 18;
+
 struct Chunks {
   int64_t n, len, count;
   explicit Chunks(int64_t n_) : n(n_) {
     const int64_t threads = at::get_num_threads();
-    len = std::max<int64_t>(kElemGrain, (n + 4 * threads - 1) / (4 * threads));
+    len = std::max<int64_t>(kMinChunk, (n + 4 * threads - 1) / (4 * threads));
     len = std::min<int64_t>(len, int64_t(1) << 28);  // per-chunk counts fit uint32
     count = (n + len - 1) / len;
   }
