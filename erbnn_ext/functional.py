@@ -134,7 +134,8 @@ def restore_activation(x, b=1.0, stats=None):
 
 def two_sided_quantile(x, p):
     """max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation as numpy.quantile, exact over all
-    elements (selection, not sorting, in the native kernels). One half empty -> the other's. 0-dim float32."""
+    elements (selection, not sorting, in the native kernels). One half empty -> the other's. 0-dim float32.
+    NaN/Inf in x: ValueError, except with the native CUDA kernel, which returns NaN (no host sync)."""
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
