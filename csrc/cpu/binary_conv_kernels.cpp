@@ -1,0 +1,228 @@
+// Tile builder and the XNOR-popcount microkernels of the CPU binary convolution (binary_conv_cpu.h).
+// AVX-512: XOR -> VPOPCNTQ -> VPADDQ, register-blocked 8 output channels x 16 pixels (16 zmm
+// accumulators), the weight word an embedded broadcast. AVX2: nibble-LUT popcount (vpshufb) with byte
+// accumulators flushed by vpsadbw. Portable: __builtin_popcountll.
+#include "binary_conv_cpu.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#define ERBNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,fma")))
+#define ERBNN_AVX2 __attribute__((target("avx2,fma,popcnt")))
+
+namespace erbnn {
+
+void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
+  const int64_t Cw = g.Cw;
+  t.storage.resize(size_t(g.K) * kTilePx + 8);
+  t.buf = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(t.storage.data()) + 63) & ~uintptr_t(63));
+  t.part_tap.clear();
+  t.part_ok.clear();
+  int64_t iy0[kTilePx], ix0[kTilePx];
+  for (int j = 0; j < kTilePx; ++j) {
+    const int64_t p = t.p0 + j;
+    iy0[j] = (p / g.OW) * g.sh - g.ph;
+    ix0[j] = (p % g.OW) * g.sw - g.pw;
+    t.nvalid[j] = 0;
+  }
+  const uint32_t full = t.np >= 32 ? ~0u : ((1u << t.np) - 1);
+  const uint64_t* img = P + t.n * g.H * g.W * Cw;
+  uint64_t* dst = t.buf;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
+      uint32_t ok = 0;
+      for (int j = 0; j < kTilePx; ++j) {
+        const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
+        if (j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
+          ok |= 1u << j;
+          ++t.nvalid[j];
+          const uint64_t* src = img + (iy * g.W + ix) * Cw;
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[cw];
+        } else {
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = 0;
+        }
+      }
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(ky * g.kw + kx));
+        t.part_ok.push_back(ok);
+      }
+    }
+  }
+}
+
+namespace {
+
+inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
+  return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
+}
+
+}  // namespace
+
+void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t* s, const Epilogue& e,
+                     float* out) {
+  float* dst = out_row(g, t, o, out);
+  const int32_t* pop = e.tap_pop + o * g.taps;
+  const bool fused = e.scale || e.bias || e.ones;
+  const float sc = e.scale ? e.scale[o] : 1.0f, bi = e.bias ? e.bias[o] : 0.0f;
+  for (int j = 0; j < t.np; ++j) {
+    int64_t corr = 0;
+    for (size_t i = 0; i < t.part_tap.size(); ++i)
+      if (!((t.part_ok[i] >> j) & 1u)) corr += pop[t.part_tap[i]];
+    const int64_t conv = g.C * t.nvalid[j] - 2 * (s[j] - corr);
+    float v = float(conv);
+    if (fused) {
+      v = std::fma(sc, v, bi);
+      if (e.ones) {
+        const int64_t oc = e.ones_full[o] - 2 * corr + g.C * (g.taps - t.nvalid[j]);
+        v = std::fma(e.ones[o], float(oc), v);
+      }
+    }
+    dst[j] = v;
+  }
+}
+
+// ------------------------------------------------------------------------------------------ portable
+void tile_kernel_scalar(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                        const Epilogue& e, float* out) {
+  const uint64_t* b = t.buf;
+  for (int64_t o = o0; o < o1; ++o) {
+    int64_t s[kTilePx] = {};
+    const uint64_t* w = Wp + o * g.K;
+    for (int64_t k = 0; k < g.K; ++k) {
+      const uint64_t wv = w[k];
+      for (int j = 0; j < kTilePx; ++j) s[j] += __builtin_popcountll(b[k * kTilePx + j] ^ wv);
+    }
+    epilogue_scalar(g, t, o, s, e, out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- AVX2
+namespace {
+
+template <int OB>
+ERBNN_AVX2 void block_avx2(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o,
+                           const Epilogue& e, float* out) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  const uint64_t* b = t.buf;
+  const int64_t K = g.K;
+  __m256i acc[OB][4];
+  for (int i = 0; i < OB; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = zero;
+  // Byte counters hold at most 8 per word: flush every 31 words, before 255 can overflow.
+  for (int64_t kb = 0; kb < K; kb += 31) {
+    const int64_t ke = std::min<int64_t>(K, kb + 31);
+    __m256i cnt[OB][4];
+    for (int i = 0; i < OB; ++i)
+      for (int q = 0; q < 4; ++q) cnt[i][q] = zero;
+    for (int64_t k = kb; k < ke; ++k) {
+      __m256i x[4];
+      for (int q = 0; q < 4; ++q) x[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + k * kTilePx + 4 * q));
+      for (int i = 0; i < OB; ++i) {
+        const __m256i wv = _mm256_set1_epi64x(int64_t(Wp[(o + i) * K + k]));
+        for (int q = 0; q < 4; ++q) {
+          const __m256i v = _mm256_xor_si256(x[q], wv);
+          const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          cnt[i][q] = _mm256_add_epi8(cnt[i][q], _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo),
+                                                                 _mm256_shuffle_epi8(lut, hi)));
+        }
+      }
+    }
+    for (int i = 0; i < OB; ++i)
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_add_epi64(acc[i][q], _mm256_sad_epu8(cnt[i][q], zero));
+  }
+  for (int i = 0; i < OB; ++i) {
+    alignas(32) int64_t s[kTilePx];
+    for (int q = 0; q < 4; ++q) _mm256_store_si256(reinterpret_cast<__m256i*>(s + 4 * q), acc[i][q]);
+    epilogue_scalar(g, t, o + i, s, e, out);
+  }
+}
+
+}  // namespace
+
+void tile_kernel_avx2(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                      const Epilogue& e, float* out) {
+  int64_t o = o0;
+  for (; o + 2 <= o1; o += 2) block_avx2<2>(g, t, Wp, o, e, out);
+  if (o < o1) block_avx2<1>(g, t, Wp, o, e, out);
+}
+
+// ------------------------------------------------------------------------------------------- AVX-512
+namespace {
+
+// Integer conv and fused epilogue for 8 pixels [base, base + 8) of channel o from popcount sums s.
+ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, int base, __m512i s64,
+                                         const Epilogue& e, float* dst) {
+  const __m256i s = _mm512_maskz_cvtepi64_epi32(0xFF, s64);  // (maskz: no GCC 12 warning)
+  const int32_t* pop = e.tap_pop + o * g.taps;
+  __m256i corr = _mm256_setzero_si256();
+  for (size_t i = 0; i < t.part_tap.size(); ++i)
+    corr = _mm256_mask_add_epi32(corr, __mmask8(~(t.part_ok[i] >> base)), corr, _mm256_set1_epi32(pop[t.part_tap[i]]));
+  const __m256i nv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.nvalid + base));
+  const __m256i C = _mm256_set1_epi32(int32_t(g.C));
+  const __m256i conv = _mm256_add_epi32(_mm256_mullo_epi32(nv, C),
+                                        _mm256_slli_epi32(_mm256_sub_epi32(corr, s), 1));
+  __m256 v = _mm256_cvtepi32_ps(conv);
+  if (e.scale || e.bias || e.ones) {
+    v = _mm256_fmadd_ps(_mm256_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm256_set1_ps(e.bias ? e.bias[o] : 0.0f));
+    if (e.ones) {
+      // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
+      const __m256i oob = _mm256_sub_epi32(_mm256_set1_epi32(int32_t(g.taps)), nv);
+      const __m256i oc = _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(int32_t(e.ones_full[o])),
+                                                           _mm256_slli_epi32(corr, 1)),
+                                          _mm256_mullo_epi32(oob, C));
+      v = _mm256_fmadd_ps(_mm256_set1_ps(e.ones[o]), _mm256_cvtepi32_ps(oc), v);
+    }
+  }
+  const int left = t.np - base;
+  _mm256_mask_storeu_ps(dst + base, left >= 8 ? __mmask8(0xFF) : __mmask8((1u << left) - 1), v);
+}
+
+template <int OB>
+ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o,
+                               const Epilogue& e, float* out) {
+  const uint64_t* b = t.buf;
+  const int64_t K = g.K;
+  const uint64_t* w = Wp + o * K;
+  __m512i a0[OB], a1[OB];
+#pragma GCC unroll 16
+  for (int i = 0; i < OB; ++i) a0[i] = a1[i] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512i x0 = _mm512_load_si512(b + k * kTilePx), x1 = _mm512_load_si512(b + k * kTilePx + 8);
+#pragma GCC unroll 16
+    for (int i = 0; i < OB; ++i) {
+      const __m512i wv = _mm512_set1_epi64(int64_t(w[i * K + k]));
+      a0[i] = _mm512_add_epi64(a0[i], _mm512_popcnt_epi64(_mm512_xor_si512(x0, wv)));
+      a1[i] = _mm512_add_epi64(a1[i], _mm512_popcnt_epi64(_mm512_xor_si512(x1, wv)));
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < OB; ++i) {
+    float* dst = out_row(g, t, o + i, out);
+    epilogue_avx512(g, t, o + i, 0, a0[i], e, dst);
+    if (t.np > 8) epilogue_avx512(g, t, o + i, 8, a1[i], e, dst);
+  }
+}
+
+}  // namespace
+
+void tile_kernel_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                        const Epilogue& e, float* out) {
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) block_avx512<8>(g, t, Wp, o, e, out);
+  switch (o1 - o) {
+    case 7: block_avx512<7>(g, t, Wp, o, e, out); break;
+    case 6: block_avx512<6>(g, t, Wp, o, e, out); break;
+    case 5: block_avx512<5>(g, t, Wp, o, e, out); break;
+    case 4: block_avx512<4>(g, t, Wp, o, e, out); break;
+    case 3: block_avx512<3>(g, t, Wp, o, e, out); break;
+    case 2: block_avx512<2>(g, t, Wp, o, e, out); break;
+    case 1: block_avx512<1>(g, t, Wp, o, e, out); break;
+    default: break;
+  }
+}
+
+}  // namespace erbnn
