@@ -41,6 +41,8 @@ struct Tile {
   std::vector<uint64_t> storage;  // holds buf, 64-byte aligned for the vector loads
   uint64_t* buf = nullptr;        // [K][kTilePx]
   int32_t nvalid[kTilePx];        // in-frame taps per pixel
+  int32_t keff[kTilePx];          // C * nvalid: the effective reduction length
+  int32_t oob_c[kTilePx];         // C * (taps - nvalid)
   std::vector<int32_t> part_tap;  // taps that are out of frame for some pixel of the tile ...
   std::vector<uint32_t> part_ok;  // ... and, per such tap, the bit mask of pixels where it is in frame
 };

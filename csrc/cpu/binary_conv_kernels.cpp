@@ -14,6 +14,52 @@
 
 namespace erbnn {
 
+namespace {
+
+void finish_tile(const ConvGeom& g, Tile& t) {
+  for (int j = 0; j < kTilePx; ++j) {
+    t.keff[j] = int32_t(g.C * t.nvalid[j]);
+    t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
+  }
+}
+
+// All pixels of the tile in one output row: a tap's source pixels are one input row, in frame for a
+// contiguous range of j, at stride sw: a branch-free strided copy (a memcpy for Cw = 1, stride 1).
+void build_row_tile(const ConvGeom& g, const uint64_t* img, Tile& t) {
+  const int64_t Cw = g.Cw, oy = t.p0 / g.OW, ox0 = t.p0 % g.OW;
+  const uint32_t full = (1u << t.np) - 1;
+  uint64_t* dst = t.buf;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
+    for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
+      // ix(j) = ix_first + j * sw in [0, W)  <=>  j in [jlo, jhi)
+      const int64_t ix_first = ox0 * g.sw - g.pw + kx * g.dw;
+      int64_t jlo = 0, jhi = 0;
+      if (iy >= 0 && iy < g.H) {
+        jlo = ix_first >= 0 ? 0 : (-ix_first + g.sw - 1) / g.sw;
+        jhi = ix_first >= g.W ? 0 : std::min<int64_t>(t.np, (g.W - 1 - ix_first) / g.sw + 1);
+        jlo = std::min(jlo, jhi);
+      }
+      std::fill(dst, dst + Cw * kTilePx, uint64_t(0));
+      const uint64_t* src = img + (jhi > jlo ? (iy * g.W + ix_first) * Cw : 0);
+      if (Cw == 1) {
+        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j * g.sw];
+      } else {
+        for (int64_t j = jlo; j < jhi; ++j)
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[j * g.sw * Cw + cw];
+      }
+      for (int64_t j = jlo; j < jhi; ++j) ++t.nvalid[j];
+      const uint32_t ok = uint32_t(((uint64_t(1) << jhi) - 1) & ~((uint64_t(1) << jlo) - 1));
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(ky * g.kw + kx));
+        t.part_ok.push_back(ok);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
   const int64_t Cw = g.Cw;
   t.storage.resize(size_t(g.K) * kTilePx + 8);
@@ -27,8 +73,12 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
     ix0[j] = (p % g.OW) * g.sw - g.pw;
     t.nvalid[j] = 0;
   }
-  const uint32_t full = t.np >= 32 ? ~0u : ((1u << t.np) - 1);
+  const uint32_t full = (1u << t.np) - 1;
   const uint64_t* img = P + t.n * g.H * g.W * Cw;
+  if (t.p0 / g.OW == (t.p0 + t.np - 1) / g.OW) {
+    build_row_tile(g, img, t);
+    return finish_tile(g, t);
+  }
   uint64_t* dst = t.buf;
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
@@ -50,6 +100,7 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
       }
     }
   }
+  finish_tile(g, t);
 }
 
 namespace {
@@ -161,19 +212,17 @@ ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64
   __m256i corr = _mm256_setzero_si256();
   for (size_t i = 0; i < t.part_tap.size(); ++i)
     corr = _mm256_mask_add_epi32(corr, __mmask8(~(t.part_ok[i] >> base)), corr, _mm256_set1_epi32(pop[t.part_tap[i]]));
-  const __m256i nv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.nvalid + base));
-  const __m256i C = _mm256_set1_epi32(int32_t(g.C));
-  const __m256i conv = _mm256_add_epi32(_mm256_mullo_epi32(nv, C),
-                                        _mm256_slli_epi32(_mm256_sub_epi32(corr, s), 1));
+  const __m256i keff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.keff + base));
+  const __m256i conv = _mm256_add_epi32(keff, _mm256_slli_epi32(_mm256_sub_epi32(corr, s), 1));
   __m256 v = _mm256_cvtepi32_ps(conv);
   if (e.scale || e.bias || e.ones) {
     v = _mm256_fmadd_ps(_mm256_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm256_set1_ps(e.bias ? e.bias[o] : 0.0f));
     if (e.ones) {
       // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
-      const __m256i oob = _mm256_sub_epi32(_mm256_set1_epi32(int32_t(g.taps)), nv);
+      const __m256i oob_c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.oob_c + base));
       const __m256i oc = _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(int32_t(e.ones_full[o])),
                                                            _mm256_slli_epi32(corr, 1)),
-                                          _mm256_mullo_epi32(oob, C));
+                                          oob_c);
       v = _mm256_fmadd_ps(_mm256_set1_ps(e.ones[o]), _mm256_cvtepi32_ps(oc), v);
     }
   }
