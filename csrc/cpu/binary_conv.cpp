@@ -16,31 +16,9 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
 }
 
-void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, " must have 2 values, got ", v.size());
-  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, name, " must be >= ", min, ", got ", v);
-}
-
 ConvGeom make_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  check_pair(stride, "stride", 1);
-  check_pair(padding, "padding", 0);
-  check_pair(dilation, "dilation", 1);
-  ConvGeom g{};
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.O = O, g.kh = kh, g.kw = kw;
-  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
-  g.OH = (g.H + 2 * g.ph - g.dh * (kh - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + 2 * g.pw - g.dw * (kw - 1) - 1) / g.sw + 1;
-  TORCH_CHECK_VALUE(g.H + 2 * g.ph - g.dh * (kh - 1) - 1 >= 0 && g.W + 2 * g.pw - g.dw * (kw - 1) - 1 >= 0,
-                    "binary_conv2d: the (dilated) kernel ", kh, "x", kw, " is larger than the padded input ",
-                    g.H + 2 * g.ph, "x", g.W + 2 * g.pw);
-  g.Cw = cpu_words(g.C);
-  g.taps = kh * kw;
-  g.K = g.taps * g.Cw;
-  TORCH_CHECK_VALUE(g.C * g.taps < (int64_t(1) << 31), "binary_conv2d: C * kh * kw = ", g.C * g.taps,
-                    " does not fit the int32 accumulators");
-  return g;
+  return make_conv_geom(x, O, kh, kw, stride, padding, dilation, kCpuWordBits);
 }
 
 // Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW].

@@ -13,16 +13,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/conv_geom.h"
+
 namespace erbnn {
 
 constexpr int kTilePx = 16;  // output pixels per tile (two zmm of 8 x u64)
-
-struct ConvGeom {
-  int64_t N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW;
-  int64_t Cw;    // words per pixel
-  int64_t taps;  // kh * kw
-  int64_t K;     // taps * Cw words per output
-};
 
 // Fused epilogue: out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b)[o, pixel]; nullptr = absent
 // (scale 1, bias 0, ones 0). conv(1, W_b) is zero-padding aware: only in-frame taps count.
