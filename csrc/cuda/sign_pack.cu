@@ -101,13 +101,10 @@ at::Tensor pack_signs_4d_cuda(const at::Tensor& x, double shift, const at::Tenso
   int* flag = nan_flag.mutable_data_ptr<int>();
   auto stream = at::cuda::getCurrentCUDAStream();
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "pack_signs_cuda", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      pack_kernel<double, double><<<grid_for(out.numel()), kThreads, 0, stream>>>(x.const_data_ptr<double>(), v,
-                                                                                    shift, dst, flag);
-    } else {
-      pack_kernel<scalar_t, float><<<grid_for(out.numel()), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), v, static_cast<float>(shift), dst, flag);
-    }
+    // Compare in float64 for float64 input (no rounding of tiny values to -0.0), float32 otherwise.
+    using cmp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    pack_kernel<scalar_t, cmp_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), v, static_cast<cmp_t>(shift), dst, flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
