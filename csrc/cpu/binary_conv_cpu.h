@@ -39,7 +39,7 @@ struct Tile {
   int32_t keff[kTilePx];          // C * nvalid: the effective reduction length
   int32_t oob_c[kTilePx];         // C * (taps - nvalid)
   std::vector<int32_t> part_tap;  // taps that are out of frame for some pixel of the tile ...
-  std::vector<uint32_t> part_ok;  // ... and, per such tap, the bit mask of pixels where it is in frame
+  std::vector<uint32_t> part_bad; // ... and, per such tap, the bit mask of pixels where it is out of frame
 };
 
 // Fills t.buf, t.nvalid, t.part_* for pixels [p0, p0 + np) of image n.

@@ -25,10 +25,11 @@ void finish_tile(const ConvGeom& g, Tile& t) {
 
 // All pixels of the tile in one output row: a tap's source pixels are one input row, in frame for a
 // contiguous range of j, at stride sw: a branch-free strided copy (a memcpy for Cw = 1, stride 1).
-void build_row_tile(const ConvGeom& g, const uint64_t* img, Tile& t) {
-  const int64_t Cw = g.Cw, oy = t.p0 / g.OW, ox0 = t.p0 % g.OW;
+void build_row_tile(const ConvGeom& g, const uint64_t* __restrict img, Tile& t) {
+  // Locals: the uint64 stores below may alias int64 fields, which would force reloads in the copy loops.
+  const int64_t Cw = g.Cw, oy = t.p0 / g.OW, ox0 = t.p0 % g.OW, sw = g.sw, np = t.np;
   const uint32_t full = (1u << t.np) - 1;
-  uint64_t* dst = t.buf;
+  uint64_t* __restrict dst = t.buf;
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
     for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
@@ -37,22 +38,24 @@ void build_row_tile(const ConvGeom& g, const uint64_t* img, Tile& t) {
       int64_t jlo = 0, jhi = 0;
       if (iy >= 0 && iy < g.H) {
         jlo = ix_first >= 0 ? 0 : (-ix_first + g.sw - 1) / g.sw;
-        jhi = ix_first >= g.W ? 0 : std::min<int64_t>(t.np, (g.W - 1 - ix_first) / g.sw + 1);
+        jhi = ix_first >= g.W ? 0 : std::min<int64_t>(np, (g.W - 1 - ix_first) / sw + 1);
         jlo = std::min(jlo, jhi);
       }
       std::fill(dst, dst + Cw * kTilePx, uint64_t(0));
       const uint64_t* src = img + (jhi > jlo ? (iy * g.W + ix_first) * Cw : 0);
-      if (Cw == 1) {
-        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j * g.sw];
+      if (Cw == 1 && sw == 1) {
+        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j];
+      } else if (Cw == 1) {
+        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j * sw];
       } else {
         for (int64_t j = jlo; j < jhi; ++j)
-          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[j * g.sw * Cw + cw];
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[j * sw * Cw + cw];
       }
       for (int64_t j = jlo; j < jhi; ++j) ++t.nvalid[j];
       const uint32_t ok = uint32_t(((uint64_t(1) << jhi) - 1) & ~((uint64_t(1) << jlo) - 1));
       if (ok != full) {
         t.part_tap.push_back(int32_t(ky * g.kw + kx));
-        t.part_ok.push_back(ok);
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
       }
     }
   }
@@ -65,7 +68,7 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
   t.storage.resize(size_t(g.K) * kTilePx + 8);
   t.buf = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(t.storage.data()) + 63) & ~uintptr_t(63));
   t.part_tap.clear();
-  t.part_ok.clear();
+  t.part_bad.clear();
   int64_t iy0[kTilePx], ix0[kTilePx];
   for (int j = 0; j < kTilePx; ++j) {
     const int64_t p = t.p0 + j;
@@ -96,7 +99,7 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
       }
       if (ok != full) {
         t.part_tap.push_back(int32_t(ky * g.kw + kx));
-        t.part_ok.push_back(ok);
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
       }
     }
   }
@@ -120,7 +123,7 @@ void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t*
   for (int j = 0; j < t.np; ++j) {
     int64_t corr = 0;
     for (size_t i = 0; i < t.part_tap.size(); ++i)
-      if (!((t.part_ok[i] >> j) & 1u)) corr += pop[t.part_tap[i]];
+      if ((t.part_bad[i] >> j) & 1u) corr += pop[t.part_tap[i]];
     const int64_t conv = g.C * t.nvalid[j] - 2 * (s[j] - corr);
     float v = float(conv);
     if (fused) {
@@ -204,30 +207,30 @@ void tile_kernel_avx2(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int6
 // ------------------------------------------------------------------------------------------- AVX-512
 namespace {
 
-// Integer conv and fused epilogue for 8 pixels [base, base + 8) of channel o from popcount sums s.
-ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, int base, __m512i s64,
-                                         const Epilogue& e, float* dst) {
-  const __m256i s = _mm512_maskz_cvtepi64_epi32(0xFF, s64);  // (maskz: no GCC 12 warning)
+// Integer conv and fused epilogue of channel o for the tile's 16 pixels, from the popcount sums of
+// pixels 0-7 (a0) and 8-15 (a1) in 64-bit lanes.
+ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, __m512i a0, __m512i a1,
+                                         const Epilogue& e, __m512i keff, __mmask16 store, float* dst) {
+  // low 32 bits of each 64-bit lane of a0 then a1: the 16 sums in pixel order
+  const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i s = _mm512_permutex2var_epi32(a0, idx, a1);
   const int32_t* pop = e.tap_pop + o * g.taps;
-  __m256i corr = _mm256_setzero_si256();
+  __m512i corr = _mm512_setzero_si512();
   for (size_t i = 0; i < t.part_tap.size(); ++i)
-    corr = _mm256_mask_add_epi32(corr, __mmask8(~(t.part_ok[i] >> base)), corr, _mm256_set1_epi32(pop[t.part_tap[i]]));
-  const __m256i keff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.keff + base));
-  const __m256i conv = _mm256_add_epi32(keff, _mm256_slli_epi32(_mm256_sub_epi32(corr, s), 1));
-  __m256 v = _mm256_cvtepi32_ps(conv);
+    corr = _mm512_mask_add_epi32(corr, __mmask16(t.part_bad[i]), corr, _mm512_set1_epi32(pop[t.part_tap[i]]));
+  const __m512i conv = _mm512_add_epi32(keff, _mm512_slli_epi32(_mm512_sub_epi32(corr, s), 1));
+  __m512 v = _mm512_cvtepi32_ps(conv);
   if (e.scale || e.bias || e.ones) {
-    v = _mm256_fmadd_ps(_mm256_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm256_set1_ps(e.bias ? e.bias[o] : 0.0f));
+    v = _mm512_fmadd_ps(_mm512_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm512_set1_ps(e.bias ? e.bias[o] : 0.0f));
     if (e.ones) {
       // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
-      const __m256i oob_c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.oob_c + base));
-      const __m256i oc = _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(int32_t(e.ones_full[o])),
-                                                           _mm256_slli_epi32(corr, 1)),
-                                          oob_c);
-      v = _mm256_fmadd_ps(_mm256_set1_ps(e.ones[o]), _mm256_cvtepi32_ps(oc), v);
+      const __m512i oob_c = _mm512_loadu_si512(t.oob_c);
+      const __m512i oc = _mm512_add_epi32(
+          _mm512_sub_epi32(_mm512_set1_epi32(int32_t(e.ones_full[o])), _mm512_slli_epi32(corr, 1)), oob_c);
+      v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), _mm512_cvtepi32_ps(oc), v);
     }
   }
-  const int left = t.np - base;
-  _mm256_mask_storeu_ps(dst + base, left >= 8 ? __mmask8(0xFF) : __mmask8((1u << left) - 1), v);
+  _mm512_mask_storeu_ps(dst, store, v);
 }
 
 template <int OB>
@@ -248,12 +251,12 @@ ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t*
       a1[i] = _mm512_add_epi64(a1[i], _mm512_popcnt_epi64(_mm512_xor_si512(x1, wv)));
     }
   }
+  const __m512i keff = _mm512_loadu_si512(t.keff);
+  const __mmask16 store = __mmask16((1u << t.np) - 1);
+  float* dst = out_row(g, t, o, out);
+  const int64_t ohw = g.OH * g.OW;
 #pragma GCC unroll 16
-  for (int i = 0; i < OB; ++i) {
-    float* dst = out_row(g, t, o + i, out);
-    epilogue_avx512(g, t, o + i, 0, a0[i], e, dst);
-    if (t.np > 8) epilogue_avx512(g, t, o + i, 8, a1[i], e, dst);
-  }
+  for (int i = 0; i < OB; ++i) epilogue_avx512(g, t, o + i, a0[i], a1[i], e, keff, store, dst + i * ohw);
 }
 
 }  // namespace
