@@ -74,6 +74,11 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
   check_cpu(w, "w");
   check_float_input(w, "w");
   TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
+  if (w.is_contiguous()) {
+    // [O, C, kh*kw]: the taps are the contiguous axis, so the vector packer spans all kh*kw of them.
+    const at::Tensor v = w.view({w.size(0), w.size(1), w.size(2) * w.size(3)}).permute({0, 2, 1}).unsqueeze(1);
+    return pack_signs_4d_cpu(v, 0.0, "w").view({w.size(0), w.size(2), w.size(3), cpu_words(w.size(1))});
+  }
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
 }
 
