@@ -219,13 +219,16 @@ def test_cuda_nan_gives_nan_without_sync(native):
     assert torch.isnan(EF.binary_conv2d(x, torch.randn(2, 5, 3, 3, device="cuda"), 1, 1)).all()
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     for name in ("binary_conv2d", "binary_linear", "binary_conv2d_packed"):
-        assert ops.has_kernel(name, "cpu"), name
-    x, w = torch.randn(2, 70, 6, 5), torch.randn(4, 70, 3, 3)
+        assert ops.has_kernel(name, device), name
+    x, w = torch.randn(2, 70, 6, 5, device=device), torch.randn(4, 70, 3, 3, device=device)
     torch.library.opcheck(torch.ops.erbnn.binary_conv2d.default, (x, w, [2, 1], [1, 0], [1, 2]))
-    torch.library.opcheck(torch.ops.erbnn.binary_linear.default, (torch.randn(3, 5, 70), torch.randn(6, 70)))
+    torch.library.opcheck(torch.ops.erbnn.binary_linear.default,
+                          (torch.randn(3, 5, 70, device=device), torch.randn(6, 70, device=device)))
     wp = R.pack_conv_weight(w)
     op = torch.ops.erbnn.binary_conv2d_packed.default
     torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1]))
-    torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1], 0.2, torch.randn(4), torch.randn(4), torch.randn(1)))
+    vec = lambda n: torch.randn(n, device=device)
+    torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1], 0.2, vec(4), vec(4), vec(1)))

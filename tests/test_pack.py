@@ -109,10 +109,11 @@ def test_round_trip_devices(native, device, n):
     assert torch.equal(ops.pack_conv_weight(w), R.pack_conv_weight(w))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     for name in ("pack_signs", "unpack_signs", "pack_conv_weight"):
-        assert ops.has_kernel(name, "cpu"), name
-    x = torch.randn(3, 70, 5)
+        assert ops.has_kernel(name, device), name
+    x = torch.randn(3, 70, 5, device=device)
     torch.library.opcheck(torch.ops.erbnn.pack_signs.default, (x, 1))
     torch.library.opcheck(torch.ops.erbnn.unpack_signs.default, (R.pack_signs(x, 1), 70, 1))
-    torch.library.opcheck(torch.ops.erbnn.pack_conv_weight.default, (torch.randn(4, 70, 3, 3),))
+    torch.library.opcheck(torch.ops.erbnn.pack_conv_weight.default, (torch.randn(4, 70, 3, 3, device=device),))
