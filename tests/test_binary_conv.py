@@ -213,6 +213,19 @@ def test_linear_devices(native, device):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("mma", ["1", "0"])  # b1 tensor-core kernel (sm_80+) and the __popc kernel
+def test_cuda_both_kernels(native, monkeypatch, mma):
+    monkeypatch.setenv("ERBNN_CUDA_MMA", mma)
+    for cfg in GRID[::3]:
+        x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"], device="cuda")
+        w = torch.randn(cfg["o"] * 5, cfg["c"], cfg["k"], cfg["k"], device="cuda")
+        args = (cfg["s"], cfg["p"], cfg["d"])
+        assert torch.equal(EF.binary_conv2d(x, w, *args).cpu(), conv_truth(x.cpu(), w.cpu(), *args)), cfg
+    x, w = torch.randn(3, 300, 17, 13, device="cuda"), torch.randn(70, 300, 3, 3, device="cuda")
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1).cpu(), conv_truth(x.cpu(), w.cpu(), 1, 1, 1))
+
+
+@pytest.mark.cuda
 def test_cuda_nan_gives_nan_without_sync(native):
     x = torch.randn(1, 5, 4, 4, device="cuda")
     x[0, 1, 2, 2] = float("nan")

@@ -3,11 +3,14 @@
 // output channels, staging 8 packed 32-bit words of each in shared memory per step of the reduction
 // (taps x words); each thread accumulates a 4 x 4 register block with __popc. Out-of-frame taps stage 0
 // and the epilogue removes them exactly (conv = Keff - 2 * (S - sum_oob popc(w_tap)), as on the CPU).
+// On sm_80+ the same reduction runs on b1 tensor cores (conv_mma_kernel; ERBNN_CUDA_MMA=0 forces __popc).
 // No host sync in the forwards: a NaN input sets a device flag and the outputs become NaN.
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 #include "common/conv_geom.h"
 #include "cuda_utils.cuh"
@@ -41,6 +44,36 @@ struct EpilogueArgs {
   const float* ones;   // nullptr: 0
   const int* nan_flag;
 };
+
+// Output (pixel p over the batch, channel o) from s = sum over ALL taps of popc(x ^ w) with out-of-frame
+// x words 0 (or, with s_lacks_wpop, that sum minus sum_t popc(w_t): the AND form's bookkeeping).
+__device__ __forceinline__ void write_output(const ConvGeom& g, const EpilogueArgs& e, int64_t p, int64_t o,
+                                             int32_t s, bool s_lacks_wpop, bool nan, float* __restrict__ out) {
+  const int64_t ohw = g.OH * g.OW, n = p / ohw, rem = p % ohw;
+  const int64_t y0 = (rem / g.OW) * g.sh - g.ph, x0 = (rem % g.OW) * g.sw - g.pw;
+  int32_t corr = 0, nvalid = 0, all_pop = 0;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const int64_t iy = y0 + (t / g.kw) * g.dh, ix = x0 + (t % g.kw) * g.dw;
+    const int32_t pop = e.tap_pop[o * g.taps + t];
+    all_pop += pop;
+    if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
+      ++nvalid;
+    } else {
+      corr += pop;
+    }
+  }
+  if (s_lacks_wpop) s += all_pop;
+  const int32_t conv = int32_t(g.C) * nvalid - 2 * (s - corr);
+  float v = float(conv);
+  if (e.scale || e.bias || e.ones) {
+    v = fmaf(e.scale ? e.scale[o] : 1.0f, v, e.bias ? e.bias[o] : 0.0f);
+    if (e.ones) {
+      const int32_t oc = e.ones_full[o] - 2 * corr + int32_t(g.C) * (int32_t(g.taps) - nvalid);
+      v = fmaf(e.ones[o], float(oc), v);
+    }
+  }
+  out[(n * g.O + o) * ohw + rem] = nan ? __int_as_float(0x7fc00000) : v;
+}
 
 __global__ void __launch_bounds__(kConvThreads)
     conv_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, EpilogueArgs e,
@@ -95,34 +128,96 @@ __global__ void __launch_bounds__(kConvThreads)
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t p = px0 + tx + 16 * i;
-    if (p >= total_px) continue;
-    const int64_t n = p / ohw, rem = p % ohw;
-    const int64_t y0 = (rem / g.OW) * g.sh - g.ph, x0 = (rem % g.OW) * g.sw - g.pw;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t o = o0 + ty + 16 * j;
-      if (o >= g.O) continue;
-      int32_t corr = 0, nvalid = 0;
-      for (int64_t t = 0; t < g.taps; ++t) {
-        const int64_t iy = y0 + (t / g.kw) * g.dh, ix = x0 + (t % g.kw) * g.dw;
-        if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
-          ++nvalid;
-        } else {
-          corr += e.tap_pop[o * g.taps + t];
-        }
-      }
-      const int32_t conv = int32_t(g.C) * nvalid - 2 * (acc[i][j] - corr);
-      float v = float(conv);
-      if (e.scale || e.bias || e.ones) {
-        v = fmaf(e.scale ? e.scale[o] : 1.0f, v, e.bias ? e.bias[o] : 0.0f);
-        if (e.ones) {
-          const int32_t oc = e.ones_full[o] - 2 * corr + int32_t(g.C) * (int32_t(g.taps) - nvalid);
-          v = fmaf(e.ones[o], float(oc), v);
-        }
-      }
-      out[(n * g.O + o) * ohw + rem] = nan ? __int_as_float(0x7fc00000) : v;
+      if (p < total_px && o < g.O) write_output(g, e, p, o, acc[i][j], false, nan, out);
     }
   }
+}
+
+// ---- sm_80+: b1 tensor cores, mma.m16n8k256 with AND + popc (the form Hopper supports) ----
+// popc(x ^ w) = popc(x) + popc(w) - 2 popc(x & w): the MMA gives sum popc(x & w); a second MMA against an
+// all-ones B gives sum popc(x) per pixel; write_output adds sum_t popc(w_t). A warp computes 16 pixels x
+// 32 channels (4 n-tiles of 8); a block, 4 warps over 64 pixels. Fragments (PTX ISA, m16n8k256 .b1):
+// A: a0 (row g, word t), a1 (row g+8, word t), a2 (row g, word t+4), a3 (row g+8, word t+4);
+// B: b0 (col g, word t), b1 (col g, word t+4); C: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8),
+// with g = lane / 4, t = lane % 4, words of 32 bits along k.
+constexpr int kMmaWarps = 4, kMmaNTiles = 4, kMmaPx = 16 * kMmaWarps, kMmaO = 8 * kMmaNTiles;
+
+__device__ __forceinline__ void bmma_and_popc(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // never launched below sm_80 (run_conv checks the device)
+#endif
+}
+
+// Word kw (0 <= kw < K, k = tap * Cw + cw) of pixel p's im2col row, 0 out of frame or past the end.
+__device__ __forceinline__ uint32_t im2col_word(const uint32_t* __restrict__ P, const ConvGeom& g, bool px_ok,
+                                                int64_t n, int64_t iy0, int64_t ix0, int32_t kw) {
+  if (!px_ok || kw >= g.K) return 0u;
+  const int32_t t = kw / int32_t(g.Cw), cw = kw - t * int32_t(g.Cw);
+  const int64_t iy = iy0 + (t / g.kw) * g.dh, ix = ix0 + (t % g.kw) * g.dw;
+  if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return 0u;
+  return P[((n * g.H + iy) * g.W + ix) * g.Cw + cw];
+}
+
+__global__ void __launch_bounds__(32 * kMmaWarps)
+    conv_mma_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, EpilogueArgs e,
+                    float* __restrict__ out) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gi = lane / 4, ti = lane % 4;
+  const int64_t ohw = g.OH * g.OW, total_px = g.N * ohw;
+  const int64_t pbase = int64_t(blockIdx.x) * kMmaPx + warp * 16, o0 = int64_t(blockIdx.y) * kMmaO;
+  bool ok[2];
+  int64_t pn[2], iy0[2], ix0[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {  // rows gi and gi + 8 of the warp's 16 pixels
+    const int64_t p = pbase + gi + 8 * h;
+    ok[h] = p < total_px;
+    const int64_t q = ok[h] ? p : 0, rem = q % ohw;
+    pn[h] = q / ohw;
+    iy0[h] = (rem / g.OW) * g.sh - g.ph;
+    ix0[h] = (rem % g.OW) * g.sw - g.pw;
+  }
+  int32_t acc[kMmaNTiles][4] = {}, xpop[4] = {};
+  for (int32_t k0 = 0; k0 < int32_t(g.K); k0 += 8) {
+    const int32_t kw0 = k0 + ti, kw1 = k0 + ti + 4;
+    const uint32_t a[4] = {im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw0),
+                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw0),
+                           im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw1),
+                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw1)};
+#pragma unroll
+    for (int nt = 0; nt < kMmaNTiles; ++nt) {
+      const int64_t o = o0 + nt * 8 + gi;
+      const bool oo = o < g.O;
+      const uint32_t b0 = (oo && kw0 < g.K) ? Wp[o * g.K + kw0] : 0u;
+      const uint32_t b1 = (oo && kw1 < g.K) ? Wp[o * g.K + kw1] : 0u;
+      bmma_and_popc(acc[nt], a, b0, b1);
+    }
+    bmma_and_popc(xpop, a, ~0u, ~0u);  // sum popc(x) per pixel (every column alike)
+  }
+  const bool nan = *e.nan_flag != 0;
+#pragma unroll
+  for (int nt = 0; nt < kMmaNTiles; ++nt) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int h = r / 2;
+      const int64_t p = pbase + gi + 8 * h, o = o0 + nt * 8 + 2 * ti + (r % 2);
+      if (ok[h] && o < g.O) write_output(g, e, p, o, xpop[r] - 2 * acc[nt][r], true, nan, out);
+    }
+  }
+}
+
+// Read per call (cheap) so that tests can compare both kernels in one process.
+bool use_mma() {
+  const char* v = std::getenv("ERBNN_CUDA_MMA");
+  const bool env_ok = v == nullptr || std::string(v) != "0";
+  return env_ok && at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 
 const uint32_t* words(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.const_data_ptr<int32_t>()); }
@@ -146,8 +241,15 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
   const int64_t bx = (total_px + kTP - 1) / kTP, by = (g.O + kTO - 1) / kTO;
   TORCH_CHECK(bx < (int64_t(1) << 31) && by < 65536, "binary_conv2d: output too large for one launch");
   EpilogueArgs e{tap_pop, tap_pop + g.O * g.taps, scale, bias, ones, nan_flag.const_data_ptr<int>()};
-  conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e,
-                                                                            out.mutable_data_ptr<float>());
+  if (use_mma()) {
+    const int64_t mx = (total_px + kMmaPx - 1) / kMmaPx, my = (g.O + kMmaO - 1) / kMmaO;
+    TORCH_CHECK(mx < (int64_t(1) << 31) && my < 65536, "binary_conv2d: output too large for one launch");
+    conv_mma_kernel<<<dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream>>>(
+        words(P), words(Wp), g, e, out.mutable_data_ptr<float>());
+  } else {
+    conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e,
+                                                                              out.mutable_data_ptr<float>());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
