@@ -100,7 +100,8 @@ def microkernel(threads=1, c=512, o_pair=(256, 512), hw=16, batch=4, min_time=0.
             ts.append(time_fn(lambda: binary_ops.binary_conv2d_packed(x, wp, 1, 1), min_time,
                               clock=clock if threads == 1 else "wall"))
         bit_macs = batch * hw * hw * (o_pair[1] - o_pair[0]) * c * 9
-        rate = bit_macs / max(ts[1] - ts[0], 1e-9)
+        # Noise larger than the difference (a busy machine) gives no rate rather than a wrong one.
+        rate = bit_macs / (ts[1] - ts[0]) if ts[1] > ts[0] * 1.2 else float("nan")
     finally:
         torch.set_num_threads(prev)
     return dict(threads=threads, bit_macs_per_s=rate, roofline=ROOFLINE_BIT_MACS_PER_CORE * threads,
