@@ -35,6 +35,14 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("binary_conv2d(Tensor x, Tensor w, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // == sign(x) @ sign(w).T; float32 out.
   m.def("binary_linear(Tensor x, Tensor w) -> Tensor");
+  // Deploy path. Weights packed once: w [O, C, kh, kw] -> sign words [O, kh, kw, Cw] along C, int64
+  // (Cw = ceil(C/64)) on CPU, int32 (Cw = ceil(C/32)) on CUDA; bit j of word k = channel k*W + j.
+  m.def("pack_conv_weight(Tensor w) -> Tensor");
+  // Fused conv on packed weights; W_b = the +-1 weights. With b = sign(x - x_shift) (+1 where x >= x_shift):
+  //   out[n,o] = out_scale[o] * conv(b, W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b)   (zero padding);
+  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. float32 out.
+  m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
+        "float x_shift=0., Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

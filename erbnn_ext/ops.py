@@ -15,6 +15,7 @@ _OP_NAMES = (
     "restore_weight", "_restore_weight_backward", "restore_activation", "_restore_activation_backward",
     "restore_activation_fixed", "_restore_activation_fixed_backward", "approx_sign", "_approx_sign_backward",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
+    "pack_conv_weight", "binary_conv2d_packed",
 )
 
 
@@ -105,6 +106,17 @@ def binary_linear(x, w):
     return _dispatch("binary_linear", reference.binary_linear, x.device)(x, w)
 
 
+def pack_conv_weight(w):
+    return _dispatch("pack_conv_weight", reference.pack_conv_weight, w.device)(w)
+
+
+def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
+                         out_scale=None, out_bias=None, ones_scale=None):
+    fn = _dispatch("binary_conv2d_packed", reference.binary_conv2d_packed, x.device)
+    return fn(x, w_packed, list(stride), list(padding), list(dilation), float(x_shift), out_scale, out_bias,
+              ones_scale)
+
+
 # ------------------------------------------------------------------------------ fake (meta) kernels
 def _stat_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -166,14 +178,28 @@ def _register_fakes():
         shape.insert(dim % (len(shape) + 1), n)
         return packed.new_empty(shape, dtype=torch.float32)
 
-    @reg("erbnn::binary_conv2d")
-    def _(x, w, stride, padding, dilation):
-        torch._check(x.dim() == 4 and w.dim() == 4, lambda: "x and w must be 4-D")
+    def conv_out(x, o, kh, kw, stride, padding, dilation):
         n, _, h, wd = x.shape
-        o, _, kh, kw = w.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         return x.new_empty((n, o, oh, ow), dtype=torch.float32)
+
+    @reg("erbnn::binary_conv2d")
+    def _(x, w, stride, padding, dilation):
+        torch._check(x.dim() == 4 and w.dim() == 4, lambda: "x and w must be 4-D")
+        return conv_out(x, w.shape[0], w.shape[2], w.shape[3], stride, padding, dilation)
+
+    @reg("erbnn::pack_conv_weight")
+    def _(w):
+        torch._check(w.dim() == 4, lambda: "w must be 4-D [O, C, kh, kw]")
+        bits = 64 if w.device.type == "cpu" else 32
+        o, c, kh, kw = w.shape
+        return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
+
+    @reg("erbnn::binary_conv2d_packed")
+    def _(x, w_packed, stride, padding, dilation, x_shift=0.0, out_scale=None, out_bias=None, ones_scale=None):
+        torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
+        return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 
     @reg("erbnn::binary_linear")
     def _(x, w):

@@ -224,7 +224,8 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     check_float(w, "w")
     check_finite(x, "x")
     check_finite(w, "w")
-    return F.conv2d(sign(x.float()), sign(w.float()), stride=stride, padding=padding, dilation=dilation)
+    # sign before the cast: a float64 -1e-50 rounds to -0.0 in float32, whose sign would be +1
+    return F.conv2d(sign(x).float(), sign(w).float(), stride=stride, padding=padding, dilation=dilation)
 
 
 def binary_linear(x, w):
@@ -233,7 +234,48 @@ def binary_linear(x, w):
     check_float(w, "w")
     check_finite(x, "x")
     check_finite(w, "w")
-    return sign(x.float()) @ sign(w.float()).t()
+    return sign(x).float() @ sign(w).float().t()
+
+
+def pack_conv_weight(w):
+    """w [O, C, kh, kw] -> sign words [O, kh, kw, ceil(C / W)] along C (pack_signs layout, W by device)."""
+    check_float(w, "w")
+    if w.dim() != 4:
+        raise ValueError(f"w must be 4-D [O, C, kh, kw], got {w.dim()}-D")
+    return pack_signs(w.permute(0, 2, 3, 1), dim=-1)
+
+
+def _per_channel(t, o, name):
+    if t is None:
+        return None
+    t = t.reshape(-1).float()
+    if t.numel() not in (1, o):
+        raise ValueError(f"{name} must have 1 or O = {o} elements, got {t.numel()}")
+    return t.expand(o).reshape(1, o, 1, 1)
+
+
+def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
+                         out_scale=None, out_bias=None, ones_scale=None):
+    """out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b), zero
+    padding, float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]."""
+    check_float(x, "x")
+    check_finite(x, "x")
+    if x.dim() != 4 or w_packed.dim() != 4:
+        raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
+    wb = unpack_signs(w_packed, x.shape[1], dim=1).to(x.device)
+    shift = torch.as_tensor(x_shift, dtype=acc_dtype(x.dtype), device=x.device)
+    xb = torch.where(x.to(shift.dtype) >= shift, 1.0, -1.0).float()
+    conv = F.conv2d(xb, wb, stride=stride, padding=padding, dilation=dilation)
+    o = wb.shape[0]
+    scale, bias, ones = (_per_channel(t, o, n) for t, n in
+                         ((out_scale, "out_scale"), (out_bias, "out_bias"), (ones_scale, "ones_scale")))
+    out = conv if scale is None else conv * scale
+    if bias is not None:
+        out = out + bias
+    if ones is not None:
+        one = torch.ones(1, *x.shape[1:], device=x.device)
+        out = out + ones * F.conv2d(one, wb, stride=stride, padding=padding, dilation=dilation)
+    return out
 
 
 # ------------------------------------------------------------- autograd ground truth (tests, float64)

@@ -1,0 +1,280 @@
+// Tile builder and the XNOR-popcount microkernels of the CPU binary convolution (binary_conv_cpu.h).
+// AVX-512: XOR -> VPOPCNTQ -> VPADDQ, register-blocked 8 output channels x 16 pixels (16 zmm
+// accumulators), the weight word an embedded broadcast. AVX2: nibble-LUT popcount (vpshufb) with byte
+// accumulators flushed by vpsadbw. Portable: __builtin_popcountll.
+#include "binary_conv_cpu.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#define ERBNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,fma")))
+#define ERBNN_AVX2 __attribute__((target("avx2,fma,popcnt")))
+
+namespace erbnn {
+
+namespace {
+
+void finish_tile(const ConvGeom& g, Tile& t) {
+  for (int j = 0; j < kTilePx; ++j) {
+    t.keff[j] = int32_t(g.C * t.nvalid[j]);
+    t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
+  }
+}
+
+// All pixels of the tile in one output row: a tap's source pixels are one input row, in frame for a
+// contiguous range of j, at stride sw: a branch-free strided copy (a memcpy for Cw = 1, stride 1).
+void build_row_tile(const ConvGeom& g, const uint64_t* __restrict img, Tile& t) {
+  // Locals: the uint64 stores below may alias int64 fields, which would force reloads in the copy loops.
+  const int64_t Cw = g.Cw, oy = t.p0 / g.OW, ox0 = t.p0 % g.OW, sw = g.sw, np = t.np;
+  const uint32_t full = (1u << t.np) - 1;
+  uint64_t* __restrict dst = t.buf;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
+    for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
+      // ix(j) = ix_first + j * sw in [0, W)  <=>  j in [jlo, jhi)
+      const int64_t ix_first = ox0 * g.sw - g.pw + kx * g.dw;
+      int64_t jlo = 0, jhi = 0;
+      if (iy >= 0 && iy < g.H) {
+        jlo = ix_first >= 0 ? 0 : (-ix_first + g.sw - 1) / g.sw;
+        jhi = ix_first >= g.W ? 0 : std::min<int64_t>(np, (g.W - 1 - ix_first) / sw + 1);
+        jlo = std::min(jlo, jhi);
+      }
+      std::fill(dst, dst + Cw * kTilePx, uint64_t(0));
+      const uint64_t* src = img + (jhi > jlo ? (iy * g.W + ix_first) * Cw : 0);
+      if (Cw == 1 && sw == 1) {
+        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j];
+      } else if (Cw == 1) {
+        for (int64_t j = jlo; j < jhi; ++j) dst[j] = src[j * sw];
+      } else {
+        for (int64_t j = jlo; j < jhi; ++j)
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[j * sw * Cw + cw];
+      }
+      for (int64_t j = jlo; j < jhi; ++j) ++t.nvalid[j];
+      const uint32_t ok = uint32_t(((uint64_t(1) << jhi) - 1) & ~((uint64_t(1) << jlo) - 1));
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(ky * g.kw + kx));
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
+  const int64_t Cw = g.Cw;
+  t.storage.resize(size_t(g.K) * kTilePx + 8);
+  t.buf = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(t.storage.data()) + 63) & ~uintptr_t(63));
+  t.part_tap.clear();
+  t.part_bad.clear();
+  int64_t iy0[kTilePx], ix0[kTilePx];
+  for (int j = 0; j < kTilePx; ++j) {
+    const int64_t p = t.p0 + j;
+    iy0[j] = (p / g.OW) * g.sh - g.ph;
+    ix0[j] = (p % g.OW) * g.sw - g.pw;
+    t.nvalid[j] = 0;
+  }
+  const uint32_t full = (1u << t.np) - 1;
+  const uint64_t* img = P + t.n * g.H * g.W * Cw;
+  if (t.p0 / g.OW == (t.p0 + t.np - 1) / g.OW) {
+    build_row_tile(g, img, t);
+    return finish_tile(g, t);
+  }
+  uint64_t* dst = t.buf;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    for (int64_t kx = 0; kx < g.kw; ++kx, dst += Cw * kTilePx) {
+      uint32_t ok = 0;
+      for (int j = 0; j < kTilePx; ++j) {
+        const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
+        if (j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
+          ok |= 1u << j;
+          ++t.nvalid[j];
+          const uint64_t* src = img + (iy * g.W + ix) * Cw;
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = src[cw];
+        } else {
+          for (int64_t cw = 0; cw < Cw; ++cw) dst[cw * kTilePx + j] = 0;
+        }
+      }
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(ky * g.kw + kx));
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
+      }
+    }
+  }
+  finish_tile(g, t);
+}
+
+namespace {
+
+inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
+  return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
+}
+
+}  // namespace
+
+void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t* s, const Epilogue& e,
+                     float* out) {
+  float* dst = out_row(g, t, o, out);
+  const int32_t* pop = e.tap_pop + o * g.taps;
+  const bool fused = e.scale || e.bias || e.ones;
+  const float sc = e.scale ? e.scale[o] : 1.0f, bi = e.bias ? e.bias[o] : 0.0f;
+  for (int j = 0; j < t.np; ++j) {
+    int64_t corr = 0;
+    for (size_t i = 0; i < t.part_tap.size(); ++i)
+      if ((t.part_bad[i] >> j) & 1u) corr += pop[t.part_tap[i]];
+    const int64_t conv = g.C * t.nvalid[j] - 2 * (s[j] - corr);
+    float v = float(conv);
+    if (fused) {
+      v = std::fma(sc, v, bi);
+      if (e.ones) {
+        const int64_t oc = e.ones_full[o] - 2 * corr + g.C * (g.taps - t.nvalid[j]);
+        v = std::fma(e.ones[o], float(oc), v);
+      }
+    }
+    dst[j] = v;
+  }
+}
+
+// ------------------------------------------------------------------------------------------ portable
+void tile_kernel_scalar(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                        const Epilogue& e, float* out) {
+  const uint64_t* b = t.buf;
+  for (int64_t o = o0; o < o1; ++o) {
+    int64_t s[kTilePx] = {};
+    const uint64_t* w = Wp + o * g.K;
+    for (int64_t k = 0; k < g.K; ++k) {
+      const uint64_t wv = w[k];
+      for (int j = 0; j < kTilePx; ++j) s[j] += __builtin_popcountll(b[k * kTilePx + j] ^ wv);
+    }
+    epilogue_scalar(g, t, o, s, e, out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- AVX2
+namespace {
+
+template <int OB>
+ERBNN_AVX2 void block_avx2(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o,
+                           const Epilogue& e, float* out) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  const uint64_t* b = t.buf;
+  const int64_t K = g.K;
+  __m256i acc[OB][4];
+  for (int i = 0; i < OB; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = zero;
+  // Byte counters hold at most 8 per word: flush every 31 words, before 255 can overflow.
+  for (int64_t kb = 0; kb < K; kb += 31) {
+    const int64_t ke = std::min<int64_t>(K, kb + 31);
+    __m256i cnt[OB][4];
+    for (int i = 0; i < OB; ++i)
+      for (int q = 0; q < 4; ++q) cnt[i][q] = zero;
+    for (int64_t k = kb; k < ke; ++k) {
+      __m256i x[4];
+      for (int q = 0; q < 4; ++q) x[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + k * kTilePx + 4 * q));
+      for (int i = 0; i < OB; ++i) {
+        const __m256i wv = _mm256_set1_epi64x(int64_t(Wp[(o + i) * K + k]));
+        for (int q = 0; q < 4; ++q) {
+          const __m256i v = _mm256_xor_si256(x[q], wv);
+          const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          cnt[i][q] = _mm256_add_epi8(cnt[i][q], _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo),
+                                                                 _mm256_shuffle_epi8(lut, hi)));
+        }
+      }
+    }
+    for (int i = 0; i < OB; ++i)
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_add_epi64(acc[i][q], _mm256_sad_epu8(cnt[i][q], zero));
+  }
+  for (int i = 0; i < OB; ++i) {
+    alignas(32) int64_t s[kTilePx];
+    for (int q = 0; q < 4; ++q) _mm256_store_si256(reinterpret_cast<__m256i*>(s + 4 * q), acc[i][q]);
+    epilogue_scalar(g, t, o + i, s, e, out);
+  }
+}
+
+}  // namespace
+
+void tile_kernel_avx2(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                      const Epilogue& e, float* out) {
+  int64_t o = o0;
+  for (; o + 2 <= o1; o += 2) block_avx2<2>(g, t, Wp, o, e, out);
+  if (o < o1) block_avx2<1>(g, t, Wp, o, e, out);
+}
+
+// ------------------------------------------------------------------------------------------- AVX-512
+namespace {
+
+// Integer conv and fused epilogue of channel o for the tile's 16 pixels, from the popcount sums of
+// pixels 0-7 (a0) and 8-15 (a1) in 64-bit lanes.
+ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, __m512i a0, __m512i a1,
+                                         const Epilogue& e, __m512i keff, __mmask16 store, float* dst) {
+  // low 32 bits of each 64-bit lane of a0 then a1: the 16 sums in pixel order
+  const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i s = _mm512_permutex2var_epi32(a0, idx, a1);
+  const int32_t* pop = e.tap_pop + o * g.taps;
+  __m512i corr = _mm512_setzero_si512();
+  for (size_t i = 0; i < t.part_tap.size(); ++i)
+    corr = _mm512_mask_add_epi32(corr, __mmask16(t.part_bad[i]), corr, _mm512_set1_epi32(pop[t.part_tap[i]]));
+  const __m512i conv = _mm512_add_epi32(keff, _mm512_slli_epi32(_mm512_sub_epi32(corr, s), 1));
+  __m512 v = _mm512_cvtepi32_ps(conv);
+  if (e.scale || e.bias || e.ones) {
+    v = _mm512_fmadd_ps(_mm512_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm512_set1_ps(e.bias ? e.bias[o] : 0.0f));
+    if (e.ones) {
+      // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
+      const __m512i oob_c = _mm512_loadu_si512(t.oob_c);
+      const __m512i oc = _mm512_add_epi32(
+          _mm512_sub_epi32(_mm512_set1_epi32(int32_t(e.ones_full[o])), _mm512_slli_epi32(corr, 1)), oob_c);
+      v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), _mm512_cvtepi32_ps(oc), v);
+    }
+  }
+  _mm512_mask_storeu_ps(dst, store, v);
+}
+
+template <int OB>
+ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o,
+                               const Epilogue& e, float* out) {
+  const uint64_t* b = t.buf;
+  const int64_t K = g.K;
+  const uint64_t* w = Wp + o * K;
+  __m512i a0[OB], a1[OB];
+#pragma GCC unroll 16
+  for (int i = 0; i < OB; ++i) a0[i] = a1[i] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512i x0 = _mm512_load_si512(b + k * kTilePx), x1 = _mm512_load_si512(b + k * kTilePx + 8);
+#pragma GCC unroll 16
+    for (int i = 0; i < OB; ++i) {
+      const __m512i wv = _mm512_set1_epi64(int64_t(w[i * K + k]));
+      a0[i] = _mm512_add_epi64(a0[i], _mm512_popcnt_epi64(_mm512_xor_si512(x0, wv)));
+      a1[i] = _mm512_add_epi64(a1[i], _mm512_popcnt_epi64(_mm512_xor_si512(x1, wv)));
+    }
+  }
+  const __m512i keff = _mm512_loadu_si512(t.keff);
+  const __mmask16 store = __mmask16((1u << t.np) - 1);
+  float* dst = out_row(g, t, o, out);
+  const int64_t ohw = g.OH * g.OW;
+#pragma GCC unroll 16
+  for (int i = 0; i < OB; ++i) epilogue_avx512(g, t, o + i, a0[i], a1[i], e, keff, store, dst + i * ohw);
+}
+
+}  // namespace
+
+void tile_kernel_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                        const Epilogue& e, float* out) {
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) block_avx512<8>(g, t, Wp, o, e, out);
+  switch (o1 - o) {
+    case 7: block_avx512<7>(g, t, Wp, o, e, out); break;
+    case 6: block_avx512<6>(g, t, Wp, o, e, out); break;
+    case 5: block_avx512<5>(g, t, Wp, o, e, out); break;
+    case 4: block_avx512<4>(g, t, Wp, o, e, out); break;
+    case 3: block_avx512<3>(g, t, Wp, o, e, out); break;
+    case 2: block_avx512<2>(g, t, Wp, o, e, out); break;
+    case 1: block_avx512<1>(g, t, Wp, o, e, out); break;
+    default: break;
+  }
+}
+
+}  // namespace erbnn

@@ -1,0 +1,120 @@
+// pack_signs / unpack_signs on CUDA and the packing pass of the binary convolutions.
+#include <torch/library.h>
+
+#include "cuda_utils.cuh"
+#include "sign_pack_cuda.cuh"
+
+namespace erbnn {
+namespace cuda {
+namespace {
+
+struct View4 {
+  int64_t A, B, D, C, sa, sb, sd, sc, words;
+};
+
+// One thread per output word: reads up to 32 strided elements, compares, ORs the bits.
+template <typename scalar_t, typename cmp_t>
+__global__ void pack_kernel(const scalar_t* __restrict__ x, View4 v, cmp_t shift, uint32_t* __restrict__ out,
+                            int* __restrict__ nan_flag) {
+  const int64_t total = v.A * v.B * v.D * v.words;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t k = i % v.words, pix = i / v.words;
+    const int64_t d = pix % v.D, ab = pix / v.D, b = ab % v.B, a = ab / v.B;
+    const scalar_t* px = x + a * v.sa + b * v.sb + d * v.sd;
+    const int64_t c0 = k * 32, c1 = min(c0 + 32, v.C);
+    uint32_t word = 0;
+    bool nan = false;
+    for (int64_t c = c0; c < c1; ++c) {
+      const cmp_t e = static_cast<cmp_t>(px[c * v.sc]);
+      nan |= e != e;
+      word |= uint32_t(e >= shift) << (c - c0);
+    }
+    out[i] = word;
+    if (nan) atomicOr(nan_flag, 1);
+  }
+}
+
+__global__ void unpack_kernel(const uint32_t* __restrict__ packed, int64_t rows, int64_t n, int64_t words,
+                              float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * n; i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t r = i / n, c = i % n;
+    out[i] = ((packed[r * words + (c >> 5)] >> (c & 31)) & 1u) ? 1.0f : -1.0f;
+  }
+}
+
+at::Tensor as_4d(const at::Tensor& t) {
+  at::Tensor v = t;
+  if (v.dim() > 4) v = v.flatten(0, v.dim() - 4);
+  while (v.dim() < 4) v = v.unsqueeze(0);
+  return v;
+}
+
+at::Tensor pack_signs_cuda(const at::Tensor& x, int64_t dim) {
+  check_cuda_input(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "pack_signs: x must have at least 1 dimension");
+  c10::cuda::CUDAGuard guard(x.device());
+  dim = c10::maybe_wrap_dim(dim, x.dim());
+  const at::Tensor xm = x.movedim(dim, -1);
+  at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
+  at::Tensor packed = pack_signs_4d_cuda(as_4d(xm), 0.0, flag);
+  // pack_signs is a utility, not a forward: a host check gives the clear error.
+  TORCH_CHECK_VALUE(flag.item<int>() == 0, "x contains NaN: its sign is undefined");
+  std::vector<int64_t> shape(xm.sizes().begin(), xm.sizes().end() - 1);
+  shape.push_back(cuda_words(x.size(dim)));
+  return packed.view(shape);
+}
+
+at::Tensor unpack_signs_cuda(const at::Tensor& packed_in, int64_t n, int64_t dim) {
+  check_cuda_input(packed_in, "packed");
+  TORCH_CHECK_TYPE(packed_in.scalar_type() == at::kInt, "packed must be int32 (the CUDA pack_signs layout), got ",
+                   packed_in.scalar_type());
+  TORCH_CHECK_VALUE(packed_in.dim() >= 1, "packed must have at least 1 dimension");
+  TORCH_CHECK_VALUE(n >= 0 && cuda_words(n) == packed_in.size(-1), "unpack_signs: n = ", n, " needs ",
+                    cuda_words(std::max<int64_t>(n, 0)), " words, packed has ", packed_in.size(-1));
+  c10::cuda::CUDAGuard guard(packed_in.device());
+  const at::Tensor packed = packed_in.contiguous();
+  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
+  shape.push_back(n);
+  at::Tensor out = at::empty(shape, packed.options().dtype(at::kFloat));
+  const int64_t rows = n == 0 ? 0 : out.numel() / n;
+  if (out.numel() > 0) {
+    unpack_kernel<<<grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const uint32_t*>(packed.const_data_ptr<int32_t>()), rows, n, packed.size(-1),
+        out.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out.movedim(-1, c10::maybe_wrap_dim(dim, out.dim())).contiguous();
+}
+
+}  // namespace
+
+at::Tensor pack_signs_4d_cuda(const at::Tensor& x, double shift, const at::Tensor& nan_flag) {
+  TORCH_CHECK(x.dim() == 4, "pack_signs_4d_cuda: expected a 4-D view");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kHalf ||
+                       x.scalar_type() == at::kBFloat16,
+                   "expected float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  View4 v{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+          cuda_words(x.size(3))};
+  at::Tensor out = at::empty({v.A, v.B, v.D, v.words}, x.options().dtype(at::kInt));
+  if (out.numel() == 0) return out;
+  auto* dst = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
+  int* flag = nan_flag.mutable_data_ptr<int>();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "pack_signs_cuda", [&] {
+    // Compare in float64 for float64 input (no rounding of tiny values to -0.0), float32 otherwise.
+    using cmp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    pack_kernel<scalar_t, cmp_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), v, static_cast<cmp_t>(shift), dst, flag);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+  m.impl("pack_signs", &cuda::pack_signs_cuda);
+  m.impl("unpack_signs", &cuda::unpack_signs_cuda);
+}
+
+}  // namespace erbnn

@@ -1,0 +1,153 @@
+"""Binary 3x3 conv layers of ResNet-18 / ResNet-20 / VGG-Small (shapes.py): the XNOR-popcount kernel
+(deploy path on pre-packed weights, and the full op that also packs the weights) against F.conv2d in
+float32 and bfloat16, same threads, one process; and the CPU microkernel's bit-MAC/s against the
+~1.2 T bit-MAC/s per core practical roofline of kernels.md.
+
+    python -m erbnn_ext.benchmarks.binary_conv [--models resnet18 ...] [--batches 1 16] [--threads N]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import binary_ops, ops
+from .shapes import MODELS, ConvShape
+
+ROOFLINE_BIT_MACS_PER_CORE = 1.2e12  # kernels.md: register-blocked XOR -> VPOPCNTQ -> VPADDQ, one core
+
+
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def time_fn(fn, min_time=0.2, repeats=5, clock="wall"):
+    """Best over `repeats` of the mean time of one call (inner loop sized to ~min_time/repeats).
+    Best-of is robust to other processes on a shared machine. clock="thread" counts the CPU time of the
+    calling thread only: with one thread (every kernel then runs in the caller) it is immune to time
+    slicing by other processes, which makes single-core comparisons trustworthy on a busy machine."""
+    now = CLOCKS[clock]
+    if clock == "thread" and torch.get_num_threads() != 1:
+        raise ValueError("clock='thread' measures one thread: call torch.set_num_threads(1) first")
+    fn()
+    t0 = now()
+    fn()
+    once = max(now() - t0, 1e-6)
+    inner = max(1, int(min_time / repeats / once))
+    best = []
+    for _ in range(repeats):
+        t0 = now()
+        for _ in range(inner):
+            fn()
+        best.append((now() - t0) / inner)
+    return min(best)
+
+
+def layer_inputs(shape: ConvShape, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape.input_shape(batch), generator=g)
+    w = torch.randn(shape.weight_shape(), generator=g)
+    return x, w
+
+
+def layer_fns(shape: ConvShape, batch):
+    """name -> zero-argument callable, for one layer at one batch size."""
+    x, w = layer_inputs(shape, batch)
+    wp = binary_ops.pack_conv_weight(w)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    s, p = shape.stride, shape.padding
+    return {
+        "binary_packed": lambda: binary_ops.binary_conv2d_packed(x, wp, s, p),
+        "binary_full": lambda: ops.binary_conv2d(x, w, (s, s), (p, p), (1, 1)),
+        "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
+        "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
+    }
+
+
+def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall"):
+    rows = []
+    with torch.no_grad():
+        for model in models:
+            for shape in MODELS[model]:
+                for batch in batches:
+                    times = {k: time_fn(fn, min_time, clock=clock) for k, fn in layer_fns(shape, batch).items()}
+                    rows.append(dict(model=model, layer=shape.name, count=shape.count, batch=batch,
+                                     macs=shape.macs(batch), **times))
+    return rows
+
+
+def model_totals(rows):
+    """Per (model, batch): layer times weighted by how many layers have each shape."""
+    out = {}
+    for r in rows:
+        key = (r["model"], r["batch"])
+        acc = out.setdefault(key, {k: 0.0 for k in ("binary_packed", "binary_full", "fp32", "bf16", "macs")})
+        for k in acc:
+            acc[k] += r[k] * r["count"]
+    return out
+
+
+def microkernel(threads=1, c=512, o_pair=(256, 512), hw=16, batch=4, min_time=0.5, clock="wall"):
+    """Bit-MAC/s of the popcount microkernel (+ its epilogue), by differencing two runs that differ only in
+    the number of output channels: packing and im2col cost the same in both and cancel."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch, c, hw, hw)
+        ts = []
+        for o in o_pair:
+            wp = binary_ops.pack_conv_weight(torch.randn(o, c, 3, 3))
+            ts.append(time_fn(lambda: binary_ops.binary_conv2d_packed(x, wp, 1, 1), min_time,
+                              clock=clock if threads == 1 else "wall"))
+        bit_macs = batch * hw * hw * (o_pair[1] - o_pair[0]) * c * 9
+        # Noise larger than the difference (a busy machine) gives no rate rather than a wrong one.
+        rate = bit_macs / (ts[1] - ts[0]) if ts[1] > ts[0] * 1.2 else float("nan")
+    finally:
+        torch.set_num_threads(prev)
+    return dict(threads=threads, bit_macs_per_s=rate, roofline=ROOFLINE_BIT_MACS_PER_CORE * threads,
+                fraction_of_roofline=rate / (ROOFLINE_BIT_MACS_PER_CORE * threads))
+
+
+def format_tables(rows, micro, clock="wall"):
+    lines = [f"threads={torch.get_num_threads()}  clock={clock}  "
+             f"isa={__import__('erbnn_ext').backend_info()['cpu_isa']}",
+             f"{'model':10s} {'layer':18s} {'n':>3s} {'packed ms':>10s} {'full ms':>9s} {'fp32 ms':>9s} "
+             f"{'bf16 ms':>9s} {'x fp32':>7s} {'x bf16':>7s} {'Tbit-MAC/s':>10s}"]
+    for r in rows:
+        lines.append(f"{r['model']:10s} {r['layer']:18s} {r['batch']:3d} {r['binary_packed'] * 1e3:10.3f} "
+                     f"{r['binary_full'] * 1e3:9.3f} {r['fp32'] * 1e3:9.3f} {r['bf16'] * 1e3:9.3f} "
+                     f"{r['fp32'] / r['binary_packed']:7.1f} {r['bf16'] / r['binary_packed']:7.1f} "
+                     f"{r['macs'] / r['binary_packed'] / 1e12:10.2f}")
+    lines.append("model totals (layers weighted by count):")
+    for (model, batch), t in model_totals(rows).items():
+        lines.append(f"  {model:10s} batch {batch:3d}: packed {t['binary_packed'] * 1e3:8.3f} ms, full "
+                     f"{t['binary_full'] * 1e3:8.3f} ms, fp32 {t['fp32'] * 1e3:8.3f} ms, bf16 {t['bf16'] * 1e3:8.3f} ms"
+                     f" -> {t['fp32'] / t['binary_packed']:.1f}x fp32, {t['bf16'] / t['binary_packed']:.1f}x bf16")
+    for m in micro:
+        lines.append(f"microkernel, {m['threads']} thread(s): {m['bit_macs_per_s'] / 1e12:.2f} T bit-MAC/s = "
+                     f"{100 * m['fraction_of_roofline']:.0f}% of the {m['roofline'] / 1e12:.1f} T roofline")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet20", "vgg_small"], choices=sorted(MODELS))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="thread: CPU time of the calling thread (needs --threads 1; robust on a busy machine)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.clock == "thread" and torch.get_num_threads() != 1:
+        ap.error("--clock thread needs --threads 1")
+    rows = bench_layers(a.models, a.batches, a.min_time, a.clock)
+    micro = [microkernel(1, clock=a.clock)]
+    if torch.get_num_threads() > 1:
+        micro.append(microkernel(torch.get_num_threads()))
+    print(format_tables(rows, micro, a.clock))
+
+
+if __name__ == "__main__":
+    main()
