@@ -96,9 +96,17 @@ class FrozenBinaryLinear(_FrozenBinary):
         return f"{self.in_features}, {self.out_features}, mu={self.mu:.4g}, folded_bn={self.folded_bn}"
 
 
+_FOLDABLE = (ERBinaryConv2d, ERBinaryLinear, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+
+
 class _LeafTracer(torch.fx.Tracer):
+    """Traces only into modules that hold an ER layer or a BatchNorm below them; everything else (RPReLU,
+    shortcuts, pooling...) is a leaf, so their own control flow does not stop the trace."""
+
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (ERBinaryConv2d, ERBinaryLinear)) or super().is_leaf_module(m, qualname)
+        if isinstance(m, _FOLDABLE):
+            return True
+        return not any(isinstance(c, _FOLDABLE) for c in m.modules() if c is not m)
 
 
 def _bn_followers(model):

@@ -1,0 +1,101 @@
+"""Eval-mode ER layers on the XNOR kernel vs their float path; deploy.freeze vs the eval-mode model."""
+import pytest
+import torch
+
+import erbnn_ext
+from erbnn_ext import deploy, nn as enn, ops
+
+
+def _trained(layer, x_shape, steps=3):
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        layer(torch.randn(x_shape) + 0.2).square().mean().backward()
+        opt.step()
+    return layer.eval()
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,dilation,bias", [
+    (3, 5, 3, 1, 1, 1, False), (65, 7, 3, 2, 1, 1, True), (33, 4, 5, 1, 2, 2, False), (8, 8, 1, 1, 0, 1, True)])
+def test_conv_eval_xnor_matches_float_path(native, isa, cin, cout, k, stride, padding, dilation, bias):
+    layer = _trained(enn.ERBinaryConv2d(cin, cout, k, stride, padding, dilation, bias=bias), (4, cin, 11, 9))
+    assert layer._use_xnor(torch.empty(1)) is False  # grad enabled here: float path
+    x = torch.randn(3, cin, 11, 9) + 0.2
+    with torch.no_grad():
+        assert layer._use_xnor(x)
+        fast = layer(x)
+        with erbnn_ext.use_backend("reference"):
+            slow = layer(x)
+    assert fast.shape == slow.shape
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_eval_xnor_matches_float_path(native):
+    layer = _trained(enn.ERBinaryLinear(70, 6, bias=True), (8, 70))
+    x = torch.randn(5, 70)
+    with torch.no_grad():
+        fast = layer(x)
+        with erbnn_ext.use_backend("reference"):
+            slow = layer(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
+
+
+def test_eval_cache_follows_weight_updates(native):
+    layer = _trained(enn.ERBinaryConv2d(4, 4, 3, padding=1), (2, 4, 6, 6))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        a = layer(x)
+        layer.weight.neg_()
+        b = layer(x)
+        with erbnn_ext.use_backend("reference"):
+            ref = layer(x)
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b, ref, rtol=1e-5, atol=1e-4)
+
+
+class _Block(torch.nn.Module):
+    """conv -> BN -> RPReLU with a residual, the shape of the paper's blocks."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = enn.ERBinaryConv2d(c, c, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(c)
+        self.act = enn.RPReLU(c)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)) + x)
+
+
+def _small_model():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), _Block(16), _Block(16),
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), enn.ERBinaryLinear(64, 32), torch.nn.BatchNorm1d(32),
+        torch.nn.Linear(32, 10))
+
+
+def test_freeze_matches_eval_model_and_folds_bn(native):
+    torch.manual_seed(0)
+    model = _small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 8, 8)).logsumexp(1).mean().backward()
+        opt.step()
+    model.eval()
+    frozen = deploy.freeze(model)
+    assert isinstance(frozen[2].conv, deploy.FrozenBinaryConv2d) and frozen[2].conv.folded_bn
+    assert isinstance(frozen[2].bn, torch.nn.Identity)
+    assert isinstance(frozen[6], deploy.FrozenBinaryLinear) and isinstance(frozen[7], torch.nn.Identity)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad(), erbnn_ext.use_backend("reference"):
+        expected = model(x)
+    with torch.no_grad():
+        got = frozen(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert model.training is False and isinstance(model[2].conv, enn.ERBinaryConv2d)  # original untouched
+
+
+def test_freeze_without_statistics_names_the_layer():
+    model = torch.nn.Sequential(enn.ERBinaryConv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="'0' has no recorded activation statistics"):
+        deploy.freeze(model)
