@@ -22,6 +22,9 @@ def build_parser():
     sp = sub.add_parser("info", help="show the compiled backends and the CPU path in use")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_info)
+    from .train import add_eval_parser, add_train_parser
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return p
 
 
