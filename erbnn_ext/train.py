@@ -242,7 +242,8 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- bookkeeping
-COLUMNS = ("epoch", "lr", "p", "t", "tau", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
+COLUMNS = ("epoch", "lr", "p", "t", "tau", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+           "train_samples", "test_samples")
 
 
 def _write_metrics(out: Path, history: list, config: dict) -> None:
@@ -289,7 +290,7 @@ def _progress(it, total, desc, enabled):
 
 
 def train_one_epoch(model, loader, optimizer, device, d: Dist, desc="train", progress=False):
-    """One pass over loader; returns (mean loss, top-1 %) over all ranks' samples."""
+    """One pass over loader; returns (mean loss, top-1 %, samples) over all ranks."""
     model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
     bar = _progress(loader, len(loader), desc, progress)
@@ -308,7 +309,7 @@ def train_one_epoch(model, loader, optimizer, device, d: Dist, desc="train", pro
                             acc=f"{100 * sums[1].item() / max(sums[2].item(), 1):.1f}")
     sums = d.all_sum(sums)
     n = max(sums[2].item(), 1.0)
-    return sums[0].item() / n, 100.0 * sums[1].item() / n
+    return sums[0].item() / n, 100.0 * sums[1].item() / n, int(sums[2].item())
 
 
 @torch.no_grad()
@@ -407,14 +408,14 @@ def run_train(args) -> dict:
         sched = set_epoch(model, epoch, E, cfg["p0"], cfg["p1"])
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
-        tr_loss, tr_acc = train_one_epoch(net, train_loader, optimizer, device, d,
+        tr_loss, tr_acc, tr_n = train_one_epoch(net, train_loader, optimizer, device, d,
                                           desc=f"epoch {epoch + 1}/{E}", progress=progress)
         scheduler.step()
         if d.enabled:
             _broadcast_buffers(model)
-        te_loss, te_acc, _ = evaluate(model, test_loader, device, d)
+        te_loss, te_acc, te_n = evaluate(model, test_loader, device, d)
         row = {"epoch": epoch + 1, "lr": lr, **sched, "train_loss": tr_loss, "train_acc": tr_acc,
-               "test_loss": te_loss, "test_acc": te_acc, "epoch_time_s": time.perf_counter() - t0}
+               "test_loss": te_loss, "test_acc": te_acc, "epoch_time_s": time.perf_counter() - t0, "train_samples": tr_n, "test_samples": te_n}
         history.append(row)
         if d.main:
             sched_txt = " ".join(f"{k}={v:.4g}" for k, v in sched.items())
