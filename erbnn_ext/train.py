@@ -331,7 +331,7 @@ def evaluate(model, loader, device, d: Dist = None, progress=False, desc="test")
 
 def _broadcast_buffers(model):
     """Rank 0's buffers to every rank. The binary layers update ring buffers (and BatchNorm its running
-    statistics) in forward from the local batch; DDP broadcasts rank 0's buffers before each forward,
+    statistics) in forward from the local batch; DDP syncs rank 0's buffers before each forward,
     and this call makes the ranks identical after the last step of an epoch too."""
     for b in model.buffers():
         dist.broadcast(b, 0)
@@ -393,7 +393,7 @@ def run_train(args) -> dict:
     net = model
     if d.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=True)
 
     per_rank = cfg["batch_size"] // d.world_size
     train_loader = BatchLoader(train_set, per_rank, True, cfg["seed"], d.rank, d.world_size, args.workers)
