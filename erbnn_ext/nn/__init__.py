@@ -1,11 +1,12 @@
 """ER-BNN modules (api.md): ApproxSign, ERBinaryConv2d, ERBinaryLinear, RPReLU, set_percentile,
-PercentileSchedule, binarize_."""
+PercentileSchedule, set_epoch, binarize_; baseline binarizers for ablations in nn.ablations."""
 from .approx_sign import ApproxSign
 from .convert import binarize_
 from .layers import ERBinaryConv2d, ERBinaryLinear
 from .ring import RingMean
 from .rprelu import RPReLU
-from .schedule import PercentileSchedule, set_percentile
+from .schedule import PercentileSchedule, set_epoch, set_percentile
+from . import ablations  # noqa: E402  (imports layers)
 
 __all__ = ["ApproxSign", "ERBinaryConv2d", "ERBinaryLinear", "RPReLU", "RingMean", "set_percentile",
-           "PercentileSchedule", "binarize_"]
+           "PercentileSchedule", "set_epoch", "binarize_", "ablations"]

@@ -33,3 +33,20 @@ class PercentileSchedule:
         p = self(epoch)
         set_percentile(model, p)
         return p
+
+
+def set_epoch(model: torch.nn.Module, epoch: int, epochs: int, p0: float = 0.8, p1: float = 0.0) -> dict:
+    """Update every per-epoch schedule in model at the start of `epoch` (0-based) of `epochs`: p of each
+    ApproxSign (PercentileSchedule(p0, p1, epochs), ER-BNN) and set_epoch(epoch, epochs) of every module
+    that defines it (t of IR-Net's EDE, tau of ReCU: nn.ablations). Returns the values set, by module
+    class attribute name, e.g. {"p": 0.8} or {"t": 0.001}: the keys present depend on the model."""
+    values = {}
+    if any(isinstance(m, ApproxSign) for m in model.modules()):
+        values["p"] = PercentileSchedule(p0, p1, epochs).step(model, epoch)
+    for m in model.modules():
+        fn = getattr(m, "set_epoch", None)
+        if m is not model and callable(fn):
+            v = fn(epoch, epochs)
+            key = "tau" if hasattr(m, "tau") else "t"
+            values.setdefault(key, v)
+    return values

@@ -1,0 +1,21 @@
+"""Data for training: CIFAR-10 (python format) or the embedded scikit-learn digits, in-memory uint8,
+with deterministic batching and augmentation (method.md section 5)."""
+from .augment import random_crop_flip, to_float
+from .cifar10 import load_cifar10
+from .dataset import DataError, ImageSet
+from .digits import load_digits
+from .loader import BatchLoader
+
+DIGITS = "digits"
+
+
+def load_dataset(path=None):
+    """(train, test): the embedded digits when path is None or "digits", else CIFAR-10 from `path` (a
+    cifar-10-batches-py folder or its parent). DataError names the path when it is missing or malformed."""
+    if path is None or str(path) == DIGITS:
+        return load_digits()
+    return load_cifar10(path)
+
+
+__all__ = ["BatchLoader", "DataError", "ImageSet", "load_dataset", "load_cifar10", "load_digits",
+           "random_crop_flip", "to_float", "DIGITS"]

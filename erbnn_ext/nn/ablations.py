@@ -1,0 +1,256 @@
+"""Training-time binarizers for ablations and baselines (method.md sections 3 and 6), in plain PyTorch.
+
+Every layer here keeps ERBinaryConv2d's constructor signature, so a model swaps one for the other:
+- ERClipConv2d: ER-BNN restoration (method.md 1-2), fixed hardtanh-clip STE gradient (1 for |x| <= 1).
+- EREDEConv2d: ER-BNN restoration with IR-Net's EDE gradient (t schedule).
+- IRNetConv2d: IR-Net (Libra-PB weights, plain-sign activations, EDE gradient for both).
+- ReCUConv2d: ReCU (clamped standardised weights with the tau schedule, identity weight STE, per-sample
+  normalised activations with the gradient max(0, 2 - |2x|)).
+Layers with a schedule have set_epoch(epoch, epochs); erbnn_ext.nn.set_epoch calls it on every module.
+q_buffer is accepted (same signature) but unused: none of these measures a quantile.
+"""
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..reference import EPS, sign
+from .layers import ERBinaryConv2d
+from .ring import RingMean
+
+
+# ------------------------------------------------------------------------ sign with a chosen gradient
+class _SignGrad(torch.autograd.Function):
+    """Forward sign(x) (+1 for x >= 0); backward g * grad_fn(x)."""
+
+    @staticmethod
+    def forward(ctx, x, grad_fn):
+        ctx.save_for_backward(x)
+        ctx.grad_fn = grad_fn
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.grad_fn(x).to(g.dtype), None
+
+
+def _clip_grad(x):
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def _ede_grad(x, t, k):
+    return k * t * (1 - torch.tanh(x * t) ** 2)
+
+
+def _recu_act_grad(x):
+    return (2 - (2 * x).abs()).clamp_min(0)
+
+
+def _identity_grad(x):
+    return torch.ones_like(x)
+
+
+class ClipSign(torch.nn.Module):
+    """sign(x); backward g * 1[|x| <= 1] (the hardtanh straight-through estimator)."""
+
+    def forward(self, x):
+        return _SignGrad.apply(x, _clip_grad)
+
+
+class STESign(torch.nn.Module):
+    """sign(x); backward g (identity straight-through estimator, ReCU's weights)."""
+
+    def forward(self, x):
+        return _SignGrad.apply(x, _identity_grad)
+
+
+class ReCUActSign(torch.nn.Module):
+    """sign(x); backward g * max(0, 2 - |2x|) (ReCU's activation surrogate)."""
+
+    def forward(self, x):
+        return _SignGrad.apply(x, _recu_act_grad)
+
+
+class EDESign(torch.nn.Module):
+    """IR-Net's Error Decay Estimator: sign(x); backward g * k * t * (1 - tanh(t x)^2), k = max(1/t, 1).
+
+    t = 10^(log10 t_min + (log10 t_max - log10 t_min) * epoch / epochs), set by set_epoch. t_min = 1e-3
+    (ResNet-20) or 1e-1 (VGG-Small; the models also use it for ResNet-18), t_max = 10 (method.md 6).
+    t is a buffer (state_dict) with a host mirror so forward needs no device sync.
+    """
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 10.0):
+        super().__init__()
+        if not 0 < t_min <= t_max:
+            raise ValueError(f"EDE needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.register_buffer("t", torch.tensor(self.t_min))
+        self._t_host = self.t_min
+
+    def schedule(self, epoch: int, epochs: int) -> float:
+        frac = min(max(epoch, 0), epochs) / epochs
+        lo, hi = math.log10(self.t_min), math.log10(self.t_max)
+        return 10.0 ** (lo + (hi - lo) * frac)
+
+    def set_epoch(self, epoch: int, epochs: int) -> float:
+        self._t_host = self.schedule(epoch, epochs)
+        self.t.fill_(self._t_host)
+        return self._t_host
+
+    def forward(self, x):
+        t = self._t_host
+        return _SignGrad.apply(x, functools.partial(_ede_grad, t=t, k=max(1.0 / t, 1.0)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "t" in state_dict:
+            self._t_host = float(state_dict[prefix + "t"])
+
+    def extra_repr(self):
+        return f"t={self._t_host:g}, t_min={self.t_min:g}, t_max={self.t_max:g}"
+
+
+# ------------------------------------------------------------------------------------------ layers
+class _BinaryConv2dBase(torch.nn.Conv2d):
+    """nn.Conv2d (groups = 1, numeric zero padding) with ERBinaryConv2d's constructor signature."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=False,
+                 q_buffer=100, stat_buffer=1000, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=1, bias=bias, device=device, dtype=dtype)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError(f"{type(self).__name__} supports numeric zero padding only")
+        self.stat_buffer = int(stat_buffer)
+
+    def _check_input(self, x):
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], "
+                             f"got {tuple(x.shape)}")
+
+    def _conv(self, x, w):
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+
+
+class _ERRestoredConv2d(_BinaryConv2dBase):
+    """ER-BNN restoration (method.md 1-2) written with torch autograd, the sign's gradient chosen by the
+    subclass (_make_sign). Forward values equal ERBinaryConv2d's; eval uses the running statistics of
+    the last `stat_buffer` training steps, as ERBinaryConv2d does (same buffer names act_mean, act_sigma)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_sign = self._make_sign()
+        self.act_sign = self._make_sign()
+        self.act_mean = RingMean(self.stat_buffer)
+        self.act_sigma = RingMean(self.stat_buffer)
+
+    def _make_sign(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def restored_weight(self):
+        rows = self.weight.reshape(self.out_channels, -1)
+        mean = rows.mean(1, keepdim=True)
+        # sqrt of a floored variance keeps the gradient finite for a constant channel (alpha = EPS).
+        alpha = (rows - mean).pow(2).mean(1, keepdim=True).clamp_min(EPS * EPS).sqrt()
+        return self.weight_sign((rows - mean) / alpha).view_as(self.weight)
+
+    def restored_input(self, x):
+        if not self.training and self.act_mean.filled:
+            mean, sigma = self.act_mean.mean().to(x.dtype), self.act_sigma.mean().to(x.dtype)
+        else:
+            mean = x.mean()
+            rms = (x - mean).pow(2).flatten(1).mean(1).clamp_min(EPS * EPS).sqrt()
+            sigma = rms.mean()
+            if self.training and torch.is_grad_enabled():
+                self.act_mean.push(mean)
+                self.act_sigma.push(sigma)
+        return sigma * self.act_sign((x - mean) / sigma.clamp_min(EPS)) + mean
+
+    def forward(self, x):
+        self._check_input(x)
+        return self._conv(self.restored_input(x), self.restored_weight())
+
+
+class ERClipConv2d(_ERRestoredConv2d):
+    """ER-BNN restoration with the fixed hardtanh-clip STE (grad 1 for |x| <= 1) for weights and inputs."""
+
+    def _make_sign(self):
+        return ClipSign()
+
+
+class EREDEConv2d(_ERRestoredConv2d):
+    """ER-BNN restoration with IR-Net's EDE gradient (EDESign, t schedule) for weights and inputs."""
+
+    def _make_sign(self):
+        return EDESign()
+
+
+class IRNetConv2d(_BinaryConv2dBase):
+    """IR-Net: What = (W - mean) / std_unbiased per output channel (differentiable), s = 2^round(log2
+    mean|What|) (detached), W_q = s * sign(What); input sign(x); EDE gradient for both (method.md 6)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_sign = EDESign()
+        self.act_sign = EDESign()
+
+    def forward(self, x):
+        self._check_input(x)
+        rows = self.weight.reshape(self.out_channels, -1)
+        what = rows - rows.mean(1, keepdim=True)
+        what = what / what.std(1, keepdim=True).clamp_min(EPS)
+        s = torch.pow(2.0, torch.round(torch.log2(what.abs().mean(1, keepdim=True).clamp_min(EPS)))).detach()
+        w_q = (self.weight_sign(what) * s).view_as(self.weight)
+        return self._conv(self.act_sign(x), w_q)
+
+
+class ReCUConv2d(_BinaryConv2dBase):
+    """ReCU (method.md 6): w0 = W - mean, w1 = w0 / (sqrt(var(w0) + 1e-5) / (2 sqrt 2)) over the layer,
+    Q_tau = -mean|w1| * ln(2 - 2 tau) (detached), W_b = sign(clamp(w1, -Q_tau, Q_tau)) with an identity
+    STE; input sign(x / sqrt(var_n + 1e-5)) (per-sample variance, training only) with the surrogate
+    max(0, 2 - |2x|). tau rises from tau_min = 0.85 to tau_max = 0.99 with ReCU's exponential schedule
+    tau(e) = A e^(e/E) + B, A = (tau_max - tau_min) / (e - 1), B = tau_min - A. ReCU's learnable output
+    scale is left out: every binary conv in these models is followed by BatchNorm."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tau_min, self.tau_max = 0.85, 0.99
+        self.register_buffer("tau", torch.tensor(self.tau_min))
+        self._tau_host = self.tau_min
+        self.weight_sign = STESign()
+        self.act_sign = ReCUActSign()
+
+    def schedule(self, epoch: int, epochs: int) -> float:
+        a = (self.tau_max - self.tau_min) / (math.e - 1)
+        return a * math.exp(min(max(epoch, 0), epochs) / epochs) + self.tau_min - a
+
+    def set_epoch(self, epoch: int, epochs: int) -> float:
+        self._tau_host = self.schedule(epoch, epochs)
+        self.tau.fill_(self._tau_host)
+        return self._tau_host
+
+    def forward(self, x):
+        self._check_input(x)
+        w0 = self.weight - self.weight.mean()
+        w1 = w0 / (torch.sqrt(w0.var() + 1e-5) / (2 * math.sqrt(2)))
+        q = (-w1.abs().mean() * math.log(2 - 2 * self._tau_host)).detach()
+        w_b = self.weight_sign(torch.clamp(w1, -q, q))
+        if self.training:
+            x = x / torch.sqrt(x.flatten(1).var(1) + 1e-5).view(-1, 1, 1, 1)
+        return self._conv(self.act_sign(x), w_b)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "tau" in state_dict:
+            self._tau_host = float(state_dict[prefix + "tau"])
+
+
+#: method name (the models' `method=`) -> binary conv class
+BINARY_CONVS = {
+    "erbnn": ERBinaryConv2d,
+    "clip": ERClipConv2d,
+    "ede": EREDEConv2d,
+    "irnet": IRNetConv2d,
+    "recu": ReCUConv2d,
+}
