@@ -128,6 +128,9 @@ def _bn_followers(model):
         if not isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) or len(nodes) != 1:
             continue
         src = nodes[0].args[0] if nodes[0].args else None
+        while (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+               and isinstance(model.get_submodule(src.target), torch.nn.Identity)):
+            src = src.args[0]  # an Identity in between (e.g. "no pool here") changes nothing
         if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and len(calls.get(src.target, [])) == 1 and bn.track_running_stats
                 and isinstance(model.get_submodule(src.target), (ERBinaryConv2d, ERBinaryLinear))):

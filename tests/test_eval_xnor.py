@@ -99,3 +99,28 @@ def test_freeze_without_statistics_names_the_layer():
     model = torch.nn.Sequential(enn.ERBinaryConv2d(3, 4, 3))
     with pytest.raises(ValueError, match="'0' has no recorded activation statistics"):
         deploy.freeze(model)
+
+
+@pytest.mark.parametrize("name,unfolded", [("resnet20_1w1a", 0), ("resnet18_1w1a", 0), ("vgg_small_1w1a", 3)])
+def test_freeze_paper_models(native, name, unfolded):
+    from erbnn_ext import models
+    torch.manual_seed(0)
+    model = getattr(models, name)(num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+    model.eval()
+    frozen = deploy.freeze(model)
+    binary = [m for m in model.modules() if isinstance(m, (enn.ERBinaryConv2d, enn.ERBinaryLinear))]
+    frozen_layers = [m for m in frozen.modules() if isinstance(m, deploy.FrozenBinaryConv2d)]
+    assert len(frozen_layers) == len(binary) > 0
+    # a BatchNorm folds where it directly follows the binary conv; VGG-Small max-pools first in 3 layers
+    assert sum(not m.folded_bn for m in frozen_layers) == unfolded
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), erbnn_ext.use_backend("reference"):
+        expected = model(x)
+    with torch.no_grad():
+        got = frozen(x)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
