@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/conv_engine.h"
 #include "cpu/cpu_isa.h"
 
 TORCH_LIBRARY(erbnn, m) {
@@ -54,6 +55,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         [](const std::string& name) { return std::string(erbnn::cpu_isa_name(erbnn::set_cpu_isa(name))); },
         "Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.");
   m.def("amx_available", &erbnn::amx_available);
+  m.def("conv_engines", &erbnn::available_conv_engines, "CPU binary-conv engines usable on this machine.");
+  m.def("set_conv_engine", &erbnn::set_conv_engine,
+        "Force the CPU binary-conv engine: xnor, int8_vnni, amx or auto; '' defers to ERBNN_CONV_ENGINE.");
+  m.def("get_conv_engine", &erbnn::requested_conv_engine, "The engine request in force (or 'auto').");
+  m.def("_set_amx_disabled", &erbnn::set_amx_disabled, "Tests: make AMX look absent (or present again).");
+  m.def("_clear_conv_engine_cache", &erbnn::clear_conv_engine_cache);
   m.def("cuda_compiled", [] {
 #ifdef ERBNN_WITH_CUDA
     return true;

@@ -1,0 +1,223 @@
+// The int8 engines of the CPU binary convolution (layouts and the exactness argument: int8_conv.h):
+// sign -> int8 channels-last conversion, weight unpacking, the per-tile im2col into the AMX B-tile
+// layout, the AVX512-VNNI microkernel, and the AMX driver. The fused epilogue is the XNOR engine's
+// (conv_epilogue_avx512.h), so every engine yields bit-identical outputs.
+#include "int8_conv.h"
+
+#include <ATen/Parallel.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "conv_epilogue_avx512.h"
+
+#define ERBNN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+namespace erbnn {
+namespace {
+
+struct I8Geom {
+  int64_t Cp, Cp4;  // channels padded to a multiple of 4; in 32-bit words
+  int64_t Kp, Kp4;  // reduction length padded (to 64 for AMX, 4 for VNNI); in 4-byte rows
+  int64_t Op;       // output channels padded to 16
+  int8_t bias;      // added to the +-1 activations (1 for VPDPBUSD's unsigned operand, 0 for AMX)
+  uint32_t pad_word;  // four out-of-frame activation bytes (= bias)
+};
+
+I8Geom make_i8_geom(const ConvGeom& g, bool amx) {
+  I8Geom q{};
+  q.Cp = (g.C + 3) / 4 * 4;
+  q.Cp4 = q.Cp / 4;
+  const int64_t k = g.taps * q.Cp, mult = amx ? 64 : 4;
+  q.Kp = (k + mult - 1) / mult * mult;
+  q.Kp4 = q.Kp / 4;
+  q.Op = (g.O + 15) / 16 * 16;
+  q.bias = amx ? 0 : 1;
+  q.pad_word = uint32_t(uint8_t(q.bias)) * 0x01010101u;
+  return q;
+}
+
+// sign(x - shift) + bias as bytes, [N, H, W, Cp]; channel pad bytes = bias (their weights are 0).
+template <typename T>
+at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cp = q.Cp;
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  at::Tensor out = at::empty({N, H, W, Cp}, x.options().dtype(at::kChar));
+  const T* src = x.const_data_ptr<T>();
+  int8_t* dst = out.mutable_data_ptr<int8_t>();
+  const int8_t pos = int8_t(1 + q.bias), neg = int8_t(-1 + q.bias);
+  std::atomic<bool> nan{false};
+  at::parallel_for(0, N * H, 1, [&](int64_t lo, int64_t hi) {
+    bool bad = false;
+    for (int64_t r = lo; r < hi; ++r) {
+      const T* row = src + (r / H) * sn + (r % H) * sh;
+      int8_t* d = dst + r * W * Cp;
+      if (sw == 1) {  // NCHW: read each channel's row contiguously
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const T v = row[c * sc + w];
+            bad |= v != v;
+            d[w * Cp + c] = v >= shift ? pos : neg;
+          }
+      } else {
+        for (int64_t w = 0; w < W; ++w)
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = row[c * sc + w * sw];
+            bad |= v != v;
+            d[w * Cp + c] = v >= shift ? pos : neg;
+          }
+      }
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = C; c < Cp; ++c) d[w * Cp + c] = q.bias;
+    }
+    if (bad) nan.store(true);
+  });
+  TORCH_CHECK_VALUE(!nan.load(), "x contains NaN: its sign is undefined");
+  return out;
+}
+
+at::Tensor quantize_x(const at::Tensor& x, double shift, const I8Geom& q) {
+  if (x.scalar_type() == at::kDouble) return quantize_typed<double>(x, shift, q);
+  // float16 / bfloat16 convert to float32 exactly; the comparison runs in float32 (as sign_pack's).
+  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+  return quantize_typed<float>(xf, static_cast<float>(shift), q);
+}
+
+// Wq [Op, Kp]: +-1 from the packed sign bits, 0 in every pad position.
+std::vector<int8_t> unpack_weights(const ConvGeom& g, const I8Geom& q, const uint64_t* Wp) {
+  std::vector<int8_t> w(size_t(q.Op * q.Kp), 0);
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const uint64_t* bits = Wp + (o * g.taps + t) * g.Cw;
+      int8_t* d = w.data() + o * q.Kp + t * q.Cp;
+      for (int64_t c = 0; c < g.C; ++c) d[c] = ((bits[c / 64] >> (c % 64)) & 1u) ? 1 : -1;
+    }
+  return w;
+}
+
+// im2col of pixels [p0, p0 + np) of image n into At [Kp4][16] words, plus the out-of-frame bookkeeping
+// the epilogue needs (nvalid, part_tap/part_bad, oob_c): the same meaning as build_tile's.
+void build_tile_i8(const ConvGeom& g, const I8Geom& q, const uint32_t* img, Tile& t, uint32_t* At) {
+  t.part_tap.clear();
+  t.part_bad.clear();
+  int64_t iy0[kTilePx], ix0[kTilePx];
+  for (int j = 0; j < kTilePx; ++j) {
+    const int64_t p = t.p0 + j;
+    iy0[j] = (p / g.OW) * g.sh - g.ph;
+    ix0[j] = (p % g.OW) * g.sw - g.pw;
+    t.nvalid[j] = 0;
+  }
+  const uint32_t full = (1u << t.np) - 1;
+  const int64_t Cp4 = q.Cp4;
+  for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t tap = ky * g.kw + kx;
+      uint32_t* dst = At + tap * Cp4 * kTilePx;
+      uint32_t ok = 0;
+      for (int j = 0; j < kTilePx; ++j) {
+        const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
+        if (j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
+          ok |= 1u << j;
+          ++t.nvalid[j];
+          const uint32_t* src = img + (iy * g.W + ix) * Cp4;
+          for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = src[c];
+        } else {
+          for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = q.pad_word;
+        }
+      }
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(tap));
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
+      }
+    }
+  std::fill(At + g.taps * Cp4 * kTilePx, At + q.Kp4 * kTilePx, q.pad_word);
+  for (int j = 0; j < kTilePx; ++j) t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
+}
+
+inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
+  return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
+}
+
+// 16 output channels [o, o + 16) x the tile's 16 pixels: VPDPBUSD with the weight dword broadcast.
+ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, const uint32_t* At,
+                           const int8_t* Wq, int64_t o, const Epilogue& e, float* out) {
+  const int32_t* w = reinterpret_cast<const int32_t*>(Wq + o * q.Kp);
+  const int64_t Kp4 = q.Kp4;
+  __m512i acc[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < Kp4; ++k) {
+    const __m512i x = _mm512_load_si512(At + k * kTilePx);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, _mm512_set1_epi32(w[i * Kp4 + k]));
+  }
+  const __mmask16 store = __mmask16((1u << t.np) - 1);
+  const int64_t n = std::min<int64_t>(16, g.O - o);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    if (i >= n) break;
+    // sum (a + 1) w = conv + sum w (int8_conv.h)
+    const __m512i conv = _mm512_sub_epi32(acc[i], _mm512_set1_epi32(int32_t(e.ones_full[o + i])));
+    store_conv_avx512(t, o + i, conv, oob_pop_avx512(g, t, o + i, e), e, store, out_row(g, t, o + i, out));
+  }
+}
+
+ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& t, const uint32_t* At,
+                                const int8_t* Wq, int64_t o, const Epilogue& e, float* out) {
+  alignas(64) int32_t C[16 * 16];
+  amx_block_16x16(Wq + o * q.Kp, q.Kp, reinterpret_cast<const uint8_t*>(At), C);
+  const __mmask16 store = __mmask16((1u << t.np) - 1);
+  const int64_t n = std::min<int64_t>(16, g.O - o);
+  for (int64_t i = 0; i < n; ++i)
+    store_conv_avx512(t, o + i, _mm512_load_si512(C + i * 16), oob_pop_avx512(g, t, o + i, e), e, store,
+                      out_row(g, t, o + i, out));
+}
+
+}  // namespace
+
+void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const uint64_t* Wp, const Epilogue& e,
+                   bool amx, float* out) {
+  const I8Geom q = make_i8_geom(g, amx);
+  const at::Tensor xq = quantize_x(x, shift, q);
+  const std::vector<int8_t> wq = unpack_weights(g, q, Wp);
+  const uint32_t* X = reinterpret_cast<const uint32_t*>(xq.const_data_ptr<int8_t>());
+
+  // The work split of the XNOR engine (binary_conv.cpp run_conv), channel chunks of 16.
+  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
+  const int64_t want = 4 * int64_t(at::get_num_threads());
+  int64_t nch = 1;
+  if (tiles < want) nch = std::min<int64_t>(q.Op / 16, (want + tiles - 1) / tiles);
+  const int64_t ochunk = ((q.Op + nch - 1) / nch + 15) / 16 * 16;
+  nch = (q.Op + ochunk - 1) / ochunk;
+  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<uint32_t> storage(size_t(q.Kp4 * kTilePx + 16));
+    uint32_t* At =
+        reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    Tile t;
+    int64_t built = -1;
+    if (amx) amx_tiles_configure();
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t tile = task / nch, ch = task % nch;
+      if (tile != built) {
+        t.n = tile / nblk;
+        t.p0 = (tile % nblk) * kTilePx;
+        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
+        build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
+        built = tile;
+      }
+      const int64_t o1 = std::min(g.O, (ch + 1) * ochunk);
+      for (int64_t o = ch * ochunk; o < o1; o += 16) {
+        if (amx)
+          block_amx(g, q, t, At, wq.data(), o, e, out);
+        else
+          block_vnni(g, q, t, At, wq.data(), o, e, out);
+      }
+    }
+    if (amx) amx_tiles_release();
+  });
+}
+
+}  // namespace erbnn
