@@ -66,8 +66,9 @@ const char* conv_engine_name(ConvEngine e) {
 bool conv_engine_available(ConvEngine e) {
   switch (e) {
     case ConvEngine::kXnor: return true;
-    case ConvEngine::kInt8Vnni: return vnni_supported();
-    case ConvEngine::kAmx: return amx_available() && !amx_disabled().load();
+    // Both int8 engines use the AVX-512 epilogue: set_cpu_isa / ERBNN_CPU_ISA below avx512 turns them off.
+    case ConvEngine::kInt8Vnni: return vnni_supported() && active_cpu_isa() == CpuIsa::kAvx512;
+    case ConvEngine::kAmx: return amx_available() && active_cpu_isa() == CpuIsa::kAvx512 && !amx_disabled().load();
   }
   return false;
 }
@@ -105,6 +106,14 @@ void set_amx_disabled(bool disabled) {
   clear_conv_engine_cache();  // a cached "amx" must not outlive the switch
 }
 
+std::map<std::string, std::string> conv_engine_choices() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::map<std::string, std::string> out;
+  for (const auto& kv : s.cache) out.emplace(kv.first, conv_engine_name(kv.second));
+  return out;
+}
+
 void clear_conv_engine_cache() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -119,8 +128,8 @@ ConvEngine choose_conv_engine(const std::string& key, const std::function<double
       TORCH_CHECK(conv_engine_available(e), "binary conv engine '", want,
                   "' is not available on this machine (available: ",
                   c10::Join(", ", available_conv_engines()), ")",
-                  e == ConvEngine::kAmx ? "; amx needs AMX-INT8 tiles granted by the OS and ERBNN_DISABLE_AMX unset"
-                                        : "; int8_vnni needs AVX512-VNNI");
+                  e == ConvEngine::kAmx ? "; amx needs AMX-INT8 tiles granted by the OS, the avx512 CPU path and ERBNN_DISABLE_AMX unset"
+                                        : "; int8_vnni needs AVX512-VNNI and the avx512 CPU path");
       return e;
     }
   }

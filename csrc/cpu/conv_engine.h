@@ -8,6 +8,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,8 @@ std::string requested_conv_engine();
 // Tests: make AMX look absent (also ERBNN_DISABLE_AMX=1 at load).
 void set_amx_disabled(bool disabled);
 void clear_conv_engine_cache();
+// The auto choices made so far: cache key -> engine name (benchmarks, tests).
+std::map<std::string, std::string> conv_engine_choices();
 // The engine for one call. `time_engine(e)` runs the call on engine e and returns its seconds; it is
 // used only for an uncached key under "auto".
 ConvEngine choose_conv_engine(const std::string& key, const std::function<double(ConvEngine)>& time_engine);
