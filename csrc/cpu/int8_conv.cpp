@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "conv_epilogue_avx512.h"
@@ -40,6 +41,21 @@ I8Geom make_i8_geom(const ConvGeom& g, bool amx) {
   return q;
 }
 
+// One pixel, C contiguous float32 channels -> bytes pos / neg; returns whether a NaN was seen.
+ERBNN_EPI_AVX512 bool quantize_px_avx512(const float* px, int64_t C, float shift, int8_t pos, int8_t neg, int8_t* d) {
+  const __m512 s = _mm512_set1_ps(shift);
+  const __m128i p = _mm_set1_epi8(pos), n = _mm_set1_epi8(neg);
+  __mmask16 nan = 0;
+  for (int64_t c = 0; c < C; c += 16) {
+    const int64_t k = std::min<int64_t>(16, C - c);
+    const __mmask16 m = k == 16 ? __mmask16(0xFFFF) : __mmask16((1u << k) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(m, px + c);
+    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+    _mm_mask_storeu_epi8(d + c, m, _mm_mask_blend_epi8(_mm512_mask_cmp_ps_mask(m, v, s, _CMP_GE_OQ), n, p));
+  }
+  return nan != 0;
+}
+
 // sign(x - shift) + bias as bytes, [N, H, W, Cp]; channel pad bytes = bias (their weights are 0).
 template <typename T>
 at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
@@ -55,6 +71,12 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
     for (int64_t r = lo; r < hi; ++r) {
       const T* row = src + (r / H) * sn + (r % H) * sh;
       int8_t* d = dst + r * W * Cp;
+      if constexpr (std::is_same_v<T, float>) {
+        if (sc == 1) {  // channels contiguous: 16 compares per instruction
+          for (int64_t w = 0; w < W; ++w) bad |= quantize_px_avx512(row + w * sw, C, shift, pos, neg, d + w * Cp);
+          goto pad;
+        }
+      }
       if (sw == 1) {  // NCHW: read each channel's row contiguously
         for (int64_t c = 0; c < C; ++c)
           for (int64_t w = 0; w < W; ++w) {
@@ -70,6 +92,7 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
             d[w * Cp + c] = v >= shift ? pos : neg;
           }
       }
+    pad:
       for (int64_t w = 0; w < W; ++w)
         for (int64_t c = C; c < Cp; ++c) d[w * Cp + c] = q.bias;
     }
@@ -82,19 +105,29 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
 at::Tensor quantize_x(const at::Tensor& x, double shift, const I8Geom& q) {
   if (x.scalar_type() == at::kDouble) return quantize_typed<double>(x, shift, q);
   // float16 / bfloat16 convert to float32 exactly; the comparison runs in float32 (as sign_pack's).
-  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+  at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+  if (xf.stride(1) != 1) xf = xf.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});  // channels last
   return quantize_typed<float>(xf, static_cast<float>(shift), q);
+}
+
+// One weight tap: 64 channels per step, a packed word is the blend mask of +1 over -1.
+ERBNN_EPI_AVX512 void unpack_tap(const uint64_t* bits, int64_t C, int8_t* d) {
+  const __m512i pos = _mm512_set1_epi8(1), neg = _mm512_set1_epi8(-1);
+  for (int64_t c0 = 0; c0 < C; c0 += 64) {
+    const int64_t n = std::min<int64_t>(64, C - c0);
+    const __mmask64 lanes = n == 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1;
+    _mm512_mask_storeu_epi8(d + c0, lanes, _mm512_mask_blend_epi8(__mmask64(bits[c0 / 64]), neg, pos));
+  }
 }
 
 // Wq [Op, Kp]: +-1 from the packed sign bits, 0 in every pad position.
 std::vector<int8_t> unpack_weights(const ConvGeom& g, const I8Geom& q, const uint64_t* Wp) {
   std::vector<int8_t> w(size_t(q.Op * q.Kp), 0);
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t t = 0; t < g.taps; ++t) {
-      const uint64_t* bits = Wp + (o * g.taps + t) * g.Cw;
-      int8_t* d = w.data() + o * q.Kp + t * q.Cp;
-      for (int64_t c = 0; c < g.C; ++c) d[c] = ((bits[c / 64] >> (c % 64)) & 1u) ? 1 : -1;
-    }
+  at::parallel_for(0, g.O, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; ++o)
+      for (int64_t t = 0; t < g.taps; ++t)
+        unpack_tap(Wp + (o * g.taps + t) * g.Cw, g.C, w.data() + o * q.Kp + t * q.Cp);
+  });
   return w;
 }
 
