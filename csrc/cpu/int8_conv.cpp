@@ -41,27 +41,43 @@ I8Geom make_i8_geom(const ConvGeom& g, bool amx) {
   return q;
 }
 
-// One pixel, C contiguous float32 channels -> bytes pos / neg; returns whether a NaN was seen.
-ERBNN_EPI_AVX512 bool quantize_px_avx512(const float* px, int64_t C, float shift, int8_t pos, int8_t neg, int8_t* d) {
+// Xq is [N * H][Cp4][W] dwords (4 channels of one pixel per dword): a row of an image's channel group is
+// contiguous, so the conversion from NCHW stores whole vectors and the im2col gathers dwords.
+
+// float32 row (n, h) with W contiguous: 16 pixels x 4 channels per step, channel i's compare mask blends
+// byte i of the 16 dwords.
+ERBNN_EPI_AVX512 bool quantize_row_avx512(const float* row, int64_t sc, int64_t C, int64_t Cp4, int64_t W, float shift,
+                                          int8_t pos, int8_t neg, int8_t bias, uint32_t* d) {
   const __m512 s = _mm512_set1_ps(shift);
-  const __m128i p = _mm_set1_epi8(pos), n = _mm_set1_epi8(neg);
   __mmask16 nan = 0;
-  for (int64_t c = 0; c < C; c += 16) {
-    const int64_t k = std::min<int64_t>(16, C - c);
-    const __mmask16 m = k == 16 ? __mmask16(0xFFFF) : __mmask16((1u << k) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(m, px + c);
-    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
-    _mm_mask_storeu_epi8(d + c, m, _mm_mask_blend_epi8(_mm512_mask_cmp_ps_mask(m, v, s, _CMP_GE_OQ), n, p));
-  }
+  for (int64_t c4 = 0; c4 < Cp4; ++c4)
+    for (int64_t w = 0; w < W; w += 16) {
+      const int64_t k = std::min<int64_t>(16, W - w);
+      const __mmask16 m = k == 16 ? __mmask16(0xFFFF) : __mmask16((1u << k) - 1);
+      __m512i v = _mm512_setzero_si512();
+      for (int i = 0; i < 4; ++i) {
+        const int64_t c = c4 * 4 + i;
+        const uint32_t p = uint32_t(uint8_t(pos)) << (8 * i), n = uint32_t(uint8_t(neg)) << (8 * i);
+        if (c >= C) {
+          v = _mm512_or_si512(v, _mm512_set1_epi32(int32_t(uint32_t(uint8_t(bias)) << (8 * i))));
+          continue;
+        }
+        const __m512 x = _mm512_maskz_loadu_ps(m, row + c * sc + w);
+        nan |= _mm512_mask_cmp_ps_mask(m, x, x, _CMP_UNORD_Q);
+        const __mmask16 ge = _mm512_mask_cmp_ps_mask(m, x, s, _CMP_GE_OQ);
+        v = _mm512_or_si512(v, _mm512_mask_blend_epi32(ge, _mm512_set1_epi32(int32_t(n)), _mm512_set1_epi32(int32_t(p))));
+      }
+      _mm512_mask_storeu_epi32(d + c4 * W + w, m, v);
+    }
   return nan != 0;
 }
 
-// sign(x - shift) + bias as bytes, [N, H, W, Cp]; channel pad bytes = bias (their weights are 0).
+// sign(x - shift) + bias as bytes in the Xq layout; channel pad bytes = bias (their weights are 0).
 template <typename T>
 at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cp = q.Cp;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cp4 = q.Cp4;
   const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
-  at::Tensor out = at::empty({N, H, W, Cp}, x.options().dtype(at::kChar));
+  at::Tensor out = at::empty({N, H, Cp4, W * 4}, x.options().dtype(at::kChar));
   const T* src = x.const_data_ptr<T>();
   int8_t* dst = out.mutable_data_ptr<int8_t>();
   const int8_t pos = int8_t(1 + q.bias), neg = int8_t(-1 + q.bias);
@@ -70,31 +86,23 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
     bool bad = false;
     for (int64_t r = lo; r < hi; ++r) {
       const T* row = src + (r / H) * sn + (r % H) * sh;
-      int8_t* d = dst + r * W * Cp;
+      int8_t* d = dst + r * Cp4 * W * 4;
       if constexpr (std::is_same_v<T, float>) {
-        if (sc == 1) {  // channels contiguous: 16 compares per instruction
-          for (int64_t w = 0; w < W; ++w) bad |= quantize_px_avx512(row + w * sw, C, shift, pos, neg, d + w * Cp);
-          goto pad;
+        if (sw == 1) {
+          bad |= quantize_row_avx512(row, sc, C, Cp4, W, shift, pos, neg, q.bias, reinterpret_cast<uint32_t*>(d));
+          continue;
         }
       }
-      if (sw == 1) {  // NCHW: read each channel's row contiguously
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t w = 0; w < W; ++w) {
-            const T v = row[c * sc + w];
-            bad |= v != v;
-            d[w * Cp + c] = v >= shift ? pos : neg;
-          }
-      } else {
-        for (int64_t w = 0; w < W; ++w)
-          for (int64_t c = 0; c < C; ++c) {
+      for (int64_t c = 0; c < Cp4 * 4; ++c)
+        for (int64_t w = 0; w < W; ++w) {
+          int8_t b = q.bias;
+          if (c < C) {
             const T v = row[c * sc + w * sw];
             bad |= v != v;
-            d[w * Cp + c] = v >= shift ? pos : neg;
+            b = v >= shift ? pos : neg;
           }
-      }
-    pad:
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = C; c < Cp; ++c) d[w * Cp + c] = q.bias;
+          d[((c / 4) * W + w) * 4 + c % 4] = b;
+        }
     }
     if (bad) nan.store(true);
   });
@@ -105,8 +113,7 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
 at::Tensor quantize_x(const at::Tensor& x, double shift, const I8Geom& q) {
   if (x.scalar_type() == at::kDouble) return quantize_typed<double>(x, shift, q);
   // float16 / bfloat16 convert to float32 exactly; the comparison runs in float32 (as sign_pack's).
-  at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
-  if (xf.stride(1) != 1) xf = xf.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});  // channels last
+  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
   return quantize_typed<float>(xf, static_cast<float>(shift), q);
 }
 
@@ -132,10 +139,16 @@ std::vector<int8_t> unpack_weights(const ConvGeom& g, const I8Geom& q, const uin
 }
 
 // im2col of pixels [p0, p0 + np) of image n into At [Kp4][16] words, plus the out-of-frame bookkeeping
-// the epilogue needs (nvalid, part_tap/part_bad, oob_c): the same meaning as build_tile's.
-void build_tile_i8(const ConvGeom& g, const I8Geom& q, const uint32_t* img, Tile& t, uint32_t* At) {
+// the epilogue needs (nvalid, part_tap/part_bad, oob_c): the same meaning as build_tile's. Per tap, one
+// masked gather moves 4 channels of all 16 pixels (out-of-frame lanes get the pad word); images of
+// 2^31 words or more (int32 gather offsets) take the scalar copy.
+ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const uint32_t* img, Tile& t,
+                                    uint32_t* At) {
   t.part_tap.clear();
   t.part_bad.clear();
+  const int64_t Cp4 = q.Cp4;
+  const bool gather = g.H * g.W * Cp4 < (int64_t(1) << 31);
+  const int64_t row = Cp4 * g.W;  // words per image row
   int64_t iy0[kTilePx], ix0[kTilePx];
   for (int j = 0; j < kTilePx; ++j) {
     const int64_t p = t.p0 + j;
@@ -144,22 +157,27 @@ void build_tile_i8(const ConvGeom& g, const I8Geom& q, const uint32_t* img, Tile
     t.nvalid[j] = 0;
   }
   const uint32_t full = (1u << t.np) - 1;
-  const int64_t Cp4 = q.Cp4;
+  const __m512i padv = _mm512_set1_epi32(int32_t(q.pad_word));
   for (int64_t ky = 0; ky < g.kh; ++ky)
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       const int64_t tap = ky * g.kw + kx;
       uint32_t* dst = At + tap * Cp4 * kTilePx;
       uint32_t ok = 0;
+      alignas(64) int32_t off[kTilePx];
       for (int j = 0; j < kTilePx; ++j) {
         const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
-        if (j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
-          ok |= 1u << j;
-          ++t.nvalid[j];
-          const uint32_t* src = img + (iy * g.W + ix) * Cp4;
-          for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = src[c];
-        } else {
-          for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = q.pad_word;
-        }
+        const bool in = j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
+        ok |= uint32_t(in) << j;
+        t.nvalid[j] += in;
+        off[j] = in && gather ? int32_t(iy * row + ix) : 0;
+        if (!gather)
+          for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = in ? img[iy * row + c * g.W + ix] : q.pad_word;
+      }
+      if (gather) {
+        __m512i idx = _mm512_load_si512(off);
+        const __m512i step = _mm512_set1_epi32(int32_t(g.W));
+        for (int64_t c = 0; c < Cp4; ++c, idx = _mm512_add_epi32(idx, step))
+          _mm512_store_si512(dst + c * kTilePx, _mm512_mask_i32gather_epi32(padv, __mmask16(ok), idx, img, 4));
       }
       if (ok != full) {
         t.part_tap.push_back(int32_t(tap));
@@ -174,10 +192,23 @@ inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
   return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
 }
 
+// Wq [Op, Kp] regrouped as [Op / 16][Kp4][16] dwords: the 16 channels' weights of one k4 are one
+// 64-byte line, so the kernel broadcasts them from one pointer (embedded broadcasts).
+std::vector<int32_t> block_weights(const I8Geom& q, const std::vector<int8_t>& wq) {
+  std::vector<int32_t> out(size_t(q.Op * q.Kp4));
+  const int32_t* w = reinterpret_cast<const int32_t*>(wq.data());
+  at::parallel_for(0, q.Op / 16, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b)
+      for (int64_t i = 0; i < 16; ++i)
+        for (int64_t k = 0; k < q.Kp4; ++k) out[(b * q.Kp4 + k) * 16 + i] = w[(b * 16 + i) * q.Kp4 + k];
+  });
+  return out;
+}
+
 // 16 output channels [o, o + 16) x the tile's 16 pixels: VPDPBUSD with the weight dword broadcast.
 ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, const uint32_t* At,
-                           const int8_t* Wq, int64_t o, const Epilogue& e, float* out) {
-  const int32_t* w = reinterpret_cast<const int32_t*>(Wq + o * q.Kp);
+                           const int32_t* Wb, int64_t o, const Epilogue& e, float* out) {
+  const int32_t* w = Wb + o * q.Kp4;  // block o / 16
   const int64_t Kp4 = q.Kp4;
   __m512i acc[16];
 #pragma GCC unroll 16
@@ -185,7 +216,7 @@ ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, co
   for (int64_t k = 0; k < Kp4; ++k) {
     const __m512i x = _mm512_load_si512(At + k * kTilePx);
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, _mm512_set1_epi32(w[i * Kp4 + k]));
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, _mm512_set1_epi32(w[k * 16 + i]));
   }
   const __mmask16 store = __mmask16((1u << t.np) - 1);
   const int64_t n = std::min<int64_t>(16, g.O - o);
@@ -216,6 +247,7 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const u
   const I8Geom q = make_i8_geom(g, amx);
   const at::Tensor xq = quantize_x(x, shift, q);
   const std::vector<int8_t> wq = unpack_weights(g, q, Wp);
+  const std::vector<int32_t> wb = amx ? std::vector<int32_t>() : block_weights(q, wq);
   const uint32_t* X = reinterpret_cast<const uint32_t*>(xq.const_data_ptr<int8_t>());
 
   // The work split of the XNOR engine (binary_conv.cpp run_conv), channel chunks of 16.
@@ -246,7 +278,7 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const u
         if (amx)
           block_amx(g, q, t, At, wq.data(), o, e, out);
         else
-          block_vnni(g, q, t, At, wq.data(), o, e, out);
+          block_vnni(g, q, t, At, wb.data(), o, e, out);
       }
     }
     if (amx) amx_tiles_release();

@@ -1,8 +1,8 @@
 // The int8 engines of the CPU binary convolution: exact +-1 int8 GEMM with int32 accumulation.
 // Layouts (shared by the VNNI and AMX kernels):
-//   activations Xq[N, H, W, Cp] int8, sign(x - shift) in {-1, +1} plus `bias`, channels padded to
-//     Cp = ceil(C / 4) * 4;
-//   weights Wq[Op, Kp] int8 row-major, k = tap * Cp + c, +-1 for c < C and 0 elsewhere (channel pad,
+//   activations Xq[N, H, Cp / 4, W] dwords of 4 int8 channels, sign(x - shift) in {-1, +1} plus `bias`,
+//     channels padded to Cp = ceil(C / 4) * 4;
+//   weights Wq[Op, Kp] int8 row-major (AMX; the VNNI kernel regroups it as [Op / 16][Kp / 4][16] dwords), k = tap * Cp + c, +-1 for c < C and 0 elsewhere (channel pad,
 //     K pad up to Kp, rows o >= O up to Op = ceil(O / 16) * 16): the padding contributes exactly 0;
 //   tile At[Kp / 4][16 pixels][4] bytes: one 64-byte row per 4 k (the AMX B-tile / VNNI layout).
 // The AMX kernel multiplies s8 x s8 (bias 0): out-of-frame taps hold 0, so zero padding is free.
