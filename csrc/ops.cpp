@@ -6,6 +6,7 @@
 
 #include "cpu/conv_engine.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/int8_conv.h"
 
 TORCH_LIBRARY(erbnn, m) {
   // ---- restoration (method.md sections 1-3) ----
@@ -61,6 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("get_conv_engine", &erbnn::requested_conv_engine, "The engine request in force (or 'auto').");
   m.def("_set_amx_disabled", &erbnn::set_amx_disabled, "Tests: make AMX look absent (or present again).");
   m.def("_clear_conv_engine_cache", &erbnn::clear_conv_engine_cache);
+  m.def("_set_amx_emulated", &erbnn::set_amx_emulated,
+        "Tests without AMX hardware: run the amx engine with a scalar TDPBSSD instead of the tiles.");
   m.def("_conv_engine_choices", &erbnn::conv_engine_choices, "Auto choices so far: shape key -> engine.");
   m.def("cuda_compiled", [] {
 #ifdef ERBNN_WITH_CUDA

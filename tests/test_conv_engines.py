@@ -14,6 +14,8 @@ from conftest import NATIVE
 from test_binary_conv import conv_truth, fused_truth
 
 ENGINES = ["xnor", "int8_vnni", "amx"]
+# "amx_emulated": the amx engine (its layout, K padding to 64, tile operands, driver and epilogue) with a
+# scalar TDPBSSD in place of the tile instructions: runs everywhere; the real "amx" needs the hardware.
 C = erbnn_ext._native._C if NATIVE else None
 
 
@@ -28,11 +30,19 @@ def _reset_engine(monkeypatch):
     if NATIVE:
         erbnn_ext.set_conv_engine(None)
         C._set_amx_disabled(False)
+        C._set_amx_emulated(False)
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=ENGINES + ["amx_emulated"])
 def engine(request, native):
     name = request.param
+    if name == "amx_emulated":
+        if erbnn_ext.backend_info()["amx"]:
+            pytest.skip("real AMX present: the amx case runs the tile instructions themselves")
+        C._set_amx_emulated(True)
+        erbnn_ext.set_conv_engine("amx")
+        yield name
+        return
     if name not in _available():
         why = ("amx_available() is False (no AMX-INT8 on this CPU or the OS refused the tile state)"
                if name == "amx" else "this CPU has no AVX512-VNNI")
@@ -118,6 +128,15 @@ def test_fused_epilogue_identical_to_xnor(engine, cfg):
     torch.testing.assert_close(y.double(), fused_truth(x, w, *args, 0.3, scale, bias, ones), rtol=1e-6, atol=1e-4)
     erbnn_ext.set_conv_engine("xnor")
     assert torch.equal(y, binary_ops.binary_conv2d_packed(x, wp, *args, **kw))
+
+
+def test_amx_emulation_is_not_amx(native):
+    # The emulation switch makes "amx" usable without the hardware but never claims the hardware.
+    C._set_amx_emulated(True)
+    assert erbnn_ext.backend_info()["amx"] == C.amx_available()
+    assert "amx" in erbnn_ext.backend_info()["conv_engines"]
+    C._set_amx_emulated(False)
+    assert ("amx" in erbnn_ext.backend_info()["conv_engines"]) == C.amx_available()
 
 
 def test_opcheck(engine):

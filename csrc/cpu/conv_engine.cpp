@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include "cpu_isa.h"
+#include "int8_conv.h"
 
 namespace erbnn {
 namespace {
@@ -68,7 +69,7 @@ bool conv_engine_available(ConvEngine e) {
     case ConvEngine::kXnor: return true;
     // Both int8 engines use the AVX-512 epilogue: set_cpu_isa / ERBNN_CPU_ISA below avx512 turns them off.
     case ConvEngine::kInt8Vnni: return vnni_supported() && active_cpu_isa() == CpuIsa::kAvx512;
-    case ConvEngine::kAmx: return amx_available() && active_cpu_isa() == CpuIsa::kAvx512 && !amx_disabled().load();
+    case ConvEngine::kAmx: return (amx_available() || amx_emulated()) && active_cpu_isa() == CpuIsa::kAvx512 && !amx_disabled().load();
   }
   return false;
 }

@@ -232,7 +232,8 @@ ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, co
 ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& t, const uint32_t* At,
                                 const int8_t* Wq, int64_t o, const Epilogue& e, float* out) {
   alignas(64) int32_t C[16 * 16];
-  amx_block_16x16(Wq + o * q.Kp, q.Kp, reinterpret_cast<const uint8_t*>(At), C);
+  (amx_emulated() ? amx_block_16x16_emulated : amx_block_16x16)(Wq + o * q.Kp, q.Kp,
+                                                                 reinterpret_cast<const uint8_t*>(At), C);
   const __mmask16 store = __mmask16((1u << t.np) - 1);
   const int64_t n = std::min<int64_t>(16, g.O - o);
   for (int64_t i = 0; i < n; ++i)
@@ -263,7 +264,8 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const u
         reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
     Tile t;
     int64_t built = -1;
-    if (amx) amx_tiles_configure();
+    const bool tiles = amx && !amx_emulated();
+    if (tiles) amx_tiles_configure();
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t tile = task / nch, ch = task % nch;
       if (tile != built) {
@@ -281,7 +283,7 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const u
           block_vnni(g, q, t, At, wb.data(), o, e, out);
       }
     }
-    if (amx) amx_tiles_release();
+    if (tiles) amx_tiles_release();
   });
 }
 

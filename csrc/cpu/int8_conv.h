@@ -30,5 +30,10 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const u
 void amx_tiles_configure();
 void amx_tiles_release();
 void amx_block_16x16(const int8_t* W, int64_t Kp, const uint8_t* At, int32_t* C);
+// Tests on machines without AMX: the "amx" engine runs with amx_block_16x16_emulated (a scalar TDPBSSD
+// over the same tile operands) instead of the tile instructions, so everything but them is exercised.
+bool amx_emulated();
+void set_amx_emulated(bool on);
+void amx_block_16x16_emulated(const int8_t* W, int64_t Kp, const uint8_t* At, int32_t* C);
 
 }  // namespace erbnn

@@ -6,6 +6,8 @@
 
 #include <immintrin.h>
 
+#include <atomic>
+
 #define ERBNN_AMX __attribute__((target("amx-tile,amx-int8")))
 
 namespace erbnn {
@@ -20,7 +22,29 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
+std::atomic<bool>& emulation() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
 }  // namespace
+
+bool amx_emulated() { return emulation().load(std::memory_order_relaxed); }
+void set_amx_emulated(bool on) { emulation().store(on); }
+
+// TDPBSSD on the same operands, one multiply at a time: the tile semantics (A rows at stride Kp, B rows
+// of 64 bytes, C[m][n] += sum_i A[m][4k + i] * B[k][4n + i]) without the tile registers.
+void amx_block_16x16_emulated(const int8_t* W, int64_t Kp, const uint8_t* At, int32_t* C) {
+  const int8_t* B = reinterpret_cast<const int8_t*>(At);
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      int32_t acc = 0;
+      for (int64_t k = 0; k < Kp; k += 64)
+        for (int r = 0; r < 16; ++r)
+          for (int i = 0; i < 4; ++i) acc += int32_t(W[m * Kp + k + 4 * r + i]) * int32_t(B[(k / 4 + r) * 64 + 4 * n + i]);
+      C[m * 16 + n] = acc;
+    }
+}
 
 ERBNN_AMX void amx_tiles_configure() {
   TileConfig c{};
