@@ -1,5 +1,6 @@
 // binary_conv2d, binary_linear, pack_conv_weight and binary_conv2d_packed (the deploy path with the
-// fused epilogue), CPU. Packing: sign_pack.cpp; tiles and microkernels: binary_conv_kernels.cpp.
+// fused epilogue), CPU. Packing: sign_pack.cpp; tiles and microkernels: binary_conv_kernels.cpp. The convs
+// run on the engine conv_engine.h picks: XNOR-popcount here, or the int8 engines of int8_conv.h.
 #include <torch/library.h>
 
 #include <chrono>
