@@ -224,3 +224,17 @@ def test_int8_engines_follow_the_isa_cap(native):
             EF.binary_conv2d(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), 1, 1)
     finally:
         erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
+
+
+def test_disable_amx_env_read_at_load(native):
+    # ERBNN_DISABLE_AMX=1 at import hides AMX even where it (or its emulation) would be usable.
+    import os
+    import subprocess
+    import sys
+    code = ("import erbnn_ext; C = erbnn_ext._native._C; C._set_amx_emulated(True); "
+            "print(','.join(erbnn_ext.backend_info()['conv_engines']))")
+    env = dict(os.environ, ERBNN_DISABLE_AMX="1")
+    env.pop("ERBNN_CONV_ENGINE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "amx" not in out.stdout.strip().split(",") and "xnor" in out.stdout
