@@ -4,7 +4,9 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/conv_engine.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/int8_conv.h"
 
 TORCH_LIBRARY(erbnn, m) {
   // ---- restoration (method.md sections 1-3) ----
@@ -54,6 +56,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         [](const std::string& name) { return std::string(erbnn::cpu_isa_name(erbnn::set_cpu_isa(name))); },
         "Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.");
   m.def("amx_available", &erbnn::amx_available);
+  m.def("conv_engines", &erbnn::available_conv_engines, "CPU binary-conv engines usable on this machine.");
+  m.def("set_conv_engine", &erbnn::set_conv_engine,
+        "Force the CPU binary-conv engine: xnor, int8_vnni, amx or auto; '' defers to ERBNN_CONV_ENGINE.");
+  m.def("get_conv_engine", &erbnn::requested_conv_engine, "The engine request in force (or 'auto').");
+  m.def("_set_amx_disabled", &erbnn::set_amx_disabled, "Tests: make AMX look absent (or present again).");
+  m.def("_clear_conv_engine_cache", &erbnn::clear_conv_engine_cache);
+  m.def("_set_amx_emulated", &erbnn::set_amx_emulated,
+        "Tests without AMX hardware: run the amx engine with a scalar TDPBSSD instead of the tiles.");
+  m.def("_conv_engine_choices", &erbnn::conv_engine_choices, "Auto choices so far: shape key -> engine.");
   m.def("cuda_compiled", [] {
 #ifdef ERBNN_WITH_CUDA
     return true;

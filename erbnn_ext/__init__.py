@@ -30,6 +30,28 @@ def set_cpu_isa(name: str) -> str:
     return _native._C.set_cpu_isa(name)
 
 
+CONV_ENGINES = ("xnor", "int8_vnni", "amx")
+
+
+def set_conv_engine(name) -> None:
+    """Force the CPU binary-conv engine: "xnor" (XNOR-popcount), "int8_vnni" (+-1 int8 GEMM, AVX512-VNNI),
+    "amx" (int8 GEMM on AMX tiles) or "auto" (a short timed trial per layer shape, cached in-process).
+    None hands the choice back to the environment variable ERBNN_CONV_ENGINE (read per call; default
+    auto). All engines give bit-identical results; forcing one this machine lacks raises RuntimeError."""
+    if not native_available():
+        raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
+    if name is not None and name not in CONV_ENGINES + ("auto",):
+        raise ValueError(f"conv engine must be one of {CONV_ENGINES + ('auto',)} or None, got {name!r}")
+    _native._C.set_conv_engine("" if name is None else name)
+
+
+def get_conv_engine() -> str:
+    """The CPU binary-conv engine request in force: "xnor", "int8_vnni", "amx" or "auto"."""
+    if not native_available():
+        raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
+    return _native._C.get_conv_engine()
+
+
 def backend_info() -> dict:
     """What was compiled and what runs: native, cpu_isa, cuda_compiled, cuda_archs, torch, version, ..."""
     info = {
@@ -38,6 +60,7 @@ def backend_info() -> dict:
         "cpu_isa": None,
         "detected_cpu_isa": None,
         "amx": False,
+        "conv_engines": [],
         "cuda_compiled": False,
         "cuda_archs": [],
         "cuda_available": torch.cuda.is_available(),
@@ -49,7 +72,7 @@ def backend_info() -> dict:
     if native_available():
         C = _native._C
         info.update(cpu_isa=C.cpu_isa(), detected_cpu_isa=C.detected_cpu_isa(), amx=C.amx_available(),
-                    cuda_compiled=C.cuda_compiled())
+                    conv_engines=list(C.conv_engines()), cuda_compiled=C.cuda_compiled())
         try:
             from . import _build_info
             info["cuda_archs"] = list(_build_info.CUDA_ARCHS) if info["cuda_compiled"] else []
@@ -61,4 +84,4 @@ def backend_info() -> dict:
 
 
 __all__ = ["__version__", "native_available", "backend_info", "set_backend", "get_backend", "use_backend",
-           "set_cpu_isa", "functional", "reference", "ops", "baselines", "nn"]
+           "set_cpu_isa", "set_conv_engine", "get_conv_engine", "functional", "reference", "ops", "baselines", "nn"]

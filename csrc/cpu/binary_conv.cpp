@@ -1,12 +1,18 @@
 // binary_conv2d, binary_linear, pack_conv_weight and binary_conv2d_packed (the deploy path with the
-// fused epilogue), CPU. Packing: sign_pack.cpp; tiles and microkernels: binary_conv_kernels.cpp.
+// fused epilogue), CPU. Packing: sign_pack.cpp; tiles and microkernels: binary_conv_kernels.cpp. The convs
+// run on the engine conv_engine.h picks: XNOR-popcount here, or the int8 engines of int8_conv.h.
 #include <torch/library.h>
 
+#include <chrono>
 #include <optional>
+#include <sstream>
+#include <string>
 
 #include "binary_conv_cpu.h"
+#include "conv_engine.h"
 #include "cpu_isa.h"
 #include "cpu_utils.h"
+#include "int8_conv.h"
 #include "sign_pack.h"
 
 namespace erbnn {
@@ -21,24 +27,30 @@ ConvGeom make_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::I
   return make_conv_geom(x, O, kh, kw, stride, padding, dilation, kCpuWordBits);
 }
 
-// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW].
-void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, Epilogue e, float* out) {
-  // Per output channel: popcount of each weight tap (border correction) and conv(1, W_b) in frame.
-  std::vector<int32_t> tap_pop(size_t(g.O * g.taps));
-  std::vector<int64_t> ones_full(size_t(g.O));
+// Per output channel: popcount of each weight tap (border correction) and conv(1, W_b) in frame; the
+// epilogue of every engine reads them.
+struct TapStats {
+  std::vector<int32_t> tap_pop;
+  std::vector<int64_t> ones_full;
+};
+TapStats tap_stats(const ConvGeom& g, const uint64_t* Wp) {
+  TapStats s{std::vector<int32_t>(size_t(g.O * g.taps)), std::vector<int64_t>(size_t(g.O))};
   for (int64_t o = 0; o < g.O; ++o) {
     int64_t tot = 0;
     for (int64_t t = 0; t < g.taps; ++t) {
       int32_t c = 0;
       for (int64_t cw = 0; cw < g.Cw; ++cw) c += __builtin_popcountll(Wp[(o * g.taps + t) * g.Cw + cw]);
-      tap_pop[o * g.taps + t] = c;
+      s.tap_pop[o * g.taps + t] = c;
       tot += 2 * c - g.C;
     }
-    ones_full[o] = tot;
+    s.ones_full[o] = tot;
   }
-  e.tap_pop = tap_pop.data();
-  e.ones_full = ones_full.data();
+  return s;
+}
 
+// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW];
+// e.tap_pop / e.ones_full from tap_stats.
+void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out) {
   const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
   // Too few pixel tiles to feed every thread (small images, batch 1): split output channels too.
   const int64_t want = 4 * int64_t(at::get_num_threads());
@@ -93,6 +105,15 @@ at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const char
   return (v.numel() == O ? v : v.expand({O})).contiguous();
 }
 
+// The auto-choice cache key: shape, geometry, dtype, memory layout and thread count.
+std::string engine_key(const ConvGeom& g, const at::Tensor& x) {
+  std::ostringstream k;
+  k << g.N << ',' << g.C << ',' << g.H << ',' << g.W << ',' << g.O << ',' << g.kh << ',' << g.kw << ',' << g.sh
+    << ',' << g.sw << ',' << g.ph << ',' << g.pw << ',' << g.dh << ',' << g.dw << ',' << x.scalar_type() << ','
+    << x.stride(1) << ',' << at::get_num_threads();
+  return k.str();
+}
+
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
@@ -110,15 +131,34 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
   const at::Tensor scale = per_channel(out_scale, g.O, "out_scale"), bias = per_channel(out_bias, g.O, "out_bias"),
                    ones = per_channel(ones_scale, g.O, "ones_scale");
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
-  // The packing pass checks x for NaN even when the output is empty over O.
-  const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) {
+    // The packing pass checks x for NaN even when the output is empty over O.
+    pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+    return out;
+  }
   const at::Tensor Wp = w_packed.contiguous();
+  const TapStats st = tap_stats(g, words(Wp));
   Epilogue e;
   e.scale = scale.defined() ? scale.const_data_ptr<float>() : nullptr;
   e.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   e.ones = ones.defined() ? ones.const_data_ptr<float>() : nullptr;
-  run_conv(g, words(P), words(Wp), e, out.mutable_data_ptr<float>());
+  e.tap_pop = st.tap_pop.data();
+  e.ones_full = st.ones_full.data();
+  float* dst = out.mutable_data_ptr<float>();
+  auto run = [&](ConvEngine eng) {
+    if (eng == ConvEngine::kXnor) {
+      const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+      run_conv(g, words(P), words(Wp), e, dst);
+    } else {
+      int8_conv_run(g, x, x_shift, words(Wp), e, eng == ConvEngine::kAmx, dst);
+    }
+  };
+  auto timed = [&](ConvEngine eng) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run(eng);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  run(choose_conv_engine(engine_key(g, x), timed));
   return out;
 }
 
@@ -163,7 +203,11 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w) {
   g.dh = g.dw = 1, g.OH = 1, g.OW = M, g.Cw = cpu_words(K), g.taps = 1, g.K = g.Cw;
   TORCH_CHECK_VALUE(K < (int64_t(1) << 31), "binary_linear: K = ", K, " does not fit the int32 accumulators");
   at::Tensor out = at::empty({O, M}, x.options().dtype(at::kFloat));
-  run_conv(g, words(P), words(Wp), Epilogue{}, out.mutable_data_ptr<float>());
+  const TapStats st = tap_stats(g, words(Wp));
+  Epilogue e;
+  e.tap_pop = st.tap_pop.data();
+  e.ones_full = st.ones_full.data();
+  run_conv(g, words(P), words(Wp), e, out.mutable_data_ptr<float>());
   return out.t().contiguous().view(shape);
 }
 

@@ -3,6 +3,7 @@
 // accumulators), the weight word an embedded broadcast. AVX2: nibble-LUT popcount (vpshufb) with byte
 // accumulators flushed by vpsadbw. Portable: __builtin_popcountll.
 #include "binary_conv_cpu.h"
+#include "conv_epilogue_avx512.h"
 
 #include <immintrin.h>
 
@@ -214,23 +215,9 @@ ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64
   // low 32 bits of each 64-bit lane of a0 then a1: the 16 sums in pixel order
   const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i s = _mm512_permutex2var_epi32(a0, idx, a1);
-  const int32_t* pop = e.tap_pop + o * g.taps;
-  __m512i corr = _mm512_setzero_si512();
-  for (size_t i = 0; i < t.part_tap.size(); ++i)
-    corr = _mm512_mask_add_epi32(corr, __mmask16(t.part_bad[i]), corr, _mm512_set1_epi32(pop[t.part_tap[i]]));
+  const __m512i corr = oob_pop_avx512(g, t, o, e);
   const __m512i conv = _mm512_add_epi32(keff, _mm512_slli_epi32(_mm512_sub_epi32(corr, s), 1));
-  __m512 v = _mm512_cvtepi32_ps(conv);
-  if (e.scale || e.bias || e.ones) {
-    v = _mm512_fmadd_ps(_mm512_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm512_set1_ps(e.bias ? e.bias[o] : 0.0f));
-    if (e.ones) {
-      // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
-      const __m512i oob_c = _mm512_loadu_si512(t.oob_c);
-      const __m512i oc = _mm512_add_epi32(
-          _mm512_sub_epi32(_mm512_set1_epi32(int32_t(e.ones_full[o])), _mm512_slli_epi32(corr, 1)), oob_c);
-      v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), _mm512_cvtepi32_ps(oc), v);
-    }
-  }
-  _mm512_mask_storeu_ps(dst, store, v);
+  store_conv_avx512(t, o, conv, corr, e, store, dst);
 }
 
 template <int OB>

@@ -1,0 +1,139 @@
+"""CPU binary-conv engines per layer (issue 7): the XNOR-popcount engine, the +-1 int8 GEMM engines
+(AVX512-VNNI; AMX where the CPU has it), the engine the auto trial picks, against F.conv2d in float32
+and bfloat16 and torch's own int8 quantized conv2d (the peer: x86/fbgemm/onednn backend on +-1 tensors
+quantized to quint8 x qint8, scale 1; its input quantization is not timed). All binary rows run
+binary_conv2d_packed on pre-packed weights (the deploy path), same threads, one process.
+
+    python -m erbnn_ext.benchmarks.engines [--models resnet18 ...] [--batches 1 16] [--threads N]
+                                           [--clock wall|thread]
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import erbnn_ext
+
+from .. import binary_ops
+from .binary_conv import CLOCKS, layer_inputs, time_fn
+from .shapes import MODELS, ConvShape
+
+
+def quantized_engine():
+    """torch's best int8 CPU backend here, or None."""
+    engines = torch.backends.quantized.supported_engines
+    for name in ("x86", "fbgemm", "onednn"):
+        if name in engines:
+            return name
+    return None
+
+
+def int8_peer(x, w, stride, padding):
+    """Zero-argument callable: torch.ops.quantized.conv2d on sign(x) (quint8, zero point 128) and sign(w)
+    (qint8), scale 1, output scale large enough for the +-C*k*k range."""
+    qeng = quantized_engine()
+    if qeng is None:
+        return None
+    torch.backends.quantized.engine = qeng
+    xs = torch.where(x >= 0, 1.0, -1.0).contiguous(memory_format=torch.channels_last)
+    ws = torch.where(w >= 0, 1.0, -1.0)
+    xq = torch.quantize_per_tensor(xs, 1.0, 128, torch.quint8)
+    wq = torch.quantize_per_tensor(ws, 1.0, 0, torch.qint8)
+    packed = torch.ops.quantized.conv2d_prepack(wq, None, [stride] * 2, [padding] * 2, [1, 1], 1)
+    out_scale = 2.0 * w[0].numel() / 255.0
+    return lambda: torch.ops.quantized.conv2d(xq, packed, out_scale, 128)
+
+
+def layer_fns(shape: ConvShape, batch):
+    """name -> zero-argument callable (None where unavailable), for one layer at one batch size."""
+    x, w = layer_inputs(shape, batch)
+    wp = binary_ops.pack_conv_weight(w)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    s, p = shape.stride, shape.padding
+    engines = erbnn_ext.backend_info()["conv_engines"]
+
+    def forced(name):
+        if name not in engines:
+            return None
+
+        def run():
+            erbnn_ext.set_conv_engine(name)
+            try:
+                return binary_ops.binary_conv2d_packed(x, wp, s, p)
+            finally:
+                erbnn_ext.set_conv_engine(None)
+        return run
+
+    def auto():
+        erbnn_ext.set_conv_engine("auto")
+        try:
+            return binary_ops.binary_conv2d_packed(x, wp, s, p)
+        finally:
+            erbnn_ext.set_conv_engine(None)
+
+    return {
+        "xnor": forced("xnor"),
+        "int8_vnni": forced("int8_vnni"),
+        "amx": forced("amx"),
+        "auto": auto,
+        "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
+        "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
+        "torch_int8": int8_peer(x, w, s, p),
+    }
+
+
+def auto_choice(shape, batch):
+    """The engine the auto trial cached for this layer (after the layer ran under auto)."""
+    C = erbnn_ext._native._C
+    prefix = f"{batch},{shape.cin},{shape.hw},{shape.hw},{shape.cout},{shape.k},{shape.k},"
+    hits = [v for k, v in C._conv_engine_choices().items() if k.startswith(prefix)
+            and k.split(",")[7] == str(shape.stride)]
+    return hits[-1] if hits else "?"
+
+
+def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall"):
+    rows = []
+    with torch.no_grad():
+        for model in models:
+            for shape in MODELS[model]:
+                for batch in batches:
+                    fns = layer_fns(shape, batch)
+                    times = {k: (time_fn(fn, min_time, clock=clock) if fn else None) for k, fn in fns.items()}
+                    rows.append(dict(model=model, layer=shape.name, count=shape.count, batch=batch,
+                                     macs=shape.macs(batch), chosen=auto_choice(shape, batch), **times))
+    return rows
+
+
+COLUMNS = ["xnor", "int8_vnni", "amx", "auto", "fp32", "bf16", "torch_int8"]
+
+
+def format_table(rows, clock="wall"):
+    info = erbnn_ext.backend_info()
+    ms = lambda v: f"{v * 1e3:9.3f}" if v is not None else f"{'-':>9s}"
+    lines = [f"threads={torch.get_num_threads()}  clock={clock}  isa={info['cpu_isa']}  engines="
+             f"{','.join(info['conv_engines'])}  torch int8 backend={quantized_engine()}  (times in ms)",
+             f"{'model':10s} {'layer':18s} {'n':>3s} " + " ".join(f"{c:>9s}" for c in COLUMNS) + f" {'chosen':>10s}"]
+    for r in rows:
+        lines.append(f"{r['model']:10s} {r['layer']:18s} {r['batch']:3d} " + " ".join(ms(r[c]) for c in COLUMNS)
+                     + f" {r['chosen']:>10s}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet20", "vgg_small"], choices=sorted(MODELS))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="thread: CPU time of the calling thread (needs --threads 1), immune to other load")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.clock == "thread" and torch.get_num_threads() != 1:
+        ap.error("--clock thread needs --threads 1")
+    print(format_table(bench_layers(a.models, a.batches, a.min_time, a.clock), a.clock))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""CPU binary-conv engines (issue 7): xnor (XNOR-popcount), int8_vnni (+-1 int8 GEMM, AVX512-VNNI),
+amx (int8 GEMM on AMX tiles). Every available engine, forced, must be exact on the conv grid and give
+bit-identical fused-epilogue outputs; plus the auto choice, the overrides and the unavailable-engine
+error. An engine this machine lacks is skipped with the reason (AMX: amx_available() is False)."""
+import random
+
+import pytest
+import torch
+
+import erbnn_ext
+from erbnn_ext import binary_ops, functional as EF
+
+from conftest import NATIVE
+from test_binary_conv import conv_truth, fused_truth
+
+ENGINES = ["xnor", "int8_vnni", "amx"]
+# "amx_emulated": the amx engine (its layout, K padding to 64, tile operands, driver and epilogue) with a
+# scalar TDPBSSD in place of the tile instructions: runs everywhere; the real "amx" needs the hardware.
+C = erbnn_ext._native._C if NATIVE else None
+
+
+def _available():
+    return erbnn_ext.backend_info()["conv_engines"] if NATIVE else []
+
+
+@pytest.fixture(autouse=True)
+def _reset_engine(monkeypatch):
+    monkeypatch.delenv("ERBNN_CONV_ENGINE", raising=False)
+    yield
+    if NATIVE:
+        erbnn_ext.set_conv_engine(None)
+        C._set_amx_disabled(False)
+        C._set_amx_emulated(False)
+
+
+@pytest.fixture(params=ENGINES + ["amx_emulated"])
+def engine(request, native):
+    name = request.param
+    if name == "amx_emulated":
+        if erbnn_ext.backend_info()["amx"]:
+            pytest.skip("real AMX present: the amx case runs the tile instructions themselves")
+        C._set_amx_emulated(True)
+        erbnn_ext.set_conv_engine("amx")
+        yield name
+        return
+    if name not in _available():
+        why = ("amx_available() is False (no AMX-INT8 on this CPU or the OS refused the tile state)"
+               if name == "amx" else "this CPU has no AVX512-VNNI")
+        pytest.skip(f"engine {name} not available: {why}")
+    erbnn_ext.set_conv_engine(name)
+    yield name
+
+
+def sample_grid(n, seed):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        c, k = rng.choice([1, 3, 31, 33, 63, 65, 127, 129]), rng.choice([1, 3, 5])
+        s, p, d = rng.choice([1, 2]), rng.choice([0, 1, 2]), rng.choice([1, 2])
+        h, w = rng.randint(1, 11), rng.randint(1, 11)
+        if h + 2 * p < d * (k - 1) + 1 or w + 2 * p < d * (k - 1) + 1:
+            continue
+        out.append(dict(n=rng.choice([1, 2, 3]), c=c, o=rng.choice([1, 5, 16, 17, 40]), k=k, s=s, p=p, d=d,
+                        h=h, w=w))
+    return out
+
+
+GRID = sample_grid(36, seed=7) + [dict(n=2, c=c, o=9, k=3, s=1, p=1, d=1, h=5, w=6)
+                                  for c in [1, 3, 31, 33, 63, 65, 127, 129]]
+IDS = "n{n}c{c}o{o}k{k}s{s}p{p}d{d}h{h}w{w}".format
+
+
+@pytest.mark.parametrize("cfg", GRID, ids=lambda c: IDS(**c))
+def test_grid_exact(engine, cfg):
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"])
+    w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
+    args = (cfg["s"], cfg["p"], cfg["d"])
+    assert torch.equal(EF.binary_conv2d(x, w, *args), conv_truth(x, w, *args))
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 1, 1), (2, 65, 3, 3), (3, 128, 5, 4), (1, 3, 2, 2)])
+def test_one_by_one_outputs(engine, shape):
+    x, w = torch.randn(shape), torch.randn(16, shape[1], shape[2], shape[3])
+    y = EF.binary_conv2d(x, w, 1, 0)  # the kernel covers the whole input: a 1x1 output
+    assert y.shape[2:] == (1, 1)
+    assert torch.equal(y, conv_truth(x, w, 1, 0, 1))
+    w3 = torch.randn(20, shape[1], 3, 3)
+    assert torch.equal(EF.binary_conv2d(x, w3, 2, 1), conv_truth(x, w3, 2, 1, 1))
+
+
+def test_resnet_shapes_many_tiles(engine):
+    for c, o, hw, s in [(64, 64, 17, 1), (128, 72, 16, 2), (256, 20, 8, 1)]:
+        x, w = torch.randn(2, c, hw, hw), torch.randn(o, c, 3, 3)
+        assert torch.equal(EF.binary_conv2d(x, w, s, 1), conv_truth(x, w, s, 1, 1))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_layouts_and_dtypes(engine, layout, dtype):
+    x, w = torch.randn(2, 70, 9, 8).to(dtype), torch.randn(6, 70, 3, 3).to(dtype)
+    if layout == "channels_last":
+        xv = x.contiguous(memory_format=torch.channels_last)
+    else:
+        big = torch.randn(4, 140, 9, 16).to(dtype)
+        big[::2, ::2, :, ::2] = x
+        xv = big[::2, ::2, :, ::2]
+    assert torch.equal(EF.binary_conv2d(xv, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+
+
+def test_nan_and_empty(engine):
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 3, 3)
+    x[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        EF.binary_conv2d(x, w, 1, 1)
+    assert EF.binary_conv2d(torch.randn(0, 5, 6, 6), torch.randn(4, 5, 3, 3), 1, 1).shape == (0, 4, 6, 6)
+    assert EF.binary_conv2d(torch.randn(2, 5, 6, 6), torch.randn(0, 5, 3, 3), 1, 1).shape == (2, 0, 6, 6)
+
+
+@pytest.mark.parametrize("cfg", GRID[:16], ids=lambda c: IDS(**c))
+def test_fused_epilogue_identical_to_xnor(engine, cfg):
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"]) + 0.3
+    w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
+    args = (cfg["s"], cfg["p"], cfg["d"])
+    wp = binary_ops.pack_conv_weight(w)
+    scale, bias, ones = torch.rand(cfg["o"]) + 0.5, torch.randn(cfg["o"]), torch.randn(cfg["o"])
+    kw = dict(x_shift=0.3, out_scale=scale, out_bias=bias, ones_scale=ones)
+    y = binary_ops.binary_conv2d_packed(x, wp, *args, **kw)
+    torch.testing.assert_close(y.double(), fused_truth(x, w, *args, 0.3, scale, bias, ones), rtol=1e-6, atol=1e-4)
+    erbnn_ext.set_conv_engine("xnor")
+    assert torch.equal(y, binary_ops.binary_conv2d_packed(x, wp, *args, **kw))
+
+
+def test_amx_emulation_is_not_amx(native):
+    # The emulation switch makes "amx" usable without the hardware but never claims the hardware.
+    C._set_amx_emulated(True)
+    assert erbnn_ext.backend_info()["amx"] == C.amx_available()
+    assert "amx" in erbnn_ext.backend_info()["conv_engines"]
+    C._set_amx_emulated(False)
+    assert ("amx" in erbnn_ext.backend_info()["conv_engines"]) == C.amx_available()
+
+
+def test_opcheck(engine):
+    x, w = torch.randn(2, 33, 6, 5), torch.randn(4, 33, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    op = torch.ops.erbnn.binary_conv2d_packed.default
+    torch.library.opcheck(op, (x, wp, [1, 2], [1, 1], [1, 1], 0.2, torch.rand(4), torch.randn(4), torch.randn(1)))
+    torch.library.opcheck(torch.ops.erbnn.binary_conv2d.default, (x, w, [2, 1], [1, 0], [1, 2]))
+
+
+# ------------------------------------------------------------------------------ choice and overrides
+def test_backend_info_lists_engines(native):
+    info = erbnn_ext.backend_info()
+    assert info["conv_engines"][0] == "xnor"
+    assert set(info["conv_engines"]) <= set(ENGINES)
+    assert ("amx" in info["conv_engines"]) == info["amx"]
+
+
+def test_auto_choice_identical_and_cached(native):
+    erbnn_ext.set_conv_engine("auto")
+    C._clear_conv_engine_cache()
+    x, w = torch.randn(2, 64, 10, 10), torch.randn(32, 64, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    kw = dict(x_shift=0.1, out_scale=torch.rand(32), out_bias=torch.randn(32), ones_scale=torch.randn(32))
+    y = binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw)
+    choices = C._conv_engine_choices()
+    assert len(choices) == 1 and list(choices.values())[0] in _available()
+    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)  # cached path
+    assert C._conv_engine_choices() == choices
+    for name in _available():
+        erbnn_ext.set_conv_engine(name)
+        assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)
+    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=0.1), conv_truth(x - 0.1, w, 1, 1, 1))
+
+
+def test_env_override_read_per_call(native, monkeypatch):
+    erbnn_ext.set_conv_engine(None)
+    assert erbnn_ext.get_conv_engine() == "auto"
+    monkeypatch.setenv("ERBNN_CONV_ENGINE", "xnor")
+    assert erbnn_ext.get_conv_engine() == "xnor"
+    x, w = torch.randn(1, 5, 4, 4), torch.randn(3, 5, 3, 3)
+    C._clear_conv_engine_cache()
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+    assert C._conv_engine_choices() == {}  # forced: no trial ran
+    monkeypatch.setenv("ERBNN_CONV_ENGINE", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        EF.binary_conv2d(x, w, 1, 1)
+    erbnn_ext.set_conv_engine("xnor")  # the setter wins over the environment
+    assert erbnn_ext.get_conv_engine() == "xnor"
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+
+
+def test_bad_engine_name(native):
+    with pytest.raises(ValueError, match="conv engine"):
+        erbnn_ext.set_conv_engine("int4")
+    with pytest.raises(ValueError, match="int4"):
+        C.set_conv_engine("int4")
+
+
+@pytest.mark.parametrize("how", ["setter", "env"])
+def test_unavailable_engine_error_and_fallback(native, monkeypatch, how):
+    C._set_amx_disabled(True)  # simulate a machine without AMX (a no-op where AMX is absent anyway)
+    assert "amx" not in erbnn_ext.backend_info()["conv_engines"]
+    x, w = torch.randn(1, 8, 5, 5), torch.randn(4, 8, 3, 3)
+    if how == "setter":
+        erbnn_ext.set_conv_engine("amx")
+    else:
+        monkeypatch.setenv("ERBNN_CONV_ENGINE", "amx")
+    with pytest.raises(RuntimeError, match="engine 'amx' is not available"):
+        EF.binary_conv2d(x, w, 1, 1)
+    # auto falls back to the engines that exist, exactly
+    erbnn_ext.set_conv_engine("auto")
+    C._clear_conv_engine_cache()
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+    assert "amx" not in C._conv_engine_choices().values()
+
+
+def test_int8_engines_follow_the_isa_cap(native):
+    prev = erbnn_ext.backend_info()["cpu_isa"]
+    try:
+        erbnn_ext.set_cpu_isa("avx2")
+        assert erbnn_ext.backend_info()["conv_engines"] == ["xnor"]
+        erbnn_ext.set_conv_engine("int8_vnni")
+        with pytest.raises(RuntimeError, match="int8_vnni"):
+            EF.binary_conv2d(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), 1, 1)
+    finally:
+        erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
+
+
+def test_disable_amx_env_read_at_load(native):
+    # ERBNN_DISABLE_AMX=1 at import hides AMX even where it (or its emulation) would be usable.
+    import os
+    import subprocess
+    import sys
+    code = ("import erbnn_ext; C = erbnn_ext._native._C; C._set_amx_emulated(True); "
+            "print(','.join(erbnn_ext.backend_info()['conv_engines']))")
+    env = dict(os.environ, ERBNN_DISABLE_AMX="1")
+    env.pop("ERBNN_CONV_ENGINE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "amx" not in out.stdout.strip().split(",") and "xnor" in out.stdout
