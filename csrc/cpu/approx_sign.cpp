@@ -3,6 +3,8 @@
 
 #include "common/restore_math.h"
 #include "cpu_utils.h"
+#include "restore_cpu.h"
+#include "simd.h"
 
 namespace erbnn {
 namespace {
@@ -41,8 +43,10 @@ at::Tensor approx_sign_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     scalar_t* out = dx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i)
-        out[i] = static_cast<scalar_t>(acc_t(gs[i]) * surrogate_grad(acc_t(xs[i]), inv_b, scale));
+      isa_call([&] {  // surrogate_cpu: the branch-free float32 sech^2 that vectorises (simd.h)
+        for (int64_t i = lo; i < hi; ++i)
+          out[i] = static_cast<scalar_t>(acc_t(gs[i]) * surrogate_cpu(acc_t(xs[i]), inv_b, scale));
+      });
     });
   });
   return dx;

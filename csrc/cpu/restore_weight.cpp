@@ -4,6 +4,8 @@
 // read from memory once and re-read from L1/L2 by the later passes over it.
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -93,13 +95,22 @@ void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t*
     const scalar_t* grow = grad + o * n;
     const stat_t mu = mean[o], a = clamp_eps(alpha[o]), inv_a = stat_t(1) / a;
     double sg = 0.0, sgw = 0.0;
-#pragma omp simd reduction(+ : sg, sgw)
-    for (int64_t i = 0; i < n; ++i) {
-      const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
-      const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
-      scratch[i] = g;
-      sg += static_cast<double>(g);
-      sgw += static_cast<double>(g * what);
+    // Runs summed in stat_t, then into double: a simd reduction converting each element to double
+    // next to the surrogate does not vectorise with GCC here (measured 2.5x slower for this loop).
+    constexpr int64_t kRun = 512;
+    for (int64_t r0 = 0; r0 < n; r0 += kRun) {
+      const int64_t r1 = std::min(n, r0 + kRun);
+      stat_t rg = 0, rgw = 0;
+#pragma omp simd reduction(+ : rg, rgw)
+      for (int64_t i = r0; i < r1; ++i) {
+        const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
+        const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
+        scratch[i] = g;
+        rg += g;
+        rgw += g * what;
+      }
+      sg += static_cast<double>(rg);
+      sgw += static_cast<double>(rgw);
     }
     const stat_t mg = static_cast<stat_t>(sg / double(n)), mgw = static_cast<stat_t>(sgw / double(n));
     scalar_t* dst = dw + o * n;

@@ -4,8 +4,14 @@ The Timer synchronises the accelerator before it reads the clock, so CUDA work i
 It runs the statement in the calling thread with torch's thread count pinned to `threads` (its own
 default is 1 thread, which would understate every CPU op: pass the count explicitly).
 """
+import logging
+
 import torch
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns about CUDA_HOME on machines
+# without a CUDA runtime: noise in every benchmark table, unrelated to what is measured.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 
 def measure(fn, *, repeat=None, min_run_time=0.2, threads=None):
