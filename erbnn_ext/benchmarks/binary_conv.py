@@ -129,8 +129,9 @@ def format_tables(rows, micro, clock="wall"):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_layer_bench_args(description, argv=None):
+    """The options shared by the per-layer conv benchmarks (this module and engines.py); applies --threads."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet20", "vgg_small"], choices=sorted(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--threads", type=int, default=None)
@@ -142,6 +143,11 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     if a.clock == "thread" and torch.get_num_threads() != 1:
         ap.error("--clock thread needs --threads 1")
+    return a
+
+
+def main(argv=None):
+    a = parse_layer_bench_args(__doc__.splitlines()[0], argv)
     rows = bench_layers(a.models, a.batches, a.min_time, a.clock)
     micro = [microkernel(1, clock=a.clock)]
     if torch.get_num_threads() > 1:

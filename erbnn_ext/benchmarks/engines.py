@@ -7,7 +7,6 @@ binary_conv2d_packed on pre-packed weights (the deploy path), same threads, one 
     python -m erbnn_ext.benchmarks.engines [--models resnet18 ...] [--batches 1 16] [--threads N]
                                            [--clock wall|thread]
 """
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 import erbnn_ext
 
 from .. import binary_ops
-from .binary_conv import CLOCKS, layer_inputs, time_fn
+from .binary_conv import layer_inputs, parse_layer_bench_args, time_fn
 from .shapes import MODELS, ConvShape
 
 
@@ -120,18 +119,7 @@ def format_table(rows, clock="wall"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet20", "vgg_small"], choices=sorted(MODELS))
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--min-time", type=float, default=0.2)
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                    help="thread: CPU time of the calling thread (needs --threads 1), immune to other load")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.clock == "thread" and torch.get_num_threads() != 1:
-        ap.error("--clock thread needs --threads 1")
+    a = parse_layer_bench_args(__doc__.splitlines()[0], argv)
     print(format_table(bench_layers(a.models, a.batches, a.min_time, a.clock), a.clock))
 
 
