@@ -42,6 +42,17 @@ struct Tile {
   std::vector<uint32_t> part_bad; // ... and, per such tap, the bit mask of pixels where it is out of frame
 };
 
+// Start of both engines' im2col builders: the input position of tap (0, 0) for each pixel of the tile
+// (negative inside the top/left padding) and t.nvalid reset, so the two engines share one geometry.
+inline void tile_origins(const ConvGeom& g, Tile& t, int64_t* iy0, int64_t* ix0) {
+  for (int j = 0; j < kTilePx; ++j) {
+    const int64_t p = t.p0 + j;
+    iy0[j] = (p / g.OW) * g.sh - g.ph;
+    ix0[j] = (p % g.OW) * g.sw - g.pw;
+    t.nvalid[j] = 0;
+  }
+}
+
 // Fills t.buf, t.nvalid, t.part_* for pixels [p0, p0 + np) of image n.
 void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t);
 

@@ -71,12 +71,7 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
   t.part_tap.clear();
   t.part_bad.clear();
   int64_t iy0[kTilePx], ix0[kTilePx];
-  for (int j = 0; j < kTilePx; ++j) {
-    const int64_t p = t.p0 + j;
-    iy0[j] = (p / g.OW) * g.sh - g.ph;
-    ix0[j] = (p % g.OW) * g.sw - g.pw;
-    t.nvalid[j] = 0;
-  }
+  tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
   const uint64_t* img = P + t.n * g.H * g.W * Cw;
   if (t.p0 / g.OW == (t.p0 + t.np - 1) / g.OW) {

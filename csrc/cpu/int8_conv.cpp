@@ -150,12 +150,7 @@ ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const ui
   const bool gather = g.H * g.W * Cp4 < (int64_t(1) << 31);
   const int64_t row = Cp4 * g.W;  // words per image row
   int64_t iy0[kTilePx], ix0[kTilePx];
-  for (int j = 0; j < kTilePx; ++j) {
-    const int64_t p = t.p0 + j;
-    iy0[j] = (p / g.OW) * g.sh - g.ph;
-    ix0[j] = (p % g.OW) * g.sw - g.pw;
-    t.nvalid[j] = 0;
-  }
+  tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
   const __m512i padv = _mm512_set1_epi32(int32_t(q.pad_word));
   for (int64_t ky = 0; ky < g.kh; ++ky)

@@ -64,15 +64,20 @@ def layer_fns(shape: ConvShape, batch):
     }
 
 
-def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall"):
+def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall",
+                 fns_for=None, extra=None):
+    """One row per (model, layer shape, batch): the time of each callable of fns_for(shape, batch)
+    (default layer_fns; a None callable gives None), plus the fields of extra(shape, batch) if given."""
+    fns_for = fns_for or layer_fns
     rows = []
     with torch.no_grad():
         for model in models:
             for shape in MODELS[model]:
                 for batch in batches:
-                    times = {k: time_fn(fn, min_time, clock=clock) for k, fn in layer_fns(shape, batch).items()}
+                    times = {k: (time_fn(fn, min_time, clock=clock) if fn else None)
+                             for k, fn in fns_for(shape, batch).items()}
                     rows.append(dict(model=model, layer=shape.name, count=shape.count, batch=batch,
-                                     macs=shape.macs(batch), **times))
+                                     macs=shape.macs(batch), **times, **(extra(shape, batch) if extra else {})))
     return rows
 
 

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import erbnn_ext
 
 from .. import binary_ops
+from . import binary_conv
 from .binary_conv import layer_inputs, parse_layer_bench_args, time_fn
-from .shapes import MODELS, ConvShape
+from .shapes import ConvShape
 
 
 def quantized_engine():
@@ -91,16 +92,8 @@ def auto_choice(shape, batch):
 
 
 def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall"):
-    rows = []
-    with torch.no_grad():
-        for model in models:
-            for shape in MODELS[model]:
-                for batch in batches:
-                    fns = layer_fns(shape, batch)
-                    times = {k: (time_fn(fn, min_time, clock=clock) if fn else None) for k, fn in fns.items()}
-                    rows.append(dict(model=model, layer=shape.name, count=shape.count, batch=batch,
-                                     macs=shape.macs(batch), chosen=auto_choice(shape, batch), **times))
-    return rows
+    return binary_conv.bench_layers(models, batches, min_time, clock, fns_for=layer_fns,
+                                    extra=lambda shape, batch: {"chosen": auto_choice(shape, batch)})
 
 
 COLUMNS = ["xnor", "int8_vnni", "amx", "auto", "fp32", "bf16", "torch_int8"]
