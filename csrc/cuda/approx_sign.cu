@@ -13,7 +13,7 @@ namespace {
 template <typename scalar_t>
 __global__ void sign_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x)
-    y[i] = static_cast<scalar_t>(sign_pm1(static_cast<float>(x[i])));
+    y[i] = static_cast<scalar_t>(sign_pm1(static_cast<at::opmath_type<scalar_t>>(x[i])));  // float64 stays float64
 }
 
 template <typename scalar_t, typename acc_t>
