@@ -110,11 +110,12 @@ def pack_conv_weight(w):
     return _dispatch("pack_conv_weight", reference.pack_conv_weight, w.device)(w)
 
 
-def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
+def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=None,
                          out_scale=None, out_bias=None, ones_scale=None):
     fn = _dispatch("binary_conv2d_packed", reference.binary_conv2d_packed, x.device)
-    return fn(x, w_packed, list(stride), list(padding), list(dilation), float(x_shift), out_scale, out_bias,
-              ones_scale)
+    if x_shift is not None and not isinstance(x_shift, torch.Tensor):  # a Python number
+        x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
+    return fn(x, w_packed, list(stride), list(padding), list(dilation), x_shift, out_scale, out_bias, ones_scale)
 
 
 # ------------------------------------------------------------------------------ fake (meta) kernels
@@ -197,7 +198,7 @@ def _register_fakes():
         return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
 
     @reg("erbnn::binary_conv2d_packed")
-    def _(x, w_packed, stride, padding, dilation, x_shift=0.0, out_scale=None, out_bias=None, ones_scale=None):
+    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 
