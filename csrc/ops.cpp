@@ -52,9 +52,11 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("pack_conv_weight(Tensor w) -> Tensor");
   // Fused conv on packed weights; W_b = the +-1 weights. With b = sign(x - x_shift) (+1 where x >= x_shift):
   //   out[n,o] = out_scale[o] * conv(b, W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b)   (zero padding);
-  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. float32 out.
+  // x_shift: None (0) or a 1-element float tensor on x's device (read there: no host sync on CUDA);
+  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. Always float32
+  // out, whatever x's dtype (callers cast).
   m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
-        "float x_shift=0., Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
+        "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -141,21 +141,24 @@ def pack_conv_weight(w, *, native=None):
     return _impl("pack_conv_weight", w.device, native)(w)
 
 
-def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=0.0, out_scale=None,
+def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=None, out_scale=None,
                          out_bias=None, ones_scale=None, *, native=None):
     """out[n, o] = out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b).
 
     x: [N, C, H, W] float (any layout); w_packed: pack_conv_weight(w) for w [O, C, kh, kw];
-    x_shift: float (sign(x - x_shift) is +1 where x >= x_shift); out_scale, out_bias, ones_scale: [O]
+    x_shift: None (0), a float or a 1-element tensor (sign(x - x_shift) is +1 where x >= x_shift; a
+    tensor is read on its device: no host sync, traceable by torch.compile); out_scale, out_bias, ones_scale: [O]
     or 1-element tensors, or None (1, 0, 0). Zero padding: out-of-frame taps contribute nothing to
     either convolution. Returns float32 [N, O, OH, OW]; with all three None it is exactly
     F.conv2d(sign(x - x_shift), W_b, ...). Inference only (no gradient). Used by eval-mode ER layers
     and deploy.freeze (an eval ERBinaryConv2d folds to out_scale = sigma, ones_scale = mu, x_shift = mu;
     a following BatchNorm a * z + c to a * sigma, c, a * mu).
     """
+    if x_shift is not None and not isinstance(x_shift, torch.Tensor):
+        x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
     return _impl("binary_conv2d_packed", x.device, native)(
         x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
-        float(x_shift), out_scale, out_bias, ones_scale)
+        x_shift, out_scale, out_bias, ones_scale)
 
 
 # ------------------------------------------------------------------------------ fake (meta) kernels
@@ -261,7 +264,7 @@ def _register_fakes():
         return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
 
     @reg("erbnn::binary_conv2d_packed")
-    def _(x, w_packed, stride, padding, dilation, x_shift=0.0, out_scale=None, out_bias=None, ones_scale=None):
+    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 
