@@ -27,6 +27,7 @@ def build_parser():
     add_bench_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
+    from .summary_cli import add_parser as add_summary_parser; add_summary_parser(sub)  # noqa: E702
     return p
 
 
