@@ -23,7 +23,7 @@ def build_parser():
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_info)
     from .benchmarks.cli import add_bench_parser
-    from .train import add_eval_parser, add_train_parser
+    from .training import add_eval_parser, add_train_parser
     add_bench_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)

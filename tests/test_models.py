@@ -160,7 +160,7 @@ def test_set_epoch_schedules():
     m = resnet20_1w1a()
     assert set_epoch(m, 0, 10) == {"p": pytest.approx(0.8)}
     assert set_epoch(m, 5, 10)["p"] == pytest.approx(0.4)
-    assert all(a._p_host == pytest.approx(0.4) for a in m.modules() if isinstance(a, ApproxSign))
+    assert all(float(a.p) == pytest.approx(0.4) for a in m.modules() if isinstance(a, ApproxSign))
     for arch, t_min in (("resnet20_1w1a", 1e-3), ("vgg_small_1w1a", 1e-1)):
         m = build_model(arch, method="irnet")
         assert set_epoch(m, 0, 10)["t"] == pytest.approx(t_min)
