@@ -8,6 +8,8 @@ CUDA tensor) runs the reference twin. Also here: the fake (meta) kernels for tor
 
 Every function here has the signature of its twin in erbnn_ext.reference (plus `native`).
 """
+import warnings
+
 import torch
 
 from . import _backend, _native, reference
@@ -54,12 +56,30 @@ def has_kernel(op_name: str, device_type: str) -> bool:
     return _KERNELS.get((op_name, device_type), False)
 
 
+_warned_devices = set()
+
+
+def kernel_runs_on(op_name: str, device: torch.device) -> bool:
+    """A compiled kernel exists for the device type and, on CUDA, can run on this GPU (an sm_75 card
+    with a build for sm_80+ cannot: its ops then run the reference, with one warning per device)."""
+    if not has_kernel(op_name, device.type):
+        return False
+    if device.type != "cuda" or _native.cuda_supported(device):
+        return True
+    if device not in _warned_devices:
+        _warned_devices.add(device)
+        warnings.warn(f"erbnn_ext: the CUDA kernels were built for {_native.cuda_archs()} and cannot run on "
+                      f"{device} ({torch.cuda.get_device_name(device)}); using the reference implementation. "
+                      f"Rebuild with TORCH_CUDA_ARCH_LIST naming its architecture.", RuntimeWarning)
+    return False
+
+
 def _impl(name, device, native=None):
     """THE backend choice: the native op when the native backend is active (or `native` is True) and a
-    kernel exists for `device`, else the reference twin of the same name."""
+    kernel can run on `device`, else the reference twin of the same name."""
     if native is None:
         native = _backend.native_active()
-    if native and has_kernel(name, device.type):
+    if native and kernel_runs_on(name, device):
         return getattr(torch.ops.erbnn, name).default
     return getattr(reference, name.lstrip("_"))
 
