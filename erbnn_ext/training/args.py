@@ -48,6 +48,17 @@ def _unit_float(s):
     return v
 
 
+def model_name(name: str) -> str:
+    """A model name as given on the command line: a key of MODELS or its short form (resnet20 ->
+    resnet20_1w1a, resnet18_imagenet -> resnet18_1w1a_imagenet, ...)."""
+    for cand in (name, f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet")):
+        if cand in MODELS:
+            return cand
+    short = sorted({k.replace("_1w1a", "") for k in MODELS})
+    raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
+                                     f"or the short forms {', '.join(short)})")
+
+
 def runtime_arguments(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--backend", choices=_backend.BACKENDS, default=None,
@@ -58,7 +69,9 @@ def runtime_arguments(p):
 
 
 def train_arguments(p):
-    p.add_argument("--model", choices=sorted(MODELS), default=None, help=f"default {DEFAULTS['model']}")
+    p.add_argument("--model", type=model_name, default=None, metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))} or the short forms without _1w1a (default "
+                        f"{DEFAULTS['model']})")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="binarizer: erbnn (default) or the ablations clip, ede, irnet, recu")
     p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000)")
