@@ -22,8 +22,10 @@ def test_training_step_compiled_matches_eager(native):
     x = torch.randn(4, 3, 6, 6)
     for m in (eager, compiled):
         m(x).square().mean().backward()
+    # Inductor fuses and reorders the float ops around the ER layers (BatchNorm, RPReLU), so gradients
+    # agree to float32 rounding relative to their scale, not elementwise near zero.
     for (name, a), b in zip(eager.named_parameters(), compiled_src.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * float(a.grad.abs().max()), msg=name)
     for (name, a), b in zip(eager.named_buffers(), compiled_src.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
