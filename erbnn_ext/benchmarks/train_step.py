@@ -29,10 +29,8 @@ LABELS = {"er_layer": "ERBinaryConv2d", "conv2d": "nn.Conv2d", "er_model": "ER-B
 def model_builder(name: str):
     """The model of a benchmark model name (resnet20 -> resnet20_1w1a, resnet18_imagenet ->
     resnet18_1w1a_imagenet) and its input size."""
-    for cand in (f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet"), name):
-        if cand in zoo.MODELS:
-            return zoo.MODELS[cand], (224 if "imagenet" in name else 32)
-    raise ValueError(f"no model for benchmark name {name!r}")
+    key = zoo.model_name(name)
+    return zoo.MODELS[key], zoo.INPUT_SIZES[key][-1]
 
 
 def float_twin(model: torch.nn.Module) -> torch.nn.Module:
