@@ -147,7 +147,8 @@ def train_step_tables(result):
 def render_text(result):
     c = result["config"]
     head = [machine_line(result["machine"]),
-            f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")]
+            f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")
+            + (", clock: CPU time of the calling thread" if c.get("clock") == "thread" else "")]
     if is_smoke(result):
         head.append(_smoke_note(result))
     warning = load_warning(result["machine"])
