@@ -75,7 +75,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
         d = Dist.single()
     device = torch.device(device) if device is not None else _default_device(model)
     model.to(device)
-    optimizer = optimizer or make_optimizer(model, lr, momentum, weight_decay)
+    if optimizer is None:
+        optimizer = make_optimizer(model, lr, momentum, weight_decay)
     scheduler = make_scheduler(optimizer, epochs, warmup)
     start, history = 0, []
     if resume is not None:
