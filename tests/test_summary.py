@@ -93,3 +93,15 @@ def test_cli_summary(capsys):
     assert "model must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "resnet20", "--input-size", "3,32"])
+
+
+@pytest.mark.parametrize("bench_name", ["resnet20", "resnet18", "vgg_small", "resnet18_imagenet"])
+def test_bench_shapes_cover_the_models_binary_layers(bench_name):
+    """benchmarks/shapes.py lists every binary conv of each model (erbnn bench --models NAME)."""
+    from erbnn_ext.benchmarks.cli import _models
+    from erbnn_ext.benchmarks.shapes import MODELS as SHAPES
+    assert _models(bench_name) == [bench_name]
+    s = summary(models.build_model(bench_name))
+    rows = [r for r in s.rows if r.kind == "binary"]
+    assert sum(sh.count for sh in SHAPES[bench_name]) == len(rows)
+    assert sum(sh.macs() * sh.count for sh in SHAPES[bench_name]) == s.totals["binary_macs"]
