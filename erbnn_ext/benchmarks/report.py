@@ -92,6 +92,8 @@ def overhead_tables(result):
         table.append([e["model"], e["mode"], overhead.LABELS[e["method"]], e["backend"], _ms(e["total_s"]),
                       reduction,
                       _pct(e["paper_reduction_pct"]) if e["method"] == "erbnn_native" and e["mode"] != "q" else ""])
+    if not table:
+        return out
     out.append("Restoration overhead per model: total over all binary layers (ms); reduction = 1 - t / t(IR-Net);\n"
                "train = fwd+bwd + q (q: ER-BNN's width measurement; IR-Net and ReCU have none); paper claim: "
                "the paper's reduction for restoration\n" + (_smoke_note(result) + "\n" if smoke else "")
