@@ -15,6 +15,15 @@ from erbnn_ext.benchmarks.shapes import MODELS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(erbnn_ext.__file__)))
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """In-process commands set torch's thread count (--threads): restore it for the tests after them."""
+    import torch
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args, timeout=120):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "erbnn_ext", "bench", *args], capture_output=True, text=True,
