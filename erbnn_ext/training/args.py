@@ -3,6 +3,7 @@ import argparse
 import math
 
 from .. import _backend
+from .. import models
 from ..models import METHODS, MODELS
 from .errors import UsageError
 from .recipe import default_weight_decay
@@ -49,14 +50,12 @@ def _unit_float(s):
 
 
 def model_name(name: str) -> str:
-    """A model name as given on the command line: a key of MODELS or its short form (resnet20 ->
-    resnet20_1w1a, resnet18_imagenet -> resnet18_1w1a_imagenet, ...)."""
-    for cand in (name, f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet")):
-        if cand in MODELS:
-            return cand
-    short = sorted({k.replace("_1w1a", "") for k in MODELS})
-    raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
-                                     f"or the short forms {', '.join(short)})")
+    """--model: a key of MODELS or its short form (erbnn_ext.models.model_name)."""
+    try:
+        return models.model_name(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
+                                         f"or the short forms {', '.join(sorted(models.ALIASES))})") from None
 
 
 def runtime_arguments(p):

@@ -35,6 +35,32 @@ def _default_device(model):
     return p.device if p is not None else torch.device("cpu")
 
 
+def _resume(resume, model, optimizer, scheduler, d, warn):
+    """Load a checkpoint (file, folder or dict) into model, optimizer, scheduler and the RNGs; returns the
+    epochs done and the history so far."""
+    ckpt = resume if isinstance(resume, dict) else read_checkpoint(resume, RESUME_KEYS)
+    where = getattr(ckpt, "path", "the resume checkpoint")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where}: cannot resume: missing {', '.join(map(repr, missing))}")
+    saved_ws = ckpt.get("data_state", {}).get("world_size", d.world_size)
+    if saved_ws != d.world_size and d.main:
+        warn(f"resuming a {saved_ws}-rank run on {d.world_size} ranks: the data order differs from an "
+             f"uninterrupted run")
+    load_state(model, ckpt["model"], "model", where)
+    load_state(optimizer, ckpt["optimizer"], "optimizer", where)
+    load_state(scheduler, ckpt["scheduler"], "scheduler", where)
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), list(ckpt["history"])
+
+
+def _save(out, meta, data_state, epochs_done, model, optimizer, scheduler, history, world_size):
+    save_atomic({**meta, "epoch": epochs_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "data_state": {**data_state, "epoch": epochs_done, "world_size": world_size},
+                 "history": history}, out / CHECKPOINT)
+
+
 def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 0.1,
         momentum: float = 0.9, weight_decay: float = 1e-4, warmup: int = 17, percentile=(0.8, 0.0),
         optimizer=None, out=None, resume=None, stop_after=None, device=None, distributed=None,
@@ -75,24 +101,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
         d = Dist.single()
     device = torch.device(device) if device is not None else _default_device(model)
     model.to(device)
-    optimizer = optimizer or make_optimizer(model, lr, momentum, weight_decay)
+    if optimizer is None:
+        optimizer = make_optimizer(model, lr, momentum, weight_decay)
     scheduler = make_scheduler(optimizer, epochs, warmup)
-    start, history = 0, []
-    if resume is not None:
-        ckpt = resume if isinstance(resume, dict) else read_checkpoint(resume, RESUME_KEYS)
-        where = getattr(ckpt, "path", "the resume checkpoint")
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{where}: cannot resume: missing {', '.join(map(repr, missing))}")
-        saved_ws = ckpt.get("data_state", {}).get("world_size", d.world_size)
-        if saved_ws != d.world_size and d.main:
-            warn(f"resuming a {saved_ws}-rank run on {d.world_size} ranks: the data order differs from an "
-                 f"uninterrupted run")
-        load_state(model, ckpt["model"], "model", where)
-        load_state(optimizer, ckpt["optimizer"], "optimizer", where)
-        load_state(scheduler, ckpt["scheduler"], "scheduler", where)
-        set_rng_state(ckpt["rng"])
-        start, history = int(ckpt["epoch"]), list(ckpt["history"])
+    start, history = _resume(resume, model, optimizer, scheduler, d, warn) if resume is not None else (0, [])
     msg = warmup_warning(epochs, warmup)
     if msg and d.main and start < epochs:
         warn(msg)
@@ -132,11 +144,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
             if log is not None:
                 log(epoch_line(row, epochs, sched))
             if out is not None:
-                save_atomic({**meta, "epoch": epoch + 1, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": rng_state(), "data_state": {**data_state, "epoch": epoch + 1,
-                                                                "world_size": d.world_size},
-                             "history": history}, out / CHECKPOINT)
+                _save(out, meta, data_state, epoch + 1, model, optimizer, scheduler, history, d.world_size)
                 write_metrics(out, history, config)
                 plot(out, history, title or type(model).__name__)
     if distributed:
