@@ -254,3 +254,14 @@ def test_big_activation(native):
     """More than 2^24 elements (float32 counts would saturate): still bit-identical."""
     x = torch.randn(2, (1 << 24) // 2 + 12345, generator=torch.Generator().manual_seed(3))
     check_activation_steps([x], "cpu")
+
+
+def test_bandwidth_benchmark_runs(native, capsys):
+    """The bandwidth benchmark's command runs end to end (tiny tensors, one short timing each)."""
+    from erbnn_ext.benchmarks import bandwidth
+
+    rows = bandwidth.main(["--threads", "1", "--size-mb", "0.5", "--min-time", "0.01", "--only", "train", "quantile"])
+    assert [r["name"] for r in rows] == ["copy_ (reference)", "restore_weight_train", "restore_activation_train",
+                                         "two_sided_quantile"]
+    assert all(r["ms"] > 0 and r["fraction"] > 0 for r in rows)
+    assert "of limit" in capsys.readouterr().out
