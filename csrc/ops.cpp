@@ -1,12 +1,9 @@
 // The op registry: every torch.ops.erbnn schema lives here (one TORCH_LIBRARY block); CPU and CUDA
 // kernels register themselves with TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp and csrc/cuda/*.cu.
 // Fake (meta) implementations are registered in erbnn_ext/ops.py, autograd in erbnn_ext/functional.py.
-#include <torch/extension.h>
+// The process-wide knobs (CPU path, conv engine) are ops too, in runtime_ops.cpp; module.cpp is the
+// empty Python module.
 #include <torch/library.h>
-
-#include "cpu/conv_engine.h"
-#include "cpu/cpu_isa.h"
-#include "cpu/int8_conv.h"
 
 TORCH_LIBRARY(erbnn, m) {
   // ---- restoration (method.md sections 1-3) ----
@@ -52,34 +49,9 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("pack_conv_weight(Tensor w) -> Tensor");
   // Fused conv on packed weights; W_b = the +-1 weights. With b = sign(x - x_shift) (+1 where x >= x_shift):
   //   out[n,o] = out_scale[o] * conv(b, W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b)   (zero padding);
-  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. float32 out.
+  // x_shift: None (0) or a 1-element float tensor on x's device (read there: no host sync on CUDA);
+  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. Always float32
+  // out, whatever x's dtype (callers cast).
   m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
-        "float x_shift=0., Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "erbnn_ext native kernels (ops are registered as torch.ops.erbnn.*)";
-  m.def("cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::active_cpu_isa())); },
-        "The CPU code path kernels use now.");
-  m.def("detected_cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::detected_cpu_isa())); });
-  m.def("set_cpu_isa",
-        [](const std::string& name) { return std::string(erbnn::cpu_isa_name(erbnn::set_cpu_isa(name))); },
-        "Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.");
-  m.def("amx_available", &erbnn::amx_available);
-  m.def("conv_engines", &erbnn::available_conv_engines, "CPU binary-conv engines usable on this machine.");
-  m.def("set_conv_engine", &erbnn::set_conv_engine,
-        "Force the CPU binary-conv engine: xnor, int8_vnni, amx or auto; '' defers to ERBNN_CONV_ENGINE.");
-  m.def("get_conv_engine", &erbnn::requested_conv_engine, "The engine request in force (or 'auto').");
-  m.def("_set_amx_disabled", &erbnn::set_amx_disabled, "Tests: make AMX look absent (or present again).");
-  m.def("_clear_conv_engine_cache", &erbnn::clear_conv_engine_cache);
-  m.def("_set_amx_emulated", &erbnn::set_amx_emulated,
-        "Tests without AMX hardware: run the amx engine with a scalar TDPBSSD instead of the tiles.");
-  m.def("_conv_engine_choices", &erbnn::conv_engine_choices, "Auto choices so far: shape key -> engine.");
-  m.def("cuda_compiled", [] {
-#ifdef ERBNN_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  });
+        "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
 }
