@@ -9,6 +9,7 @@
 #include <string>
 
 #include "binary_conv_cpu.h"
+#include "common/conv_checks.h"
 #include "conv_engine.h"
 #include "cpu_isa.h"
 #include "cpu_utils.h"
@@ -22,62 +23,35 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
 }
 
-ConvGeom make_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  return make_conv_geom(x, O, kh, kw, stride, padding, dilation, kCpuWordBits);
-}
-
 // Per output channel: popcount of each weight tap (border correction) and conv(1, W_b) in frame; the
 // epilogue of every engine reads them.
 struct TapStats {
-  std::vector<int32_t> tap_pop;
-  std::vector<int64_t> ones_full;
+  std::vector<int32_t> tap_pop, ones_full;
 };
 TapStats tap_stats(const ConvGeom& g, const uint64_t* Wp) {
-  TapStats s{std::vector<int32_t>(size_t(g.O * g.taps)), std::vector<int64_t>(size_t(g.O))};
-  for (int64_t o = 0; o < g.O; ++o) {
-    int64_t tot = 0;
-    for (int64_t t = 0; t < g.taps; ++t) {
-      int32_t c = 0;
-      for (int64_t cw = 0; cw < g.Cw; ++cw) c += __builtin_popcountll(Wp[(o * g.taps + t) * g.Cw + cw]);
-      s.tap_pop[o * g.taps + t] = c;
-      tot += 2 * c - g.C;
-    }
-    s.ones_full[o] = tot;
-  }
+  TapStats s{std::vector<int32_t>(size_t(g.O * g.taps)), std::vector<int32_t>(size_t(g.O))};
+  for (int64_t o = 0; o < g.O; ++o)
+    weight_tap_stats(Wp + o * g.K, g.taps, g.Cw, g.C, s.tap_pop.data() + o * g.taps, s.ones_full.data() + o);
   return s;
 }
 
 // Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW];
 // e.tap_pop / e.ones_full from tap_stats.
 void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out) {
-  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
-  // Too few pixel tiles to feed every thread (small images, batch 1): split output channels too.
-  const int64_t want = 4 * int64_t(at::get_num_threads());
-  int64_t nch = 1;
-  if (tiles < want) nch = std::min<int64_t>((g.O + 7) / 8, (want + tiles - 1) / tiles);
-  const int64_t ochunk = ((g.O + nch - 1) / nch + 7) / 8 * 8;
-  nch = (g.O + ochunk - 1) / ochunk;
   const CpuIsa isa = active_cpu_isa();
   auto kernel = isa == CpuIsa::kAvx512 ? &tile_kernel_avx512
                 : isa == CpuIsa::kAvx2 ? &tile_kernel_avx2
                                        : &tile_kernel_scalar;
-  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
-    Tile t;
-    int64_t built = -1;
-    for (int64_t task = lo; task < hi; ++task) {
-      const int64_t tile = task / nch, ch = task % nch;
-      if (tile != built) {  // consecutive tasks of one tile share its im2col buffer
-        t.n = tile / nblk;
-        t.p0 = (tile % nblk) * kTilePx;
-        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
-        build_tile(g, P, t);
-        built = tile;
-      }
-      const int64_t o0 = ch * ochunk, o1 = std::min(g.O, o0 + ochunk);
-      kernel(g, t, Wp, o0, o1, e, out);
-    }
-  });
+  struct Worker {
+    const ConvGeom& g;
+    const uint64_t *P, *Wp;
+    const Epilogue& e;
+    float* out;
+    decltype(kernel) k;
+    void build(Tile& t) const { build_tile(g, P, t); }
+    void run(const Tile& t, int64_t o0, int64_t o1) const { k(g, t, Wp, o0, o1, e, out); }
+  };
+  run_tiles(g, 8, [&] { return Worker{g, P, Wp, e, out, kernel}; });
 }
 
 const uint64_t* words(const at::Tensor& t) { return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>()); }
@@ -94,17 +68,6 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
 }
 
-// 1-element tensors broadcast to [O]; others must have O elements. float32 contiguous, or undefined.
-at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const char* name) {
-  if (!t.has_value() || !t->defined()) return {};
-  check_cpu(*t, name);
-  check_float_input(*t, name);
-  TORCH_CHECK_VALUE(t->numel() == O || t->numel() == 1, name, " must have 1 or O = ", O, " elements, got ",
-                    t->numel());
-  at::Tensor v = t->to(at::kFloat).reshape({-1});
-  return (v.numel() == O ? v : v.expand({O})).contiguous();
-}
-
 // The auto-choice cache key: shape, geometry, dtype, memory layout and thread count.
 std::string engine_key(const ConvGeom& g, const at::Tensor& x) {
   std::ostringstream k;
@@ -119,17 +82,11 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
                             const std::optional<at::Tensor>& ones_scale) {
   check_cpu(x, "x");
-  check_cpu(w_packed, "w_packed");
   check_float_input(x, "x");
-  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kLong, "w_packed must be int64 (pack_conv_weight on CPU), got ",
-                   w_packed.scalar_type());
-  TORCH_CHECK_VALUE(w_packed.dim() == 4, "w_packed must be 4-D [O, kh, kw, Cw], got ", w_packed.dim(), "-D");
-  const ConvGeom g = make_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding, dilation);
-  TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
-                    g.C, " channels (", g.Cw, " words)");
+  const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
   TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
-  const at::Tensor scale = per_channel(out_scale, g.O, "out_scale"), bias = per_channel(out_bias, g.O, "out_bias"),
-                   ones = per_channel(ones_scale, g.O, "ones_scale");
+  const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale"), bias = per_channel(out_bias, g.O, x, "out_bias"),
+                   ones = per_channel(ones_scale, g.O, x, "ones_scale");
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) {
     // The packing pass checks x for NaN even when the output is empty over O.
@@ -163,12 +120,10 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
 }
 
 // x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
-double read_shift(const std::optional<at::Tensor>& s) {
-  if (!s.has_value() || !s->defined()) return 0.0;
-  check_cpu(*s, "x_shift");
-  check_float_input(*s, "x_shift");
-  TORCH_CHECK_VALUE(s->numel() == 1, "x_shift must hold one value, got ", s->numel());
-  return s->item<double>();
+double read_shift(const std::optional<at::Tensor>& s, const at::Tensor& x) {
+  check_cpu(x, "x");
+  const at::Tensor t = checked_shift(s, x);
+  return t.defined() ? t.item<double>() : 0.0;
 }
 
 at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
@@ -177,7 +132,7 @@ at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_pac
                                     const std::optional<at::Tensor>& out_scale,
                                     const std::optional<at::Tensor>& out_bias,
                                     const std::optional<at::Tensor>& ones_scale) {
-  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift), out_scale, out_bias,
+  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift, x), out_scale, out_bias,
                           ones_scale);
 }
 
@@ -185,9 +140,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntAr
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_cpu(x, "x");
   check_float_input(x, "x");
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
-  TORCH_CHECK_VALUE(w.size(1) == x.size(1), "w has ", w.size(1), " input channels but x has ", x.size(1));
+  check_conv_operands(x, w);
   return conv_packed_impl(x, pack_conv_weight_cpu(w), stride, padding, dilation, 0.0, {}, {}, {});
 }
 

@@ -10,24 +10,21 @@
 //   conv = Keff - 2 * (S - sum_{oob taps} popc(w_tap)),   Keff = C * (valid taps of the pixel).
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
 
 namespace erbnn {
 
 constexpr int kTilePx = 16;  // output pixels per tile (two zmm of 8 x u64)
 
-// Fused epilogue: out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b)[o, pixel]; nullptr = absent
-// (scale 1, bias 0, ones 0). conv(1, W_b) is zero-padding aware: only in-frame taps count.
-struct Epilogue {
-  const float* scale = nullptr;
-  const float* bias = nullptr;
-  const float* ones = nullptr;
-  const int32_t* tap_pop = nullptr;   // [O, taps] popcount of each weight tap (over Cw words)
-  const int64_t* ones_full = nullptr; // [O] conv(1, W_b) with every tap in frame
-};
+// Fused epilogue: out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b)[o, pixel] (common/conv_epilogue.h).
+using Epilogue = ConvEpilogue;
 
 // One tile's im2col buffer and the bookkeeping of its out-of-frame taps.
 struct Tile {
@@ -51,6 +48,37 @@ inline void tile_origins(const ConvGeom& g, Tile& t, int64_t* iy0, int64_t* ix0)
     ix0[j] = (p % g.OW) * g.sw - g.pw;
     t.nvalid[j] = 0;
   }
+}
+
+// The work split of every engine: tasks = (pixel tile, chunk of output channels); with too few tiles to
+// feed every thread (small images, batch 1) the output channels are split too, in multiples of `block`
+// (the engine's register block). make_worker() is called once per thread range and returns an object with
+// build(Tile&) (fill the tile whose n / p0 / np are set) and run(const Tile&, o0, o1); consecutive tasks of
+// one tile share its build.
+template <typename MakeWorker>
+void run_tiles(const ConvGeom& g, int64_t block, const MakeWorker& make_worker) {
+  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
+  const int64_t want = 4 * int64_t(at::get_num_threads()), oblocks = (g.O + block - 1) / block;
+  int64_t nch = 1;
+  if (tiles < want) nch = std::min<int64_t>(oblocks, (want + tiles - 1) / tiles);
+  const int64_t ochunk = (oblocks + nch - 1) / nch * block;
+  nch = (g.O + ochunk - 1) / ochunk;
+  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
+    auto worker = make_worker();
+    Tile t;
+    int64_t built = -1;
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t tile = task / nch, ch = task % nch;
+      if (tile != built) {
+        t.n = tile / nblk;
+        t.p0 = (tile % nblk) * kTilePx;
+        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
+        worker.build(t);
+        built = tile;
+      }
+      worker.run(t, ch * ochunk, std::min(g.O, (ch + 1) * ochunk));
+    }
+  });
 }
 
 // Fills t.buf, t.nvalid, t.part_* for pixels [p0, p0 + np) of image n.
