@@ -3,12 +3,11 @@
 // run on the engine conv_engine.h picks: XNOR-popcount here, or the int8 engines of int8_conv.h.
 #include <torch/library.h>
 
-#include <chrono>
+#include <memory>
 #include <optional>
-#include <sstream>
-#include <string>
 
 #include "binary_conv_cpu.h"
+#include "binary_conv_weights.h"
 #include "common/conv_checks.h"
 #include "conv_engine.h"
 #include "cpu_isa.h"
@@ -23,35 +22,43 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
 }
 
-// Per output channel: popcount of each weight tap (border correction) and conv(1, W_b) in frame; the
-// epilogue of every engine reads them.
-struct TapStats {
-  std::vector<int32_t> tap_pop, ones_full;
-};
-TapStats tap_stats(const ConvGeom& g, const uint64_t* Wp) {
-  TapStats s{std::vector<int32_t>(size_t(g.O * g.taps)), std::vector<int32_t>(size_t(g.O))};
-  for (int64_t o = 0; o < g.O; ++o)
-    weight_tap_stats(Wp + o * g.K, g.taps, g.Cw, g.C, s.tap_pop.data() + o * g.taps, s.ones_full.data() + o);
-  return s;
-}
-
-// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW];
-// e.tap_pop / e.ones_full from tap_stats.
-void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out) {
+// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64) or, with Kd > 0, the
+// dense weights [O, Kd] (dense_words); out [N, O, OH, OW].
+void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out,
+              int64_t Kd = 0) {
   const CpuIsa isa = active_cpu_isa();
   auto kernel = isa == CpuIsa::kAvx512 ? &tile_kernel_avx512
                 : isa == CpuIsa::kAvx2 ? &tile_kernel_avx2
                                        : &tile_kernel_scalar;
+  ConvGeom gk = g;  // the kernels' view: K words per output
+  if (Kd > 0) gk.K = Kd;
   struct Worker {
-    const ConvGeom& g;
+    const ConvGeom &g, &gk;
     const uint64_t *P, *Wp;
     const Epilogue& e;
     float* out;
     decltype(kernel) k;
-    void build(Tile& t) const { build_tile(g, P, t); }
-    void run(const Tile& t, int64_t o0, int64_t o1) const { k(g, t, Wp, o0, o1, e, out); }
+    void build(Tile& t) const {
+      build_tile(g, P, t);
+      if (gk.K != g.K) compress_dense<kTilePx>(g.C, g.taps, gk.K, t.buf, t.buf, kTilePx);
+    }
+    void run(const Tile& t, int64_t o0, int64_t o1) const { k(gk, t, Wp, o0, o1, e, out); }
   };
-  run_tiles(g, 8, [&] { return Worker{g, P, Wp, e, out, kernel}; });
+  run_tiles(g, 8, [&] { return Worker{g, gk, P, Wp, e, out, kernel}; });
+}
+
+// The dense weights of a cache entry, built on first use.
+const uint64_t* dense_weights(const ConvGeom& g, PackedWeights& w, int64_t Kd) {
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    if (w.dense.empty()) {
+      w.dense.resize(size_t(g.O * Kd));
+      for (int64_t o = 0; o < g.O; ++o)
+        compress_dense<1>(g.C, g.taps, Kd, w.words.data() + o * g.K, w.dense.data() + o * Kd, 1);
+    }
+  }
+  packed_weights_grew();
+  return w.dense.data();
 }
 
 const uint64_t* words(const at::Tensor& t) { return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>()); }
@@ -66,15 +73,6 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
     return pack_signs_4d_cpu(v, 0.0, "w").view({w.size(0), w.size(2), w.size(3), cpu_words(w.size(1))});
   }
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
-}
-
-// The auto-choice cache key: shape, geometry, dtype, memory layout and thread count.
-std::string engine_key(const ConvGeom& g, const at::Tensor& x) {
-  std::ostringstream k;
-  k << g.N << ',' << g.C << ',' << g.H << ',' << g.W << ',' << g.O << ',' << g.kh << ',' << g.kw << ',' << g.sh
-    << ',' << g.sw << ',' << g.ph << ',' << g.pw << ',' << g.dh << ',' << g.dw << ',' << x.scalar_type() << ','
-    << x.stride(1) << ',' << at::get_num_threads();
-  return k.str();
 }
 
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
@@ -94,28 +92,22 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
     return out;
   }
   const at::Tensor Wp = w_packed.contiguous();
-  const TapStats st = tap_stats(g, words(Wp));
+  const std::shared_ptr<PackedWeights> pw = packed_weights(g, words(Wp));
+  const int64_t Kd = dense_words(g);
+  const ConvEngine eng = choose_conv_engine(g, Kd > 0 ? Kd : g.K);
   Epilogue e;
   e.scale = scale.defined() ? scale.const_data_ptr<float>() : nullptr;
   e.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   e.ones = ones.defined() ? ones.const_data_ptr<float>() : nullptr;
-  e.tap_pop = st.tap_pop.data();
-  e.ones_full = st.ones_full.data();
+  e.tap_pop = pw->tap_pop.data();
+  e.ones_full = pw->ones_full.data();
   float* dst = out.mutable_data_ptr<float>();
-  auto run = [&](ConvEngine eng) {
-    if (eng == ConvEngine::kXnor) {
-      const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-      run_conv(g, words(P), words(Wp), e, dst);
-    } else {
-      int8_conv_run(g, x, x_shift, words(Wp), e, eng == ConvEngine::kAmx, dst);
-    }
-  };
-  auto timed = [&](ConvEngine eng) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run(eng);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  run(choose_conv_engine(engine_key(g, x), timed));
+  if (eng == ConvEngine::kXnor) {
+    const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+    run_conv(g, words(P), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd);
+  } else {
+    int8_conv_run(g, x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst);
+  }
   return out;
 }
 
@@ -167,10 +159,12 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w) {
   g.dh = g.dw = 1, g.OH = 1, g.OW = M, g.Cw = cpu_words(K), g.taps = 1, g.K = g.Cw;
   TORCH_CHECK_VALUE(K < (int64_t(1) << 31), "binary_linear: K = ", K, " does not fit the int32 accumulators");
   at::Tensor out = at::empty({O, M}, x.options().dtype(at::kFloat));
-  const TapStats st = tap_stats(g, words(Wp));
+  std::vector<int32_t> tap_pop(static_cast<size_t>(O)), ones_full(static_cast<size_t>(O));
+  for (int64_t o = 0; o < O; ++o)
+    weight_tap_stats(words(Wp) + o * g.K, 1, g.Cw, K, tap_pop.data() + o, ones_full.data() + o);
   Epilogue e;
-  e.tap_pop = st.tap_pop.data();
-  e.ones_full = st.ones_full.data();
+  e.tap_pop = tap_pop.data();
+  e.ones_full = ones_full.data();
   run_conv(g, words(P), words(Wp), e, out.mutable_data_ptr<float>());
   return out.t().contiguous().view(shape);
 }

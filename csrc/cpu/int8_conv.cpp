@@ -238,12 +238,18 @@ ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& 
 
 }  // namespace
 
-void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const uint64_t* Wp, const Epilogue& e,
+void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
                    bool amx, float* out) {
   const I8Geom q = make_i8_geom(g, amx);
   const at::Tensor xq = quantize_x(x, shift, q);
-  const std::vector<int8_t> wq = unpack_weights(g, q, Wp);
-  const std::vector<int32_t> wb = amx ? std::vector<int32_t>() : block_weights(q, wq);
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    if (amx && w.wq_amx.empty()) w.wq_amx = unpack_weights(g, q, w.words.data());
+    if (!amx && w.wb_vnni.empty()) w.wb_vnni = block_weights(q, unpack_weights(g, q, w.words.data()));
+  }
+  packed_weights_grew();
+  const std::vector<int8_t>& wq = w.wq_amx;
+  const std::vector<int32_t>& wb = w.wb_vnni;
   const uint32_t* X = reinterpret_cast<const uint32_t*>(xq.const_data_ptr<int8_t>());
 
   struct Worker {
