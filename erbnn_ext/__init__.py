@@ -15,6 +15,7 @@ from . import _native, _backend
 from ._version import __version__
 from ._backend import get_backend, set_backend, use_backend
 from . import ops, reference, functional, baselines, nn, binary_ops, models, deploy  # noqa: E402,F401
+from .summary import summary  # noqa: E402  (the function; the module stays importable as erbnn_ext.summary)
 
 
 def native_available() -> bool:
@@ -27,7 +28,7 @@ def set_cpu_isa(name: str) -> str:
     The environment variable ERBNN_CPU_ISA sets it at load."""
     if not native_available():
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
-    return _native._C.set_cpu_isa(name)
+    return _native.set_cpu_isa(name)
 
 
 CONV_ENGINES = ("xnor", "int8_vnni", "amx")
@@ -42,14 +43,14 @@ def set_conv_engine(name) -> None:
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
     if name is not None and name not in CONV_ENGINES + ("auto",):
         raise ValueError(f"conv engine must be one of {CONV_ENGINES + ('auto',)} or None, got {name!r}")
-    _native._C.set_conv_engine("" if name is None else name)
+    _native.set_conv_engine("" if name is None else name)
 
 
 def get_conv_engine() -> str:
     """The CPU binary-conv engine request in force: "xnor", "int8_vnni", "amx" or "auto"."""
     if not native_available():
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
-    return _native._C.get_conv_engine()
+    return _native.get_conv_engine()
 
 
 def backend_info() -> dict:
@@ -70,14 +71,9 @@ def backend_info() -> dict:
         "machine": platform.machine(),
     }
     if native_available():
-        C = _native._C
-        info.update(cpu_isa=C.cpu_isa(), detected_cpu_isa=C.detected_cpu_isa(), amx=C.amx_available(),
-                    conv_engines=list(C.conv_engines()), cuda_compiled=C.cuda_compiled())
-        try:
-            from . import _build_info
-            info["cuda_archs"] = list(_build_info.CUDA_ARCHS) if info["cuda_compiled"] else []
-        except ImportError:
-            pass
+        N = _native
+        info.update(cpu_isa=N.cpu_isa(), detected_cpu_isa=N.detected_cpu_isa(), amx=N.amx_available(),
+                    conv_engines=N.conv_engines(), cuda_compiled=N.cuda_compiled(), cuda_archs=N.cuda_archs())
     else:
         info["load_error"] = _native.LOAD_ERROR
     return info
@@ -85,4 +81,4 @@ def backend_info() -> dict:
 
 __all__ = ["__version__", "native_available", "backend_info", "set_backend", "get_backend", "use_backend",
            "set_cpu_isa", "set_conv_engine", "get_conv_engine", "functional", "reference", "ops", "baselines", "nn",
-           "binary_ops", "models", "deploy"]
+           "binary_ops", "models", "deploy", "summary"]

@@ -21,11 +21,8 @@ __all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear", "repack_words",
 
 
 def _running_stats(layer, name):
-    stats = layer.running_stats()
-    if stats is None:
-        raise ValueError(f"deploy.freeze: layer '{name}' has no recorded activation statistics; "
-                         f"train the model (or run training-mode forwards with grad enabled) before freezing")
-    return float(stats[0]), float(stats[1])
+    # The eval model's statistics: running means of the recorded steps, (0, 1) before any step.
+    return tuple(float(s) for s in layer.running_stats())
 
 
 def _bn_affine(bn):

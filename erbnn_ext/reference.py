@@ -10,16 +10,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-12  # floor of alpha / sigma / per-sample RMS (method.md section 1); csrc/common/macros.h kEps
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ._common import EPS, FLOAT_DTYPES, acc_dtype, as_width, ring_mean, ring_push, sign  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def acc_dtype(dtype):
-    """Accumulation / statistics dtype for an input dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_float(x, name):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -30,16 +24,6 @@ def check_float(x, name):
 def check_finite(x, name):
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
-
-
-def as_width(b, like):
-    """The surrogate width b as a 0-dim tensor of like's accumulation dtype."""
-    return torch.as_tensor(b, dtype=acc_dtype(like.dtype), device=like.device).reshape(())
-
-
-def sign(x):
-    """+1 for x >= 0 (also -0.0), -1 otherwise; same dtype as x."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def surrogate_grad(x, b):
@@ -181,6 +165,42 @@ def two_sided_quantile(x, p):
     neg, pos = -flat[flat <= 0], flat[flat >= 0]
     qs = [_quantile_sorted(torch.sort(h).values, p) for h in (neg, pos) if h.numel()]
     return torch.stack(qs).max().to(torch.float32)
+
+
+# ------------------------------------------------------------------- training step of one layer side
+def _measure_width(xhat, p, q_values, q_count, width, min_width):
+    """q = two_sided_quantile(xhat, p) pushed into the q ring; width = max(ring mean, min_width)."""
+    ring_push(q_values, q_count, two_sided_quantile(xhat, float(p)))
+    width.copy_(ring_mean(q_values, q_count).clamp_min(min_width))
+
+
+def restore_weight_train(w, p, q_values, q_count, width, min_width):
+    """restore_weight(w) plus this step's width measurement (method.md sections 1 and 3), in one call.
+
+    q = two_sided_quantile(What, p) with What = (w - mean_o) / max(alpha_o, EPS) in the accumulation
+    dtype; q enters the ring (q_values, q_count), width = max(ring mean, min_width) (all updated in
+    place). Returns (w_b, mean, alpha, b_step), b_step = the new width as a 0-dim acc-dtype tensor.
+    An empty w changes no state."""
+    w_b, mean, alpha = restore_weight(w)
+    if w.numel():
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        what = (w.to(mean.dtype) - mean.view(shape)) / alpha.clamp_min(EPS).view(shape)
+        _measure_width(what, p, q_values, q_count, width, min_width)
+    return w_b, mean, alpha, width.to(mean.dtype).clone()
+
+
+def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                             sigma_count, min_width):
+    """restore_activation(x) plus the width measurement on xhat = (x - mean) / max(sigma, EPS) and the
+    push of (mean, sigma) into the statistics rings, in one call. Returns (y, mean, sigma, sample_rms,
+    b_step). An empty x changes no state."""
+    y, mean, sigma, rms = restore_activation(x)
+    if x.numel():
+        xhat = (x.to(mean.dtype) - mean) / sigma.clamp_min(EPS)
+        _measure_width(xhat, p, q_values, q_count, width, min_width)
+        ring_push(mean_values, mean_count, mean)
+        ring_push(sigma_values, sigma_count, sigma)
+    return y, mean, sigma, rms, width.to(mean.dtype).clone()
 
 
 # -------------------------------------------------------------------------------------------- packing

@@ -226,6 +226,7 @@ def test_packed_compiles_fullgraph_with_tensor_shift(native):
 
 
 # --------------------------------------------------------------------------------------------- devices
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", GRID[::4], ids=lambda c: "c{c}o{o}k{k}s{s}p{p}d{d}h{h}w{w}".format(**c))
 def test_conv_devices(native, device, cfg):
@@ -240,12 +241,14 @@ def test_conv_devices(native, device, cfg):
     torch.testing.assert_close(y.cpu().double(), truth, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_devices(native, device):
     x, w = torch.randn(37, 129, device=device), torch.randn(21, 129, device=device)
     assert torch.equal(EF.binary_linear(x, w).cpu(), (R.sign(x.cpu()) @ R.sign(w.cpu()).t()))
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.cuda
 @pytest.mark.parametrize("mma", ["1", "0"])  # b1 tensor-core kernel (sm_80+) and the __popc kernel
 def test_cuda_both_kernels(native, monkeypatch, mma):
