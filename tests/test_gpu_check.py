@@ -129,3 +129,8 @@ def test_cuda_supported_on_this_gpu(native):
 
     assert _native.cuda_supported(torch.device("cuda", 0)) is True
     assert _native.cuda_supported(0) is True  # cached per index
+
+
+def test_build_prerequisites_found_in_this_environment():
+    # the suite's own environment builds the extension: setuptools >= 77 and ninja are there
+    assert gpu_check.build_tools_missing(sys.executable) == []
