@@ -23,10 +23,11 @@ def build_parser():
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=_cmd_info)
     from .benchmarks.cli import add_bench_parser
-    from .train import add_eval_parser, add_train_parser
+    from .training import add_eval_parser, add_train_parser
     add_bench_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
+    from .summary_cli import add_parser as add_summary_parser; add_summary_parser(sub)  # noqa: E702
     return p
 
 

@@ -1,43 +1,93 @@
-"""Differentiable ER-BNN functions (api.md): torch.autograd.Function subclasses whose forward and
-backward run the active backend's ops (torch.ops.erbnn via erbnn_ext.ops, or erbnn_ext.reference).
+"""Differentiable ER-BNN functions (api.md). Each runs its op through the dispatch point
+(erbnn_ext.ops: torch.ops.erbnn or the reference twin) on detached inputs, then attaches the surrogate
+gradient with a torch.autograd.Function whose backward runs the matching backward op ON THE BACKEND OF
+THE FORWARD (recorded in ctx: autograd may run the backward on another thread).
 
-Math: ../shared/docs/method.md sections 1-3. "sign" is +1 for x >= 0 (also -0.0), -1 otherwise.
+The gradients are first-order only: a double backward raises (once_differentiable), as torchvision's
+ops do. Math: docs/method.md sections 1-3. "sign" is +1 for x >= 0 (also -0.0), -1 otherwise.
 """
 import torch
+from torch.autograd.function import once_differentiable
 
-from . import _backend, ops, reference
+from . import ops
+from ._common import acc_dtype, as_width, pair
 
 __all__ = [
     "ApproxSign", "RestoreWeight", "RestoreActivation", "RestoreActivationFixed",
-    "approx_sign", "restore_weight", "restore_activation", "two_sided_quantile",
-    "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
+    "approx_sign", "restore_weight", "restore_activation", "restore_weight_train", "restore_activation_train",
+    "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
 ]
 
 
-def _be():
-    return ops if _backend.native_active() else reference
-
-
-def _width(b, like):
-    # A float or tensor b becomes a 0-dim tensor of like's accumulation dtype. The Functions keep it on
-    # ctx (not save_for_backward) and read it when the backward runs: the forward never depends on b, so
-    # a layer may pass a tensor that it fills in after measuring this step's quantile (nn.layers).
-    return reference.as_width(b.detach() if isinstance(b, torch.Tensor) else b, like)
-
-
 class ApproxSign(torch.autograd.Function):
-    """Forward sign(x); backward dL/dx = g * (h / b) * (1 - tanh(x / b)^2), h = max(b, 1)."""
+    """apply(x, s, b, native) -> s = sign(x) (computed by ops.approx_sign); backward
+    dL/dx = g * (h / b) * (1 - tanh(x / b)^2), h = max(b, 1)."""
 
     @staticmethod
-    def forward(ctx, x, b):
-        ctx.save_for_backward(x)
-        ctx.b = b
-        return _be().approx_sign(x)
+    def forward(ctx, x, s, b, native):
+        ctx.save_for_backward(x, b)
+        ctx.native = native
+        return s
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return _be().approx_sign_backward(grad.contiguous(), x, ctx.b), None
+        x, b = ctx.saved_tensors
+        return ops.approx_sign_backward(grad.contiguous(), x, b, native=ctx.native), None, None, None
+
+
+class RestoreWeight(torch.autograd.Function):
+    """apply(w, w_b, mean, alpha, b, native) -> w_b (from ops.restore_weight*); backward through the
+    surrogate of width b and the standardisation (method.md section 1)."""
+
+    @staticmethod
+    def forward(ctx, w, w_b, mean, alpha, b, native):
+        ctx.save_for_backward(w, mean, alpha, b)
+        ctx.native = native
+        return w_b
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_wb):
+        w, mean, alpha, b = ctx.saved_tensors
+        dw = ops.restore_weight_backward(grad_wb.contiguous(), w, mean, alpha, b, native=ctx.native)
+        return dw, None, None, None, None, None
+
+
+class RestoreActivation(torch.autograd.Function):
+    """apply(x, y, mean, sigma, sample_rms, b, native) -> y (from ops.restore_activation*); backward with
+    mean and sigma differentiable (method.md section 2)."""
+
+    @staticmethod
+    def forward(ctx, x, y, mean, sigma, rms, b, native):
+        ctx.save_for_backward(x, mean, sigma, rms, b)
+        ctx.native = native
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, mean, sigma, rms, b = ctx.saved_tensors
+        dx = ops.restore_activation_backward(grad_y.contiguous(), x, mean, sigma, rms, b, native=ctx.native)
+        return dx, None, None, None, None, None, None
+
+
+class RestoreActivationFixed(torch.autograd.Function):
+    """apply(x, y, mean, sigma, b, native) -> y (from ops.restore_activation_fixed); backward
+    g * surrogate'((x - mean) / sigma) with the statistics held fixed."""
+
+    @staticmethod
+    def forward(ctx, x, y, mean, sigma, b, native):
+        ctx.save_for_backward(x, mean, sigma, b)
+        ctx.native = native
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, mean, sigma, b = ctx.saved_tensors
+        dx = ops.restore_activation_fixed_backward(grad_y.contiguous(), x, mean, sigma, b, native=ctx.native)
+        return dx, None, None, None, None, None
 
 
 def approx_sign(x, b=1.0):
@@ -45,73 +95,37 @@ def approx_sign(x, b=1.0):
 
     Example: ``y = approx_sign(x, b=0.5)``.
     """
-    return ApproxSign.apply(x, _width(b, x))
-
-
-class RestoreWeight(torch.autograd.Function):
-    """Weight restoration (method.md section 1); gradient through mean and alpha."""
-
-    @staticmethod
-    def forward(ctx, w, b):
-        w_b, mean, alpha = _be().restore_weight(w)
-        ctx.save_for_backward(w, mean, alpha)
-        ctx.b = b
-        ctx.mark_non_differentiable(mean, alpha)
-        return w_b, mean, alpha
-
-    @staticmethod
-    def backward(ctx, grad_wb, _gm, _ga):
-        w, mean, alpha = ctx.saved_tensors
-        if grad_wb is None:
-            return None, None
-        return _be().restore_weight_backward(grad_wb.contiguous(), w, mean, alpha, ctx.b), None
+    native = ops.native_now()
+    return ApproxSign.apply(x, ops.approx_sign(x.detach(), native=native), as_width(b, x), native)
 
 
 def restore_weight(w, b=1.0):
     """Per output channel (dim 0): mean, population RMS alpha, w_b = sign((w - mean) / alpha).
 
-    Args: w [O, ...] float tensor; b: surrogate width (float or 0-dim tensor, read when the backward runs).
-    Returns (w_b, mean, alpha): w_b like w in {-1, +1}; mean, alpha [O] float32 (float64 for float64 w).
-    Gradient: g = dL/dw_b * (h/b)(1 - tanh(What/b)^2), dL/dw = (g - mean(g) - What*mean(g*What)) / alpha,
-    with alpha floored at 1e-12 (a constant channel gives w_b = +1 and a finite gradient).
+    Args: w [O, ...] float tensor; b: surrogate width (float or 0-dim tensor).
+    Returns (w_b, mean, alpha): w_b like w (contiguous) in {-1, +1}; mean, alpha [O] float32 (float64 for
+    float64 w). Gradient: g = dL/dw_b * (h/b)(1 - tanh(What/b)^2), dL/dw = (g - mean(g) - What*mean(g*What))
+    / alpha, with alpha floored at 1e-12 (a constant channel gives w_b = +1 and a finite gradient).
     Non-finite w: on CPU a ValueError naming w; on CUDA the forward does not synchronise with the host
     to check, so NaN/Inf propagate instead (that channel's mean/alpha are NaN or Inf, its w_b is NaN).
     """
-    return RestoreWeight.apply(w, _width(b, w))
+    native = ops.native_now()
+    w_b, mean, alpha = ops.restore_weight(w.detach(), native=native)
+    return RestoreWeight.apply(w, w_b, mean, alpha, as_width(b, w), native), mean, alpha
 
 
-class RestoreActivation(torch.autograd.Function):
-    """Activation restoration with batch statistics (method.md section 2), mean and sigma differentiable."""
+def restore_weight_train(w, p, q_values, q_count, width, min_width=0.1):
+    """restore_weight plus the training step's width measurement, in one op (method.md sections 1, 3).
 
-    @staticmethod
-    def forward(ctx, x, b):
-        y, mean, sigma, rms = _be().restore_activation(x)
-        ctx.save_for_backward(x, mean, sigma, rms)
-        ctx.b = b
-        ctx.mark_non_differentiable(mean, sigma)
-        return y, mean, sigma
-
-    @staticmethod
-    def backward(ctx, grad_y, _gm, _gs):
-        x, mean, sigma, rms = ctx.saved_tensors
-        if grad_y is None:
-            return None, None
-        return _be().restore_activation_backward(grad_y.contiguous(), x, mean, sigma, rms, ctx.b), None
-
-
-class RestoreActivationFixed(torch.autograd.Function):
-    """Activation restoration with given statistics: y = sigma * sign((x - mean) / sigma) + mean."""
-
-    @staticmethod
-    def forward(ctx, x, mean, sigma, b):
-        ctx.save_for_backward(x, mean, sigma)
-        ctx.b = b
-        return _be().restore_activation_fixed(x, mean, sigma)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, mean, sigma = ctx.saved_tensors
-        return _be().restore_activation_fixed_backward(grad_y.contiguous(), x, mean, sigma, ctx.b), None, None, None
+    q = two_sided_quantile((w - mean_o) / alpha_o, p) is pushed into the ring (q_values [R] float64,
+    q_count 0-dim int64) and width (0-dim float64) becomes max(mean of the filled ring, min_width), all
+    in place; the returned w_b's surrogate uses that new width. p: 0-dim tensor (read on its device).
+    Returns (w_b, mean, alpha) as restore_weight. An empty w changes no state.
+    """
+    native = ops.native_now()
+    w_b, mean, alpha, b = ops.restore_weight_train(w.detach(), p, q_values, q_count, width, min_width,
+                                                   native=native)
+    return RestoreWeight.apply(w, w_b, mean, alpha, b, native), mean, alpha
 
 
 def restore_activation(x, b=1.0, stats=None):
@@ -125,22 +139,39 @@ def restore_activation(x, b=1.0, stats=None):
     """
     if x.dim() < 1:
         raise ValueError(f"x must have a batch dimension, got a {x.dim()}-D tensor")
+    native = ops.native_now()
     if stats is None:
-        return RestoreActivation.apply(x, _width(b, x))
-    acc = reference.acc_dtype(x.dtype)
+        y, mean, sigma, rms = ops.restore_activation(x.detach(), native=native)
+        return RestoreActivation.apply(x, y, mean, sigma, rms, as_width(b, x), native), mean, sigma
+    acc = acc_dtype(x.dtype)
     mean, sigma = (torch.as_tensor(s, dtype=acc, device=x.device).detach().reshape(()) for s in stats)
-    return RestoreActivationFixed.apply(x, mean, sigma, _width(b, x)), mean, sigma
+    y = ops.restore_activation_fixed(x.detach(), mean, sigma, native=native)
+    return RestoreActivationFixed.apply(x, y, mean, sigma, as_width(b, x), native), mean, sigma
+
+
+def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                             sigma_count, min_width=0.1):
+    """restore_activation with batch statistics plus the training step's bookkeeping, in one op: q of
+    xhat = (x - mean) / sigma into the q ring and the new width (as restore_weight_train), and (mean,
+    sigma) pushed into their rings (values [S] float64, count 0-dim int64). Returns (y, mean, sigma).
+    An empty x changes no state."""
+    native = ops.native_now()
+    y, mean, sigma, rms, b = ops.restore_activation_train(
+        x.detach(), p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, min_width,
+        native=native)
+    return RestoreActivation.apply(x, y, mean, sigma, rms, b, native), mean, sigma
 
 
 def two_sided_quantile(x, p):
     """max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation as numpy.quantile, exact over all
     elements (selection, not sorting, in the native kernels). One half empty -> the other's. 0-dim float32.
-    NaN/Inf in x: ValueError, except with the native CUDA kernel, which returns NaN (no host sync)."""
+    p: float or 0-dim tensor. NaN/Inf in x: ValueError, except with the native CUDA kernel, which returns
+    NaN (no host sync)."""
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     with torch.no_grad():
-        return _be().two_sided_quantile(x.detach(), p)
+        return ops.two_sided_quantile(x.detach(), p)
 
 
 def pack_signs(x, dim=1):
@@ -151,30 +182,20 @@ def pack_signs(x, dim=1):
     """
     if x.dim() == 0:
         raise ValueError("pack_signs: x must have at least 1 dimension")
-    return _be().pack_signs(x, dim), x.shape[dim]
+    return ops.pack_signs(x, dim), x.shape[dim]
 
 
 def unpack_signs(packed, n, dim=1):
     """Inverse of pack_signs: float32 +-1 with the packed axis (length n) back at `dim`."""
-    return _be().unpack_signs(packed, n, dim)
-
-
-def _pair(v, name):
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(v)
-    if len(v) != 2 or not all(isinstance(i, int) for i in v):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return v
+    return ops.unpack_signs(packed, n, dim)
 
 
 def binary_conv2d(x, w, stride=1, padding=0, dilation=1):
     """Exactly F.conv2d(sign(x), sign(w), stride, padding, dilation) with zero padding; float32 output
     holding integers. x: [N, C, H, W], w: [O, C, kh, kw]; groups = 1. Inference op (no gradient)."""
-    return _be().binary_conv2d(x, w, _pair(stride, "stride"), _pair(padding, "padding"),
-                               _pair(dilation, "dilation"))
+    return ops.binary_conv2d(x, w, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"))
 
 
 def binary_linear(x, w):
     """Exactly sign(x) @ sign(w).T in float32. x: [..., K], w: [O, K]. Inference op."""
-    return _be().binary_linear(x, w)
+    return ops.binary_linear(x, w)

@@ -1,12 +1,19 @@
-"""Thin typed layer over torch.ops.erbnn: fake (meta) kernels for torch.compile, and per-op dispatch
-that falls back to the reference twin where no native kernel exists for the tensor's device (for
-example CUDA tensors in a build without CUDA kernels).
+"""The single dispatch point of the package: every op call, from functional, nn, deploy and the
+benchmarks, goes through `_impl` below, which picks torch.ops.erbnn (native) or the reference twin.
 
-Every function here has the signature of its twin in erbnn_ext.reference.
+`native` (keyword, default None = decide now from erbnn_ext.use_backend / set_backend / ERBNN_BACKEND)
+lets a caller pin the choice, e.g. an autograd backward running on another thread uses the backend of
+its forward. A native op whose kernel is missing for the tensor's device (a CPU-only build given a
+CUDA tensor) runs the reference twin. Also here: the fake (meta) kernels for torch.compile.
+
+Every function here has the signature of its twin in erbnn_ext.reference (plus `native`).
 """
+import warnings
+
 import torch
 
-from . import _native, reference
+from . import _backend, _native, reference
+from ._common import as_width, pair
 
 _LIB = "erbnn"
 
@@ -15,8 +22,19 @@ _OP_NAMES = (
     "restore_weight", "_restore_weight_backward", "restore_activation", "_restore_activation_backward",
     "restore_activation_fixed", "_restore_activation_fixed_backward", "approx_sign", "_approx_sign_backward",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
-    "pack_conv_weight", "binary_conv2d_packed",
+    "pack_conv_weight", "binary_conv2d_packed", "restore_weight_train", "restore_activation_train",
 )
+
+
+def _registered(name):
+    """The op's schema is in the loaded extension (an older build may lack newer ops)."""
+    if not _native.available():
+        return False
+    try:
+        getattr(torch.ops.erbnn, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _kernel_table():
@@ -25,7 +43,7 @@ def _kernel_table():
     table = {}
     for name in _OP_NAMES:
         for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-            table[(name, dev)] = _native.available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+            table[(name, dev)] = _registered(name) and torch._C._dispatch_has_kernel_for_dispatch_key(
                 f"{_LIB}::{name}", key)
     return table
 
@@ -38,128 +56,197 @@ def has_kernel(op_name: str, device_type: str) -> bool:
     return _KERNELS.get((op_name, device_type), False)
 
 
-def _op(name):
-    return getattr(torch.ops.erbnn, name).default
+_warned_devices = set()
 
 
-def _dispatch(name, ref_fn, device):
-    return _op(name) if has_kernel(name, device.type) else ref_fn
+def kernel_runs_on(op_name: str, device: torch.device) -> bool:
+    """A compiled kernel exists for the device type and, on CUDA, can run on this GPU (an sm_75 card
+    with a build for sm_80+ cannot: its ops then run the reference, with one warning per device)."""
+    if not has_kernel(op_name, device.type):
+        return False
+    if device.type != "cuda" or _native.cuda_supported(device):
+        return True
+    if device not in _warned_devices:
+        _warned_devices.add(device)
+        warnings.warn(f"erbnn_ext: the CUDA kernels were built for {_native.cuda_archs()} and cannot run on "
+                      f"{device} ({torch.cuda.get_device_name(device)}); using the reference implementation. "
+                      f"Rebuild with TORCH_CUDA_ARCH_LIST naming its architecture.", RuntimeWarning)
+    return False
 
 
-def _b(b, like):
-    return reference.as_width(b, like)
+def _impl(name, device, native=None):
+    """THE backend choice: the native op when the native backend is active (or `native` is True) and a
+    kernel can run on `device`, else the reference twin of the same name."""
+    if native is None:
+        native = _backend.native_active()
+    if native and kernel_runs_on(name, device):
+        return getattr(torch.ops.erbnn, name).default
+    return getattr(reference, name.lstrip("_"))
 
 
-def restore_weight(w):
-    return _dispatch("restore_weight", reference.restore_weight, w.device)(w)
+def native_now() -> bool:
+    """The backend decision of this moment (for an autograd Function to record in its forward)."""
+    return _backend.native_active()
 
 
-def restore_weight_backward(grad_wb, w, mean, alpha, b):
-    fn = _dispatch("_restore_weight_backward", reference.restore_weight_backward, w.device)
-    return fn(grad_wb, w, mean, alpha, _b(b, w))
+def restore_weight(w, *, native=None):
+    return _impl("restore_weight", w.device, native)(w)
 
 
-def restore_activation(x):
-    return _dispatch("restore_activation", reference.restore_activation, x.device)(x)
+def restore_weight_backward(grad_wb, w, mean, alpha, b, *, native=None):
+    return _impl("_restore_weight_backward", w.device, native)(grad_wb, w, mean, alpha, as_width(b, w))
 
 
-def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b):
-    fn = _dispatch("_restore_activation_backward", reference.restore_activation_backward, x.device)
-    return fn(grad_y, x, mean, sigma, sample_rms, _b(b, x))
+def restore_weight_train(w, p, q_values, q_count, width, min_width, *, native=None):
+    return _impl("restore_weight_train", w.device, native)(w, p, q_values, q_count, width, float(min_width))
 
 
-def restore_activation_fixed(x, mean, sigma):
-    return _dispatch("restore_activation_fixed", reference.restore_activation_fixed, x.device)(x, mean, sigma)
+def restore_activation(x, *, native=None):
+    return _impl("restore_activation", x.device, native)(x)
 
 
-def restore_activation_fixed_backward(grad_y, x, mean, sigma, b):
-    fn = _dispatch("_restore_activation_fixed_backward", reference.restore_activation_fixed_backward, x.device)
-    return fn(grad_y, x, mean, sigma, _b(b, x))
+def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b, *, native=None):
+    fn = _impl("_restore_activation_backward", x.device, native)
+    return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x))
 
 
-def approx_sign(x):
-    return _dispatch("approx_sign", reference.approx_sign, x.device)(x)
+def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                             sigma_count, min_width, *, native=None):
+    return _impl("restore_activation_train", x.device, native)(
+        x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
 
 
-def approx_sign_backward(grad, x, b):
-    return _dispatch("_approx_sign_backward", reference.approx_sign_backward, x.device)(grad, x, _b(b, x))
+def restore_activation_fixed(x, mean, sigma, *, native=None):
+    return _impl("restore_activation_fixed", x.device, native)(x, mean, sigma)
 
 
-def two_sided_quantile(x, p):
-    return _dispatch("two_sided_quantile", reference.two_sided_quantile, x.device)(x, float(p))
+def restore_activation_fixed_backward(grad_y, x, mean, sigma, b, *, native=None):
+    fn = _impl("_restore_activation_fixed_backward", x.device, native)
+    return fn(grad_y, x, mean, sigma, as_width(b, x))
 
 
-def pack_signs(x, dim=1):
-    return _dispatch("pack_signs", reference.pack_signs, x.device)(x, dim)
+def approx_sign(x, *, native=None):
+    return _impl("approx_sign", x.device, native)(x)
 
 
-def unpack_signs(packed, n, dim=1):
-    return _dispatch("unpack_signs", reference.unpack_signs, packed.device)(packed, n, dim)
+def approx_sign_backward(grad, x, b, *, native=None):
+    return _impl("_approx_sign_backward", x.device, native)(grad, x, as_width(b, x))
 
 
-def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-    fn = _dispatch("binary_conv2d", reference.binary_conv2d, x.device)
-    return fn(x, w, list(stride), list(padding), list(dilation))
+def two_sided_quantile(x, p, *, native=None):
+    return _impl("two_sided_quantile", x.device, native)(x, float(p))
 
 
-def binary_linear(x, w):
-    return _dispatch("binary_linear", reference.binary_linear, x.device)(x, w)
+def pack_signs(x, dim=1, *, native=None):
+    return _impl("pack_signs", x.device, native)(x, dim)
 
 
-def pack_conv_weight(w):
-    return _dispatch("pack_conv_weight", reference.pack_conv_weight, w.device)(w)
+def unpack_signs(packed, n, dim=1, *, native=None):
+    return _impl("unpack_signs", packed.device, native)(packed, n, dim)
 
 
-def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
-                         out_scale=None, out_bias=None, ones_scale=None):
-    fn = _dispatch("binary_conv2d_packed", reference.binary_conv2d_packed, x.device)
-    return fn(x, w_packed, list(stride), list(padding), list(dilation), float(x_shift), out_scale, out_bias,
-              ones_scale)
+def binary_conv2d(x, w, stride=1, padding=0, dilation=1, *, native=None):
+    return _impl("binary_conv2d", x.device, native)(
+        x, w, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"))
+
+
+def binary_linear(x, w, *, native=None):
+    return _impl("binary_linear", x.device, native)(x, w)
+
+
+def pack_conv_weight(w, *, native=None):
+    """w [O, C, kh, kw] float -> packed sign words [O, kh, kw, Cw] along C: bit j of word k = channel
+    k*W + j (1 for w >= 0), tail bits 0; W = 64 (int64) on CPU, 32 (int32) on CUDA. NaN -> ValueError.
+    Pack on the device that will run the conv."""
+    return _impl("pack_conv_weight", w.device, native)(w)
+
+
+def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=None, out_scale=None,
+                         out_bias=None, ones_scale=None, *, native=None):
+    """out[n, o] = out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b).
+
+    x: [N, C, H, W] float (any layout); w_packed: pack_conv_weight(w) for w [O, C, kh, kw];
+    x_shift: None (0), a float or a 1-element tensor (sign(x - x_shift) is +1 where x >= x_shift; a
+    tensor is read on its device: no host sync, traceable by torch.compile); out_scale, out_bias, ones_scale: [O]
+    or 1-element tensors, or None (1, 0, 0). Zero padding: out-of-frame taps contribute nothing to
+    either convolution. Returns float32 [N, O, OH, OW]; with all three None it is exactly
+    F.conv2d(sign(x - x_shift), W_b, ...). Inference only (no gradient). Used by eval-mode ER layers
+    and deploy.freeze (an eval ERBinaryConv2d folds to out_scale = sigma, ones_scale = mu, x_shift = mu;
+    a following BatchNorm a * z + c to a * sigma, c, a * mu).
+    """
+    if x_shift is not None and not isinstance(x_shift, torch.Tensor):
+        x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
+    return _impl("binary_conv2d_packed", x.device, native)(
+        x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
+        x_shift, out_scale, out_bias, ones_scale)
 
 
 # ------------------------------------------------------------------------------ fake (meta) kernels
+# The kernels return contiguous tensors whatever the input's layout (they read strided or channels_last
+# inputs through one contiguous copy), so every fake returns contiguous outputs too.
 def _stat_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _like(x, dtype=None):
+    return x.new_empty(x.shape, dtype=dtype or x.dtype)
+
+
 def _register_fakes():
-    reg = torch.library.register_fake
+    def reg(qualname):  # ops missing from an older build keep their reference path and need no fake
+        if not _registered(qualname.split("::")[1]):
+            return lambda fn: fn
+        return torch.library.register_fake(qualname)
+
+    def weight_outputs(w):
+        torch._check(w.dim() >= 1, lambda: "w must have at least 1 dimension")
+        st = w.new_empty(w.shape[0], dtype=_stat_dtype(w.dtype))
+        return _like(w), st, st.clone()
+
+    def activation_outputs(x):
+        torch._check(x.dim() >= 1, lambda: "x must have a batch dimension")
+        st = x.new_empty((), dtype=_stat_dtype(x.dtype))
+        return _like(x), st, st.clone(), x.new_empty(x.shape[0], dtype=_stat_dtype(x.dtype))
 
     @reg("erbnn::restore_weight")
     def _(w):
-        torch._check(w.dim() >= 1, lambda: "w must have at least 1 dimension")
-        st = w.new_empty(w.shape[0], dtype=_stat_dtype(w.dtype))
-        return torch.empty_like(w), st, st.clone()
+        return weight_outputs(w)
+
+    @reg("erbnn::restore_weight_train")
+    def _(w, p, q_values, q_count, width, min_width):
+        return (*weight_outputs(w), w.new_empty((), dtype=_stat_dtype(w.dtype)))
 
     @reg("erbnn::_restore_weight_backward")
     def _(grad_wb, w, mean, alpha, b):
-        return torch.empty_like(w)
+        return _like(w)
 
     @reg("erbnn::restore_activation")
     def _(x):
-        torch._check(x.dim() >= 1, lambda: "x must have a batch dimension")
-        st = x.new_empty((), dtype=_stat_dtype(x.dtype))
-        return torch.empty_like(x), st, st.clone(), x.new_empty(x.shape[0], dtype=_stat_dtype(x.dtype))
+        return activation_outputs(x)
+
+    @reg("erbnn::restore_activation_train")
+    def _(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, min_width):
+        return (*activation_outputs(x), x.new_empty((), dtype=_stat_dtype(x.dtype)))
 
     @reg("erbnn::_restore_activation_backward")
     def _(grad_y, x, mean, sigma, sample_rms, b):
-        return torch.empty_like(x)
+        return _like(x)
 
     @reg("erbnn::restore_activation_fixed")
     def _(x, mean, sigma):
-        return torch.empty_like(x)
+        return _like(x)
 
     @reg("erbnn::_restore_activation_fixed_backward")
     def _(grad_y, x, mean, sigma, b):
-        return torch.empty_like(x)
+        return _like(x)
 
     @reg("erbnn::approx_sign")
     def _(x):
-        return torch.empty_like(x)
+        return _like(x)
 
     @reg("erbnn::_approx_sign_backward")
     def _(grad, x, b):
-        return torch.empty_like(x)
+        return _like(x)
 
     @reg("erbnn::two_sided_quantile")
     def _(x, p):
@@ -197,7 +284,7 @@ def _register_fakes():
         return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
 
     @reg("erbnn::binary_conv2d_packed")
-    def _(x, w_packed, stride, padding, dilation, x_shift=0.0, out_scale=None, out_bias=None, ones_scale=None):
+    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 

@@ -10,16 +10,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-12  # floor of alpha / sigma / per-sample RMS (method.md section 1); csrc/common/macros.h kEps
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ._common import EPS, FLOAT_DTYPES, acc_dtype, as_width, ring_mean, ring_push, sign  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def acc_dtype(dtype):
-    """Accumulation / statistics dtype for an input dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_float(x, name):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -30,16 +24,6 @@ def check_float(x, name):
 def check_finite(x, name):
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
-
-
-def as_width(b, like):
-    """The surrogate width b as a 0-dim tensor of like's accumulation dtype."""
-    return torch.as_tensor(b, dtype=acc_dtype(like.dtype), device=like.device).reshape(())
-
-
-def sign(x):
-    """+1 for x >= 0 (also -0.0), -1 otherwise; same dtype as x."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def surrogate_grad(x, b):
@@ -183,6 +167,42 @@ def two_sided_quantile(x, p):
     return torch.stack(qs).max().to(torch.float32)
 
 
+# ------------------------------------------------------------------- training step of one layer side
+def _measure_width(xhat, p, q_values, q_count, width, min_width):
+    """q = two_sided_quantile(xhat, p) pushed into the q ring; width = max(ring mean, min_width)."""
+    ring_push(q_values, q_count, two_sided_quantile(xhat, float(p)))
+    width.copy_(ring_mean(q_values, q_count).clamp_min(min_width))
+
+
+def restore_weight_train(w, p, q_values, q_count, width, min_width):
+    """restore_weight(w) plus this step's width measurement (method.md sections 1 and 3), in one call.
+
+    q = two_sided_quantile(What, p) with What = (w - mean_o) / max(alpha_o, EPS) in the accumulation
+    dtype; q enters the ring (q_values, q_count), width = max(ring mean, min_width) (all updated in
+    place). Returns (w_b, mean, alpha, b_step), b_step = the new width as a 0-dim acc-dtype tensor.
+    An empty w changes no state."""
+    w_b, mean, alpha = restore_weight(w)
+    if w.numel():
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        what = (w.to(mean.dtype) - mean.view(shape)) / alpha.clamp_min(EPS).view(shape)
+        _measure_width(what, p, q_values, q_count, width, min_width)
+    return w_b, mean, alpha, width.to(mean.dtype).clone()
+
+
+def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                             sigma_count, min_width):
+    """restore_activation(x) plus the width measurement on xhat = (x - mean) / max(sigma, EPS) and the
+    push of (mean, sigma) into the statistics rings, in one call. Returns (y, mean, sigma, sample_rms,
+    b_step). An empty x changes no state."""
+    y, mean, sigma, rms = restore_activation(x)
+    if x.numel():
+        xhat = (x.to(mean.dtype) - mean) / sigma.clamp_min(EPS)
+        _measure_width(xhat, p, q_values, q_count, width, min_width)
+        ring_push(mean_values, mean_count, mean)
+        ring_push(sigma_values, sigma_count, sigma)
+    return y, mean, sigma, rms, width.to(mean.dtype).clone()
+
+
 # -------------------------------------------------------------------------------------------- packing
 def _word_bits(device):
     return 64 if device.type == "cpu" else 32
@@ -254,16 +274,23 @@ def _per_channel(t, o, name):
     return t.expand(o).reshape(1, o, 1, 1)
 
 
-def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
+def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=None,
                          out_scale=None, out_bias=None, ones_scale=None):
     """out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b), zero
-    padding, float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]."""
+    padding, always float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]; x_shift
+    None (0) or a 1-element float tensor."""
     check_float(x, "x")
     check_finite(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
         raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
     wb = unpack_signs(w_packed, x.shape[1], dim=1).to(x.device)
-    shift = torch.as_tensor(x_shift, dtype=acc_dtype(x.dtype), device=x.device)
+    if x_shift is None:
+        x_shift = torch.zeros(1)
+    check_float(x_shift, "x_shift")
+    if x_shift.numel() != 1:
+        raise ValueError(f"x_shift must hold one value, got {x_shift.numel()}")
+    check_finite(x_shift, "x_shift")
+    shift = x_shift.reshape(()).to(device=x.device, dtype=acc_dtype(x.dtype))
     xb = torch.where(x.to(shift.dtype) >= shift, 1.0, -1.0).float()
     conv = F.conv2d(xb, wb, stride=stride, padding=padding, dilation=dilation)
     o = wb.shape[0]

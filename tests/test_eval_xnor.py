@@ -95,10 +95,11 @@ def test_freeze_matches_eval_model_and_folds_bn(native):
     assert model.training is False and isinstance(model[2].conv, enn.ERBinaryConv2d)  # original untouched
 
 
-def test_freeze_without_statistics_names_the_layer():
-    model = torch.nn.Sequential(enn.ERBinaryConv2d(3, 4, 3))
-    with pytest.raises(ValueError, match="'0' has no recorded activation statistics"):
-        deploy.freeze(model)
+def test_freeze_untrained_matches_eval_initial_stats():
+    model = torch.nn.Sequential(enn.ERBinaryConv2d(3, 4, 3)).eval()  # running statistics (0, 1)
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(deploy.freeze(model)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,unfolded", [("resnet20_1w1a", 0), ("resnet18_1w1a", 0), ("vgg_small_1w1a", 3)])

@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from erbnn_ext import baselines, reference as R
-from erbnn_ext.models import METHODS, build_model, resnet18_1w1a, resnet20_1w1a, vgg_small_1w1a
+import erbnn_ext
+from erbnn_ext import deploy
+from erbnn_ext.models import (ALIASES, METHODS, MODELS, build_model, model_name, resnet18_1w1a, resnet18_1w1a_imagenet,
+                              resnet20_1w1a, vgg_small_1w1a)
 from erbnn_ext.models.resnet20 import OptionAShortcut
 from erbnn_ext.nn import ApproxSign, ERBinaryConv2d, RPReLU, set_epoch
 from erbnn_ext.nn.ablations import (BINARY_CONVS, ClipSign, EDESign, ERClipConv2d, EREDEConv2d, IRNetConv2d,
@@ -56,6 +59,68 @@ def test_resnet18_structure():
     assert m.bn2.num_features == 512 and m.linear.in_features == 512
 
 
+def test_resnet18_imagenet_structure():
+    m = resnet18_1w1a_imagenet()
+    assert m.fc.out_features == 1000 and m.fc.in_features == 512 and type(m.fc) is torch.nn.Linear
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    b = _binary(m)
+    assert len(b) == 16 and all(type(c) is ERBinaryConv2d for c in b)
+    assert [c.out_channels for c in b] == [64] * 4 + [128] * 4 + [256] * 4 + [512] * 4
+    assert all(c.kernel_size == (3, 3) for c in b)
+    assert [i for i, c in enumerate(b) if c.stride != (1, 1)] == [4, 8, 12]
+    fp = _plain(m, torch.nn.Conv2d)
+    assert fp[0] is m.conv1 and m.conv1.kernel_size == (7, 7) and m.conv1.stride == (2, 2)
+    assert [c.kernel_size for c in fp[1:]] == [(1, 1)] * 3 and all(c.stride == (1, 1) for c in fp[1:])
+    assert isinstance(m.maxpool, torch.nn.MaxPool2d) and m.maxpool.kernel_size == 3 and m.maxpool.stride == 2
+    for layer in (m.layer2, m.layer3, m.layer4):  # AvgPool2d(2) + FP 1x1 conv + BN
+        sc = layer[0].shortcut
+        assert [type(t) for t in sc] == [torch.nn.AvgPool2d, torch.nn.Conv2d, torch.nn.BatchNorm2d]
+    assert all(isinstance(blk.shortcut, torch.nn.Identity) for blk in (m.layer1[0], m.layer1[1], m.layer4[1]))
+    assert not _plain(m, torch.nn.BatchNorm1d)  # the ImageNet head has no BatchNorm1d
+    assert len([r for r in m.modules() if isinstance(r, RPReLU)]) == 1 + 2 * 8
+    assert sum(p.numel() for p in m.parameters()) == pytest.approx(11.7e6, rel=0.01)
+
+
+def test_resnet18_imagenet_shortcut_matches_conv_at_odd_sizes():
+    m = resnet18_1w1a_imagenet(num_classes=5)
+    # 112x112: layer4's input is 7x7; the stride-2 conv gives 4x4 and so must the average-pool shortcut
+    assert m(torch.randn(1, 3, 112, 112)).shape == (1, 5)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    torch.testing.assert_close(m.layer2[0].shortcut[0](x), F.avg_pool2d(x, 2))  # even: a plain 2x2 mean
+
+
+def test_resnet18_imagenet_freeze(native):
+    torch.manual_seed(0)
+    model = resnet18_1w1a_imagenet(num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+    model.eval()
+    frozen = deploy.freeze(model)
+    layers = [m for m in frozen.modules() if isinstance(m, deploy.FrozenBinaryConv2d)]
+    assert len(layers) == 16 and all(m.folded_bn for m in layers)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad(), erbnn_ext.use_backend("reference"):
+        expected = model(x)
+    with torch.no_grad():
+        got = frozen(x)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_model_names_and_short_forms():
+    assert set(MODELS) == {"resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a", "resnet18_1w1a_imagenet"}
+    for short, full in ALIASES.items():
+        assert model_name(short) == full and model_name(full) == full
+    assert model_name("VGG-Small") == "vgg_small_1w1a"
+    assert isinstance(build_model("resnet18_imagenet"), erbnn_ext.models.ResNet18ImageNet)
+    assert build_model("resnet18_imagenet").fc.out_features == 1000  # the model's own default
+    assert build_model("resnet20").linear.out_features == 10
+    assert build_model("resnet18_imagenet", num_classes=7, method="irnet").fc.out_features == 7
+    assert erbnn_ext.models.resnet18_1w1a_imagenet is resnet18_1w1a_imagenet
+
+
 def test_vgg_small_structure_and_init():
     torch.manual_seed(0)
     m = vgg_small_1w1a(num_classes=10)
@@ -95,7 +160,7 @@ def test_set_epoch_schedules():
     m = resnet20_1w1a()
     assert set_epoch(m, 0, 10) == {"p": pytest.approx(0.8)}
     assert set_epoch(m, 5, 10)["p"] == pytest.approx(0.4)
-    assert all(a._p_host == pytest.approx(0.4) for a in m.modules() if isinstance(a, ApproxSign))
+    assert all(float(a.p) == pytest.approx(0.4) for a in m.modules() if isinstance(a, ApproxSign))
     for arch, t_min in (("resnet20_1w1a", 1e-3), ("vgg_small_1w1a", 1e-1)):
         m = build_model(arch, method="irnet")
         assert set_epoch(m, 0, 10)["t"] == pytest.approx(t_min)

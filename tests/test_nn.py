@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import erbnn_ext
-from erbnn_ext import nn as enn
+from erbnn_ext import nn as enn, reference as R
 
 
 # ------------------------------------------------------------------ independent implementation (method.md)
@@ -111,15 +111,20 @@ def test_linear_layer_shapes_and_grad():
     assert layer.bias.grad is not None
 
 
-def test_eval_before_training_uses_batch_stats():
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_eval_before_training_uses_initial_stats(backend, grad):
+    # Like BatchNorm's initial running statistics: mean 0, sigma 1, so the layer sees sign(x).
     layer = enn.ERBinaryConv2d(3, 4, 3, padding=1).eval()
     x = torch.randn(2, 3, 6, 6)
-    y = layer(x)
+    with erbnn_ext.use_backend(backend), torch.set_grad_enabled(grad):
+        y = layer(x)
+    w_b = R.restore_weight(layer.weight.detach())[0]
+    assert torch.equal(y.detach(), F.conv2d(R.sign(x), w_b, padding=1))
     layer.train()
     with torch.no_grad():
-        y_train = layer(x)  # no grad: nothing recorded
+        layer(x)  # no grad: nothing recorded
     assert layer.act_mean.filled == 0
-    torch.testing.assert_close(y, y_train)
 
 
 def test_no_grad_training_does_not_record():

@@ -1,4 +1,5 @@
-"""The binary 3x3 conv layers of the paper's CIFAR-10 models (method.md section 4), as benchmark shapes."""
+"""The binary 3x3 conv layers of the paper's CIFAR-10 models and of the ImageNet ResNet-18 at 224x224
+(method.md section 4), as benchmark shapes."""
 from dataclasses import dataclass
 
 
@@ -46,4 +47,6 @@ VGG_SMALL = [
     ConvShape("conv1", 128, 128, 32), ConvShape("conv2", 128, 256, 16), ConvShape("conv3", 256, 256, 16),
     ConvShape("conv4", 256, 512, 8), ConvShape("conv5", 512, 512, 8),
 ]
-MODELS = {"resnet18": RESNET18, "resnet20": RESNET20, "vgg_small": VGG_SMALL}
+# ImageNet ResNet-18: the 7x7/2 stem and 3x3/2 max-pool bring 224x224 to 56x56 before layer1
+RESNET18_IMAGENET = _resnet([64, 128, 256, 512], [2, 2, 2, 2], first_hw=56)
+MODELS = {"resnet18": RESNET18, "resnet20": RESNET20, "vgg_small": VGG_SMALL, "resnet18_imagenet": RESNET18_IMAGENET}

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..reference import EPS, sign
+from .._common import EPS, sign
 from .layers import ERBinaryConv2d
 from .ring import RingMean
 
@@ -78,7 +78,7 @@ class EDESign(torch.nn.Module):
 
     t = 10^(log10 t_min + (log10 t_max - log10 t_min) * epoch / epochs), set by set_epoch. t_min = 1e-3
     (ResNet-20) or 1e-1 (VGG-Small; the models also use it for ResNet-18), t_max = 10 (method.md 6).
-    t is a buffer (state_dict) with a host mirror so forward needs no device sync.
+    t is a buffer (state_dict; the only state), read as a tensor in the backward: no host sync.
     """
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 10.0):
@@ -87,7 +87,6 @@ class EDESign(torch.nn.Module):
             raise ValueError(f"EDE needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.register_buffer("t", torch.tensor(self.t_min))
-        self._t_host = self.t_min
 
     def schedule(self, epoch: int, epochs: int) -> float:
         frac = min(max(epoch, 0), epochs) / epochs
@@ -95,36 +94,34 @@ class EDESign(torch.nn.Module):
         return 10.0 ** (lo + (hi - lo) * frac)
 
     def set_epoch(self, epoch: int, epochs: int) -> float:
-        self._t_host = self.schedule(epoch, epochs)
-        self.t.fill_(self._t_host)
-        return self._t_host
+        t = self.schedule(epoch, epochs)
+        self.t.fill_(t)
+        return t
 
     def forward(self, x):
-        t = self._t_host
-        return _SignGrad.apply(x, functools.partial(_ede_grad, t=t, k=max(1.0 / t, 1.0)))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if prefix + "t" in state_dict:
-            self._t_host = float(state_dict[prefix + "t"])
+        t = self.t.detach().clone()  # this step's t, whatever set_epoch does before the backward
+        return _SignGrad.apply(x, functools.partial(_ede_grad, t=t, k=(1.0 / t).clamp_min(1.0)))
 
     def extra_repr(self):
-        return f"t={self._t_host:g}, t_min={self.t_min:g}, t_max={self.t_max:g}"
+        return f"t={float(self.t):g}, t_min={self.t_min:g}, t_max={self.t_max:g}"
 
 
 # ------------------------------------------------------------------------------------------ layers
 class _BinaryConv2dBase(torch.nn.Conv2d):
     """nn.Conv2d (groups = 1, numeric zero padding) with ERBinaryConv2d's constructor signature."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=False,
-                 q_buffer=100, stat_buffer=1000, device=None, dtype=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=1, bias=bias, device=device, dtype=dtype)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError(f"{type(self).__name__} supports numeric zero padding only")
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
+        self._check_config()
         self.stat_buffer = int(stat_buffer)
 
+    _check_config = ERBinaryConv2d._check_config
+
     def _check_input(self, x):
+        self._check_config()
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], "
                              f"got {tuple(x.shape)}")
@@ -156,13 +153,13 @@ class _ERRestoredConv2d(_BinaryConv2dBase):
         return self.weight_sign((rows - mean) / alpha).view_as(self.weight)
 
     def restored_input(self, x):
-        if not self.training and self.act_mean.filled:
-            mean, sigma = self.act_mean.mean().to(x.dtype), self.act_sigma.mean().to(x.dtype)
+        if not self.training:
+            mean, sigma = (t.to(x.dtype) for t in ERBinaryConv2d.running_stats(self))
         else:
             mean = x.mean()
             rms = (x - mean).pow(2).flatten(1).mean(1).clamp_min(EPS * EPS).sqrt()
             sigma = rms.mean()
-            if self.training and torch.is_grad_enabled():
+            if torch.is_grad_enabled() and x.numel():
                 self.act_mean.push(mean)
                 self.act_sigma.push(sigma)
         return sigma * self.act_sign((x - mean) / sigma.clamp_min(EPS)) + mean
@@ -217,7 +214,6 @@ class ReCUConv2d(_BinaryConv2dBase):
         super().__init__(*args, **kwargs)
         self.tau_min, self.tau_max = 0.85, 0.99
         self.register_buffer("tau", torch.tensor(self.tau_min))
-        self._tau_host = self.tau_min
         self.weight_sign = STESign()
         self.act_sign = ReCUActSign()
 
@@ -226,24 +222,19 @@ class ReCUConv2d(_BinaryConv2dBase):
         return a * math.exp(min(max(epoch, 0), epochs) / epochs) + self.tau_min - a
 
     def set_epoch(self, epoch: int, epochs: int) -> float:
-        self._tau_host = self.schedule(epoch, epochs)
-        self.tau.fill_(self._tau_host)
-        return self._tau_host
+        tau = self.schedule(epoch, epochs)
+        self.tau.fill_(tau)
+        return tau
 
     def forward(self, x):
         self._check_input(x)
         w0 = self.weight - self.weight.mean()
         w1 = w0 / (torch.sqrt(w0.var() + 1e-5) / (2 * math.sqrt(2)))
-        q = (-w1.abs().mean() * math.log(2 - 2 * self._tau_host)).detach()
+        q = (-w1.abs().mean() * torch.log(2 - 2 * self.tau.to(w1.dtype))).detach()
         w_b = self.weight_sign(torch.clamp(w1, -q, q))
         if self.training:
             x = x / torch.sqrt(x.flatten(1).var(1) + 1e-5).view(-1, 1, 1, 1)
         return self._conv(self.act_sign(x), w_b)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if prefix + "tau" in state_dict:
-            self._tau_host = float(state_dict[prefix + "tau"])
 
 
 #: method name (the models' `method=`) -> binary conv class

@@ -1,119 +1,127 @@
-"""ER-BNN binary layers: weight restoration + activation restoration + conv / linear (method.md 1-3)."""
+"""ER-BNN binary layers: weight restoration + activation restoration + conv / linear (method.md 1-3).
+
+A training step runs one fused op per layer side (ops.restore_weight_train / restore_activation_train:
+restoration, this step's quantile, ring pushes and the width update, all on the module's buffers);
+eval under no_grad on the native backend runs the packed XNOR-popcount conv.
+"""
 import torch
 import torch.nn.functional as F
 
-from .. import _backend, functional as EF, ops
-from ..reference import EPS
+from .. import functional as EF, ops
 from .approx_sign import ApproxSign
 from .ring import RingMean
 
 
 class _Restoration:
-    """Shared by ERBinaryConv2d and ERBinaryLinear: the two ApproxSign modules (weights, activations) and
-    the ring buffers of the batch activation statistics used in eval."""
+    """Shared by ERBinaryConv2d and ERBinaryLinear: the two ApproxSign modules (weights, activations: p,
+    width b and the q ring) and the rings of the batch activation statistics used in eval. Buffers are
+    the only state."""
 
     def _init_restoration(self, q_buffer: int, stat_buffer: int):
         self.weight_sign = ApproxSign(q_buffer)
         self.act_sign = ApproxSign(q_buffer)
         self.act_mean = RingMean(stat_buffer)
         self.act_sigma = RingMean(stat_buffer)
-        self._packed_cache = None  # (key, packed W_b, mu as float, sigma tensor, mu tensor)
 
-    def restored_weight(self) -> torch.Tensor:
-        """W_b = sign((W - mean) / alpha) per output channel, with the surrogate gradient of width
-        weight_sign.b; in training also measures q on What."""
-        b = self.weight_sign.step_width(self.weight)
-        w_b, mean, alpha = EF.restore_weight(self.weight, b)
-        if self.weight_sign.measuring:
-            with torch.no_grad():
-                shape = (-1,) + (1,) * (self.weight.dim() - 1)
-                what = (self.weight - mean.view(shape)) / alpha.clamp_min(EPS).view(shape)
-                self.weight_sign.observe(what)
-        self.weight_sign.fill_step_width(b)  # b of this step includes this step's q (method.md 3)
-        return w_b
+    def _measuring(self, x: torch.Tensor) -> bool:
+        # An empty batch changes no state (no quantile, no statistics push).
+        return self.training and torch.is_grad_enabled() and x.numel() > 0
+
+    def restored_weight(self, measure: bool = False) -> torch.Tensor:
+        """W_b = sign((W - mean) / alpha) per output channel with the surrogate gradient; with `measure`
+        (a training step) this step's q on What enters weight_sign's ring and width first."""
+        s = self.weight_sign
+        if measure:
+            return EF.restore_weight_train(self.weight, s.p, s.q.values, s.q.count, s.b, s.min_width)[0]
+        return EF.restore_weight(self.weight, s.b)[0]
 
     def running_stats(self):
-        """(mean, sigma) averaged over the recorded training steps, or None before any step."""
-        if self.act_mean.filled == 0:
-            return None
-        return self.act_mean.mean(), self.act_sigma.mean()
+        """(mean, sigma) averaged over the recorded training steps, 0-dim float64. Before any training
+        step they are (0, 1), as BatchNorm's initial running statistics (no host branch: compile-friendly)."""
+        sigma = self.act_sigma.mean()
+        return self.act_mean.mean(), torch.where(self.act_sigma.count > 0, sigma, torch.ones_like(sigma))
+
+    def restored_input(self, x: torch.Tensor, measure: bool = False) -> torch.Tensor:
+        """y = sigma * sign((x - mu) / sigma) + mu: batch statistics in training (with `measure`, pushed
+        into the rings together with this step's q), their running means in eval."""
+        s = self.act_sign
+        if measure:
+            return EF.restore_activation_train(x, s.p, s.q.values, s.q.count, s.b, self.act_mean.values,
+                                               self.act_mean.count, self.act_sigma.values, self.act_sigma.count,
+                                               s.min_width)[0]
+        if self.training:  # no grad, or an empty batch: batch statistics, no state change
+            return EF.restore_activation(x, s.b)[0]
+        return EF.restore_activation(x, s.b, stats=self.running_stats())[0]
 
     def _use_xnor(self, x: torch.Tensor) -> bool:
-        """Eval inference (no grad) on the native backend with recorded statistics runs the packed
-        XNOR-popcount kernel instead of the float conv of the restored values."""
-        return (not self.training and not torch.is_grad_enabled() and self.act_mean.filled > 0
-                and _backend.native_active() and ops.has_kernel("binary_conv2d_packed", x.device.type))
-
-    def _packed_state(self, weight4d: torch.Tensor):
-        """Weights packed once per weight version and statistics update (not per call)."""
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.act_mean._host_count)
-        if self._packed_cache is None or self._packed_cache[0] != key:
-            w_b = EF.restore_weight(weight4d)[0]
-            mu, sigma = (t.float().reshape(1) for t in self.running_stats())
-            self._packed_cache = (key, ops.pack_conv_weight(w_b), float(mu), sigma, mu)
-        return self._packed_cache[1:]
+        """Eval inference (no grad) on the native backend runs the packed XNOR-popcount kernel instead of
+        the float conv of the restored values (float64 stays on the exact float path)."""
+        return (not self.training and not torch.is_grad_enabled() and x.dtype != torch.float64
+                and ops.native_now() and ops.kernel_runs_on("binary_conv2d_packed", x.device))
 
     def _xnor_forward(self, x4d, stride, padding, dilation, weight4d):
-        """sigma * bconv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias (zero padding), exactly the
-        eval-mode float path up to float rounding (method.md section 2)."""
-        packed, mu_f, sigma, mu = self._packed_state(weight4d)
-        return ops.binary_conv2d_packed(x4d, packed, stride, padding, dilation, x_shift=mu_f, out_scale=sigma,
-                                        out_bias=self.bias, ones_scale=mu)
-
-    def restored_input(self, x: torch.Tensor) -> torch.Tensor:
-        """y = sigma * sign((x - mu) / sigma) + mu: batch statistics in training (recorded in the ring
-        buffers), their running means in eval (batch statistics if training never ran)."""
-        stats = None if self.training else self.running_stats()
-        if stats is not None:
-            return EF.restore_activation(x, self.act_sign.b.clone(), stats=stats)[0]
-        b = self.act_sign.step_width(x)
-        y, mean, sigma = EF.restore_activation(x, b)
-        if self.act_sign.measuring:
-            self.act_mean.push(mean)
-            self.act_sigma.push(sigma)
-            with torch.no_grad():
-                self.act_sign.observe((x.detach() - mean) / sigma.clamp_min(EPS))
-        self.act_sign.fill_step_width(b)
-        return y
+        """sigma * bconv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias (zero padding): the eval-mode
+        float path up to float rounding (method.md section 2), in x's dtype. The weights are restored and
+        packed on every call (no cache that could go stale); deploy.freeze packs them once."""
+        packed = ops.pack_conv_weight(ops.restore_weight(weight4d.detach())[0])
+        mu, sigma = (t.float().reshape(1) for t in self.running_stats())
+        bias = None if self.bias is None else self.bias.float()
+        out = ops.binary_conv2d_packed(x4d, packed, stride, padding, dilation, x_shift=mu, out_scale=sigma,
+                                       out_bias=bias, ones_scale=mu)
+        return out.to(x4d.dtype)
 
 
 class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
-    """nn.Conv2d with ER-BNN restoration of weights and input (1W1A), groups = 1.
+    """nn.Conv2d with ER-BNN restoration of weights and input (1W1A), a drop-in for nn.Conv2d.
 
     Forward: conv2d(sigma * sign(xhat) + mu, sign(What)) where What = (W - mean_o) / alpha_o per output
     channel and xhat = (x - mu) / sigma with the batch statistics (training) or their running means over
-    the last `stat_buffer` training steps (eval). Backward: tanh surrogates of adaptive width (ApproxSign)
-    and gradients through all statistics (method.md sections 1-3).
+    the last `stat_buffer` training steps (eval; (0, 1) before any step). Backward: tanh surrogates of
+    adaptive width (ApproxSign) and gradients through all statistics (method.md sections 1-3).
+
+    Args: nn.Conv2d's, positionally too. groups must be 1 and padding_mode "zeros" (other values raise
+    ValueError, also when set after construction). bias defaults to False because a BatchNorm follows
+    every binary conv in BNNs (a bias before it is redundant). Keyword-only: q_buffer (the q ring, 100
+    in the paper), stat_buffer (the statistics ring, 1000).
 
     Same `weight` Parameter and state_dict keys as nn.Conv2d, plus the buffers of weight_sign, act_sign,
     act_mean and act_sigma. In eval mode under no_grad with the native backend it runs the XNOR-popcount
-    kernel on weights packed once (float32 output equal to the float path up to rounding).
+    kernel (output in the input's dtype, equal to the float path up to rounding).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=False,
-                 q_buffer=100, stat_buffer=1000, device=None, dtype=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=1, bias=bias, device=device, dtype=dtype)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError("ERBinaryConv2d supports numeric zero padding only")
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
+        self._check_config()
         self._init_restoration(q_buffer, stat_buffer)
 
+    def _check_config(self):
+        if self.groups != 1:
+            raise ValueError(f"{type(self).__name__} supports groups=1 only, got groups={self.groups}")
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError(f"{type(self).__name__} supports numeric zero padding only, got "
+                             f"padding={self.padding!r}, padding_mode={self.padding_mode!r}")
+
     def forward(self, x):
+        self._check_config()
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], "
                              f"got {tuple(x.shape)}")
         if self._use_xnor(x):
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
-        w_b = self.restored_weight()
-        y = self.restored_input(x)
-        return F.conv2d(y, w_b, self.bias, self.stride, self.padding, self.dilation)
+        measure = self._measuring(x)
+        w_b = self.restored_weight(measure)
+        return F.conv2d(self.restored_input(x, measure), w_b, self.bias, self.stride, self.padding, self.dilation)
 
 
 class ERBinaryLinear(torch.nn.Linear, _Restoration):
-    """nn.Linear with ER-BNN restoration of weights and input (1W1A); see ERBinaryConv2d."""
+    """nn.Linear with ER-BNN restoration of weights and input (1W1A); see ERBinaryConv2d. Keyword-only:
+    q_buffer, stat_buffer."""
 
-    def __init__(self, in_features, out_features, bias=False, q_buffer=100, stat_buffer=1000,
-                 device=None, dtype=None):
+    def __init__(self, in_features, out_features, bias=False, device=None, dtype=None, *, q_buffer=100,
+                 stat_buffer=1000):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_restoration(q_buffer, stat_buffer)
 
@@ -125,4 +133,6 @@ class ERBinaryLinear(torch.nn.Linear, _Restoration):
             out = self._xnor_forward(x.reshape(-1, self.in_features, 1, 1), (1, 1), (0, 0), (1, 1),
                                      self.weight[:, :, None, None])
             return out.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(self.restored_input(x), self.restored_weight(), self.bias)
+        measure = self._measuring(x)
+        w_b = self.restored_weight(measure)
+        return F.linear(self.restored_input(x, measure), w_b, self.bias)
