@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _backend
-from ..data import BatchLoader, DataError, load_dataset
+from ..data import DataError, is_imagefolder, make_loader, open_data
 from ..models import build_model
 from .args import eval_arguments, resolve_config, train_arguments
 from .checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint_dict, rng_state, save_atomic, set_rng_state
@@ -20,7 +20,8 @@ from .loop import evaluate, train_one_epoch
 from .metrics import epoch_line, plot, write_metrics
 from .recipe import epoch_schedules, make_optimizer, make_scheduler
 
-TRAIN_DESCRIPTION = "`erbnn train` / `erbnn eval`: the CIFAR-10 recipe of method.md section 5 for the 1W1A models."
+TRAIN_DESCRIPTION = ("`erbnn train` / `erbnn eval`: the CIFAR-10 recipe of method.md section 5 for the 1W1A models; "
+                     "on an ImageNet-style --data folder the ImageNet recipe of docs/imagenet.md.")
 
 
 def add_train_parser(sub):
@@ -51,17 +52,20 @@ def run_train(args) -> dict:
         raise UsageError(f"--stop-after {args.stop_after} exceeds --epochs {cfg['epochs']}")
     out = Path(args.out) if args.out else (checkpoint_path(args.resume).parent if args.resume else
                                            Path("runs") / f"{cfg['model']}_{cfg['method']}_seed{cfg['seed']}")
-    train_set, test_set = load_dataset(cfg["data"])
-    if cfg["limit_train"]:
-        train_set.images, train_set.labels = (train_set.images[: cfg["limit_train"]],
-                                              train_set.labels[: cfg["limit_train"]])
+    train_set, test_set = open_data(cfg["data"], cfg["seed"], cfg["limit_train"])
     device = setup_runtime(args, d)
+    if args.amp == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs a CUDA device (use --amp bf16 on the CPU)")
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
 
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     random.seed(cfg["seed"])
     model = build_model(cfg["model"], train_set.num_classes, cfg["method"]).to(device)
-    optimizer = make_optimizer(model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    imagenet = is_imagefolder(cfg["data"]) if cfg["data"] is not None else False
+    optimizer = make_optimizer(model, cfg["lr"], cfg["momentum"], cfg["weight_decay"], decay_binary=not imagenet)
     E = cfg["epochs"]
     scheduler = make_scheduler(optimizer, E, cfg["warmup"])
     start, history = 0, []
@@ -73,6 +77,8 @@ def run_train(args) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
     net = model
     if d.enabled:
@@ -80,24 +86,27 @@ def run_train(args) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=True)
 
     per_rank = cfg["batch_size"] // d.world_size
-    train_loader = BatchLoader(train_set, per_rank, True, cfg["seed"], d.rank, d.world_size, args.workers)
-    test_loader = BatchLoader(test_set, per_rank, False, cfg["seed"], d.rank, d.world_size, args.workers)
+    train_loader = make_loader(train_set, per_rank, True, cfg["seed"], d.rank, d.world_size, args.workers)
+    test_loader = make_loader(test_set, per_rank, False, cfg["seed"], d.rank, d.world_size, args.workers)
     stop = min(args.stop_after or E, E)
     progress = d.main and not args.no_progress
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-    config = dict(cfg, world_size=d.world_size, device=str(device), backend=_backend.get_backend())
+    config = dict(cfg, world_size=d.world_size, device=str(device), backend=_backend.get_backend(), amp=args.amp,
+                  channels_last=args.channels_last, decay_binary=not imagenet)
     for epoch in range(start, stop):
         t0 = time.perf_counter()
         sched = epoch_schedules(model, epoch, E, (cfg["p0"], cfg["p1"]))
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
         tr_loss, tr_acc, tr_n = train_one_epoch(net, train_loader, optimizer, device, d,
-                                                desc=f"epoch {epoch + 1}/{E}", progress=progress)
+                                                desc=f"epoch {epoch + 1}/{E}", progress=progress, amp=args.amp,
+                                                scaler=scaler, channels_last=args.channels_last)
         scheduler.step()
         if d.enabled:
             broadcast_buffers(model)
-        te_loss, te_acc, te_n = evaluate(model, test_loader, device, d)
+        te_loss, te_acc, te_n = evaluate(model, test_loader, device, d, amp=args.amp,
+                                         channels_last=args.channels_last)
         row = {"epoch": epoch + 1, "lr": lr, **sched, "train_loss": tr_loss, "train_acc": tr_acc,
                "test_loss": te_loss, "test_acc": te_acc, "epoch_time_s": time.perf_counter() - t0,
                "train_samples": tr_n, "test_samples": te_n}
@@ -108,7 +117,8 @@ def run_train(args) -> dict:
                          "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng": rng_state(),
                          "data_state": {"seed": cfg["seed"], "epoch": epoch + 1, "world_size": d.world_size},
-                         "args": cfg, "history": history}, out / CHECKPOINT)
+                         "args": cfg, "history": history,
+                         "scaler": scaler.state_dict() if scaler is not None else None}, out / CHECKPOINT)
             write_metrics(out, history, config)
             plot(out, history, f"{cfg['model']} ({cfg['method']}), seed {cfg['seed']}")
     if d.enabled:
@@ -138,12 +148,14 @@ def run_eval(args) -> dict:
     d = Dist()
     d.enabled = False  # evaluation is single-process
     device = setup_runtime(args, d)
-    _, test_set = load_dataset(args.data if args.data is not None else ckpt["args"].get("data"))
+    if args.amp == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs a CUDA device (use --amp bf16 on the CPU)")
+    _, test_set = open_data(args.data if args.data is not None else ckpt["args"].get("data"))
     model = build_model(ckpt["arch"], ckpt.get("num_classes", 10), ckpt.get("method", "erbnn"))
     model.load_state_dict(ckpt["model"])
-    model.to(device)
-    loader = BatchLoader(test_set, args.batch_size, False, workers=args.workers)
-    loss, top1, n = evaluate(model, loader, device)
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    loader = make_loader(test_set, args.batch_size, False, workers=args.workers)
+    loss, top1, n = evaluate(model, loader, device, amp=args.amp, channels_last=args.channels_last)
     return {"checkpoint": str(checkpoint_path(args.checkpoint)), "data": test_set.name, "top1": top1,
             "loss": loss, "samples": n, "epoch": ckpt.get("epoch")}
 
