@@ -69,13 +69,13 @@ def train_arguments(p):
                    help=f"default {DEFAULTS['model']} ({IMAGENET_DEFAULTS['model']} on an ImageNet folder)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="binarizer: erbnn (default) or the ablations clip, ede, irnet, recu")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000; 120 on an ImageNet folder)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default 256)")
     p.add_argument("--lr", type=_positive_float, default=None, help="base learning rate (default 0.1)")
     p.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="default 1e-4 (2e-4 for resnet18_1w1a)")
-    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up epochs (default 17)")
+    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up epochs (default 17; 0 on an ImageNet folder)")
     p.add_argument("--p0", type=_unit_float, default=None, help="ER-BNN percentile at epoch 0 (0.8)")
     p.add_argument("--p1", type=_unit_float, default=None, help="ER-BNN percentile at the end (0.0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
