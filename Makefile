@@ -1,15 +1,17 @@
 # Quickstart targets: each sets up what it needs (venv, dependencies, the compiled extension).
-#   make bench   - the main job: `erbnn bench` on built-in defaults
-#   make test    - the test suite
+#   make bench      - the main job: `erbnn bench` on built-in defaults
+#   make test       - the test suite
+#   make gpu-check  - on a GPU machine with torch installed (no venv, no network): tools/gpu_check.sh
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
+# Supported: torch 2.11 through 2.14 (e.g. make TORCH=torch==2.11.0 VENV=.venv211).
 TORCH   ?= torch==2.14.1
-DEPS    := numpy ninja pybind11 pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn setuptools wheel
+DEPS    := numpy ninja pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn "setuptools>=77" wheel
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build info clean
+.PHONY: bench test build info clean gpu-check
 bench: build
 	$(BIN)/erbnn info
 	$(BIN)/erbnn bench $(ARGS)
@@ -20,6 +22,9 @@ test: build
 info: build
 	$(BIN)/erbnn info
 
+gpu-check:
+	bash tools/gpu_check.sh $(ARGS)
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -28,9 +33,16 @@ $(VENV)/.deps: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) $(DEPS)
 	touch $@
 
-# The editable install compiles csrc/ (CUDA sources too when nvcc is found) into erbnn_ext/_C*.so.
-build: $(VENV)/.deps
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+# The editable install only registers the package and the `erbnn` command (no compile: ERBNN_SKIP_EXT);
+# it is redone only when the project metadata changes.
+$(VENV)/.editable: $(VENV)/.deps pyproject.toml setup.py
+	ERBNN_SKIP_EXT=1 $(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# Compiles csrc/ (CUDA sources too when nvcc is found) into erbnn_ext/_C*.so, in place. Always run:
+# ninja recompiles only the sources whose files or headers changed (objects kept in build/), then relinks.
+build: $(VENV)/.editable
+	$(BIN)/python setup.py -q build_ext --inplace --force
 
 clean:
-	rm -rf build erbnn_ext/_C*.so erbnn_ext/_build_info.py *.egg-info
+	rm -rf build erbnn_ext/_C*.so erbnn_ext/_build_info.py *.egg-info $(VENV)/.editable

@@ -5,8 +5,14 @@ Environment:
                    unset: build them when nvcc is found (never dropped silently: the build says so).
   CUDA_HOME        the CUDA toolkit; found from nvcc on PATH or /usr/local/cuda otherwise (torch's own
                    guess follows /usr/local/bin/nvcc to /usr/local, which is wrong on some machines).
-  TORCH_CUDA_ARCH_LIST  default "8.0;9.0+PTX".
+  TORCH_CUDA_ARCH_LIST  default "8.0;9.0+PTX" (tools/gpu_check.sh sets the local GPU's only).
   MAX_JOBS         parallel compile jobs (ninja).
+  ERBNN_SKIP_EXT=1 no extension at all: `make build` registers the package with an editable install
+                   this way and compiles in place with `setup.py build_ext --inplace` (ninja keeps the
+                   objects in build/, so a rebuild recompiles only what changed).
+
+The library is built against the installed torch (its C++ ABI: rebuild after changing torch) and the
+stable CPython ABI (py_limited_api: one build serves every CPython >= 3.10); it has no pybind11 module.
 """
 import glob
 import os
@@ -69,10 +75,13 @@ def _cuda_library_includes():
 
 
 def _write_build_info(archs):
-    """Record what this build compiled, for backend_info() (the .so cannot tell its CUDA archs)."""
+    """Record what this build compiled, for backend_info() (the .so cannot tell its CUDA archs), and the
+    torch it is built against (erbnn_ext/_native.py refuses to load the .so under another torch)."""
+    import torch
+
     with open(os.path.join(ROOT, "erbnn_ext", "_build_info.py"), "w") as f:
         f.write("# Written by setup.py at build time.\n")
-        f.write(f"CUDA_ARCHS = {archs!r}\nCUDA_HOME = {CUDA_HOME!r}\n")
+        f.write(f"CUDA_ARCHS = {archs!r}\nCUDA_HOME = {CUDA_HOME!r}\nTORCH_VERSION = {torch.__version__!r}\n")
 
 
 def _extension():
@@ -80,14 +89,17 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fvisibility=hidden"]
     macros = []
-    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    # py_limited_api: torch adds -DPy_LIMITED_API and leaves out libtorch_python (csrc/module.cpp).
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"], py_limited_api=True)
     if CUDA_HOME:
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
         _write_build_info([a for a in archs.replace(" ", ";").split(";") if a])
         print(f"erbnn_ext: building CUDA kernels with {CUDA_HOME} for TORCH_CUDA_ARCH_LIST={archs}")
         macros += [("ERBNN_WITH_CUDA", None)]
         common["include_dirs"] += _cuda_library_includes()
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        # No --use_fast_math: it flushes denormals and approximates divisions that feed sign decisions,
+        # so CUDA results could differ from the CPU's (issue 11 item 8).
+        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(
             "erbnn_ext._C", sources + rel("csrc/cuda/*.cu"), define_macros=macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
@@ -102,6 +114,7 @@ setup(
     name="erbnn-ext",
     version=_version(),
     packages=find_packages(include=["erbnn_ext", "erbnn_ext.*"]),
-    ext_modules=[_extension()],
+    ext_modules=[] if os.environ.get("ERBNN_SKIP_EXT") == "1" else [_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

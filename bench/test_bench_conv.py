@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from erbnn_ext.benchmarks import conv, overhead
+from erbnn_ext.benchmarks import binary_conv as conv, overhead
 from erbnn_ext.benchmarks.shapes import MODELS
 
 BATCH = int(os.environ.get("ERBNN_BENCH_BATCH", "16"))

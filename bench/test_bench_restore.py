@@ -3,12 +3,12 @@ native fused kernels vs the reference, IR-Net and ReCU (forward), and the fused 
 of the reference.
 
     pytest bench/test_bench_restore.py --benchmark-group-by=param:layer
-Measurement code: erbnn_ext/benchmarks/restoration.py (also `python -m erbnn_ext.benchmarks.restoration`).
+Measurement code: erbnn_ext/benchmarks/overhead.py (also `python -m erbnn_ext.benchmarks.overhead`).
 """
 import pytest
 import torch
 
-from erbnn_ext.benchmarks import restoration as B
+from erbnn_ext.benchmarks import overhead as B
 from erbnn_ext.benchmarks.shapes import MODELS
 
 LAYERS = [pytest.param(m, s, id=f"{m}-{s.name}") for m in ("resnet18", "resnet20") for s in MODELS[m]]

@@ -1,12 +1,9 @@
 // The op registry: every torch.ops.erbnn schema lives here (one TORCH_LIBRARY block); CPU and CUDA
 // kernels register themselves with TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp and csrc/cuda/*.cu.
-// Fake (meta) implementations and autograd registration are in erbnn_ext/ops.py.
-#include <torch/extension.h>
+// Fake (meta) implementations are registered in erbnn_ext/ops.py, autograd in erbnn_ext/functional.py.
+// The process-wide knobs (CPU path, conv engine) are ops too, in runtime_ops.cpp; module.cpp is the
+// empty Python module.
 #include <torch/library.h>
-
-#include "cpu/conv_engine.h"
-#include "cpu/cpu_isa.h"
-#include "cpu/int8_conv.h"
 
 TORCH_LIBRARY(erbnn, m) {
   // ---- restoration (method.md sections 1-3) ----
@@ -22,6 +19,16 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("restore_activation_fixed(Tensor x, Tensor mean, Tensor sigma) -> Tensor");
   m.def("_restore_activation_fixed_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
         "Tensor b) -> Tensor");
+  // Training step of one layer side: the restoration above, q = two_sided_quantile of the standardised
+  // values (w - mean_o) / max(alpha_o, 1e-12) resp. (x - mean) / max(sigma, 1e-12) at p (0-dim, read on
+  // its device), q pushed into the float64 ring q_values at q_count % R, width = max(mean of the filled
+  // ring, min_width); activations also push mean and sigma. b_step: 0-dim, the new width in the
+  // statistics dtype. An empty input changes no state (b_step = width).
+  m.def("restore_weight_train(Tensor w, Tensor p, Tensor(a!) q_values, Tensor(b!) q_count, Tensor(c!) width, "
+        "float min_width) -> (Tensor w_b, Tensor mean, Tensor alpha, Tensor b_step)");
+  m.def("restore_activation_train(Tensor x, Tensor p, Tensor(a!) q_values, Tensor(b!) q_count, Tensor(c!) width, "
+        "Tensor(d!) mean_values, Tensor(e!) mean_count, Tensor(f!) sigma_values, Tensor(g!) sigma_count, "
+        "float min_width) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms, Tensor b_step)");
   // Forward sign(x) (+1 for x >= 0); backward g * (max(b,1)/b) * (1 - tanh(x/b)^2).
   m.def("approx_sign(Tensor x) -> Tensor");
   m.def("_approx_sign_backward(Tensor grad, Tensor x, Tensor b) -> Tensor");
@@ -42,34 +49,9 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("pack_conv_weight(Tensor w) -> Tensor");
   // Fused conv on packed weights; W_b = the +-1 weights. With b = sign(x - x_shift) (+1 where x >= x_shift):
   //   out[n,o] = out_scale[o] * conv(b, W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b)   (zero padding);
-  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. float32 out.
+  // x_shift: None (0) or a 1-element float tensor on x's device (read there: no host sync on CUDA);
+  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. Always float32
+  // out, whatever x's dtype (callers cast).
   m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
-        "float x_shift=0., Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "erbnn_ext native kernels (ops are registered as torch.ops.erbnn.*)";
-  m.def("cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::active_cpu_isa())); },
-        "The CPU code path kernels use now.");
-  m.def("detected_cpu_isa", [] { return std::string(erbnn::cpu_isa_name(erbnn::detected_cpu_isa())); });
-  m.def("set_cpu_isa",
-        [](const std::string& name) { return std::string(erbnn::cpu_isa_name(erbnn::set_cpu_isa(name))); },
-        "Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.");
-  m.def("amx_available", &erbnn::amx_available);
-  m.def("conv_engines", &erbnn::available_conv_engines, "CPU binary-conv engines usable on this machine.");
-  m.def("set_conv_engine", &erbnn::set_conv_engine,
-        "Force the CPU binary-conv engine: xnor, int8_vnni, amx or auto; '' defers to ERBNN_CONV_ENGINE.");
-  m.def("get_conv_engine", &erbnn::requested_conv_engine, "The engine request in force (or 'auto').");
-  m.def("_set_amx_disabled", &erbnn::set_amx_disabled, "Tests: make AMX look absent (or present again).");
-  m.def("_clear_conv_engine_cache", &erbnn::clear_conv_engine_cache);
-  m.def("_set_amx_emulated", &erbnn::set_amx_emulated,
-        "Tests without AMX hardware: run the amx engine with a scalar TDPBSSD instead of the tiles.");
-  m.def("_conv_engine_choices", &erbnn::conv_engine_choices, "Auto choices so far: shape key -> engine.");
-  m.def("cuda_compiled", [] {
-#ifdef ERBNN_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  });
+        "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
 }

@@ -28,7 +28,7 @@ def set_cpu_isa(name: str) -> str:
     The environment variable ERBNN_CPU_ISA sets it at load."""
     if not native_available():
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
-    return _native._C.set_cpu_isa(name)
+    return _native.set_cpu_isa(name)
 
 
 CONV_ENGINES = ("xnor", "int8_vnni", "amx")
@@ -43,14 +43,14 @@ def set_conv_engine(name) -> None:
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
     if name is not None and name not in CONV_ENGINES + ("auto",):
         raise ValueError(f"conv engine must be one of {CONV_ENGINES + ('auto',)} or None, got {name!r}")
-    _native._C.set_conv_engine("" if name is None else name)
+    _native.set_conv_engine("" if name is None else name)
 
 
 def get_conv_engine() -> str:
     """The CPU binary-conv engine request in force: "xnor", "int8_vnni", "amx" or "auto"."""
     if not native_available():
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
-    return _native._C.get_conv_engine()
+    return _native.get_conv_engine()
 
 
 def backend_info() -> dict:
@@ -71,14 +71,9 @@ def backend_info() -> dict:
         "machine": platform.machine(),
     }
     if native_available():
-        C = _native._C
-        info.update(cpu_isa=C.cpu_isa(), detected_cpu_isa=C.detected_cpu_isa(), amx=C.amx_available(),
-                    conv_engines=list(C.conv_engines()), cuda_compiled=C.cuda_compiled())
-        try:
-            from . import _build_info
-            info["cuda_archs"] = list(_build_info.CUDA_ARCHS) if info["cuda_compiled"] else []
-        except ImportError:
-            pass
+        N = _native
+        info.update(cpu_isa=N.cpu_isa(), detected_cpu_isa=N.detected_cpu_isa(), amx=N.amx_available(),
+                    conv_engines=N.conv_engines(), cuda_compiled=N.cuda_compiled(), cuda_archs=N.cuda_archs())
     else:
         info["load_error"] = _native.LOAD_ERROR
     return info

@@ -3,7 +3,7 @@
 An eval-mode ERBinaryConv2d computes conv(sigma * sign(x - mu) + mu, W_b) + bias with the running
 statistics (mu, sigma); because its input takes two values this equals
     sigma * conv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias        (zero padding, method.md section 2),
-which binary_ops.binary_conv2d_packed computes from weights packed once, with the per-channel affine
+which ops.binary_conv2d_packed computes from weights packed once, with the per-channel affine
 in its epilogue. A BatchNorm that directly follows (and is used nowhere else) folds into that epilogue:
 BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean * a.
 ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
@@ -14,7 +14,7 @@ import warnings
 import torch
 import torch.fx
 
-from . import binary_ops, functional as EF
+from . import functional as EF, ops
 from .nn.layers import ERBinaryConv2d, ERBinaryLinear
 
 __all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear"]
@@ -35,7 +35,8 @@ class _FrozenBinary(torch.nn.Module):
     """Shared state: packed +-1 weights and the epilogue (out_scale, out_bias, ones_scale), float32."""
 
     def _freeze_from(self, layer, weight4d, bn, name):
-        self.mu, sigma = _running_stats(layer, name)
+        mu, sigma = _running_stats(layer, name)
+        self.mu = mu
         with torch.no_grad():
             w_b = EF.restore_weight(weight4d.detach())[0]
             o = w_b.shape[0]
@@ -47,16 +48,18 @@ class _FrozenBinary(torch.nn.Module):
                 a, c = (t.cpu() for t in _bn_affine(bn))
                 scale, ones, bias = scale * a, ones * a, bias * a + c
         dev = weight4d.device
-        self.register_buffer("w_packed", binary_ops.pack_conv_weight(w_b.float()))
+        self.register_buffer("w_packed", ops.pack_conv_weight(w_b.float()))
+        # The shift as a 1-element tensor: read by the kernel on x's device (no host sync, traceable).
+        self.register_buffer("x_shift", torch.tensor([mu], dtype=torch.float64, device=dev))
         self.register_buffer("out_scale", scale.float().to(dev))
         self.register_buffer("out_bias", bias.float().to(dev))
         self.register_buffer("ones_scale", ones.float().to(dev))
         self.folded_bn = bn is not None
 
     def _conv(self, x4d, stride, padding, dilation):
-        return binary_ops.binary_conv2d_packed(x4d, self.w_packed, stride, padding, dilation, x_shift=self.mu,
-                                               out_scale=self.out_scale, out_bias=self.out_bias,
-                                               ones_scale=self.ones_scale)
+        return ops.binary_conv2d_packed(x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
+                                        x_shift=self.x_shift, out_scale=self.out_scale, out_bias=self.out_bias,
+                                        ones_scale=self.ones_scale).to(x4d.dtype)  # the op returns float32
 
 
 class FrozenBinaryConv2d(_FrozenBinary):
@@ -91,6 +94,10 @@ class FrozenBinaryLinear(_FrozenBinary):
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, mu={self.mu:.4g}, folded_bn={self.folded_bn}"
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 _FOLDABLE = (ERBinaryConv2d, ERBinaryLinear, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)

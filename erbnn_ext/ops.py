@@ -8,6 +8,8 @@ CUDA tensor) runs the reference twin. Also here: the fake (meta) kernels for tor
 
 Every function here has the signature of its twin in erbnn_ext.reference (plus `native`).
 """
+import warnings
+
 import torch
 
 from . import _backend, _native, reference
@@ -54,12 +56,30 @@ def has_kernel(op_name: str, device_type: str) -> bool:
     return _KERNELS.get((op_name, device_type), False)
 
 
+_warned_devices = set()
+
+
+def kernel_runs_on(op_name: str, device: torch.device) -> bool:
+    """A compiled kernel exists for the device type and, on CUDA, can run on this GPU (an sm_75 card
+    with a build for sm_80+ cannot: its ops then run the reference, with one warning per device)."""
+    if not has_kernel(op_name, device.type):
+        return False
+    if device.type != "cuda" or _native.cuda_supported(device):
+        return True
+    if device not in _warned_devices:
+        _warned_devices.add(device)
+        warnings.warn(f"erbnn_ext: the CUDA kernels were built for {_native.cuda_archs()} and cannot run on "
+                      f"{device} ({torch.cuda.get_device_name(device)}); using the reference implementation. "
+                      f"Rebuild with TORCH_CUDA_ARCH_LIST naming its architecture.", RuntimeWarning)
+    return False
+
+
 def _impl(name, device, native=None):
     """THE backend choice: the native op when the native backend is active (or `native` is True) and a
-    kernel exists for `device`, else the reference twin of the same name."""
+    kernel can run on `device`, else the reference twin of the same name."""
     if native is None:
         native = _backend.native_active()
-    if native and has_kernel(name, device.type):
+    if native and kernel_runs_on(name, device):
         return getattr(torch.ops.erbnn, name).default
     return getattr(reference, name.lstrip("_"))
 
@@ -141,21 +161,24 @@ def pack_conv_weight(w, *, native=None):
     return _impl("pack_conv_weight", w.device, native)(w)
 
 
-def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=0.0, out_scale=None,
+def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=None, out_scale=None,
                          out_bias=None, ones_scale=None, *, native=None):
     """out[n, o] = out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b).
 
     x: [N, C, H, W] float (any layout); w_packed: pack_conv_weight(w) for w [O, C, kh, kw];
-    x_shift: float (sign(x - x_shift) is +1 where x >= x_shift); out_scale, out_bias, ones_scale: [O]
+    x_shift: None (0), a float or a 1-element tensor (sign(x - x_shift) is +1 where x >= x_shift; a
+    tensor is read on its device: no host sync, traceable by torch.compile); out_scale, out_bias, ones_scale: [O]
     or 1-element tensors, or None (1, 0, 0). Zero padding: out-of-frame taps contribute nothing to
     either convolution. Returns float32 [N, O, OH, OW]; with all three None it is exactly
     F.conv2d(sign(x - x_shift), W_b, ...). Inference only (no gradient). Used by eval-mode ER layers
     and deploy.freeze (an eval ERBinaryConv2d folds to out_scale = sigma, ones_scale = mu, x_shift = mu;
     a following BatchNorm a * z + c to a * sigma, c, a * mu).
     """
+    if x_shift is not None and not isinstance(x_shift, torch.Tensor):
+        x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
     return _impl("binary_conv2d_packed", x.device, native)(
         x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
-        float(x_shift), out_scale, out_bias, ones_scale)
+        x_shift, out_scale, out_bias, ones_scale)
 
 
 # ------------------------------------------------------------------------------ fake (meta) kernels
@@ -261,7 +284,7 @@ def _register_fakes():
         return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
 
     @reg("erbnn::binary_conv2d_packed")
-    def _(x, w_packed, stride, padding, dilation, x_shift=0.0, out_scale=None, out_bias=None, ones_scale=None):
+    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 

@@ -274,16 +274,23 @@ def _per_channel(t, o, name):
     return t.expand(o).reshape(1, o, 1, 1)
 
 
-def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=0.0,
+def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=None,
                          out_scale=None, out_bias=None, ones_scale=None):
     """out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b), zero
-    padding, float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]."""
+    padding, always float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]; x_shift
+    None (0) or a 1-element float tensor."""
     check_float(x, "x")
     check_finite(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
         raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
     wb = unpack_signs(w_packed, x.shape[1], dim=1).to(x.device)
-    shift = torch.as_tensor(x_shift, dtype=acc_dtype(x.dtype), device=x.device)
+    if x_shift is None:
+        x_shift = torch.zeros(1)
+    check_float(x_shift, "x_shift")
+    if x_shift.numel() != 1:
+        raise ValueError(f"x_shift must hold one value, got {x_shift.numel()}")
+    check_finite(x_shift, "x_shift")
+    shift = x_shift.reshape(()).to(device=x.device, dtype=acc_dtype(x.dtype))
     xb = torch.where(x.to(shift.dtype) >= shift, 1.0, -1.0).float()
     conv = F.conv2d(xb, wb, stride=stride, padding=padding, dilation=dilation)
     o = wb.shape[0]

@@ -53,3 +53,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.erbnn.approx_sign.default, (x,))
     torch.library.opcheck(torch.ops.erbnn._approx_sign_backward.default,
                           (torch.randn(5, 7), x, torch.tensor(0.5)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_sign_below_float_range(native, isa, device):
+    """float64 signs are taken in float64: a negative below float32's range (-1e-300, -1e-46) is -1,
+    not the +1 of a detour through float (which rounds it to -0.0)."""
+    x = torch.tensor([-1e-300, 1e-300, -5e-324, -1e-46, 1e-46, -0.0], dtype=torch.float64, device=device)
+    y = EF.approx_sign(x)
+    assert y.tolist() == [-1.0, 1.0, -1.0, -1.0, 1.0, 1.0]
+    assert torch.equal(y, R.sign(x))

@@ -155,8 +155,8 @@ def test_packed_fused_epilogue(native, isa, cfg):
     y = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.3, out_scale=scale, out_bias=bias, ones_scale=ones)
     truth = fused_truth(x, w, *args, 0.3, scale, bias, ones)
     torch.testing.assert_close(y.double(), truth, rtol=1e-6, atol=1e-4)
-    assert torch.equal(y, R.binary_conv2d_packed(x, wp, *args, 0.3, scale, bias, ones)) or \
-        torch.allclose(y, R.binary_conv2d_packed(x, wp, *args, 0.3, scale, bias, ones), rtol=1e-6, atol=1e-4)
+    ref = R.binary_conv2d_packed(x, wp, *args, torch.tensor(0.3, dtype=torch.float64), scale, bias, ones)
+    assert torch.equal(y, ref) or torch.allclose(y, ref, rtol=1e-6, atol=1e-4)
 
 
 def test_fused_equals_conv_of_restored_activation(native, isa):
@@ -191,7 +191,42 @@ def test_packed_errors(native):
     assert binary_ops.binary_conv2d_packed(torch.randn(0, 70, 5, 5), wp, padding=1).shape == (0, 3, 5, 5)
 
 
+def test_packed_x_shift_tensor_and_dtype(native):
+    # x_shift is None (0) or a 1-element float tensor on x's device; the output is float32 for every
+    # input dtype (callers cast).
+    x, w = torch.randn(2, 5, 6, 6, dtype=torch.float64), torch.randn(4, 5, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    op = torch.ops.erbnn.binary_conv2d_packed.default
+    truth = conv_truth(x - 0.25, w, 1, 1, 1)
+    for shift in (torch.tensor(0.25), torch.tensor([0.25], dtype=torch.float64), torch.tensor([[0.25]])):
+        y = op(x, wp, [1, 1], [1, 1], [1, 1], shift)
+        assert y.dtype == torch.float32 and torch.equal(y, truth)
+        assert torch.equal(R.binary_conv2d_packed(x, wp, [1, 1], [1, 1], [1, 1], shift), truth)
+    assert torch.equal(op(x, wp, [1, 1], [1, 1], [1, 1], None), conv_truth(x, w, 1, 1, 1))
+    for fn in (op, R.binary_conv2d_packed):
+        with pytest.raises(ValueError, match="x_shift"):
+            fn(x, wp, [1, 1], [1, 1], [1, 1], torch.zeros(2))
+        with pytest.raises(TypeError, match="x_shift"):
+            fn(x, wp, [1, 1], [1, 1], [1, 1], torch.zeros(1, dtype=torch.int64))
+        with pytest.raises(ValueError, match="x_shift"):
+            fn(x, wp, [1, 1], [1, 1], [1, 1], torch.tensor([float("nan")]))
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        assert op(x.to(dt), wp, [1, 1], [1, 1], [1, 1], torch.tensor(0.25)).dtype == torch.float32
+
+
+def test_packed_compiles_fullgraph_with_tensor_shift(native):
+    # The shift as a tensor keeps the graph whole: no SymFloat argument, no .item() in the caller.
+    x, w = torch.randn(1, 5, 6, 6), torch.randn(4, 5, 3, 3)
+    wp, shift, scale = binary_ops.pack_conv_weight(w), torch.tensor([0.1]), torch.rand(4)
+    fn = lambda x, s: ops.binary_conv2d_packed(x, wp, (1, 1), (1, 1), (1, 1), x_shift=s, out_scale=scale) * 2
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x, shift), fn(x, shift))
+    assert torch.equal(compiled(x, shift + 0.5), fn(x, shift + 0.5))
+
+
 # --------------------------------------------------------------------------------------------- devices
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", GRID[::4], ids=lambda c: "c{c}o{o}k{k}s{s}p{p}d{d}h{h}w{w}".format(**c))
 def test_conv_devices(native, device, cfg):
@@ -206,12 +241,14 @@ def test_conv_devices(native, device, cfg):
     torch.testing.assert_close(y.cpu().double(), truth, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_devices(native, device):
     x, w = torch.randn(37, 129, device=device), torch.randn(21, 129, device=device)
     assert torch.equal(EF.binary_linear(x, w).cpu(), (R.sign(x.cpu()) @ R.sign(w.cpu()).t()))
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.cuda
 @pytest.mark.parametrize("mma", ["1", "0"])  # b1 tensor-core kernel (sm_80+) and the __popc kernel
 def test_cuda_both_kernels(native, monkeypatch, mma):
@@ -244,4 +281,4 @@ def test_opcheck(device):
     op = torch.ops.erbnn.binary_conv2d_packed.default
     torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1]))
     vec = lambda n: torch.randn(n, device=device)
-    torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1], 0.2, vec(4), vec(4), vec(1)))
+    torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1], vec(1), vec(4), vec(4), vec(1)))

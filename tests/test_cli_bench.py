@@ -1,13 +1,15 @@
 """`erbnn bench` end to end (subprocess, --quick) and its argument errors. No timing asserts."""
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import erbnn_ext
-from erbnn_ext.benchmarks import conv, overhead
+from erbnn_ext.benchmarks import binary_conv as conv, overhead, train_step
 from erbnn_ext.benchmarks.shapes import MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(erbnn_ext.__file__)))
@@ -48,11 +50,17 @@ def test_quick_run_writes_every_row(quick_run):
                         want.add(("overhead", model, shape.name, mode, method))
             for method in conv.METHODS:
                 want.add(("conv", model, shape.name, "", method))
+            for method in train_step.LAYER_METHODS:
+                want.add(("train_step", model, shape.name, "", method))
+        for method in train_step.MODEL_METHODS:
+            want.add(("train_step", model, "(model)", "", method))
     got = [(r["section"], r["model"], r["layer"], r.get("mode", ""), r["method"]) for r in rows]
     assert len(got) == len(set(got))
     assert set(got) == want
     for r in rows:
         assert r["time_s"] > 0 and r["calls"] == 2 and r["batch"] == 2 and r["backend"]
+        assert r["threads"] == 1
+    assert result["config"]["quick"] and result["config"]["smoke"]
     m = result["machine"]
     for key in ("cpu", "cpu_isa", "threads", "torch", "device"):
         assert key in m
@@ -83,8 +91,70 @@ def test_quick_run_writes_png_and_tables(quick_run):
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     # with --json the tables go to stderr
-    for text in ("Machine:", "Restoration overhead per model", "reduction vs IR-Net", "Binary conv per model"):
+    for text in ("Machine:", "Restoration overhead per model", "reduction vs IR-Net", "Binary conv per model",
+                 "Training step per binary layer", "Training step per model", "SMOKE RUN"):
         assert text in proc.stderr
+
+
+def test_quick_run_prints_no_reductions_or_ratios(quick_run):
+    """Two calls per case cannot support a reduction or a speed-up: a smoke run shows 'smoke' instead,
+    while the paper's claims stay visible."""
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.findall(r"\d+\.\d+x\b", proc.stderr) == []  # no speed-up or ratio cell
+    assert set(re.findall(r"-?\d+\.\d%", proc.stderr)) == {"60.0%", "67.0%"}  # only the paper's claims
+    erbnn = [l for l in proc.stderr.splitlines() if "ER-BNN native" in l and " fwd " in l]
+    assert erbnn and all("smoke" in l for l in erbnn), erbnn
+    assert "geometric mean" not in proc.stderr
+
+
+def test_train_step_summary_and_float_twin(quick_run):
+    proc, out = quick_run
+    s = json.loads((out / "bench.json").read_text())["summary"]["train_step"]
+    assert {(e["model"], e["layer"]) for e in s["layers"]} == {
+        (m, sh.name) for m in ("resnet18", "resnet20") for sh in MODELS[m]}
+    assert {e["model"] for e in s["models"]} == {"resnet18", "resnet20"}
+    for e in s["layers"] + s["models"]:
+        assert e["ratio"] > 0
+    gm = math.exp(sum(math.log(e["ratio"]) for e in s["layers"]) / len(s["layers"]))
+    assert s["layer_ratio_geomean"] == pytest.approx(gm)
+
+
+def test_float_twin_replaces_every_er_layer_with_the_same_weights():
+    import torch
+
+    from erbnn_ext.models import resnet20_1w1a
+    from erbnn_ext.nn import ERBinaryConv2d, ERBinaryLinear
+    model = resnet20_1w1a()
+    twin = train_step.float_twin(model)
+    assert not any(isinstance(m, (ERBinaryConv2d, ERBinaryLinear)) for m in twin.modules())
+    assert any(isinstance(m, ERBinaryConv2d) for m in model.modules())  # the original is untouched
+    er = dict(model.named_modules())
+    n = 0
+    for name, m in twin.named_modules():
+        if isinstance(er[name], (ERBinaryConv2d, ERBinaryLinear)):
+            assert type(m) in (torch.nn.Conv2d, torch.nn.Linear) and m.training == er[name].training
+            assert torch.equal(m.weight, er[name].weight) and m.weight is not er[name].weight
+            if isinstance(m, torch.nn.Conv2d):
+                assert (m.stride, m.padding, m.kernel_size) == (er[name].stride, er[name].padding,
+                                                                er[name].kernel_size)
+            n += 1
+    assert n == sum(isinstance(m, (ERBinaryConv2d, ERBinaryLinear)) for m in model.modules()) > 0
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(twin.eval()(x), train_step.float_twin(model).eval()(x), rtol=0, atol=0)
+
+
+def test_train_step_module_runs_standalone(capsys):
+    train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
+                     "--no-models"])
+    out = capsys.readouterr().out
+    assert "Machine:" in out and "load average" in out and "geometric mean of the per-layer ratios" in out
+    assert out.count("resnet20 ") == len(MODELS["resnet20"])
+
+
+def test_model_short_names():
+    from erbnn_ext.benchmarks.cli import _models
+    assert _models("resnet20_1w1a,resnet18") == ["resnet20", "resnet18"]
 
 
 BAD_ARGS = [

@@ -143,7 +143,7 @@ def test_opcheck(engine):
     x, w = torch.randn(2, 33, 6, 5), torch.randn(4, 33, 3, 3)
     wp = binary_ops.pack_conv_weight(w)
     op = torch.ops.erbnn.binary_conv2d_packed.default
-    torch.library.opcheck(op, (x, wp, [1, 2], [1, 1], [1, 1], 0.2, torch.rand(4), torch.randn(4), torch.randn(1)))
+    torch.library.opcheck(op, (x, wp, [1, 2], [1, 1], [1, 1], torch.tensor([0.2]), torch.rand(4), torch.randn(4), torch.randn(1)))
     torch.library.opcheck(torch.ops.erbnn.binary_conv2d.default, (x, w, [2, 1], [1, 0], [1, 2]))
 
 

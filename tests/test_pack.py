@@ -98,6 +98,7 @@ def test_pack_conv_weight_layout(native, isa, c):
         binary_ops.pack_conv_weight(torch.randn(2, 3))
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [1, 31, 33, 65, 129])
 def test_round_trip_devices(native, device, n):

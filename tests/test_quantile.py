@@ -171,6 +171,7 @@ def test_nonfinite_gives_nan_on_cuda(native, bad):
     assert torch.isnan(torch.ops.erbnn.two_sided_quantile(x, 0.5)).item()
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["randn", "ties", "all_negative", "zeros", "mostly_zeros", "wide"])

@@ -172,3 +172,14 @@ def test_cuda_non_finite_propagates_nan(native):
     w_b, mean, alpha = EF.restore_weight(w)
     assert torch.isnan(mean[2]) and torch.isnan(w_b[2]).all()
     assert torch.isfinite(mean[[0, 1, 3]]).all() and torch.equal(w_b[[0, 1, 3]], R.restore_weight(w[[0, 1, 3]])[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_float64_signs(native, isa, device):
+    """float64 weights far below float32's range keep their signs (and equal the reference's)."""
+    w = torch.tensor([[1e-300, -1e-300, 2e-300, -3e-300], [-1e-310, 1e-310, 0.0, -0.0]], dtype=torch.float64)
+    w_b, mean, alpha = ops.restore_weight(w.to(device))
+    rb, rm, ra = R.restore_weight(w)
+    assert torch.equal(w_b.cpu(), rb)
+    assert w_b[0].tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert torch.isclose(mean.cpu(), rm, rtol=1e-12, atol=0).all() and torch.isclose(alpha.cpu(), ra, rtol=1e-12, atol=0).all()

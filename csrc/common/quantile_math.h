@@ -4,8 +4,8 @@
 //
 // The key of x is the bit pattern of |x| (the sign bit cleared): for IEEE floats it orders like |x|,
 // so the quantile of the negative half |x[x <= 0]| and of the positive half x[x >= 0] both become a
-// selection on unsigned integers. Half 0 holds the x <= 0 (sign bit set), half 1 the x >= 0; a zero
-// (+0.0 or -0.0, key 0) belongs to both.
+// selection on unsigned integers. The kernels number a half by its sign bit: half 0 holds the x >= 0,
+// half 1 the x <= 0; a zero (+0.0 or -0.0, key 0) belongs to both.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -94,21 +94,6 @@ struct QuantileKey<c10::BFloat16> {
     return double(static_cast<float>(c10::BFloat16(static_cast<uint16_t>(k), c10::BFloat16::from_bits())));
   }
 };
-
-// Split of a raw bit pattern into (magnitude key, half of its sign).
-template <typename T>
-struct SplitKey {
-  typename QuantileKey<T>::Key mag;
-  int half;  // 0: sign bit set (x <= 0), 1: sign bit clear (x >= 0)
-};
-
-template <typename T>
-ERBNN_HD SplitKey<T> split_key(T v) {
-  using QK = QuantileKey<T>;
-  const typename QK::Key r = QK::raw(v);
-  constexpr typename QK::Key mag_mask = (typename QK::Key(1) << QK::kBits) - 1;
-  return {static_cast<typename QK::Key>(r & mag_mask), static_cast<int>(1 - (r >> QK::kBits))};
-}
 
 // Radix digits, most significant first: kRadixBits per pass (11: a 2 x 2048-bin histogram of 64-bit
 // counts stays in L1 / shared memory), the last pass taking what is left.

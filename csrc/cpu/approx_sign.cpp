@@ -16,10 +16,12 @@ at::Tensor approx_sign_cpu(const at::Tensor& x_in) {
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "approx_sign_cpu", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
+    // The sign is taken in float64 for float64 input: a cast to float would turn -1e-300 into -0.0 (+1).
+    using stat_t = stat_type<scalar_t>;
     at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
       bool nan = false;
       for (int64_t i = lo; i < hi; ++i) {
-        const float v = static_cast<float>(src[i]);
+        const stat_t v = static_cast<stat_t>(src[i]);
         nan |= v != v;
         dst[i] = static_cast<scalar_t>(sign_pm1(v));
       }

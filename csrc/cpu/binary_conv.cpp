@@ -162,12 +162,23 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
   return out;
 }
 
+// x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
+double read_shift(const std::optional<at::Tensor>& s) {
+  if (!s.has_value() || !s->defined()) return 0.0;
+  check_cpu(*s, "x_shift");
+  check_float_input(*s, "x_shift");
+  TORCH_CHECK_VALUE(s->numel() == 1, "x_shift must hold one value, got ", s->numel());
+  return s->item<double>();
+}
+
 at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    const std::optional<at::Tensor>& x_shift,
                                     const std::optional<at::Tensor>& out_scale,
                                     const std::optional<at::Tensor>& out_bias,
                                     const std::optional<at::Tensor>& ones_scale) {
-  return conv_packed_impl(x, w_packed, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale);
+  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift), out_scale, out_bias,
+                          ones_scale);
 }
 
 at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,

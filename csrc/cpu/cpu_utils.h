@@ -8,14 +8,9 @@
 
 #include <cmath>
 
-namespace erbnn {
+#include "common/checks.h"
 
-// Float inputs: float32, float64, float16, bfloat16 (the last two computed in float32).
-inline void check_float_input(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
-                       t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-                   name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
-}
+namespace erbnn {
 
 inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
   TORCH_CHECK(a.device() == b.device(), an, " is on ", a.device(), " but ", bn, " is on ", b.device());

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_utils.h"
+#include "radix_select.h"
 #include "restore_cpu.h"
 
 namespace erbnn {
@@ -22,8 +23,6 @@ void check_activation(const at::Tensor& x) {
   check_float_input(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a batch dimension, got a ", x.dim(), "-D tensor");
 }
-
-at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // ------------------------------------------------------------------------------------------ forward
 template <typename scalar_t, typename stat_t>
@@ -39,15 +38,127 @@ void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, doub
   s2_out = s2;
 }
 
+// y of x[0, len); with xhat, the standardised values (x - mu) / sc themselves too (for q).
 template <typename scalar_t, typename stat_t>
-void write_two_values(const scalar_t* p, scalar_t* y, int64_t len, stat_t mu, stat_t sc, scalar_t y_pos,
-                      scalar_t y_neg) {
+void write_two_values(const scalar_t* p, scalar_t* y, stat_t* xhat, int64_t len, stat_t mu, stat_t sc,
+                      scalar_t y_pos, scalar_t y_neg) {
+  if (xhat) {
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i)
-    y[i] = restore_activation_value(static_cast<stat_t>(p[i]), mu, sc, y_pos, y_neg);
+    for (int64_t i = 0; i < len; ++i) {
+      const stat_t v = (static_cast<stat_t>(p[i]) - mu) / sc;  // restore_activation_value's test value
+      xhat[i] = v;
+      y[i] = v >= stat_t(0) ? y_pos : y_neg;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i)
+      y[i] = restore_activation_value(static_cast<stat_t>(p[i]), mu, sc, y_pos, y_neg);
+  }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x_in) {
+template <typename scalar_t, typename stat_t>
+void standardise(const scalar_t* p, stat_t* xhat, int64_t len, stat_t mu, stat_t sc) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(p[i]) - mu) / sc;
+}
+
+// Standardised values per histogram / gather block: a block stays in L1.
+constexpr int64_t kQBlock = 2048;
+
+// The forward; with q, also q = two_sided_quantile of the standardised values (radix_select.h):
+// their top-digit histogram is built in the write pass, and one more pass over x gathers the
+// candidates of the rank's buckets.
+template <typename scalar_t>
+void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
+                        at::Tensor& sigma, at::Tensor& rms, double p, float* q) {
+  using stat_t = stat_type<scalar_t>;
+  using Key = typename QuantileKey<stat_t>::Key;
+  const SampleBlocks sb(N, D);
+  std::vector<double> s1(sb.items()), s2(sb.items());
+  at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+    isa_call([&] {
+      for (int64_t it = lo; it < hi; ++it) {
+        const scalar_t* row = xp + sb.sample(it) * D;
+        const double k = static_cast<double>(static_cast<stat_t>(row[0]));
+        shifted_sums<scalar_t, stat_t>(row + sb.begin(it), sb.end(it) - sb.begin(it), k, s1[it], s2[it]);
+      }
+    });
+  });
+  // Combine (O(items), sequential). A non-finite shifted sum means NaN/Inf in x.
+  std::vector<double> k(N), S1(N, 0.0), S2(N, 0.0);
+  double mu = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    k[n] = static_cast<double>(static_cast<stat_t>(xp[n * D]));
+    for (int64_t j = 0; j < sb.per_sample; ++j) {
+      S1[n] += s1[n * sb.per_sample + j];
+      S2[n] += s2[n * sb.per_sample + j];
+    }
+    TORCH_CHECK_VALUE(std::isfinite(S1[n]) && std::isfinite(S2[n]) && std::isfinite(k[n]),
+                      "x contains NaN or Inf (sample ", n, "): restore_activation needs finite inputs");
+    mu += k[n] + S1[n] / double(D);
+  }
+  mu /= double(N);
+  stat_t* rp = rms.mutable_data_ptr<stat_t>();
+  double sig = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const double r = std::sqrt(centered_sq_sum(S1[n], S2[n], double(D), mu - k[n]) / double(D));
+    rp[n] = static_cast<stat_t>(r);
+    sig += r;
+  }
+  sig /= double(N);
+  const stat_t mu_s = static_cast<stat_t>(mu), sig_s = static_cast<stat_t>(sig), sc = clamp_eps(sig_s);
+  mean.fill_(mu_s);
+  sigma.fill_(sig_s);
+  const scalar_t y_pos = static_cast<scalar_t>(sig_s + mu_s), y_neg = static_cast<scalar_t>(mu_s - sig_s);
+  if (!q) {
+    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+      isa_call([&] {
+        for (int64_t it = lo; it < hi; ++it) {
+          const int64_t off = sb.sample(it) * D + sb.begin(it);
+          write_two_values<scalar_t, stat_t>(xp + off, yp + off, nullptr, sb.end(it) - sb.begin(it), mu_s, sc,
+                                             y_pos, y_neg);
+        }
+      });
+    });
+    return;
+  }
+  const int64_t total = N * D;
+  RadixSelect<stat_t> rs(p);
+  at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
+    TopHistogram<stat_t> top;
+    stat_t buf[kQBlock];
+    for (int64_t b = lo; b < hi; b += kQBlock) {
+      const int64_t len = std::min(kQBlock, hi - b);
+      isa_call([&] { write_two_values<scalar_t, stat_t>(xp + b, yp + b, buf, len, mu_s, sc, y_pos, y_neg); });
+      top.add(buf, len);
+    }
+    rs.merge(top);
+  });
+  TORCH_CHECK_VALUE(!rs.nonfinite(), "x gives non-finite standardised values (x - mean) / sigma: q is undefined");
+  rs.plan();
+  // fn(values, len) over the standardised values, recomputed from x block by block.
+  const auto blocks = [&](auto&& fn) {
+    at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
+      stat_t buf[kQBlock];
+      for (int64_t b = lo; b < hi; b += kQBlock) {
+        const int64_t len = std::min(kQBlock, hi - b);
+        isa_call([&] { standardise<scalar_t, stat_t>(xp + b, buf, len, mu_s, sc); });
+        fn(static_cast<const stat_t*>(buf), len);
+      }
+    });
+  };
+  const Filter<stat_t> filter = rs.filter();
+  blocks([&](const stat_t* v, int64_t len) {
+    Key keys[kQBlock + 1];
+    rs.append(keys, gather_block(v, len, filter, keys));
+  });
+  *q = rs.finish(blocks);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x_in,
+                                                                                     double p, float* q) {
   check_activation(x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
@@ -56,58 +167,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cp
   at::Tensor mean = at::zeros({}, x.options().dtype(st)), sigma = at::zeros({}, x.options().dtype(st));
   at::Tensor rms = at::zeros({N}, x.options().dtype(st));
   if (x.numel() == 0) return {y, mean, sigma, rms};
-  const SampleBlocks sb(N, D);
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
-    using stat_t = stat_type<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    std::vector<double> s1(sb.items()), s2(sb.items());
-    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
-      isa_call([&] {
-        for (int64_t it = lo; it < hi; ++it) {
-          const scalar_t* row = xp + sb.sample(it) * D;
-          const double k = static_cast<double>(static_cast<stat_t>(row[0]));
-          shifted_sums<scalar_t, stat_t>(row + sb.begin(it), sb.end(it) - sb.begin(it), k, s1[it], s2[it]);
-        }
-      });
-    });
-    // Combine (O(items), sequential). A non-finite shifted sum means NaN/Inf in x.
-    std::vector<double> k(N), S1(N, 0.0), S2(N, 0.0);
-    double mu = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      k[n] = static_cast<double>(static_cast<stat_t>(xp[n * D]));
-      for (int64_t j = 0; j < sb.per_sample; ++j) {
-        S1[n] += s1[n * sb.per_sample + j];
-        S2[n] += s2[n * sb.per_sample + j];
-      }
-      TORCH_CHECK_VALUE(std::isfinite(S1[n]) && std::isfinite(S2[n]) && std::isfinite(k[n]),
-                        "x contains NaN or Inf (sample ", n, "): restore_activation needs finite inputs");
-      mu += k[n] + S1[n] / double(D);
-    }
-    mu /= double(N);
-    stat_t* rp = rms.mutable_data_ptr<stat_t>();
-    double sig = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const double r = std::sqrt(centered_sq_sum(S1[n], S2[n], double(D), mu - k[n]) / double(D));
-      rp[n] = static_cast<stat_t>(r);
-      sig += r;
-    }
-    sig /= double(N);
-    const stat_t mu_s = static_cast<stat_t>(mu), sig_s = static_cast<stat_t>(sig), sc = clamp_eps(sig_s);
-    mean.fill_(mu_s);
-    sigma.fill_(sig_s);
-    const scalar_t y_pos = static_cast<scalar_t>(sig_s + mu_s), y_neg = static_cast<scalar_t>(mu_s - sig_s);
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
-      isa_call([&] {
-        for (int64_t it = lo; it < hi; ++it) {
-          const int64_t off = sb.sample(it) * D + sb.begin(it);
-          write_two_values<scalar_t, stat_t>(xp + off, yp + off, sb.end(it) - sb.begin(it), mu_s, sc, y_pos, y_neg);
-        }
-      });
-    });
+    activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, D, mean, sigma,
+                                 rms, p, q);
   });
   return {y, mean, sigma, rms};
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x) {
+  return restore_activation_with_q_cpu(x, 0.0, nullptr);
+}
+
+namespace {
 
 // ----------------------------------------------------------------------------------------- backward
 struct GradSums {

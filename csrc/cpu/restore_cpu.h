@@ -1,4 +1,4 @@
-// Helpers shared by the CPU restoration kernels (restore_weight.cpp, restore_activation.cpp).
+// Helpers shared by the CPU restoration kernels (restore_weight.cpp, restore_activation.cpp, restore_train.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -6,14 +6,20 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/checks.h"
 #include "common/restore_math.h"
 #include "simd.h"
 
 namespace erbnn {
 
-// Accumulation / statistics type of a CPU kernel: float32 for float32/float16/bfloat16, float64 for float64.
-template <typename scalar_t>
-using stat_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+// The forward restorations; the _with_q forms (q non-null) also measure *q = two_sided_quantile of
+// the standardised values at p inside the same passes (the training ops, restore_train.cpp).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w, double p, float* q);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x,
+                                                                                     double p, float* q);
+at::Tensor two_sided_quantile_cpu(const at::Tensor& x, double p);
 
 // ER-BNN's surrogate d sign(x)/dx (method.md section 3) with inv_b = 1/b, scale = max(b,1)/b.
 // float32 uses the branch-free sech^2 of simd.h so that the loops vectorise; float64 uses tanh.

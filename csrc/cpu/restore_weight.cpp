@@ -9,9 +9,11 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "cpu_utils.h"
+#include "radix_select.h"
 #include "restore_cpu.h"
 
 namespace erbnn {
@@ -20,69 +22,146 @@ namespace {
 // Channels per parallel task: enough elements that a task outweighs its scheduling.
 int64_t channel_grain(int64_t n) { return std::max<int64_t>(1, kElemGrain / std::max<int64_t>(n, 1)); }
 
-// Channels [lo, hi): mean, alpha and the signs. Sums are in double (exact enough for any Cin*kh*kw);
-// a non-finite sum means NaN/Inf in the channel (a double sum of finite floats cannot overflow), so the
-// finiteness check costs nothing extra. Returns false on non-finite input.
+// Channel statistics: mean and alpha of row[0, n). Sums are in double (exact enough for any
+// Cin*kh*kw); a non-finite sum means NaN/Inf in the channel (a double sum of finite floats cannot
+// overflow), so the finiteness check costs nothing extra. Returns false on non-finite input.
 template <typename scalar_t, typename stat_t>
-bool weight_forward_rows(const scalar_t* w, scalar_t* out, stat_t* mean, stat_t* alpha, int64_t n,
-                         int64_t lo, int64_t hi) {
-  bool finite = true;
-  for (int64_t o = lo; o < hi; ++o) {
-    const scalar_t* row = w + o * n;
-    double s = 0.0;
+bool weight_row_stats(const scalar_t* row, int64_t n, stat_t& mean, stat_t& alpha) {
+  double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(static_cast<stat_t>(row[i]));
-    if (!std::isfinite(s)) {
-      finite = false;
-      continue;
-    }
-    const stat_t mu = static_cast<stat_t>(s / double(n));
-    double q = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(static_cast<stat_t>(row[i]));
+  if (!std::isfinite(s)) return false;
+  const stat_t mu = static_cast<stat_t>(s / double(n));
+  double q = 0.0;
 #pragma omp simd reduction(+ : q)
-    for (int64_t i = 0; i < n; ++i) {
-      const stat_t d = static_cast<stat_t>(row[i]) - mu;
-      q += static_cast<double>(d) * static_cast<double>(d);
-    }
-    const stat_t al = static_cast<stat_t>(std::sqrt(q / double(n)));
-    const stat_t a = clamp_eps(al);
-    mean[o] = mu;
-    alpha[o] = al;
-    scalar_t* dst = out + o * n;
-    const scalar_t pos(1), neg(-1);
-    // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit.
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = (static_cast<stat_t>(row[i]) - mu) / a >= stat_t(0) ? pos : neg;
+  for (int64_t i = 0; i < n; ++i) {
+    const stat_t d = static_cast<stat_t>(row[i]) - mu;
+    q += static_cast<double>(d) * static_cast<double>(d);
   }
-  return finite;
+  mean = mu;
+  alpha = static_cast<stat_t>(std::sqrt(q / double(n)));
+  return true;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w_in) {
+// sign((w - mu) / a) of row[0, len) into dst, the division kept so that the signs equal the
+// reference's bit for bit; with xhat, the standardised values themselves too (for q).
+template <typename scalar_t, typename stat_t>
+void weight_row_signs(const scalar_t* row, scalar_t* dst, stat_t* xhat, int64_t len, stat_t mu, stat_t a) {
+  const scalar_t pos(1), neg(-1);
+  if (xhat) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const stat_t v = (static_cast<stat_t>(row[i]) - mu) / a;
+      xhat[i] = v;
+      dst[i] = v >= stat_t(0) ? pos : neg;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) dst[i] = (static_cast<stat_t>(row[i]) - mu) / a >= stat_t(0) ? pos : neg;
+  }
+}
+
+template <typename scalar_t, typename stat_t>
+void weight_row_xhat(const scalar_t* row, stat_t* xhat, int64_t len, stat_t mu, stat_t a) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(row[i]) - mu) / a;
+}
+
+// Standardised values per histogram / gather block: a block stays in L1.
+constexpr int64_t kQBlock = 2048;
+
+// The forward over all channels; with q, also q = two_sided_quantile of the standardised values
+// (radix_select.h): their top-digit histogram is built in the sign pass, and one more pass over w
+// gathers the candidates of the rank's buckets.
+template <typename scalar_t>
+void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp, stat_type<scalar_t>* ap,
+                    int64_t O, int64_t n, double p, float* q) {
+  using stat_t = stat_type<scalar_t>;
+  using Key = typename QuantileKey<stat_t>::Key;
+  std::optional<RadixSelect<stat_t>> rs;
+  if (q) rs.emplace(p);
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
+    std::optional<TopHistogram<stat_t>> top;
+    stat_t buf[kQBlock];
+    if (q) top.emplace();
+    for (int64_t o = lo; o < hi; ++o) {
+      const scalar_t* row = src + o * n;
+      bool ok = false;
+      stat_t mu = 0, al = 0;
+      isa_call([&] { ok = weight_row_stats<scalar_t, stat_t>(row, n, mu, al); });
+      if (!ok) {
+        finite.store(false, std::memory_order_relaxed);
+        continue;
+      }
+      mp[o] = mu;
+      ap[o] = al;
+      const stat_t a = clamp_eps(al);
+      if (!q) {
+        isa_call([&] { weight_row_signs<scalar_t, stat_t>(row, dst + o * n, nullptr, n, mu, a); });
+        continue;
+      }
+      for (int64_t b = 0; b < n; b += kQBlock) {
+        const int64_t len = std::min(kQBlock, n - b);
+        isa_call([&] { weight_row_signs<scalar_t, stat_t>(row + b, dst + o * n + b, buf, len, mu, a); });
+        top->add(buf, len);
+      }
+    }
+    if (q) rs->merge(*top);
+  });
+  TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
+  if (!q) return;
+  TORCH_CHECK_VALUE(!rs->nonfinite(), "w gives non-finite standardised values (w - mean) / alpha: q is undefined");
+  rs->plan();
+  // fn(values, len) over the standardised values, recomputed from w block by block.
+  const auto blocks = [&](auto&& fn) {
+    at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
+      stat_t buf[kQBlock];
+      for (int64_t o = lo; o < hi; ++o) {
+        const stat_t mu = mp[o], a = clamp_eps(ap[o]);
+        for (int64_t b = 0; b < n; b += kQBlock) {
+          const int64_t len = std::min(kQBlock, n - b);
+          isa_call([&] { weight_row_xhat<scalar_t, stat_t>(src + o * n + b, buf, len, mu, a); });
+          fn(static_cast<const stat_t*>(buf), len);
+        }
+      }
+    });
+  };
+  const Filter<stat_t> filter = rs->filter();
+  blocks([&](const stat_t* v, int64_t len) {
+    Key keys[kQBlock + 1];
+    rs->append(keys, gather_block(v, len, filter, keys));
+  });
+  *q = rs->finish(blocks);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w_in, double p,
+                                                                         float* q) {
   check_float_input(w_in, "w");
   TORCH_CHECK_VALUE(w_in.dim() >= 1, "w must have at least 1 dimension (output channels first), got ",
                     w_in.dim(), "-D");
   const at::Tensor w = w_in.contiguous();
   const int64_t O = w.size(0), n = O == 0 ? 0 : w.numel() / O;
-  const auto st = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto st = stat_dtype(w);
   at::Tensor w_b = at::empty_like(w, at::MemoryFormat::Contiguous);
   at::Tensor mean = at::zeros({O}, w.options().dtype(st));
   at::Tensor alpha = at::zeros({O}, w.options().dtype(st));
   if (n == 0) return {w_b.fill_(1), mean, alpha};
   ERBNN_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_cpu", [&] {
     using stat_t = stat_type<scalar_t>;
-    const scalar_t* src = w.const_data_ptr<scalar_t>();
-    scalar_t* dst = w_b.mutable_data_ptr<scalar_t>();
-    stat_t* mp = mean.mutable_data_ptr<stat_t>();
-    stat_t* ap = alpha.mutable_data_ptr<stat_t>();
-    std::atomic<bool> finite{true};
-    at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
-      bool ok = true;
-      isa_call([&] { ok = weight_forward_rows<scalar_t, stat_t>(src, dst, mp, ap, n, lo, hi); });
-      if (!ok) finite.store(false, std::memory_order_relaxed);
-    });
-    TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
+    weight_forward<scalar_t>(w.const_data_ptr<scalar_t>(), w_b.mutable_data_ptr<scalar_t>(),
+                             mean.mutable_data_ptr<stat_t>(), alpha.mutable_data_ptr<stat_t>(), O, n, p, q);
   });
   return {w_b, mean, alpha};
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w) {
+  return restore_weight_with_q_cpu(w, 0.0, nullptr);
+}
+
+namespace {
 
 // Channels [lo, hi) of the backward: g = grad * surrogate'(What) and its two channel means in one
 // pass (g kept in `scratch`, n values, cache-resident), then dW in a second pass over the channel.
@@ -129,7 +208,7 @@ at::Tensor restore_weight_backward_cpu(const at::Tensor& grad_in, const at::Tens
   check_same_shape(grad_in, "grad_wb", w_in, "w");
   const at::Tensor w = w_in.contiguous();
   const int64_t O = w.size(0), n = O == 0 ? 0 : w.numel() / O;
-  const auto st = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto st = stat_dtype(w);
   const at::Tensor mean = as_stat(mean_in, st, "mean", O), alpha = as_stat(alpha_in, st, "alpha", O);
   const double bw = read_width(b);
   at::Tensor dw = at::empty_like(w, at::MemoryFormat::Contiguous);

@@ -2,6 +2,7 @@
 // (common/restore_math.h). The width b is read on the device: no host sync.
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/restore_math.h"
 #include "cuda_utils.cuh"
 
@@ -12,7 +13,7 @@ namespace {
 template <typename scalar_t>
 __global__ void sign_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x)
-    y[i] = static_cast<scalar_t>(sign_pm1(static_cast<float>(x[i])));
+    y[i] = static_cast<scalar_t>(sign_pm1(static_cast<at::opmath_type<scalar_t>>(x[i])));  // float64 stays float64
 }
 
 template <typename scalar_t, typename acc_t>
@@ -25,6 +26,7 @@ __global__ void surrogate_kernel(const scalar_t* __restrict__ g, const scalar_t*
 
 at::Tensor approx_sign_cuda(const at::Tensor& x_in) {
   check_cuda_input(x_in, "x");
+  check_float_input(x_in, "x");
   c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -40,6 +42,7 @@ at::Tensor approx_sign_cuda(const at::Tensor& x_in) {
 
 at::Tensor approx_sign_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& b) {
   check_cuda_input(x_in, "x");
+  check_float_input(x_in, "x");
   TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "grad has shape ", grad_in.sizes(), " but x has ", x_in.sizes());
   c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();

@@ -258,7 +258,7 @@ at::Tensor pack_conv_weight_cuda(const at::Tensor& w) {
   TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
   c10::cuda::CUDAGuard guard(w.device());
   at::Tensor flag = at::zeros({1}, w.options().dtype(at::kInt));
-  at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), 0.0, flag);
+  at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), at::Tensor(), flag);
   // Packing weights happens once (deploy): a host check is affordable and gives the clear error.
   TORCH_CHECK_VALUE(flag.item<int>() == 0, "w contains NaN: its sign is undefined");
   return wp;
@@ -274,7 +274,8 @@ at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const at::
 }
 
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& flag,
-                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const std::optional<at::Tensor>& x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
                             const std::optional<at::Tensor>& ones_scale) {
   TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kInt, "w_packed must be int32 (pack_conv_weight on CUDA), got ",
@@ -285,13 +286,19 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, con
                                     dilation, kCudaWordBits);
   TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
                     g.C, " channels (", g.Cw, " words)");
-  TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
+  at::Tensor shift;
+  if (x_shift.has_value() && x_shift->defined()) {
+    check_float_cuda(*x_shift, "x_shift");
+    TORCH_CHECK(x_shift->device() == x.device(), "x_shift is on ", x_shift->device(), " but x is on ", x.device());
+    TORCH_CHECK_VALUE(x_shift->numel() == 1, "x_shift must hold one value, got ", x_shift->numel());
+    shift = *x_shift;  // read by the packing kernel; not finite -> NaN outputs, like NaN in x
+  }
   const at::Tensor scale = per_channel(out_scale, g.O, x.device(), "out_scale");
   const at::Tensor bias = per_channel(out_bias, g.O, x.device(), "out_bias");
   const at::Tensor ones = per_channel(ones_scale, g.O, x.device(), "ones_scale");
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
-  const at::Tensor P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), x_shift, flag);
+  const at::Tensor P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), shift, flag);
   run_conv(g, P, w_packed.contiguous(), scale.defined() ? scale.const_data_ptr<float>() : nullptr,
            bias.defined() ? bias.const_data_ptr<float>() : nullptr,
            ones.defined() ? ones.const_data_ptr<float>() : nullptr, flag, out);
@@ -299,7 +306,8 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, con
 }
 
 at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     const std::optional<at::Tensor>& x_shift,
                                      const std::optional<at::Tensor>& out_scale,
                                      const std::optional<at::Tensor>& out_bias,
                                      const std::optional<at::Tensor>& ones_scale) {
@@ -319,8 +327,8 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& w, at::IntA
   TORCH_CHECK(w.device() == x.device(), "w is on ", w.device(), " but x is on ", x.device());
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
-  const at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), 0.0, flag);  // NaN in w -> NaN output
-  return conv_packed_impl(x, wp, flag, stride, padding, dilation, 0.0, {}, {}, {});
+  const at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), at::Tensor(), flag);  // NaN in w -> NaN out
+  return conv_packed_impl(x, wp, flag, stride, padding, dilation, {}, {}, {}, {});
 }
 
 at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w) {
@@ -338,8 +346,8 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w) {
   if (x.numel() == 0 || O == 0) return at::empty(shape, x.options().dtype(at::kFloat));
   const at::Tensor x4 = x.reshape({-1, K}).t().unsqueeze(0).unsqueeze(2);  // [1, K, 1, M] as an image
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
-  const at::Tensor wp = pack_signs_4d_cuda(w.unsqueeze(1).unsqueeze(1), 0.0, flag);
-  const at::Tensor out = conv_packed_impl(x4, wp, flag, {1, 1}, {0, 0}, {1, 1}, 0.0, {}, {}, {});  // [1, O, 1, M]
+  const at::Tensor wp = pack_signs_4d_cuda(w.unsqueeze(1).unsqueeze(1), at::Tensor(), flag);
+  const at::Tensor out = conv_packed_impl(x4, wp, flag, {1, 1}, {0, 0}, {1, 1}, {}, {}, {}, {});  // [1, O, 1, M]
   return out.view({O, -1}).t().contiguous().view(shape);
 }
 

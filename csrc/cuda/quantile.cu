@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <climits>
 
+#include "common/checks.h"
 #include "common/quantile_math.h"
 #include "cuda_utils.cuh"
+#include "restore_cuda.cuh"
 
 namespace erbnn {
 namespace cuda {
@@ -88,14 +90,20 @@ __device__ long long warp_sum(long long v) {
 }
 
 // One warp per half (64 threads): the bucket of the half's rank in this pass's histogram.
-__global__ void select_kernel(State* st, const ull* __restrict__ hist, int shift, int width, double p,
-                              bool first, bool last) {
+// p: *p_dev when given (read on the device), else p_host; outside [0, 1] it makes the result NaN.
+__global__ void select_kernel(State* st, const ull* __restrict__ hist, int shift, int width,
+                              const double* __restrict__ p_dev, double p_host, bool first, bool last) {
   const int h = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const ull* hh = hist + h * kRadixBins;
   if (first) {
     long long total = 0;
     for (int b = lane; b < kRadixBins; b += 32) total += (long long)hh[b];
     total = warp_sum(total);
+    double p = p_dev ? *p_dev : p_host;
+    if (!(p >= 0.0 && p <= 1.0)) {
+      if (lane == 0) st->bad = 1;
+      p = 0.0;
+    }
     if (lane == 0) {
       st->n[h] = total;
       if (total == 0) {
@@ -204,17 +212,10 @@ int histogram_grid(int64_t n) {
   return int(std::max<int64_t>(1, std::min(want, cap)));
 }
 
-at::Tensor two_sided_quantile_cuda(const at::Tensor& x_in, double p) {
-  check_cuda_input(x_in, "x");
-  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble ||
-                       x_in.scalar_type() == at::kHalf || x_in.scalar_type() == at::kBFloat16,
-                   "x must be float32, float64, float16 or bfloat16, got ", x_in.scalar_type());
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "p must be in [0, 1], got ", p);
-  TORCH_CHECK_VALUE(x_in.numel() > 0, "two_sided_quantile: x is empty");
-  c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+}  // namespace
+
+void two_sided_quantile_into(const at::Tensor& x, const double* p_dev, double p_host, float* out) {
   const int64_t n = x.numel();
-  at::Tensor out = at::empty({}, x.options().dtype(at::kFloat));
   at::Tensor state = at::zeros({kStateWords}, x.options().dtype(at::kLong));
   State* st = reinterpret_cast<State*>(state.mutable_data_ptr<int64_t>());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -231,15 +232,28 @@ at::Tensor two_sided_quantile_cuda(const at::Tensor& x_in, double p) {
       digit_histogram_kernel<scalar_t><<<blocks, kHistThreads, 0, stream>>>(xs, n, st, h, shift, width,
                                                                             digit_mask, pass == 0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      select_kernel<<<1, 64, 0, stream>>>(st, h, shift, width, p, pass == 0, pass == passes - 1);
+      select_kernel<<<1, 64, 0, stream>>>(st, h, shift, width, p_dev, p_host, pass == 0, pass == passes - 1);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       digit_mask |= ull((1 << width) - 1) << shift;
     }
     min_above_kernel<scalar_t><<<blocks, kHistThreads, 0, stream>>>(xs, n, st);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finalize_kernel<scalar_t><<<1, 1, 0, stream>>>(st, out.mutable_data_ptr<float>());
+    finalize_kernel<scalar_t><<<1, 1, 0, stream>>>(st, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+namespace {
+
+at::Tensor two_sided_quantile_cuda(const at::Tensor& x_in, double p) {
+  check_cuda_input(x_in, "x");
+  check_float_input(x_in, "x");
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "p must be in [0, 1], got ", p);
+  TORCH_CHECK_VALUE(x_in.numel() > 0, "two_sided_quantile: x is empty");
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({}, x.options().dtype(at::kFloat));
+  two_sided_quantile_into(x, nullptr, p, out.mutable_data_ptr<float>());
   return out;
 }
 

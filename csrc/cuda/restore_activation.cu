@@ -8,8 +8,10 @@
 // sigma, sample_rms and y instead.
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/restore_math.h"
 #include "cuda_utils.cuh"
+#include "restore_cuda.cuh"
 #include "reduce.cuh"
 
 namespace erbnn {
@@ -95,19 +97,17 @@ __global__ void two_values_kernel(const scalar_t* __restrict__ x, const stat_t* 
     y[i] = restore_activation_value(static_cast<stat_t>(x[i]), mu, sc, y_pos, y_neg);
 }
 
-at::ScalarType stat_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_x(const at::Tensor& x) {
   check_cuda_input(x, "x");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
-                       x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-                   "x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  check_float_input(x, "x");
 }
 
 at::Tensor device_stat(const at::Tensor& t, const at::Tensor& like, const char* name, int64_t numel) {
   TORCH_CHECK(t.numel() == numel, name, " must hold ", numel, " values, got ", t.numel());
   return t.to(like.device(), stat_dtype(like)).contiguous();
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cuda(const at::Tensor& x_in) {
   check_x(x_in);
@@ -138,6 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cu
   });
   return {y, mean, sigma, rms};
 }
+
+namespace {
 
 // ----------------------------------------------------------------------------------------- backward
 constexpr int kSums = 5;  // sum(g*sign(xhat)), sum(gs*xhat), sum(g), sum(gs), sum(xc)

@@ -7,8 +7,10 @@
 // so NaN/Inf propagate instead: that channel's mean/alpha are NaN or Inf and its w_b is all NaN.
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/restore_math.h"
 #include "cuda_utils.cuh"
+#include "restore_cuda.cuh"
 #include "reduce.cuh"
 
 namespace erbnn {
@@ -76,15 +78,13 @@ __global__ void __launch_bounds__(kWeightThreads) weight_backward_kernel(
   }
 }
 
-at::ScalarType stat_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_weight(const at::Tensor& w) {
   check_cuda_input(w, "w");
-  TORCH_CHECK_TYPE(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble ||
-                       w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16,
-                   "w must be float32, float64, float16 or bfloat16, got ", w.scalar_type());
+  check_float_input(w, "w");
   TORCH_CHECK_VALUE(w.dim() >= 1, "w must have at least 1 dimension (output channels first), got ", w.dim(), "-D");
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cuda(const at::Tensor& w_in) {
   check_weight(w_in);
@@ -106,6 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cuda(const at::Ten
   });
   return {w_b, mean, alpha};
 }
+
+namespace {
 
 at::Tensor restore_weight_backward_cuda(const at::Tensor& grad_in, const at::Tensor& w_in, const at::Tensor& mean_in,
                                         const at::Tensor& alpha_in, const at::Tensor& b) {

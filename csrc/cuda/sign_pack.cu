@@ -13,9 +13,13 @@ struct View4 {
 };
 
 // One thread per output word: reads up to 32 strided elements, compares, ORs the bits.
+// shift_ptr: the shift on the device (nullptr: 0), read here so that the host never waits for it; a
+// non-finite shift sets the NaN flag like a NaN input.
 template <typename scalar_t, typename cmp_t>
-__global__ void pack_kernel(const scalar_t* __restrict__ x, View4 v, cmp_t shift, uint32_t* __restrict__ out,
-                            int* __restrict__ nan_flag) {
+__global__ void pack_kernel(const scalar_t* __restrict__ x, View4 v, const double* __restrict__ shift_ptr,
+                            uint32_t* __restrict__ out, int* __restrict__ nan_flag) {
+  const cmp_t shift = shift_ptr ? static_cast<cmp_t>(*shift_ptr) : cmp_t(0);
+  if (shift_ptr && blockIdx.x == 0 && threadIdx.x == 0 && !isfinite(*shift_ptr)) atomicOr(nan_flag, 1);
   const int64_t total = v.A * v.B * v.D * v.words;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(blockDim.x) * gridDim.x) {
     const int64_t k = i % v.words, pix = i / v.words;
@@ -56,7 +60,7 @@ at::Tensor pack_signs_cuda(const at::Tensor& x, int64_t dim) {
   dim = c10::maybe_wrap_dim(dim, x.dim());
   const at::Tensor xm = x.movedim(dim, -1);
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
-  at::Tensor packed = pack_signs_4d_cuda(as_4d(xm), 0.0, flag);
+  at::Tensor packed = pack_signs_4d_cuda(as_4d(xm), at::Tensor(), flag);
   // pack_signs is a utility, not a forward: a host check gives the clear error.
   TORCH_CHECK_VALUE(flag.item<int>() == 0, "x contains NaN: its sign is undefined");
   std::vector<int64_t> shape(xm.sizes().begin(), xm.sizes().end() - 1);
@@ -88,7 +92,7 @@ at::Tensor unpack_signs_cuda(const at::Tensor& packed_in, int64_t n, int64_t dim
 
 }  // namespace
 
-at::Tensor pack_signs_4d_cuda(const at::Tensor& x, double shift, const at::Tensor& nan_flag) {
+at::Tensor pack_signs_4d_cuda(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& nan_flag) {
   TORCH_CHECK(x.dim() == 4, "pack_signs_4d_cuda: expected a 4-D view");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kHalf ||
                        x.scalar_type() == at::kBFloat16,
@@ -99,12 +103,14 @@ at::Tensor pack_signs_4d_cuda(const at::Tensor& x, double shift, const at::Tenso
   if (out.numel() == 0) return out;
   auto* dst = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
   int* flag = nan_flag.mutable_data_ptr<int>();
+  const at::Tensor shift64 = shift.defined() ? shift.reshape({1}).to(at::kDouble) : at::Tensor();
+  const double* shift_ptr = shift64.defined() ? shift64.const_data_ptr<double>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "pack_signs_cuda", [&] {
     // Compare in float64 for float64 input (no rounding of tiny values to -0.0), float32 otherwise.
     using cmp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     pack_kernel<scalar_t, cmp_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), v, static_cast<cmp_t>(shift), dst, flag);
+        x.const_data_ptr<scalar_t>(), v, shift_ptr, dst, flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -1,48 +1,77 @@
-"""Binary 3x3 conv layers of ResNet-18 / ResNet-20 / VGG-Small (shapes.py): the XNOR-popcount kernel
-(deploy path on pre-packed weights, and the full op that also packs the weights) against F.conv2d in
-float32 and bfloat16, same threads, one process; and the CPU microkernel's bit-MAC/s against the
-~1.2 T bit-MAC/s per core practical roofline of kernels.md.
+"""Binary conv against float conv on the binary 3x3 layers of ResNet-18 / ResNet-20 / VGG-Small (shapes.py).
+
+Two views of the same measured thing, same threads, one process:
+- `erbnn bench`'s conv section (cases()): functional.binary_conv2d (packs its float inputs on every call;
+  the XNOR-popcount kernel when ops.has_kernel("binary_conv2d", device) and the native backend is
+  active, else the reference: sign + float32 conv) against F.conv2d in float32 and bfloat16 on the same
+  +-1 values already in their dtype;
+- per layer and batch (bench_layers(), `python -m erbnn_ext.benchmarks.binary_conv`): the deploy path on
+  pre-packed weights (binary_conv2d_packed) and the full op, against F.conv2d fp32 / bf16; and the CPU
+  microkernel's bit-MAC/s against the ~1.2 T bit-MAC/s per core practical roofline of kernels.md.
 
     python -m erbnn_ext.benchmarks.binary_conv [--models resnet18 ...] [--batches 1 16] [--threads N]
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from .. import binary_ops, ops
+from .. import binary_ops, functional as EF, ops
+from .._backend import native_active, use_backend
 from .shapes import MODELS, ConvShape
+from .timing import CLOCKS, header, seconds
 
 ROOFLINE_BIT_MACS_PER_CORE = 1.2e12  # kernels.md: register-blocked XOR -> VPOPCNTQ -> VPADDQ, one core
 
-
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-
-
-def time_fn(fn, min_time=0.2, repeats=5, clock="wall"):
-    """Best over `repeats` of the mean time of one call (inner loop sized to ~min_time/repeats).
-    Best-of is robust to other processes on a shared machine. clock="thread" counts the CPU time of the
-    calling thread only: with one thread (every kernel then runs in the caller) it is immune to time
-    slicing by other processes, which makes single-core comparisons trustworthy on a busy machine."""
-    now = CLOCKS[clock]
-    if clock == "thread" and torch.get_num_threads() != 1:
-        raise ValueError("clock='thread' measures one thread: call torch.set_num_threads(1) first")
-    fn()
-    t0 = now()
-    fn()
-    once = max(now() - t0, 1e-6)
-    inner = max(1, int(min_time / repeats / once))
-    best = []
-    for _ in range(repeats):
-        t0 = now()
-        for _ in range(inner):
-            fn()
-        best.append((now() - t0) / inner)
-    return min(best)
+# ------------------------------------------------------------------------------- `erbnn bench` conv section
+METHODS = ("binary_conv2d", "conv2d_fp32", "conv2d_bf16")
+LABELS = {"binary_conv2d": "binary_conv2d", "conv2d_fp32": "F.conv2d fp32", "conv2d_bf16": "F.conv2d bf16"}
 
 
+def binary_backend(device) -> str:
+    """Which implementation functional.binary_conv2d runs on this device."""
+    with use_backend("native"):
+        if not native_active():
+            return "reference (native not loaded)"
+    return "native" if ops.has_kernel("binary_conv2d", torch.device(device).type) else "reference (no kernel yet)"
+
+
+def make_fn(method, shape, w, x):
+    """The callable timed for one method on one layer's weights w and activations x."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    conv = dict(stride=shape.stride, padding=shape.padding)
+    if method == "binary_conv2d":
+        def run():
+            with use_backend("native"), torch.no_grad():
+                EF.binary_conv2d(x, w, **conv)
+        return run
+    dtype = torch.float32 if method == "conv2d_fp32" else torch.bfloat16
+    xs, ws = torch.sign(x).to(dtype), torch.sign(w).to(dtype)
+
+    def run():
+        with torch.no_grad():
+            F.conv2d(xs, ws, **conv)
+    return run
+
+
+def cases(models, batch, device, methods=METHODS):
+    """Yield (row, fn) for every model x layer x method (`erbnn bench`'s conv section)."""
+    from .overhead import make_inputs
+    for model in models:
+        for shape in MODELS[model]:
+            w, x, _, _ = make_inputs(shape, batch, device)
+            for method in methods:
+                row = {"section": "conv", "model": model, "layer": shape.name, "count": shape.count,
+                       "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
+                       "batch": batch, "stride": shape.stride, "padding": shape.padding,
+                       "macs": shape.macs(batch), "method": method, "label": LABELS[method],
+                       "backend": binary_backend(device) if method == "binary_conv2d" else "pytorch",
+                       "device": str(device)}
+                yield row, make_fn(method, shape, w, x)
+
+
+# ---------------------------------------------------------------------------------- per layer and batch
 def layer_inputs(shape: ConvShape, batch, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape.input_shape(batch), generator=g)
@@ -74,7 +103,7 @@ def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), 
         for model in models:
             for shape in MODELS[model]:
                 for batch in batches:
-                    times = {k: (time_fn(fn, min_time, clock=clock) if fn else None)
+                    times = {k: (seconds(fn, min_run_time=min_time, clock=clock) if fn else None)
                              for k, fn in fns_for(shape, batch).items()}
                     rows.append(dict(model=model, layer=shape.name, count=shape.count, batch=batch,
                                      macs=shape.macs(batch), **times, **(extra(shape, batch) if extra else {})))
@@ -102,7 +131,7 @@ def microkernel(threads=1, c=512, o_pair=(256, 512), hw=16, batch=4, min_time=0.
         ts = []
         for o in o_pair:
             wp = binary_ops.pack_conv_weight(torch.randn(o, c, 3, 3))
-            ts.append(time_fn(lambda: binary_ops.binary_conv2d_packed(x, wp, 1, 1), min_time,
+            ts.append(seconds(lambda: binary_ops.binary_conv2d_packed(x, wp, 1, 1), min_run_time=min_time,
                               clock=clock if threads == 1 else "wall"))
         bit_macs = batch * hw * hw * (o_pair[1] - o_pair[0]) * c * 9
         # Noise larger than the difference (a busy machine) gives no rate rather than a wrong one.
@@ -114,8 +143,7 @@ def microkernel(threads=1, c=512, o_pair=(256, 512), hw=16, batch=4, min_time=0.
 
 
 def format_tables(rows, micro, clock="wall"):
-    lines = [f"threads={torch.get_num_threads()}  clock={clock}  "
-             f"isa={__import__('erbnn_ext').backend_info()['cpu_isa']}",
+    lines = [header(f"Binary conv per layer (ms per call; clock={clock})"),
              f"{'model':10s} {'layer':18s} {'n':>3s} {'packed ms':>10s} {'full ms':>9s} {'fp32 ms':>9s} "
              f"{'bf16 ms':>9s} {'x fp32':>7s} {'x bf16':>7s} {'Tbit-MAC/s':>10s}"]
     for r in rows:

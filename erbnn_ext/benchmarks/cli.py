@@ -1,5 +1,6 @@
-"""`erbnn bench`: restoration overhead (ER-BNN vs IR-Net and ReCU) and binary conv vs F.conv2d, on the
-binary layer shapes of the paper's models; tables to stdout, bench.json and bench.png to --out."""
+"""`erbnn bench`: restoration overhead (ER-BNN vs IR-Net and ReCU), binary conv vs F.conv2d, and the training
+step of ER layers and models vs their float twins, on the binary layer shapes of the paper's models; tables to
+stdout, bench.json and bench.png to --out."""
 import argparse
 import json
 import os
@@ -34,7 +35,8 @@ def _positive_float(text):
 
 
 def _models(text):
-    names = [n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip()]
+    """Comma-separated benchmark model names; the model names of `erbnn train` (resnet20_1w1a, ...) too."""
+    names = [n.strip().lower().replace("-", "_").replace("_1w1a", "") for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in MODELS]
     if not names or bad:
         raise argparse.ArgumentTypeError(
@@ -55,7 +57,7 @@ def _sections(text):
 def add_bench_parser(sub):
     """Register the `bench` subcommand on an argparse subparsers object."""
     sp = sub.add_parser(
-        "bench", help="time restoration (ER-BNN vs IR-Net/ReCU) and binary conv vs F.conv2d",
+        "bench", help="time restoration (ER-BNN vs IR-Net/ReCU), binary conv vs F.conv2d, training steps vs float",
         description=__doc__)
     sp.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     sp.add_argument("--models", type=_models, default=list(DEFAULT_MODELS),
@@ -66,10 +68,13 @@ def add_bench_parser(sub):
                     help="time each case with exactly N calls (Timer.timeit) instead of adaptive blocks")
     sp.add_argument("--min-time", type=_positive_float, default=0.2,
                     help="seconds per case for adaptive timing (Timer.blocked_autorange; default 0.2)")
-    sp.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
-    sp.add_argument("--sections", type=_sections, default=["overhead", "conv"], help="which parts, comma-separated (default overhead,conv)")
+    sp.add_argument("--threads", type=_positive_int, default=None,
+                    help="torch CPU threads (default: torch's; 1 for the train_step section)")
+    sp.add_argument("--sections", type=_sections, default=["overhead", "conv", "train_step"],
+                    help="which parts, comma-separated (default overhead,conv,train_step)")
     sp.add_argument("--quick", action="store_true",
-                    help=f"smoke run: {QUICK_REPEAT} calls per case, batch {QUICK_BATCH} unless --batch")
+                    help=f"smoke run: {QUICK_REPEAT} calls per case, batch {QUICK_BATCH} unless --batch; the "
+                         f"results are marked as smoke results, not measurements")
     sp.add_argument("--json", action="store_true", help="print the JSON result to stdout (tables to stderr)")
     sp.add_argument("--out", default="erbnn_out", help="folder for bench.json and bench.png (default ./erbnn_out)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,7 +108,8 @@ def cmd_bench(args):
     from .run import run_bench
 
     result = run_bench(args.models, batch=batch, device=args.device, sections=args.sections, repeat=repeat,
-                       min_run_time=args.min_time, progress=not args.no_progress)
+                       min_run_time=args.min_time, progress=not args.no_progress, threads=args.threads,
+                       quick=args.quick)
     try:
         paths = write_outputs(result, args.out)
     except OSError as e:

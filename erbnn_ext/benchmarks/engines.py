@@ -15,7 +15,8 @@ import erbnn_ext
 
 from .. import binary_ops
 from . import binary_conv
-from .binary_conv import layer_inputs, parse_layer_bench_args, time_fn
+from .binary_conv import layer_inputs, parse_layer_bench_args
+from .timing import header
 from .shapes import ConvShape
 
 
@@ -102,7 +103,7 @@ COLUMNS = ["xnor", "int8_vnni", "amx", "auto", "fp32", "bf16", "torch_int8"]
 def format_table(rows, clock="wall"):
     info = erbnn_ext.backend_info()
     ms = lambda v: f"{v * 1e3:9.3f}" if v is not None else f"{'-':>9s}"
-    lines = [f"threads={torch.get_num_threads()}  clock={clock}  isa={info['cpu_isa']}  engines="
+    lines = [header(f"Binary-conv engines per layer (ms per call; clock={clock})"), f"isa={info['cpu_isa']}  engines="
              f"{','.join(info['conv_engines'])}  torch int8 backend={quantized_engine()}  (times in ms)",
              f"{'model':10s} {'layer':18s} {'n':>3s} " + " ".join(f"{c:>9s}" for c in COLUMNS) + f" {'chosen':>10s}"]
     for r in rows:

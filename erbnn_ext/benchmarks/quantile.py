@@ -6,10 +6,10 @@ computes it: torch.quantile on each half (what the paper's code does; it sorts, 
 """
 import argparse
 import math
-import statistics
-import time
 
 import torch
+
+from .timing import header, seconds
 
 TORCH_QUANTILE_LIMIT = 2 ** 24
 
@@ -48,22 +48,7 @@ def torch_kthvalue(x, p):
 METHODS = {"native": native, "torch.quantile": torch_quantile, "torch.kthvalue": torch_kthvalue}
 
 
-def time_ms(fn, *args, min_time=0.3, min_reps=3):
-    """Median wall time of fn(*args) in milliseconds (CUDA synchronized), after one warm-up call."""
-    cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn(*args)
-    sync()
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn(*args)
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def run(sizes=(10 ** 5, 10 ** 6, 10 ** 7), device="cpu", p=0.8, seed=0):
+def run(sizes=(10 ** 5, 10 ** 6, 10 ** 7), device="cpu", p=0.8, seed=0, min_run_time=0.3):
     """One row per size: {"n", "<method>": ms or None (refused)}."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -72,7 +57,8 @@ def run(sizes=(10 ** 5, 10 ** 6, 10 ** 7), device="cpu", p=0.8, seed=0):
         row = {"n": int(n)}
         for name, fn in METHODS.items():
             try:
-                row[name] = time_ms(fn, x, p)
+                fn(x, p)  # refusals raise here, before the timer
+                row[name] = seconds(lambda: fn(x, p), min_run_time=min_run_time) * 1e3
             except (ValueError, RuntimeError):
                 row[name] = None
         rows.append(row)
@@ -103,9 +89,11 @@ def main(argv=None):
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--p", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    print(f"two_sided_quantile, p={args.p}, float32 randn, device={args.device}, "
-          f"threads={torch.get_num_threads()}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(header(f"two_sided_quantile, p={args.p}, float32 randn, device={args.device}: ms per call", args.device))
     print(format_table(run([int(s) for s in args.sizes], args.device, args.p)))
 
 

@@ -1,14 +1,16 @@
-"""Run the benchmark cases of overhead.py and conv.py side by side in one process; summarise them."""
+"""Run the benchmark cases of overhead.py, binary_conv.py and train_step.py side by side in one process;
+summarise them."""
 import sys
 from collections import defaultdict
 
 from tqdm import tqdm
 
-from . import conv, overhead
+from . import binary_conv, overhead, train_step
 from .machine import load_average, machine_info
 from .timing import measure
 
-SECTIONS = ("overhead", "conv")
+SECTIONS = ("overhead", "conv", "train_step")
+TRAIN_STEP_THREADS = 1  # the training-step section's default (issue 10's goals are 1-thread figures)
 # The paper's claim: restoration costs this much less time than IR-Net-style restoration (percent).
 PAPER_REDUCTION = {"resnet18": 60.0, "resnet20": 67.0}
 
@@ -18,14 +20,20 @@ def _all_cases(models, batch, device, sections):
     if "overhead" in sections:
         out += list(overhead.cases(models, batch, device))
     if "conv" in sections:
-        out += list(conv.cases(models, batch, device))
+        out += list(binary_conv.cases(models, batch, device))
+    if "train_step" in sections:
+        out += list(train_step.cases(models, batch, device))
     return out
 
 
 def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, min_run_time=0.2,
-              progress=True):
-    """Measure every case; return {"machine", "config", "rows", "summary"} (JSON-ready)."""
+              progress=True, threads=None, quick=False):
+    """Measure every case; return {"machine", "config", "rows", "summary"} (JSON-ready). threads: as
+    --threads (None: torch's count, and TRAIN_STEP_THREADS for the training-step section). quick: the
+    result is marked as a smoke run (config["quick"]), which the report shows instead of claims."""
+    step_threads = threads or TRAIN_STEP_THREADS
     config = {"models": list(models), "batch": batch, "device": str(device), "sections": list(sections),
+              "quick": bool(quick), "smoke": bool(quick) or (repeat is not None and repeat < 5), "train_step_threads": step_threads if "train_step" in sections else None,
               "repeat": repeat, "min_run_time_s": None if repeat else min_run_time,
               "timer": ("torch.utils.benchmark.Timer.timeit(%d)" % repeat) if repeat
               else "torch.utils.benchmark.Timer.blocked_autorange (median)"}
@@ -34,7 +42,8 @@ def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, mi
     rows = []
     for row, fn in tqdm(built, desc="erbnn bench", unit="case", disable=None if progress else True,
                         file=sys.stderr, leave=False):
-        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=machine["threads"]))
+        n = step_threads if row["section"] == "train_step" else machine["threads"]
+        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=n), threads=n)
         rows.append(row)
     machine["load_avg_end"] = load_average()
     return {"machine": machine, "config": config, "rows": rows, "summary": summarise(rows)}
@@ -46,6 +55,8 @@ def summarise(rows):
     macs = defaultdict(int)
     backends = {}
     for r in rows:
+        if r["section"] == "train_step":
+            continue
         key = (r["section"], r["model"], r.get("mode", ""), r["method"])
         totals[key] += r["time_s"] * r["count"]
         macs[key] += r.get("macs", 0) * r["count"]
@@ -57,7 +68,7 @@ def summarise(rows):
             totals[("overhead", model, "train", method)] = total + totals.get(q, 0.0)
             backends[("overhead", model, "train", method)] = backends[(section, model, mode, method)] | (
                 backends.get(q, set()))
-    out = {"overhead": [], "conv": []}
+    out = {"overhead": [], "conv": [], "train_step": train_step.summarise(rows)}
     for (section, model, mode, method), total in totals.items():
         entry = {"model": model, "method": method, "total_s": total,
                  "backend": " / ".join(sorted(backends[(section, model, mode, method)]))}

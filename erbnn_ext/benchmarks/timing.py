@@ -1,10 +1,15 @@
-"""One timing primitive for `erbnn bench` and bench/: torch.utils.benchmark.Timer in this process.
+"""The one timing helper of every benchmark (`erbnn bench`, the `python -m erbnn_ext.benchmarks.*` modules
+and their bench/ pytest-benchmark twins), so that figures from different commands are comparable:
+torch.utils.benchmark.Timer in this process, the median of blocked_autorange's blocks (or Timer.timeit(N)
+for the fixed small counts of --quick / --repeat).
 
 The Timer synchronises the accelerator before it reads the clock, so CUDA work is timed to completion.
 It runs the statement in the calling thread with torch's thread count pinned to `threads` (its own
-default is 1 thread, which would understate every CPU op: pass the count explicitly).
+default is 1 thread, which would understate every CPU op: pass the count explicitly). Every command
+prints `header()`: the machine, its threads and the load average, which says how quiet the machine was.
 """
 import logging
+import time
 
 import torch
 
@@ -13,16 +18,25 @@ import torch
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
+# wall: elapsed time. thread: CPU time of the calling thread only; with one thread (every kernel then runs
+# in the caller) it is immune to time slicing by other processes on a busy machine.
+CLOCKS = {"wall": None, "thread": time.thread_time}
 
-def measure(fn, *, repeat=None, min_run_time=0.2, threads=None):
+
+def measure(fn, *, repeat=None, min_run_time=0.2, threads=None, clock="wall"):
     """Time fn() and return {"time_s", "iqr_s", "calls"}.
 
     repeat=None: Timer.blocked_autorange(min_run_time) (adaptive block size; time_s is the median of the
     blocks' per-call times). repeat=N: Timer.timeit(N), N calls in one block after a short warm-up
     (time_s is their mean, iqr_s 0): the fixed, small count that --quick and --repeat use.
     """
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
-                            num_threads=threads or torch.get_num_threads())
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    threads = threads or torch.get_num_threads()
+    if clock == "thread" and threads != 1:
+        raise ValueError("clock='thread' measures one thread: pass threads=1 (or torch.set_num_threads(1))")
+    kw = {"timer": CLOCKS[clock]} if CLOCKS[clock] else {}
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, **kw)
     if repeat is None:
         m = timer.blocked_autorange(min_run_time=min_run_time)
         calls = m.number_per_run * len(m.raw_times)
@@ -31,3 +45,15 @@ def measure(fn, *, repeat=None, min_run_time=0.2, threads=None):
         calls = int(repeat)
     return {"time_s": float(m.median), "iqr_s": float(m.iqr), "calls": int(calls)}
 
+
+def seconds(fn, **kw) -> float:
+    """measure(fn, **kw)["time_s"]: median seconds per call."""
+    return measure(fn, **kw)["time_s"]
+
+
+def header(what: str, device="cpu") -> str:
+    """The first lines of a benchmark's output: what was timed, how, and on which (how busy) machine."""
+    from .machine import machine_info, machine_line
+    m = machine_info(device)
+    return (f"{what}\n{machine_line(m)} | load average {m['load_avg_start']} on {m['cpu_count']} CPUs\n"
+            f"Timing: torch.utils.benchmark.Timer.blocked_autorange, median per call (erbnn_ext.benchmarks.timing)")

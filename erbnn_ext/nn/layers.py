@@ -57,7 +57,7 @@ class _Restoration:
         """Eval inference (no grad) on the native backend runs the packed XNOR-popcount kernel instead of
         the float conv of the restored values (float64 stays on the exact float path)."""
         return (not self.training and not torch.is_grad_enabled() and x.dtype != torch.float64
-                and ops.native_now() and ops.has_kernel("binary_conv2d_packed", x.device.type))
+                and ops.native_now() and ops.kernel_runs_on("binary_conv2d_packed", x.device))
 
     def _xnor_forward(self, x4d, stride, padding, dilation, weight4d):
         """sigma * bconv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias (zero padding): the eval-mode

@@ -10,17 +10,19 @@ plain dict of state_dicts: model, optimizer, scheduler, epoch, RNG states, data-
 Under torchrun the same code runs DistributedDataParallel (gloo on CPU, nccl on CUDA); --batch-size is
 the global batch, split evenly over the ranks.
 
-Modules: args (command-line arguments and checks), recipe (schedules, optimizer), loop (one epoch),
+Python API: fit(model, train_loader, val_loader, epochs=..., ...) runs the same recipe on any model (see
+erbnn_ext.training.fit). Modules: fit (the epochs), args (command-line arguments and checks), recipe (schedules, optimizer), loop (one epoch),
 checkpoint (files and RNG state), metrics (CSV/JSON/PNG), dist (torchrun, device), commands (`erbnn train`,
 `erbnn eval`).
 """
 from .checkpoint import CHECKPOINT, load_checkpoint_dict
 from .commands import add_eval_parser, add_train_parser, cmd_eval, cmd_train, run_eval, run_train
 from .dist import Dist
-from .errors import UsageError
+from .errors import CheckpointError, NonFiniteError, OutputError, TrainingError, UsageError
+from .fit import fit
 from .loop import evaluate, train_one_epoch
 from .recipe import default_weight_decay, epoch_schedules, lr_factor
 
-__all__ = ["CHECKPOINT", "Dist", "UsageError", "add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train",
-           "default_weight_decay", "epoch_schedules", "evaluate", "load_checkpoint_dict", "lr_factor",
+__all__ = ["CHECKPOINT", "CheckpointError", "Dist", "NonFiniteError", "OutputError", "TrainingError", "UsageError", "add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train",
+           "default_weight_decay", "epoch_schedules", "evaluate", "fit", "load_checkpoint_dict", "lr_factor",
            "run_eval", "run_train", "train_one_epoch"]

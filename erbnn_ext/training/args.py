@@ -4,7 +4,7 @@ import math
 
 from .. import _backend
 from ..data import is_imagefolder
-from ..models import ALIASES, METHODS, MODELS, model_name
+from ..models import METHODS, MODELS
 from .errors import UsageError
 from .recipe import default_weight_decay
 
@@ -52,6 +52,17 @@ def _unit_float(s):
     return v
 
 
+def model_name(name: str) -> str:
+    """A model name as given on the command line: a key of MODELS or its short form (resnet20 ->
+    resnet20_1w1a, resnet18_imagenet -> resnet18_1w1a_imagenet, ...)."""
+    for cand in (name, f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet")):
+        if cand in MODELS:
+            return cand
+    short = sorted({k.replace("_1w1a", "") for k in MODELS})
+    raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
+                                     f"or the short forms {', '.join(short)})")
+
+
 def runtime_arguments(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--backend", choices=_backend.BACKENDS, default=None,
@@ -65,8 +76,9 @@ def runtime_arguments(p):
 
 
 def train_arguments(p):
-    p.add_argument("--model", choices=sorted(MODELS) + sorted(ALIASES), default=None,
-                   help=f"default {DEFAULTS['model']} ({IMAGENET_DEFAULTS['model']} on an ImageNet folder)")
+    p.add_argument("--model", type=model_name, default=None, metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))} or the short forms without _1w1a (default "
+                        f"{DEFAULTS['model']}; {IMAGENET_DEFAULTS['model']} on an ImageNet folder)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="binarizer: erbnn (default) or the ablations clip, ede, irnet, recu")
     p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000; 120 on an ImageNet folder)")
@@ -107,8 +119,6 @@ def resolve_config(args, ckpt):
     cfg = {}
     data = getattr(args, "data", None) if ckpt is None else ckpt["args"].get("data")
     defaults = dict(DEFAULTS, **(IMAGENET_DEFAULTS if data is not None and is_imagefolder(data) else {}))
-    if getattr(args, "model", None) is not None:
-        args.model = model_name(args.model)
     for k in RECIPE_KEYS:
         given = getattr(args, k, None)
         saved = ckpt["args"].get(k) if ckpt else None

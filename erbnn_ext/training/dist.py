@@ -17,6 +17,21 @@ class Dist:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world_size > 1
 
+    @classmethod
+    def current(cls) -> "Dist":
+        """The initialised process group's rank and size if there is one, else the torchrun environment."""
+        d = cls()
+        if dist.is_available() and dist.is_initialized():
+            d.rank, d.world_size = dist.get_rank(), dist.get_world_size()
+            d.enabled = d.world_size > 1
+        return d
+
+    @classmethod
+    def single(cls) -> "Dist":
+        d = cls()
+        d.rank, d.world_size, d.enabled = 0, 1, False
+        return d
+
     @property
     def main(self):
         return self.rank == 0

@@ -1,5 +1,21 @@
-"""The training commands' error type."""
+"""Why a run cannot go on: each is reported by the CLI as one line `erbnn <cmd>: error: ...` (exit status 2)."""
 
 
-class UsageError(Exception):
-    """Bad arguments, files or run state, reported as one line `erbnn <cmd>: error: ...` (exit status 2)."""
+class TrainingError(Exception):
+    """Base class of the errors below."""
+
+
+class UsageError(TrainingError):
+    """Bad arguments."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint that is missing, unreadable, truncated, or not one written by `erbnn train` / fit."""
+
+
+class OutputError(TrainingError):
+    """An output file that cannot be written (unwritable folder, full disk); the previous file is kept."""
+
+
+class NonFiniteError(TrainingError):
+    """The loss (or the parameters) stopped being finite; says at which epoch and step."""

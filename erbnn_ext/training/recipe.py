@@ -43,3 +43,12 @@ def epoch_schedules(model: torch.nn.Module, epoch: int, epochs: int, percentile=
     e.g. {"p": 0.8} (erbnn_ext.nn.set_epoch)."""
     p0, p1 = percentile
     return set_epoch(model, epoch, epochs, p0, p1)
+
+
+def warmup_warning(epochs: int, warmup: int):
+    """The warning for a run that ends inside the linear warm-up, else None."""
+    if epochs < warmup:
+        return (f"epochs ({epochs}) < warmup ({warmup}): the whole run stays in the linear warm-up, so the "
+                f"learning rate never decays (it reaches at most {epochs / max(warmup, 1):.3g}x lr); pass a "
+                f"smaller warmup for short runs")
+    return None

@@ -1,0 +1,83 @@
+// The training ops, CPU: one call per layer side does the restoration, measures the adaptive
+// percentile q of the standardised values (method.md section 3) inside the restoration's passes
+// (restore_*_with_q_cpu) and updates the layer's state (the q ring and the width b; activations also
+// push mean and sigma into their rings).
+//   restore_weight_train:     q = two_sided_quantile((w - mean_o) / max(alpha_o, eps), p)
+//   restore_activation_train: q = two_sided_quantile((x - mean) / max(sigma, eps), p)
+// An empty input changes no state and returns the current width as b_step.
+#include <torch/library.h>
+
+#include "common/ring_math.h"
+#include "common/train_state.h"
+#include "cpu_utils.h"
+#include "restore_cpu.h"
+
+namespace erbnn {
+namespace {
+
+double read_p(const at::Tensor& p) {
+  const double v = p.item<double>();
+  TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0, "p must be in [0, 1], got ", v);
+  return v;
+}
+
+// b_step: the width as a 0-dim tensor of the statistics dtype of x.
+at::Tensor width_step(const at::Tensor& width, const at::Tensor& x) {
+  return at::scalar_tensor(*width.const_data_ptr<double>(), x.options().dtype(stat_dtype(x)));
+}
+
+// Pushes q, updates the width; returns b_step.
+at::Tensor push_q(const at::Tensor& q_values, const at::Tensor& q_count, const at::Tensor& width, double q,
+                  double min_width, const at::Tensor& x) {
+  double* qv = q_values.mutable_data_ptr<double>();
+  int64_t* qc = q_count.mutable_data_ptr<int64_t>();
+  ring_push(qv, q_values.numel(), qc, q);
+  *width.mutable_data_ptr<double>() = ring_width(qv, q_values.numel(), *qc, min_width);
+  return width_step(width, x);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_weight_train_cpu(
+    const at::Tensor& w, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
+    const at::Tensor& width, double min_width) {
+  check_float_input(w, "w");
+  check_ring(q_values, "q_values", q_count, "q_count", w);
+  check_width_and_p(width, p, w);
+  if (w.numel() == 0) {
+    auto [w_b, mean, alpha] = restore_weight_cpu(w);
+    return {w_b, mean, alpha, width_step(width, w)};
+  }
+  float q = 0.f;
+  auto [w_b, mean, alpha] = restore_weight_with_q_cpu(w, read_p(p), &q);
+  return {w_b, mean, alpha, push_q(q_values, q_count, width, q, min_width, w)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_train_cpu(
+    const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
+    const at::Tensor& width, const at::Tensor& mean_values, const at::Tensor& mean_count,
+    const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width) {
+  check_float_input(x, "x");
+  check_ring(q_values, "q_values", q_count, "q_count", x);
+  check_ring(mean_values, "mean_values", mean_count, "mean_count", x);
+  check_ring(sigma_values, "sigma_values", sigma_count, "sigma_count", x);
+  check_width_and_p(width, p, x);
+  if (x.numel() == 0) {
+    auto [y, mean, sigma, rms] = restore_activation_cpu(x);
+    return {y, mean, sigma, rms, width_step(width, x)};
+  }
+  float q = 0.f;
+  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q);
+  ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
+            mean.item<double>());
+  ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),
+            sigma_count.mutable_data_ptr<int64_t>(), sigma.item<double>());
+  return {y, mean, sigma, rms, push_q(q_values, q_count, width, q, min_width, x)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
+  m.impl("restore_weight_train", &restore_weight_train_cpu);
+  m.impl("restore_activation_train", &restore_activation_train_cpu);
+}
+
+}  // namespace erbnn

@@ -1,0 +1,53 @@
+// Process-wide knobs (CPU code path, conv engine, build facts) as torch.ops.erbnn._* ops, so that Python
+// reaches them through the dispatcher like the kernels and the library needs no pybind11 (the .so is
+// then built against the stable CPython ABI: one build per platform and torch, any CPython >= 3.10).
+// Wrapped for Python by erbnn_ext/_native.py; not part of the public op set (leading underscore).
+#include <ATen/core/Dict.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/conv_engine.h"
+#include "cpu/cpu_isa.h"
+#include "cpu/int8_conv.h"
+
+namespace erbnn {
+namespace {
+
+std::string isa_name(CpuIsa isa) { return cpu_isa_name(isa); }
+
+c10::Dict<std::string, std::string> engine_choices() {
+  c10::Dict<std::string, std::string> out;
+  for (const auto& [key, engine] : conv_engine_choices()) out.insert(key, engine);
+  return out;
+}
+
+bool cuda_compiled() {
+#ifdef ERBNN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+}  // namespace erbnn
+
+TORCH_LIBRARY_FRAGMENT(erbnn, m) {
+  using namespace erbnn;
+  m.def("_cpu_isa", [] { return isa_name(active_cpu_isa()); });
+  m.def("_detected_cpu_isa", [] { return isa_name(detected_cpu_isa()); });
+  // Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.
+  m.def("_set_cpu_isa", [](std::string name) { return isa_name(set_cpu_isa(name)); });
+  m.def("_amx_available", [] { return amx_available(); });
+  m.def("_conv_engines", [] { return available_conv_engines(); });
+  // xnor, int8_vnni, amx or auto; "" defers to ERBNN_CONV_ENGINE.
+  m.def("_set_conv_engine", [](std::string name) { set_conv_engine(name); });
+  m.def("_get_conv_engine", [] { return requested_conv_engine(); });
+  m.def("_set_amx_disabled", [](bool disabled) { set_amx_disabled(disabled); });
+  m.def("_set_amx_emulated", [](bool on) { set_amx_emulated(on); });
+  m.def("_clear_conv_engine_cache", [] { clear_conv_engine_cache(); });
+  m.def("_conv_engine_choices", [] { return engine_choices(); });
+  m.def("_cuda_compiled", [] { return cuda_compiled(); });
+}

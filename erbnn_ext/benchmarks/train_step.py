@@ -1,0 +1,195 @@
+"""Training step: ER-BNN against float, side by side in one process (issue 10's goals).
+
+- per binary layer shape (shapes.py, batch --batch): one ERBinaryConv2d training step (layer in train
+  mode, forward + backward, the input's and the weight's gradients, restoration statistics, quantiles and
+  ring buffers included) against an nn.Conv2d of the same shape doing the same, and the ratio;
+- per model: a full training step (forward + cross-entropy + backward + SGD step) of the ER-BNN model
+  against its float twin (float_twin: the same network with nn.Conv2d / nn.Linear in place of each ER layer).
+
+    python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1]
+"""
+import argparse
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import models as zoo, nn as enn
+from .._backend import get_backend, native_active, use_backend
+from .shapes import MODELS
+from .timing import header, measure
+
+LAYER_METHODS = ("er_layer", "conv2d")
+MODEL_METHODS = ("er_model", "float_twin")
+LABELS = {"er_layer": "ERBinaryConv2d", "conv2d": "nn.Conv2d", "er_model": "ER-BNN model",
+          "float_twin": "float twin"}
+
+
+def model_builder(name: str):
+    """The model of a benchmark model name (resnet20 -> resnet20_1w1a, resnet18_imagenet ->
+    resnet18_1w1a_imagenet) and its input size."""
+    for cand in (f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet"), name):
+        if cand in zoo.MODELS:
+            return zoo.MODELS[cand], (224 if "imagenet" in name else 32)
+    raise ValueError(f"no model for benchmark name {name!r}")
+
+
+def float_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of model with every ERBinaryConv2d / ERBinaryLinear replaced by a plain nn.Conv2d /
+    nn.Linear of the same configuration and weights (training mode kept)."""
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, enn.ERBinaryConv2d):
+            new = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                  bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+        elif isinstance(m, enn.ERBinaryLinear):
+            new = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                                  device=m.weight.device, dtype=m.weight.dtype)
+        else:
+            continue
+        with torch.no_grad():
+            new.weight.copy_(m.weight)
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        new.train(m.training)
+        parent, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, child, new)
+    return twin
+
+
+def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0):
+    """A closure running one training step of one layer of this shape: forward, then backward of a fixed
+    random upstream gradient into the input and the weight."""
+    g = torch.Generator().manual_seed(seed)
+    cls = {"er_layer": enn.ERBinaryConv2d, "conv2d": torch.nn.Conv2d}[method]
+    torch.manual_seed(seed)
+    layer = cls(shape.cin, shape.cout, shape.k, shape.stride, shape.padding, bias=False).to(device).train()
+    x = torch.randn(shape.input_shape(batch), generator=g).to(device).requires_grad_()
+    gy = torch.randn((batch, shape.cout, shape.out_hw, shape.out_hw), generator=g).to(device)
+    backend = backend or get_backend()
+
+    def step():
+        with use_backend(backend):
+            layer.weight.grad = x.grad = None
+            layer(x).backward(gy)
+    return step
+
+
+def model_step(name, batch, method="er_model", device="cpu", seed=0):
+    """A closure running one full training step (forward, cross-entropy, backward, SGD step) of the model
+    (method er_model) or of its float twin (method float_twin)."""
+    build, hw = model_builder(name)
+    torch.manual_seed(seed)
+    model = build(num_classes=10).to(device).train()
+    if method == "float_twin":
+        model = float_twin(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, hw, hw, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _backend_label():
+    return get_backend() if native_active() or get_backend() == "reference" else "reference (native not loaded)"
+
+
+def cases(models, batch, device="cpu", layers=True, whole=True):
+    """Yield (row, fn) for `erbnn bench`'s training-step section: per model, each layer shape with both
+    methods back to back, then the model and its float twin."""
+    for model in models:
+        if layers:
+            for shape in MODELS[model]:
+                for method in LAYER_METHODS:
+                    row = {"section": "train_step", "model": model, "layer": shape.name, "count": shape.count,
+                           "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
+                           "batch": batch, "method": method, "label": LABELS[method],
+                           "backend": _backend_label() if method == "er_layer" else "pytorch", "device": str(device)}
+                    yield row, layer_step(shape, batch, method, device)
+        if whole:
+            for method in MODEL_METHODS:
+                row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
+                       "method": method, "label": LABELS[method],
+                       "backend": _backend_label() if method == "er_model" else "pytorch", "device": str(device)}
+                yield row, model_step(model, batch, method, device)
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def summarise(rows):
+    """{"layers": per (model, layer) ER / conv ratio, "models": per model ER / float twin ratio,
+    "layer_ratio_geomean": geometric mean of the per-layer ratios}."""
+    t = {(r["model"], r["layer"], r["method"]): r for r in rows if r["section"] == "train_step"}
+    layers, models = [], []
+    for (model, layer, method), r in t.items():
+        if method == "er_layer" and (model, layer, "conv2d") in t:
+            c = t[(model, layer, "conv2d")]["time_s"]
+            layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
+                           "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c,
+                           "ratio": r["time_s"] / c, "backend": r["backend"]})
+        if method == "er_model" and (model, layer, "float_twin") in t:
+            f = t[(model, layer, "float_twin")]["time_s"]
+            models.append({"model": model, "er_s": r["time_s"], "float_s": f, "ratio": r["time_s"] / f,
+                           "backend": r["backend"]})
+    return {"layers": layers, "models": models, "layer_ratio_geomean": geomean([e["ratio"] for e in layers])}
+
+
+def format_tables(summary, batch, smoke=False):
+    """The per-layer and per-model tables (ms per step; ratio = ER / float)."""
+    tag = " [SMOKE RUN: a few calls per case, not a measurement]" if smoke else ""
+    ratio = (lambda v: f"{'smoke':>7}") if smoke else (lambda v: f"{v:>6.2f}x")  # noqa: E731
+    lines = [f"Training step per binary layer, batch {batch}: ms per step (fwd + bwd, input and weight grads); "
+             f"ratio = ERBinaryConv2d / nn.Conv2d{tag}",
+             f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"]
+    for e in summary["layers"]:
+        lines.append(f"{e['model']:<10} {e['layer']:<16} {e['count']:>2} {'x'.join(map(str, e['input_shape'])):>14} "
+                     f"{e['er_s'] * 1e3:>9.3f} {e['conv_s'] * 1e3:>9.3f} {ratio(e['ratio'])}")
+    gm = summary["layer_ratio_geomean"]
+    if gm and not smoke:
+        lines.append(f"geometric mean of the per-layer ratios: {gm:.2f}x")
+    if summary["models"]:
+        lines += ["", f"Training step per model, batch {batch}: ms per step (forward + cross-entropy + backward + "
+                      f"SGD step); ratio = ER-BNN model / float twin{tag}",
+                  f"{'model':<10} {'ER ms':>10} {'float ms':>10} {'ratio':>7}"]
+        for e in summary["models"]:
+            lines.append(f"{e['model']:<10} {e['er_s'] * 1e3:>10.2f} {e['float_s'] * 1e3:>10.2f} {ratio(e['ratio'])}")
+    return "\n".join(lines)
+
+
+def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
+        layers=True, whole=True):
+    rows = []
+    for row, fn in cases(models, batch, device, layers, whole):
+        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads))
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    from .cli import _models
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=_models, default=["resnet20", "resnet18"],
+                    help="comma-separated (default resnet20,resnet18)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per case (blocked_autorange)")
+    ap.add_argument("--no-models", action="store_true", help="per-layer steps only")
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    print(header(f"Training step, ER-BNN vs float, backend {_backend_label()}", a.device))
+    rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models)
+    print(format_tables(summarise(rows), a.batch))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The training ops restore_weight_train / restore_activation_train: restoration + the adaptive
+percentile q of the standardised values + the ring / width bookkeeping in one native call. Checked bit
+for bit against an oracle written with the separate ops (restoration, PyTorch standardisation,
+two_sided_quantile) and PyTorch's ring arithmetic."""
+import pytest
+import torch
+
+from erbnn_ext import reference as R
+
+from conftest import DEVICES
+
+OPS = torch.ops.erbnn
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+MIN_WIDTH = 0.1
+
+
+def acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def new_ring(size, device, count=0):
+    values = torch.zeros(size, dtype=torch.float64, device=device)
+    return values, torch.tensor(count, dtype=torch.int64, device=device)
+
+
+def push(values, count, v):
+    values[int(count) % values.numel()] = v
+    count += 1
+
+
+def ring_width(values, count):
+    return (values.sum() / count.clamp(1, values.numel())).clamp_min(MIN_WIDTH)
+
+
+def standardised(x, mean, scale):
+    shape = [-1] + [1] * (x.dim() - 1) if mean.dim() == 1 else [1] * x.dim()
+    return (x.to(acc(x.dtype)) - mean.view(shape)) / scale.clamp_min(1e-12).view(shape)
+
+
+def oracle_weight(w, p, qv, qc, width):
+    """Returns (outputs, q) and updates the state tensors in place."""
+    w_b, mean, alpha = OPS.restore_weight(w)
+    if w.numel() == 0:
+        return (w_b, mean, alpha, width.to(acc(w.dtype))), None
+    q = OPS.two_sided_quantile(standardised(w, mean, alpha), float(p))
+    push(qv, qc, q.double())
+    width.copy_(ring_width(qv, qc))
+    return (w_b, mean, alpha, width.to(acc(w.dtype))), q
+
+
+def oracle_activation(x, p, qv, qc, width, mv, mc, sv, sc):
+    y, mean, sigma, rms = OPS.restore_activation(x)
+    if x.numel() == 0:
+        return (y, mean, sigma, rms, width.to(acc(x.dtype))), None
+    q = OPS.two_sided_quantile(standardised(x, mean, sigma), float(p))
+    push(qv, qc, q.double())
+    width.copy_(ring_width(qv, qc))
+    push(mv, mc, mean.double())
+    push(sv, sc, sigma.double())
+    return (y, mean, sigma, rms, width.to(acc(x.dtype))), q
+
+
+def assert_same(got, expected):
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape and g.device == e.device
+        assert torch.equal(g, e), (g, e)
+
+
+def weight_state(device, size=3, count=0):
+    qv, qc = new_ring(size, device, count)
+    return [qv, qc, torch.tensor(0.25, dtype=torch.float64, device=device)]
+
+
+def activation_state(device, size=3, stat_size=4):
+    return weight_state(device, size) + [*new_ring(stat_size, device), *new_ring(stat_size, device)]
+
+
+def clone_all(ts):
+    return [t.clone() for t in ts]
+
+
+def check_weight_steps(ws, device, p=0.8, size=3):
+    """Runs the op and the oracle over the steps ws with one state each; compares everything."""
+    st, st_ref = weight_state(device, size), weight_state(device, size)
+    pt = torch.tensor(p, dtype=torch.float64, device=device)
+    for w in ws:
+        got = OPS.restore_weight_train(w, pt, *st, MIN_WIDTH)
+        expected, _ = oracle_weight(w, p, *st_ref)
+        assert_same(got[:3], expected[:3])
+        assert torch.equal(st[0], st_ref[0]) and torch.equal(st[1], st_ref[1])
+        torch.testing.assert_close(st[2], st_ref[2], rtol=1e-15, atol=0)
+        torch.testing.assert_close(got[3], expected[3], rtol=1e-15, atol=0)
+        assert got[3].dtype == acc(w.dtype) and got[3].dim() == 0
+
+
+def check_activation_steps(xs, device, p=0.8, size=3):
+    st, st_ref = activation_state(device, size), activation_state(device, size)
+    pt = torch.tensor(p, dtype=torch.float64, device=device)
+    for x in xs:
+        got = OPS.restore_activation_train(x, pt, *st, MIN_WIDTH)
+        expected, _ = oracle_activation(x, p, *st_ref)
+        assert_same(got[:4], expected[:4])
+        for k in (0, 1, 3, 4, 5, 6):
+            assert torch.equal(st[k], st_ref[k]), k
+        torch.testing.assert_close(st[2], st_ref[2], rtol=1e-15, atol=0)
+        torch.testing.assert_close(got[4], expected[4], rtol=1e-15, atol=0)
+        assert got[4].dtype == acc(x.dtype) and got[4].dim() == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (10, 33), (7,), (3, 1000, 3, 3)])
+def test_weight_matches_oracle(native, isa, shape, dtype):
+    # 5 steps over a ring of 3: the ring wraps.
+    check_weight_steps([torch.randn(shape).to(dtype) for _ in range(5)], "cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 8, 6, 6), (3, 50), (1, 3, 70000), (5,)])
+def test_activation_matches_oracle(native, isa, shape, dtype):
+    check_activation_steps([(torch.randn(shape) * 2 + 0.5).to(dtype) for _ in range(5)], "cpu")
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 0.37])
+def test_p_values(native, p):
+    check_weight_steps([torch.randn(8, 4, 3, 3)], "cpu", p=p)
+    check_activation_steps([torch.randn(2, 4, 5, 5)], "cpu", p=p)
+
+
+def test_q_against_sorting_reference(native):
+    """q lands in the ring exactly as the sorting reference computes it on the standardised values."""
+    w = torch.randn(6, 4, 3, 3)
+    st = weight_state("cpu", size=4)
+    OPS.restore_weight_train(w, torch.tensor(0.8, dtype=torch.float64), *st, MIN_WIDTH)
+    _, mean, alpha = OPS.restore_weight(w)
+    assert st[0][0].item() == R.two_sided_quantile(standardised(w, mean, alpha), 0.8).item()
+    assert st[1].item() == 1
+    assert st[2].item() == max(st[0][0].item(), MIN_WIDTH)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ties_zeros_one_signed(native, isa, dtype):
+    """Constant channels (alpha = 0: all-zero standardised values), integer data with many ties,
+    one-signed inputs."""
+    w = torch.randint(-2, 3, (6, 5, 3, 3)).to(dtype)
+    w[1] = 3.0
+    w[2] = torch.randint(0, 2, (5, 3, 3)).to(dtype)
+    check_weight_steps([w, torch.full((4, 9), 2.0, dtype=dtype), w.abs()], "cpu")
+    x = torch.randint(0, 3, (4, 3, 5, 5)).to(dtype)
+    check_activation_steps([x, torch.full((2, 7), -1.5, dtype=dtype), -x], "cpu")
+
+
+def test_non_contiguous(native, isa):
+    w = torch.randn(9, 16, 3, 3).transpose(0, 1)
+    x = torch.randn(4, 8, 6, 6).to(memory_format=torch.channels_last)
+    xt = torch.randn(50, 6).t()
+    check_weight_steps([w, w[:, ::2]], "cpu")
+    check_activation_steps([x, xt], "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_changes_no_state(native, device, dtype):
+    st = weight_state(device, count=7)
+    st[0].copy_(torch.tensor([0.5, 1.5, 2.5]))
+    before = clone_all(st)
+    p = torch.tensor(0.8, dtype=torch.float64, device=device)
+    for w in (torch.empty(0, 3, 3, 3), torch.empty(4, 0)):
+        w = w.to(device, dtype)
+        got = OPS.restore_weight_train(w, p, *st, MIN_WIDTH)
+        assert_same(got[:3], OPS.restore_weight(w))
+        assert got[3].dtype == acc(dtype) and got[3].item() == 0.25
+        assert all(torch.equal(a, b) for a, b in zip(st, before))
+    st = activation_state(device)
+    before = clone_all(st)
+    for x in (torch.empty(0, 3, 4, 4), torch.empty(2, 0, 5)):
+        x = x.to(device, dtype)
+        got = OPS.restore_activation_train(x, p, *st, MIN_WIDTH)
+        assert_same(got[:4], OPS.restore_activation(x))
+        assert got[4].dtype == acc(dtype) and got[4].item() == 0.25
+        assert all(torch.equal(a, b) for a, b in zip(st, before))
+
+
+def test_width_floor_and_count_start(native):
+    """The width is the mean of the filled slots, floored at min_width; a ring that starts part-way
+    (a loaded count) keeps counting from there."""
+    st = weight_state("cpu", size=4, count=6)
+    st[0].copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    st_ref = clone_all(st)
+    w = torch.randn(5, 20)
+    got = OPS.restore_weight_train(w, torch.tensor(0.8, dtype=torch.float64), *st, 5.0)
+    _, mean, alpha = OPS.restore_weight(w)
+    q = OPS.two_sided_quantile(standardised(w, mean, alpha), 0.8).double()
+    st_ref[0][2] = q
+    assert torch.equal(st[0], st_ref[0]) and st[1].item() == 7
+    assert st[2].item() == 5.0 and got[3].item() == 5.0
+
+
+def test_bad_arguments(native):
+    w = torch.randn(4, 9)
+    p = torch.tensor(0.8, dtype=torch.float64)
+    st = weight_state("cpu")
+    before = clone_all(st)
+    with pytest.raises(TypeError, match="q_values"):
+        OPS.restore_weight_train(w, p, st[0].float(), st[1], st[2], MIN_WIDTH)
+    with pytest.raises(TypeError, match="q_count"):
+        OPS.restore_weight_train(w, p, st[0], st[1].double(), st[2], MIN_WIDTH)
+    with pytest.raises(TypeError, match="width"):
+        OPS.restore_weight_train(w, p, st[0], st[1], st[2].float(), MIN_WIDTH)
+    with pytest.raises(ValueError, match="p must be in"):
+        OPS.restore_weight_train(w, torch.tensor(1.5, dtype=torch.float64), *st, MIN_WIDTH)
+    with pytest.raises(TypeError, match="w must be"):
+        OPS.restore_weight_train(w.int(), p, *st, MIN_WIDTH)
+    bad = w.clone()
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="w contains NaN"):
+        OPS.restore_weight_train(bad, p, *st, MIN_WIDTH)
+    x = torch.randn(3, 5)
+    x[0, 0] = float("inf")
+    ast = activation_state("cpu")
+    abefore = clone_all(ast)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        OPS.restore_activation_train(x, p, *ast, MIN_WIDTH)
+    with pytest.raises(TypeError, match="mean_values"):
+        OPS.restore_activation_train(x.abs(), p, ast[0], ast[1], ast[2], ast[3].float(), *ast[4:], MIN_WIDTH)
+    assert all(torch.equal(a, b) for a, b in zip(st, before))
+    assert all(torch.equal(a, b) for a, b in zip(ast, abefore))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_oracle(native, dtype):
+    check_weight_steps([torch.randn(16, 8, 3, 3, device="cuda").to(dtype) for _ in range(4)], "cuda")
+    check_activation_steps([torch.randn(4, 8, 6, 6, device="cuda").to(dtype) for _ in range(4)], "cuda")
+    w = torch.randint(-2, 3, (6, 5, 3, 3), device="cuda").to(dtype)
+    w[1] = 3.0
+    check_weight_steps([w, w.abs(), w.transpose(0, 1)], "cuda")
+    check_activation_steps([torch.randint(0, 3, (4, 3, 5, 5), device="cuda").to(dtype)], "cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(native):
+    """The CUDA ops give the CPU's q (the restorations agree where they do, checked elsewhere)."""
+    w = torch.randn(32, 16, 3, 3, dtype=torch.float64)
+    for device in ("cpu", "cuda"):
+        st = weight_state(device)
+        OPS.restore_weight_train(w.to(device), torch.tensor(0.8, dtype=torch.float64, device=device), *st, MIN_WIDTH)
+        if device == "cpu":
+            q_cpu = st[0][0].item()
+    assert st[0][0].item() == q_cpu
+
+
+@pytest.mark.slow
+def test_big_activation(native):
+    """More than 2^24 elements (float32 counts would saturate): still bit-identical."""
+    x = torch.randn(2, (1 << 24) // 2 + 12345, generator=torch.Generator().manual_seed(3))
+    check_activation_steps([x], "cpu")

@@ -1,0 +1,112 @@
+"""Launch every CUDA kernel of erbnn_ext at least once, on small shapes, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck|racecheck|synccheck python tools/sanitize_kernels.py
+
+Each op runs forward and backward in every float dtype its kernel is instantiated for, with shapes that
+leave partial tiles and odd tails (word boundaries 32/64, strides, padding, dilation), both binary-conv
+kernels (b1 tensor-core and __popc, through ERBNN_CUDA_MMA), and the quantile's radix passes. It checks
+each result against the CPU kernel, so a run that launches but computes garbage fails too. Exit 0 when all
+agree (the sanitizer's own findings are reported by its exit status, --error-exitcode).
+"""
+import os
+import sys
+
+import torch
+
+import erbnn_ext  # noqa: F401  (loads the kernels)
+from erbnn_ext import reference as R
+
+ops = torch.ops.erbnn
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+failures = []
+
+
+def same(name, got, want, exact=True):
+    got, want = got.cpu(), want.cpu()
+    ok = torch.equal(got, want) if exact else torch.allclose(got.double(), want.double(), rtol=1e-3, atol=1e-3)
+    if not ok:
+        failures.append(name)
+        print(f"MISMATCH {name}", flush=True)
+
+
+def both(fn, *cpu_args):
+    """fn on CUDA copies of the arguments and on the CPU ones."""
+    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in cpu_args]
+    return fn(*cuda_args), fn(*cpu_args)
+
+
+def restorations():
+    for dt in DTYPES:
+        w = torch.randn(5, 3, 3, 3).to(dt)
+        b = R.as_width(0.7, w)  # the surrogate width, in the op's accumulation dtype
+        for got, want in zip(*both(ops.restore_weight, w)):
+            same(f"restore_weight {dt}", got, want, exact=False)
+        wb, mean, alpha = ops.restore_weight(w)
+        g = torch.randn_like(w)
+        same(f"_restore_weight_backward {dt}", *both(ops._restore_weight_backward, g, w, mean, alpha, b),
+             exact=False)
+
+        x = torch.randn(3, 4, 5, 7).to(dt)
+        for got, want in zip(*both(ops.restore_activation, x)):
+            same(f"restore_activation {dt}", got, want, exact=False)
+        y, m, s, rms = ops.restore_activation(x)
+        gy = torch.randn_like(x)
+        same(f"_restore_activation_backward {dt}",
+             *both(ops._restore_activation_backward, gy, x, m, s, rms, b), exact=False)
+        same(f"restore_activation_fixed {dt}", *both(ops.restore_activation_fixed, x, m, s), exact=False)
+        same(f"_restore_activation_fixed_backward {dt}",
+             *both(ops._restore_activation_fixed_backward, gy, x, m, s, b), exact=False)
+
+        same(f"approx_sign {dt}", *both(ops.approx_sign, x))
+        same(f"_approx_sign_backward {dt}", *both(ops._approx_sign_backward, gy, x, b), exact=False)
+
+
+def quantile():
+    for dt in DTYPES:
+        for n in (1, 33, 5000, 70_001):  # one block, several blocks, several radix passes' worth of ties
+            x = torch.randn(n).to(dt)
+            if n == 5000:
+                x = x.round()  # many ties
+            got, want = both(lambda t: ops.two_sided_quantile(t, 0.8), x)
+            same(f"two_sided_quantile {dt} n={n}", got, want)
+
+
+def packing_and_convs():
+    for dt in DTYPES:
+        x = torch.randn(2, 65, 3).to(dt).cuda()  # CUDA packs 32-bit words, the CPU 64-bit: compare with R
+        packed = ops.pack_signs(x, 1)
+        same(f"pack_signs {dt}", packed, R.pack_signs(x, 1))
+        same(f"unpack_signs {dt}", ops.unpack_signs(packed, 65, 1).float(), R.sign(x).float())
+    cases = [((2, 70, 7, 6), (5, 70, 3, 3), [1, 1], [1, 1], [1, 1]),
+             ((1, 33, 9, 9), (3, 33, 3, 3), [2, 2], [0, 1], [1, 2]),
+             ((2, 130, 5, 5), (66, 130, 1, 1), [1, 1], [0, 0], [1, 1])]
+    for mma in ("1", "0"):
+        os.environ["ERBNN_CUDA_MMA"] = mma
+        for xs, ws, st, pd, dl in cases:
+            x, w = torch.randn(xs), torch.randn(ws)
+            same(f"binary_conv2d mma={mma} {xs}", *both(lambda a, b: ops.binary_conv2d(a, b, st, pd, dl), x, w))
+            wp = ops.pack_conv_weight(w.cuda())
+            scale, bias, ones = (torch.randn(ws[0]) for _ in range(3))
+            got = ops.binary_conv2d_packed(x.cuda(), wp, st, pd, dl, 0.1, scale.cuda(), bias.cuda(), ones.cuda())
+            want = ops.binary_conv2d_packed(x, ops.pack_conv_weight(w), st, pd, dl, 0.1, scale, bias, ones)
+            same(f"binary_conv2d_packed mma={mma} {xs}", got, want, exact=False)
+        x, w = torch.randn(37, 129), torch.randn(21, 129)
+        same(f"binary_linear mma={mma}", *both(ops.binary_linear, x, w))
+    os.environ.pop("ERBNN_CUDA_MMA", None)
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("sanitize_kernels: no CUDA device", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    restorations()
+    quantile()
+    packing_and_convs()
+    torch.cuda.synchronize()
+    print(f"sanitize_kernels: {'FAILED: ' + ', '.join(failures) if failures else 'all kernels agree with the CPU'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
