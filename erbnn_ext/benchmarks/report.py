@@ -41,8 +41,9 @@ def _x(v):
 
 
 SMOKE = "smoke"  # the cell text of a ratio that a smoke run (--quick) cannot support
-SMOKE_NOTE = ("SMOKE RUN (--quick: {calls} calls per case, batch {batch}): the code paths ran, but these times are "
-              "not measurements; reductions and speed-ups are left out, the paper's claims shown for reference (run without --quick)")
+SMOKE_NOTE = ("SMOKE RUN ({calls} calls per case, batch {batch}; --quick or a --repeat below 5): the code paths "
+              "ran, but these times are not measurements; reductions and speed-ups are left out, the paper's "
+              "claims shown for reference")
 
 
 def is_smoke(result):
