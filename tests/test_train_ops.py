@@ -239,14 +239,14 @@ def test_cuda_matches_oracle(native, dtype):
 
 @pytest.mark.cuda
 def test_cuda_matches_cpu(native):
-    """The CUDA ops give the CPU's q (the restorations agree where they do, checked elsewhere)."""
+    """The CUDA ops give the CPU's q up to the statistics' last bits (their sums run in other orders)."""
     w = torch.randn(32, 16, 3, 3, dtype=torch.float64)
     for device in ("cpu", "cuda"):
         st = weight_state(device)
         OPS.restore_weight_train(w.to(device), torch.tensor(0.8, dtype=torch.float64, device=device), *st, MIN_WIDTH)
         if device == "cpu":
             q_cpu = st[0][0].item()
-    assert st[0][0].item() == q_cpu
+    assert st[0][0].item() == pytest.approx(q_cpu, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -261,8 +261,8 @@ def test_bandwidth_benchmark_runs(native, capsys):
     from erbnn_ext.benchmarks import bandwidth
 
     rows = bandwidth.main(["--threads", "1", "--size-mb", "0.5", "--min-time", "0.01", "--only", "train", "quantile"])
-    assert [r["name"] for r in rows] == ["copy_ (reference)", "restore_weight_train", "restore_activation_train",
-                                         "two_sided_quantile"]
+    assert [r["name"] for r in rows] == ["copy_ (reference)", "clone (allocates its output)", "restore_weight_train",
+                                         "restore_activation_train", "two_sided_quantile"]
     assert all(r["ms"] > 0 and r["fraction"] > 0 for r in rows)
     assert "of limit" in capsys.readouterr().out
 

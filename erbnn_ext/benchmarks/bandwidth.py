@@ -4,7 +4,8 @@ of the bandwidth limit of its passes), on tensors larger than the caches.
 Each kernel's median time (torch.utils.benchmark blocked_autorange) is set against `y.copy_(x)` of the
 same size timed in the same run: copy moves 2 tensor-passes (read + write), so a kernel whose
 algorithm needs P tensor-passes (reads and writes of an input-sized tensor, statistics passes included)
-cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it.
+cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it. The
+`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one).
 
     python -m erbnn_ext.benchmarks.bandwidth --threads 2 [--size-mb 100] [--dtype float32] [--only q]
 """
@@ -66,6 +67,10 @@ def run(size_mb=100.0, threads=2, dtype=torch.float32, device="cpu", min_run_tim
     dst = torch.empty_like(src)
     copy_s = measure(lambda: dst.copy_(src), min_run_time=min_run_time, threads=threads)["time_s"]
     rows = [dict(name="copy_ (reference)", ms=copy_s * 1e3, passes=2, limit_ms=copy_s * 1e3, fraction=1.0)]
+    # What allocating a fresh output costs (the kernels all do; the first touch of its pages faults).
+    clone_s = measure(lambda: src.clone(), min_run_time=min_run_time, threads=threads)["time_s"]
+    rows.append(dict(name="clone (allocates its output)", ms=clone_s * 1e3, passes=2, limit_ms=copy_s * 1e3,
+                     fraction=copy_s / clone_s))
     del src, dst
     for name, passes, fn in cases(numel, dtype, device):
         if only and not any(o in name for o in only):
@@ -99,7 +104,8 @@ def main(argv=None):
     header = (f"{args.size_mb:g} MB {args.dtype} tensors, {args.threads} threads, {args.device}; "
               f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time")
     print(format_table(rows, header))
-    geo = math.exp(sum(math.log(r["fraction"]) for r in rows[1:]) / max(1, len(rows) - 1))
+    kernels = rows[2:]
+    geo = math.exp(sum(math.log(r["fraction"]) for r in kernels) / max(1, len(kernels)))
     print(f"geometric mean of the fractions: {100 * geo:.0f}%")
     return rows
 
