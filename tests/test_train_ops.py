@@ -237,6 +237,7 @@ def test_cuda_matches_oracle(native, dtype):
     check_activation_steps([torch.randint(0, 3, (4, 3, 5, 5), device="cuda").to(dtype)], "cuda")
 
 
+@pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)
 @pytest.mark.cuda
 def test_cuda_matches_cpu(native):
     """The CUDA ops give the CPU's q up to the statistics' last bits (their sums run in other orders)."""
