@@ -5,12 +5,15 @@ Each kernel's median time (torch.utils.benchmark blocked_autorange) is set again
 same size timed in the same run: copy moves 2 tensor-passes (read + write), so a kernel whose
 algorithm needs P tensor-passes (reads and writes of an input-sized tensor, statistics passes included)
 cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it. The
-`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one).
+`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one): with 4 KiB
+pages its first touch faults page by page, which can cost more than the kernel; PyTorch's
+THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors) removes most of it, and the header says which.
 
     python -m erbnn_ext.benchmarks.bandwidth --threads 2 [--size-mb 100] [--dtype float32] [--only q]
 """
 import argparse
 import math
+import os
 
 import torch
 
@@ -102,7 +105,8 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     rows = run(args.size_mb, args.threads, dtype, args.device, args.min_time, args.only)
     header = (f"{args.size_mb:g} MB {args.dtype} tensors, {args.threads} threads, {args.device}; "
-              f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time")
+              f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time; "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     print(format_table(rows, header))
     kernels = rows[2:]
     geo = math.exp(sum(math.log(r["fraction"]) for r in kernels) / max(1, len(kernels)))
