@@ -68,27 +68,20 @@ template <>
 struct QuantileKey<double> : IeeeQuantileKey<double, uint64_t, 63, 0x7ff0000000000000ull> {};
 
 // 16-bit floats keep their own 15-bit magnitude: two radix passes instead of the three of float32.
-template <>
-struct QuantileKey<c10::Half> {
+template <typename T, uint32_t Inf>
+struct HalfQuantileKey {
   using Key = uint32_t;
   static constexpr int kBits = 15;
-  static constexpr Key kInf = 0x7c00u;
-  ERBNN_HD static Key raw(c10::Half v) { return v.x; }
-  ERBNN_HD static double value(Key k) {
-    return double(static_cast<float>(c10::Half(static_cast<uint16_t>(k), c10::Half::from_bits())));
-  }
+  static constexpr Key kInf = Inf;
+  ERBNN_HD static Key raw(T v) { return v.x; }
+  ERBNN_HD static double value(Key k) { return double(static_cast<float>(T(static_cast<uint16_t>(k), T::from_bits()))); }
 };
 
 template <>
-struct QuantileKey<c10::BFloat16> {
-  using Key = uint32_t;
-  static constexpr int kBits = 15;
-  static constexpr Key kInf = 0x7f80u;
-  ERBNN_HD static Key raw(c10::BFloat16 v) { return v.x; }
-  ERBNN_HD static double value(Key k) {
-    return double(static_cast<float>(c10::BFloat16(static_cast<uint16_t>(k), c10::BFloat16::from_bits())));
-  }
-};
+struct QuantileKey<c10::Half> : HalfQuantileKey<c10::Half, 0x7c00u> {};
+
+template <>
+struct QuantileKey<c10::BFloat16> : HalfQuantileKey<c10::BFloat16, 0x7f80u> {};
 
 // Radix digits, most significant first: kRadixBits per pass (11: a 2 x 2048-bin histogram of 64-bit
 // counts stays in L1 / shared memory), the last pass taking what is left.

@@ -40,8 +40,7 @@ bool band_quantile(const scalar_t* x, int64_t n, double p, float* q) {
       typename BS::Counts c;
       for (int64_t b = begin; b < end; b += kBlock) {
         const int64_t len = std::min(kBlock, end - b);
-        isa_call([&] { bs.count(x + b, len, c); });
-        bs.template gather<kBlock>(x + b, len);
+        bs.template scan<kBlock>(x + b, len, c);
       }
       bs.merge(c);
     });

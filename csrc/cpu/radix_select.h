@@ -28,6 +28,7 @@
 #include "common/quantile_math.h"
 #include "cpu_isa.h"
 #include "cpu_utils.h"
+#include "simd.h"
 
 namespace erbnn {
 
@@ -523,14 +524,21 @@ class BandSelect {
   template <int64_t kBlock>
   void gather(const scalar_t* v, int64_t len) {
     Key keys[kBlock + 1];
-    const int64_t k = gather_band(v, len, keys);
-    if (k == 0) return;
-    const int64_t at = size_.fetch_add(k);
-    if (at + k > cap_) {
-      overflow_ = true;
-      return;
+    append(keys, gather_band(v, len, keys));
+  }
+
+  // count() and gather() of one block (len <= kBlock) in one go: one loop on AVX-512 for float32.
+  template <int64_t kBlock>
+  void scan(const scalar_t* v, int64_t len, Counts& c) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) {
+        Key keys[kBlock + 1];
+        append(keys, scan_avx512(v, len, keys, c));
+        return;
+      }
     }
-    std::memcpy(keys_.get() + at, keys, k * sizeof(Key));
+    isa_call([&] { count(v, len, c); });
+    gather<kBlock>(v, len);
   }
 
   void merge(const Counts& c) {
@@ -560,27 +568,81 @@ class BandSelect {
       const QuantileRank qr = quantile_rank(n, p_);
       const int64_t k = qr.lo - counts_.below[h], m = int64_t(g.size());
       if (k < 0 || k >= m) return false;
-      std::nth_element(g.begin(), g.begin() + k, g.end());
-      Key key_hi = g[k];
+      Key key_lo, next;
+      select_kth(g, k, key_lo, next);
+      Key key_hi = key_lo;
       if (qr.hi != qr.lo) {
-        if (k + 1 < m) {
-          key_hi = *std::min_element(g.begin() + k + 1, g.end());
-        } else {
-          if (counts_.above[h] == kNone) return false;
-          key_hi = counts_.above[h];
-        }
+        key_hi = next != kNone ? next : counts_.above[h];
+        if (key_hi == kNone) return false;
       }
-      result = std::max(result, quantile_lerp(QK::value(g[k]), QK::value(key_hi), qr.frac));
+      result = std::max(result, quantile_lerp(QK::value(key_lo), QK::value(key_hi), qr.frac));
     }
     *q = static_cast<float>(result);
     return true;
   }
 
  private:
+  void append(const Key* keys, int64_t k) {
+    if (k == 0) return;
+    const int64_t at = size_.fetch_add(k);
+    if (at + k > cap_) {
+      overflow_ = true;
+      return;
+    }
+    std::memcpy(keys_.get() + at, keys, k * sizeof(Key));
+  }
+
+  // The k-th smallest of g and the (k+1)-th (kNone when g has no more). A large g is first narrowed the
+  // same way as the values: a sample sets a band around rank k, one count-and-gather over g keeps it.
+  static void select_kth(std::vector<Key>& g, int64_t k, Key& kth, Key& next) {
+    constexpr int64_t kSub = 4096;
+    const int64_t m = int64_t(g.size());
+    if (m > 16 * kSub) {
+      std::vector<Key> s(kSub);
+      const int64_t stride = m / kSub;
+      for (int64_t i = 0; i < kSub; ++i) s[i] = g[i * stride];
+      const double f = double(k) / double(m), j = f * double(kSub - 1);
+      const int64_t d = int64_t(5.0 * std::sqrt(double(kSub) * f * (1.0 - f))) + 16;
+      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
+      Key lo = 0, hi = kNone;
+      if (a >= 0) {
+        std::nth_element(s.begin(), s.begin() + a, s.end());
+        lo = s[a];
+      }
+      if (b < kSub) {
+        std::nth_element(s.begin() + std::max<int64_t>(a + 1, 0), s.begin() + b, s.end());
+        hi = s[b];
+      }
+      int64_t below = 0, above = 0;
+#pragma omp simd reduction(+ : below, above)
+      for (int64_t i = 0; i < m; ++i) {
+        below += g[i] < lo;
+        above += g[i] > hi;
+      }
+      const int64_t kk = k - below, inside = m - below - above;
+      // the band must hold rank k, and rank k+1 too unless it is g's last
+      if (kk >= 0 && (kk + 1 < inside || (kk < inside && k + 1 == m))) {
+        std::vector<Key> band;
+        band.reserve(inside);
+        for (int64_t i = 0; i < m; ++i)
+          if (g[i] >= lo && g[i] <= hi) band.push_back(g[i]);
+        g.swap(band);
+        k = kk;
+      }
+    }
+    std::nth_element(g.begin(), g.begin() + k, g.end());
+    kth = g[k];
+    next = k + 1 < int64_t(g.size()) ? *std::min_element(g.begin() + k + 1, g.end()) : kNone;
+  }
+
   int64_t gather_band(const scalar_t* v, int64_t len, Key* out) const {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (active_cpu_isa() == CpuIsa::kAvx512) return gather_band_avx512(v, len, out);
     }
+    return gather_band_scalar(v, len, out);
+  }
+
+  int64_t gather_band_scalar(const scalar_t* v, int64_t len, Key* out) const {
     int64_t k = 0;
     for (int64_t i = 0; i < len; ++i) {
       const Key r = QK::raw(v[i]), mag = r & kMag;
@@ -613,6 +675,43 @@ class BandSelect {
       const bool zero = m == 0, neg = (r >> 31) != 0;
       out[k] = r;
       k += ((!neg || zero) && m >= lo_[0] && m <= hi_[0]) || ((neg || zero) && m >= lo_[1] && m <= hi_[1]);
+    }
+    return k;
+  }
+
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t scan_avx512(
+      const float* v, int64_t len, uint32_t* out, Counts& c) const {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
+                  lo0 = _mm512_set1_epi32(int(lo_[0])), hi0 = _mm512_set1_epi32(int(hi_[0])),
+                  lo1 = _mm512_set1_epi32(int(lo_[1])), hi1 = _mm512_set1_epi32(int(hi_[1])),
+                  zero_v = _mm512_setzero_si512();
+    __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
+    int64_t t0 = 0, t1 = 0, b0 = 0, b1 = 0, i = 0, k = 0;
+    __mmask16 bad = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
+      const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, zero_v);
+      const __mmask16 in0 = __mmask16(~neg | zero), in1 = __mmask16(neg | zero);
+      bad |= _mm512_cmpge_epu32_mask(m, inf);
+      t0 += __builtin_popcount(in0);
+      t1 += __builtin_popcount(in1);
+      b0 += __builtin_popcount(in0 & _mm512_cmplt_epu32_mask(m, lo0));
+      b1 += __builtin_popcount(in1 & _mm512_cmplt_epu32_mask(m, lo1));
+      amin0 = _mm512_mask_min_epu32(amin0, in0 & _mm512_cmpgt_epu32_mask(m, hi0), amin0, m);
+      amin1 = _mm512_mask_min_epu32(amin1, in1 & _mm512_cmpgt_epu32_mask(m, hi1), amin1, m);
+      const __mmask16 band0 = _mm512_cmpge_epu32_mask(m, lo0) & _mm512_cmple_epu32_mask(m, hi0);
+      const __mmask16 band1 = _mm512_cmpge_epu32_mask(m, lo1) & _mm512_cmple_epu32_mask(m, hi1);
+      const __mmask16 take = (band0 & in0) | (band1 & in1);
+      _mm512_mask_compressstoreu_epi32(out + k, take, r);
+      k += __builtin_popcount(take);
+    }
+    c.total[0] += t0, c.total[1] += t1, c.below[0] += b0, c.below[1] += b1;
+    c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
+    c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
+    c.nonfinite |= bad != 0;
+    if (i < len) {  // the tail, by the plain loops
+      count(v + i, len - i, c);
+      k += gather_band_scalar(v + i, len - i, out + k);
     }
     return k;
   }

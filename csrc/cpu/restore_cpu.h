@@ -81,9 +81,7 @@ float train_quantile(double p, int64_t total, SampleAt&& sample_at, WritePass&& 
   BS bs(p, total, sample.data(), BS::kSample);
   std::vector<typename BS::Counts> counts(at::get_num_threads());
   write_pass([&](const stat_t* v, int64_t len) {
-    typename BS::Counts& c = counts[at::get_thread_num()];
-    isa_call([&] { bs.count(v, len, c); });
-    bs.template gather<kQBlock>(v, len);
+    bs.template scan<kQBlock>(v, len, counts[at::get_thread_num()]);
   });
   for (const auto& c : counts) bs.merge(c);
   TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);

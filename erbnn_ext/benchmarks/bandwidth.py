@@ -4,12 +4,16 @@ of the bandwidth limit of its passes), on tensors larger than the caches.
 Each kernel's median time (torch.utils.benchmark blocked_autorange) is set against `y.copy_(x)` of the
 same size timed in the same run: copy moves 2 tensor-passes (read + write), so a kernel whose
 algorithm needs P tensor-passes (reads and writes of an input-sized tensor, statistics passes included)
-cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it.
+cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it. The
+`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one): with 4 KiB
+pages its first touch faults page by page, which can cost more than the kernel; PyTorch's
+THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors) removes most of it, and the header says which.
 
     python -m erbnn_ext.benchmarks.bandwidth --threads 2 [--size-mb 100] [--dtype float32] [--only q]
 """
 import argparse
 import math
+import os
 
 import torch
 
@@ -66,6 +70,10 @@ def run(size_mb=100.0, threads=2, dtype=torch.float32, device="cpu", min_run_tim
     dst = torch.empty_like(src)
     copy_s = measure(lambda: dst.copy_(src), min_run_time=min_run_time, threads=threads)["time_s"]
     rows = [dict(name="copy_ (reference)", ms=copy_s * 1e3, passes=2, limit_ms=copy_s * 1e3, fraction=1.0)]
+    # What allocating a fresh output costs (the kernels all do; the first touch of its pages faults).
+    clone_s = measure(lambda: src.clone(), min_run_time=min_run_time, threads=threads)["time_s"]
+    rows.append(dict(name="clone (allocates its output)", ms=clone_s * 1e3, passes=2, limit_ms=copy_s * 1e3,
+                     fraction=copy_s / clone_s))
     del src, dst
     for name, passes, fn in cases(numel, dtype, device):
         if only and not any(o in name for o in only):
@@ -97,9 +105,11 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     rows = run(args.size_mb, args.threads, dtype, args.device, args.min_time, args.only)
     header = (f"{args.size_mb:g} MB {args.dtype} tensors, {args.threads} threads, {args.device}; "
-              f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time")
+              f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time; "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     print(format_table(rows, header))
-    geo = math.exp(sum(math.log(r["fraction"]) for r in rows[1:]) / max(1, len(rows) - 1))
+    kernels = rows[2:]
+    geo = math.exp(sum(math.log(r["fraction"]) for r in kernels) / max(1, len(kernels)))
     print(f"geometric mean of the fractions: {100 * geo:.0f}%")
     return rows
 
