@@ -39,6 +39,9 @@ struct Tile {
   std::vector<uint32_t> part_bad; // ... and, per such tap, the bit mask of pixels where it is out of frame
 };
 
+// Offset of out[n, o, p0] in the [N, O, OH*OW] output (and the residual) of tile t.
+inline int64_t out_offset(const ConvGeom& g, const Tile& t, int64_t o) { return (t.n * g.O + o) * (g.OH * g.OW) + t.p0; }
+
 // Start of both engines' im2col builders: the input position of tap (0, 0) for each pixel of the tile
 // (negative inside the top/left padding) and t.nvalid reset, so the two engines share one geometry.
 inline void tile_origins(const ConvGeom& g, Tile& t, int64_t* iy0, int64_t* ix0) {
