@@ -53,8 +53,11 @@ const uint64_t* dense_weights(const ConvGeom& g, PackedWeights& w, int64_t Kd) {
     std::lock_guard<std::mutex> lock(w.mu);
     if (w.dense.empty()) {
       w.dense.resize(size_t(g.O * Kd));
-      for (int64_t o = 0; o < g.O; ++o)
-        compress_dense<1>(g.C, g.taps, Kd, w.words.data() + o * g.K, w.dense.data() + o * Kd, 1);
+      for (int64_t o = 0; o < g.O; ++o) {
+        const uint64_t* row = w.words.data() + o * g.K;
+        for (int64_t k = 0; k < Kd; ++k)
+          w.dense[o * Kd + k] = dense_word<uint64_t>(g.C, g.taps, k, [&](int64_t t) { return row[t]; });
+      }
     }
   }
   packed_weights_grew();

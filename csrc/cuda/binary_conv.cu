@@ -16,6 +16,7 @@
 #include "common/conv_checks.h"
 #include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
+#include "common/dense_layout.h"
 #include "cuda_utils.cuh"
 #include "sign_pack_cuda.cuh"
 
@@ -159,9 +160,28 @@ __device__ __forceinline__ uint32_t im2col_word(const uint32_t* __restrict__ P, 
   return P[((n * g.H + iy) * g.W + ix) * g.Cw + cw];
 }
 
+// Word kd of pixel p's dense im2col row (common/dense_layout.h; Cw == 1), 0 out of frame or past the end.
+__device__ __forceinline__ uint32_t im2col_word_dense(const uint32_t* __restrict__ P, const ConvGeom& g, bool px_ok,
+                                                      int64_t n, int64_t iy0, int64_t ix0, int32_t kd, int32_t Kd) {
+  if (!px_ok || kd >= Kd) return 0u;
+  return dense_word<uint32_t>(g.C, g.taps, kd, [&](int64_t t) {
+    const int64_t iy = iy0 + (t / g.kw) * g.dh, ix = ix0 + (t % g.kw) * g.dw;
+    return (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) ? 0u : P[(n * g.H + iy) * g.W + ix];
+  });
+}
+
+// Dense weights [O, Kd] from the per-tap ones [O, taps] (Cw == 1).
+__global__ void dense_weights_kernel(const uint32_t* __restrict__ wp, ConvGeom g, int32_t Kd, uint32_t* __restrict__ wd) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= g.O * Kd) return;
+  const uint32_t* row = wp + (i / Kd) * g.taps;
+  wd[i] = dense_word<uint32_t>(g.C, g.taps, i % Kd, [&](int64_t t) { return row[t]; });
+}
+
+// Kd > 0: P / Wp in the dense layout, Kd words per output (the per-tap layout otherwise).
 __global__ void __launch_bounds__(32 * kMmaWarps)
-    conv_mma_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, EpilogueArgs e,
-                    float* __restrict__ out) {
+    conv_mma_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, int32_t Kd,
+                    EpilogueArgs e, float* __restrict__ out) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gi = lane / 4, ti = lane % 4;
   const int64_t ohw = g.OH * g.OW, total_px = g.N * ohw;
   const int64_t pbase = int64_t(blockIdx.x) * kMmaPx + warp * 16, o0 = int64_t(blockIdx.y) * kMmaO;
@@ -177,18 +197,20 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
     ix0[h] = (rem % g.OW) * g.sw - g.pw;
   }
   int32_t acc[kMmaNTiles][4] = {}, xpop[4] = {};
-  for (int32_t k0 = 0; k0 < int32_t(g.K); k0 += 8) {
+  const int32_t K = Kd > 0 ? Kd : int32_t(g.K);
+  auto word = [&](int h, int32_t k) {
+    return Kd > 0 ? im2col_word_dense(P, g, ok[h], pn[h], iy0[h], ix0[h], k, Kd)
+                  : im2col_word(P, g, ok[h], pn[h], iy0[h], ix0[h], k);
+  };
+  for (int32_t k0 = 0; k0 < K; k0 += 8) {
     const int32_t kw0 = k0 + ti, kw1 = k0 + ti + 4;
-    const uint32_t a[4] = {im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw0),
-                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw0),
-                           im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw1),
-                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw1)};
+    const uint32_t a[4] = {word(0, kw0), word(1, kw0), word(0, kw1), word(1, kw1)};
 #pragma unroll
     for (int nt = 0; nt < kMmaNTiles; ++nt) {
       const int64_t o = o0 + nt * 8 + gi;
       const bool oo = o < g.O;
-      const uint32_t b0 = (oo && kw0 < g.K) ? Wp[o * g.K + kw0] : 0u;
-      const uint32_t b1 = (oo && kw1 < g.K) ? Wp[o * g.K + kw1] : 0u;
+      const uint32_t b0 = (oo && kw0 < K) ? Wp[o * K + kw0] : 0u;
+      const uint32_t b1 = (oo && kw1 < K) ? Wp[o * K + kw1] : 0u;
       bmma_and_popc(acc[nt], a, b0, b1);
     }
     bmma_and_popc(xpop, a, ~0u, ~0u);  // sum popc(x) per pixel (every column alike)
@@ -239,8 +261,17 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
   if (use_mma()) {
     const int64_t mx = (total_px + kMmaPx - 1) / kMmaPx, my = (g.O + kMmaO - 1) / kMmaO;
     TORCH_CHECK(mx < (int64_t(1) << 31) && my < 65536, "binary_conv2d: output too large for one launch");
+    // C < 32: the dense layout (common/dense_layout.h) drops the per-tap padding words.
+    const int32_t Kd = int32_t(dense_word_count(g.C, g.Cw, g.taps, 32));
+    at::Tensor wd;
+    if (Kd > 0) {
+      wd = at::empty({g.O * Kd}, Wp.options().dtype(at::kInt));
+      dense_weights_kernel<<<int((g.O * Kd + 127) / 128), 128, 0, stream>>>(
+          words(Wp), g, Kd, reinterpret_cast<uint32_t*>(wd.mutable_data_ptr<int32_t>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     conv_mma_kernel<<<dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream>>>(
-        words(P), words(Wp), g, e, out.mutable_data_ptr<float>());
+        words(P), Kd > 0 ? words(wd) : words(Wp), g, Kd, e, out.mutable_data_ptr<float>());
   } else {
     conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e,
                                                                               out.mutable_data_ptr<float>());
