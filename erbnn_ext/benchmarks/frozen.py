@@ -4,6 +4,10 @@ bf16 F.conv2d, side by side in one process (1 thread unless told otherwise).
 
     python -m erbnn_ext.benchmarks.frozen [--models resnet20_1w1a ...] [--batches 1 16] [--threads 1]
                                           [--no-layers] [--with-eval] [--min-run-time 0.5]
+                                          [--clock wall|thread]
+
+--clock thread (1 thread only) times the calling thread's CPU time: immune to other processes on a
+busy machine.
 """
 import argparse
 import copy
@@ -44,7 +48,7 @@ def float_twin(model):
     return twin.eval()
 
 
-def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=False):
+def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=False, clock="wall"):
     """{case: seconds per forward} for one model and batch size."""
     model = _calibrated(name)
     cases = {"frozen": deploy.freeze(model), "float32": float_twin(model)}
@@ -56,7 +60,7 @@ def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=F
         def fn(net=net):
             with torch.no_grad():
                 net(x)
-        out[label] = measure(fn, min_run_time=min_run_time, threads=threads)["time_s"]
+        out[label] = measure(fn, min_run_time=min_run_time, threads=threads, clock=clock)["time_s"]
     return out
 
 
@@ -75,11 +79,11 @@ def layer_fns(shape, batch):
     }
 
 
-def bench_layers(names, batches, threads, min_time):
+def bench_layers(names, batches, threads, min_time, clock="wall"):
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return binary_conv.bench_layers(tuple(LAYER_MODELS[n] for n in names), batches, min_time,
+        return binary_conv.bench_layers(tuple(LAYER_MODELS[n] for n in names), batches, min_time, clock=clock,
                                         fns_for=layer_fns)
     finally:
         torch.set_num_threads(prev)
@@ -116,14 +120,16 @@ def main(argv=None):
     ap.add_argument("--min-run-time", type=float, default=0.5)
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--with-eval", action="store_true", help="also time the eval-mode ER model")
+    ap.add_argument("--clock", default="wall", choices=("wall", "thread"))
     args = ap.parse_args(argv)
     print(header("Frozen binary models vs their float32 twins (python -m erbnn_ext.benchmarks.frozen)"))
-    results = {(n, b): run(n, b, args.threads, args.min_run_time, args.with_eval)
+    print(f"clock={args.clock}")
+    results = {(n, b): run(n, b, args.threads, args.min_run_time, args.with_eval, args.clock)
                for n in args.models for b in args.batches}
     print(format_models(results, args.threads))
     if not args.no_layers:
-        print(format_layers(bench_layers(args.models, args.batches, args.threads, args.min_run_time / 2),
-                            args.threads))
+        print(format_layers(bench_layers(args.models, args.batches, args.threads, args.min_run_time / 2,
+                                         args.clock), args.threads))
 
 
 if __name__ == "__main__":
