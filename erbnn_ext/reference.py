@@ -49,7 +49,7 @@ def _weight_rows(w):
     if w.dim() < 1:
         raise ValueError(f"w must have at least 1 dimension (output channels first), got {w.dim()}-D")
     check_finite(w, "w")
-    return w.reshape(w.shape[0], -1).to(acc_dtype(w.dtype))
+    return w.reshape(w.shape[0], math.prod(w.shape[1:])).to(acc_dtype(w.dtype))
 
 
 def restore_weight(w):
@@ -83,7 +83,7 @@ def _activation_rows(x):
     if x.dim() < 1:
         raise ValueError(f"x must have a batch dimension, got a {x.dim()}-D tensor")
     check_finite(x, "x")
-    return x.reshape(x.shape[0], -1).to(acc_dtype(x.dtype))
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).to(acc_dtype(x.dtype))
 
 
 def restore_activation(x):

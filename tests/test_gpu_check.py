@@ -129,3 +129,16 @@ def test_cuda_supported_on_this_gpu(native):
 
     assert _native.cuda_supported(torch.device("cuda", 0)) is True
     assert _native.cuda_supported(0) is True  # cached per index
+
+
+def test_build_prerequisites_found_in_this_environment():
+    # the suite's own environment builds the extension: setuptools >= 77 and ninja are there
+    assert gpu_check.build_tools_missing(sys.executable) == []
+
+
+def test_sanitizer_script_calls_work_on_cpu(native):
+    # The same op calls as under compute-sanitizer, on the CPU against itself: signatures and state set-up
+    # are checked here, so that scarce GPU time is not spent on a broken script.
+    proc = subprocess.run([sys.executable, "tools/sanitize_kernels.py", "--device", "cpu"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "all kernels on cpu agree" in proc.stdout, proc.stdout + proc.stderr

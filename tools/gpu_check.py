@@ -101,6 +101,18 @@ def cpu_has_amx():
     return {"amx_tile", "amx_int8"} <= set(flags.split(":", 1)[-1].split())
 
 
+def build_tools_missing(python):
+    """What the build needs from the interpreter's environment and lacks (no network to install it)."""
+    code = ("import importlib.metadata as m, shutil\n"
+            "v = tuple(int(p) for p in m.version('setuptools').split('.')[:2])\n"
+            "print('setuptools>=77' if v < (77, 0) else '')\n"
+            "print('' if shutil.which('ninja') or __import__('importlib').util.find_spec('ninja') else 'ninja')")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        return ["setuptools"]
+    return [w for w in out.stdout.split() if w]
+
+
 def detect_gpu():
     """(name, capability, torch version) of GPU 0, or Refusal naming what is missing."""
     import torch
@@ -224,6 +236,9 @@ def main(argv=None):
             name, capability, torch_version = detect_gpu()
         if cuda_home is None and not args.dry_run:
             raise Refusal("no CUDA toolkit: nvcc not found in $CUDA_HOME, on PATH or in /usr/local/cuda")
+        missing = [] if args.dry_run or "build" in args.skip else build_tools_missing(python)
+        if missing:
+            raise Refusal(f"the build needs {', '.join(missing)} in {python}'s environment")
     except Refusal as exc:
         print(f"gpu-check: {exc}", file=sys.stderr)
         return 3

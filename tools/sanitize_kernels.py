@@ -1,6 +1,7 @@
 """Launch every CUDA kernel of erbnn_ext at least once, on small shapes, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck|racecheck|synccheck python tools/sanitize_kernels.py
+    python tools/sanitize_kernels.py --device cpu     # the same calls on the CPU (a check of this script)
 
 Each op runs forward and backward in every float dtype its kernel is instantiated for, with shapes that
 leave partial tiles and odd tails (word boundaries 32/64, strides, padding, dilation), both binary-conv
@@ -17,13 +18,18 @@ import erbnn_ext  # noqa: F401  (loads the kernels)
 from erbnn_ext import reference as R
 
 ops = torch.ops.erbnn
+DEV = "cuda"  # --device cpu: every call on the CPU against itself (no GPU needed)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 failures = []
 
 
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # 2 ulp; float32/float64 results: 1e-4
+
+
 def same(name, got, want, exact=True):
     got, want = got.cpu(), want.cpu()
-    ok = torch.equal(got, want) if exact else torch.allclose(got.double(), want.double(), rtol=1e-3, atol=1e-3)
+    tol = TOL.get(want.dtype, 1e-4)
+    ok = torch.equal(got, want) if exact else torch.allclose(got.double(), want.double(), rtol=tol, atol=tol)
     if not ok:
         failures.append(name)
         print(f"MISMATCH {name}", flush=True)
@@ -31,7 +37,7 @@ def same(name, got, want, exact=True):
 
 def both(fn, *cpu_args):
     """fn on CUDA copies of the arguments and on the CPU ones."""
-    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in cpu_args]
+    cuda_args = [a.to(DEV, copy=True) if isinstance(a, torch.Tensor) else a for a in cpu_args]
     return fn(*cuda_args), fn(*cpu_args)
 
 
@@ -61,6 +67,29 @@ def restorations():
         same(f"_approx_sign_backward {dt}", *both(ops._approx_sign_backward, gy, x, b), exact=False)
 
 
+def ring(size, count=0):
+    return [torch.zeros(size, dtype=torch.float64), torch.tensor(count, dtype=torch.int64)]
+
+
+def training_steps():
+    """The fused training-step ops: restoration + quantile + ring pushes, state mutated in place."""
+    p = torch.tensor(0.8, dtype=torch.float64)
+    for dt in DTYPES:
+        w, x = torch.randn(6, 5, 3, 3).to(dt), torch.randn(3, 4, 5, 7).to(dt)
+        for count in (0, 5):  # an empty ring and a full one (wrap-around)
+            wstate = ring(3, count) + [torch.tensor(0.25, dtype=torch.float64)]
+            astate = wstate + ring(4, count) + ring(4, count)
+            for name, op, t, st in (("restore_weight_train", ops.restore_weight_train, w, wstate),
+                                    ("restore_activation_train", ops.restore_activation_train, x, astate)):
+                st_cuda = [s.to(DEV, copy=True) for s in st]
+                got = op(t.to(DEV, copy=True), p.to(DEV, copy=True), *st_cuda, 0.1)
+                want = op(t, p, *st, 0.1)
+                for i, (g, r) in enumerate(zip(got, want)):
+                    same(f"{name} {dt} count={count} out{i}", g, r, exact=False)
+                for i, (g, r) in enumerate(zip(st_cuda, st)):
+                    same(f"{name} {dt} count={count} state{i}", g, r, exact=False)
+
+
 def quantile():
     for dt in DTYPES:
         for n in (1, 33, 5000, 70_001):  # one block, several blocks, several radix passes' worth of ties
@@ -73,7 +102,7 @@ def quantile():
 
 def packing_and_convs():
     for dt in DTYPES:
-        x = torch.randn(2, 65, 3).to(dt).cuda()  # CUDA packs 32-bit words, the CPU 64-bit: compare with R
+        x = torch.randn(2, 65, 3).to(dt).to(DEV, copy=True)  # CUDA packs 32-bit words, the CPU 64-bit: compare with R
         packed = ops.pack_signs(x, 1)
         same(f"pack_signs {dt}", packed, R.pack_signs(x, 1))
         same(f"unpack_signs {dt}", ops.unpack_signs(packed, 65, 1).float(), R.sign(x).float())
@@ -85,10 +114,12 @@ def packing_and_convs():
         for xs, ws, st, pd, dl in cases:
             x, w = torch.randn(xs), torch.randn(ws)
             same(f"binary_conv2d mma={mma} {xs}", *both(lambda a, b: ops.binary_conv2d(a, b, st, pd, dl), x, w))
-            wp = ops.pack_conv_weight(w.cuda())
+            wp = ops.pack_conv_weight(w.to(DEV, copy=True))
             scale, bias, ones = (torch.randn(ws[0]) for _ in range(3))
-            got = ops.binary_conv2d_packed(x.cuda(), wp, st, pd, dl, 0.1, scale.cuda(), bias.cuda(), ones.cuda())
-            want = ops.binary_conv2d_packed(x, ops.pack_conv_weight(w), st, pd, dl, 0.1, scale, bias, ones)
+            shift = torch.tensor(0.1)
+            got = ops.binary_conv2d_packed(*(t.to(DEV, copy=True) for t in (x, wp)), st, pd, dl,
+                                           *(t.to(DEV, copy=True) for t in (shift, scale, bias, ones)))
+            want = ops.binary_conv2d_packed(x, ops.pack_conv_weight(w), st, pd, dl, shift, scale, bias, ones)
             same(f"binary_conv2d_packed mma={mma} {xs}", got, want, exact=False)
         x, w = torch.randn(37, 129), torch.randn(21, 129)
         same(f"binary_linear mma={mma}", *both(ops.binary_linear, x, w))
@@ -96,15 +127,23 @@ def packing_and_convs():
 
 
 def main():
-    if not torch.cuda.is_available():
+    global DEV
+    if sys.argv[1:] == ["--device", "cpu"]:
+        DEV = "cpu"
+    elif sys.argv[1:]:
+        print("usage: sanitize_kernels.py [--device cpu]", file=sys.stderr)
+        return 2
+    if DEV == "cuda" and not torch.cuda.is_available():
         print("sanitize_kernels: no CUDA device", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     restorations()
+    training_steps()
     quantile()
     packing_and_convs()
-    torch.cuda.synchronize()
-    print(f"sanitize_kernels: {'FAILED: ' + ', '.join(failures) if failures else 'all kernels agree with the CPU'}")
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitize_kernels: {'FAILED: ' + ', '.join(failures) if failures else f'all kernels on {DEV} agree with the CPU'}")
     return 1 if failures else 0
 
 

@@ -20,16 +20,9 @@ import torch.nn.functional as F
 import erbnn_ext
 
 from .machine import machine_info
-from .shapes import ConvShape
+from .shapes import RESNET18_IMAGENET, ConvShape
 from .timing import measure
 
-# The 16 binary 3x3 convs of the ImageNet ResNet-18 (224x224 input: stages at 56, 28, 14, 7).
-RESNET18_IMAGENET = [
-    ConvShape("layer1.x.conv", 64, 64, 56, count=4),
-    ConvShape("layer2.0.conv1", 64, 128, 56, stride=2), ConvShape("layer2.x.conv", 128, 128, 28, count=3),
-    ConvShape("layer3.0.conv1", 128, 256, 28, stride=2), ConvShape("layer3.x.conv", 256, 256, 14, count=3),
-    ConvShape("layer4.0.conv1", 256, 512, 14, stride=2), ConvShape("layer4.x.conv", 512, 512, 7, count=3),
-]
 # (batch rows, in features, out features): the classifier of ResNet-18 and two larger square layers.
 LINEAR_SHAPES = [(None, 512, 1000), (None, 4096, 4096), (None, 8192, 8192)]
 TINY = [ConvShape("tiny", 8, 8, 6), ConvShape("tiny.s2", 8, 16, 6, stride=2)]
