@@ -250,26 +250,24 @@ def _fuse_tails(model):
             graph = _OneLevelTracer().trace(parent)
         except Exception:  # data-dependent control flow: this module keeps its unfused forward
             continue
-        if not _fuse_graph(parent, graph):
+        if any(n.op == "get_attr" and not _has_attr(parent, n.target) for n in graph.nodes):
+            continue  # the generated code would need attributes (traced constants) the module lacks
+        if not _fuse_graph(parent, graph):  # (sets the fused convs' RPReLU: the forward must follow)
             continue
         graph.lint()
         gm = torch.fx.GraphModule(parent, graph)
-        if any(n.op == "get_attr" and not _has_attr(parent, n.target) for n in graph.nodes):
-            continue  # the generated code would need attributes (traced constants) the module lacks
         parent.forward = types.MethodType(type(gm).forward, parent)
         fused += 1
     return fused
 
 
 def _has_attr(module, target):
-    try:
-        module.get_submodule(target.rpartition(".")[0]) if "." in target else module
-        obj = module
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return True
-    except AttributeError:
-        return False
+    obj = module
+    for part in target.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
 
 
 def _set(model, name, module):

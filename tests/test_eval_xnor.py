@@ -184,3 +184,21 @@ def test_frozen_cpu_model_runs_on_cuda(native):
         back = frozen.to("cpu")(x)
     assert frozen[2].conv.w_packed.dtype == torch.int64 and torch.equal(back, on_cpu)
     torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_frozen_model_copies_and_unfused_option(native):
+    import copy
+    torch.manual_seed(0)
+    model = _small_model()
+    for _ in range(2):
+        model(torch.randn(8, 3, 8, 8)).sum().backward()
+    model.eval()
+    frozen, plain = deploy.freeze(model), deploy.freeze(model, fuse_tail=False)
+    assert plain[2].conv.act is None and frozen[2].conv.act is not None
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        y = frozen(x)
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+        twin = copy.deepcopy(frozen)  # the generated forward is rebound to the copy's own modules
+        twin[2].conv.out_bias.add_(1.0)
+        assert torch.equal(frozen(x), y) and not torch.equal(twin(x), y)
