@@ -14,10 +14,11 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def as_width(b, like):
-    """The surrogate width b (float or tensor) as a detached 0-dim tensor of like's accumulation dtype."""
-    if isinstance(b, torch.Tensor):  # a copy: the caller may update its buffer before the backward runs
-        return b.detach().to(dtype=acc_dtype(like.dtype), device=like.device, copy=True).reshape(())
+def as_width(b, like, copy=True):
+    """The surrogate width b (float or tensor) as a detached 0-dim tensor of like's accumulation dtype.
+    A tensor is copied unless copy=False: a caller may update its buffer before the backward runs."""
+    if isinstance(b, torch.Tensor):
+        return b.detach().to(dtype=acc_dtype(like.dtype), device=like.device, copy=copy).reshape(())
     return torch.tensor(float(b), dtype=acc_dtype(like.dtype), device=like.device)
 
 

@@ -17,7 +17,7 @@ import torch.fx
 from . import functional as EF, ops
 from .nn.layers import ERBinaryConv2d, ERBinaryLinear
 
-__all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear"]
+__all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear", "repack_words", "word_bits"]
 
 
 def _running_stats(layer, name):
@@ -31,8 +31,35 @@ def _bn_affine(bn):
     return a, c
 
 
+def word_bits(device):
+    """Bits per packed word of the kernels on `device`: 64 (int64) on the CPU, 32 (int32) on CUDA."""
+    return 64 if torch.device(device).type == "cpu" else 32
+
+
+def repack_words(w_packed, channels, bits):
+    """Packed sign words (last axis) of `channels` channels regrouped into `bits`-bit words: the same bits,
+    bit j of word k = channel k * bits + j. Both layouts are little-endian, so an int64 word is the two
+    int32 words of its low and high channels: a view, no unpacking (works on any device)."""
+    src = 64 if w_packed.dtype == torch.int64 else 32
+    if src == bits:
+        return w_packed
+    w = w_packed.contiguous()
+    if src == 64:
+        return w.view(torch.int32)[..., : (channels + 31) // 32].contiguous()
+    if w.shape[-1] % 2:
+        w = torch.cat([w, w.new_zeros(*w.shape[:-1], 1)], dim=-1)
+    return w.view(torch.int64)[..., : (channels + 63) // 64].contiguous()
+
+
 class _FrozenBinary(torch.nn.Module):
-    """Shared state: packed +-1 weights and the epilogue (out_scale, out_bias, ones_scale), float32."""
+    """Shared state: packed +-1 weights and the epilogue (out_scale, out_bias, ones_scale), float32.
+    Moving the module to another device (.to / .cuda / .cpu) regroups the packed words for that
+    device's kernels (int64 words on the CPU, int32 on CUDA)."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.w_packed = repack_words(self.w_packed, self.channels, word_bits(self.w_packed.device))
+        return self
 
     def _freeze_from(self, layer, weight4d, bn, name):
         mu, sigma = _running_stats(layer, name)
@@ -48,6 +75,7 @@ class _FrozenBinary(torch.nn.Module):
                 a, c = (t.cpu() for t in _bn_affine(bn))
                 scale, ones, bias = scale * a, ones * a, bias * a + c
         dev = weight4d.device
+        self.channels = weight4d.shape[1]
         self.register_buffer("w_packed", ops.pack_conv_weight(w_b.float()))
         # The shift as a 1-element tensor: read by the kernel on x's device (no host sync, traceable).
         self.register_buffer("x_shift", torch.tensor([mu], dtype=torch.float64, device=dev))

@@ -94,7 +94,8 @@ def restore_weight(w, *, native=None):
 
 
 def restore_weight_backward(grad_wb, w, mean, alpha, b, *, native=None):
-    return _impl("_restore_weight_backward", w.device, native)(grad_wb, w, mean, alpha, as_width(b, w))
+    fn = _impl("_restore_weight_backward", w.device, native)
+    return fn(grad_wb, w, mean, alpha, as_width(b, w, copy=False))
 
 
 def restore_weight_train(w, p, q_values, q_count, width, min_width, *, native=None):
@@ -107,7 +108,7 @@ def restore_activation(x, *, native=None):
 
 def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b, *, native=None):
     fn = _impl("_restore_activation_backward", x.device, native)
-    return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x))
+    return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x, copy=False))
 
 
 def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
@@ -122,7 +123,7 @@ def restore_activation_fixed(x, mean, sigma, *, native=None):
 
 def restore_activation_fixed_backward(grad_y, x, mean, sigma, b, *, native=None):
     fn = _impl("_restore_activation_fixed_backward", x.device, native)
-    return fn(grad_y, x, mean, sigma, as_width(b, x))
+    return fn(grad_y, x, mean, sigma, as_width(b, x, copy=False))
 
 
 def approx_sign(x, *, native=None):
@@ -130,7 +131,7 @@ def approx_sign(x, *, native=None):
 
 
 def approx_sign_backward(grad, x, b, *, native=None):
-    return _impl("_approx_sign_backward", x.device, native)(grad, x, as_width(b, x))
+    return _impl("_approx_sign_backward", x.device, native)(grad, x, as_width(b, x, copy=False))
 
 
 def two_sided_quantile(x, p, *, native=None):

@@ -49,7 +49,7 @@ def _weight_rows(w):
     if w.dim() < 1:
         raise ValueError(f"w must have at least 1 dimension (output channels first), got {w.dim()}-D")
     check_finite(w, "w")
-    return w.reshape(w.shape[0], -1).to(acc_dtype(w.dtype))
+    return w.reshape(w.shape[0], math.prod(w.shape[1:])).to(acc_dtype(w.dtype))
 
 
 def restore_weight(w):
@@ -83,7 +83,7 @@ def _activation_rows(x):
     if x.dim() < 1:
         raise ValueError(f"x must have a batch dimension, got a {x.dim()}-D tensor")
     check_finite(x, "x")
-    return x.reshape(x.shape[0], -1).to(acc_dtype(x.dtype))
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).to(acc_dtype(x.dtype))
 
 
 def restore_activation(x):
@@ -283,6 +283,10 @@ def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1
     check_finite(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
         raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
+    bits = 64 if w_packed.dtype == torch.int64 else 32
+    used = x.shape[1] - (w_packed.shape[-1] - 1) * bits  # channels in each tap's last word
+    if 0 < used < bits and w_packed.numel() and bool(((w_packed[..., -1] >> used) != 0).any()):
+        raise ValueError(f"w_packed has bits set beyond the C = {x.shape[1]} channels of x")
     wb = unpack_signs(w_packed, x.shape[1], dim=1).to(x.device)
     if x_shift is None:
         x_shift = torch.zeros(1)

@@ -70,3 +70,21 @@ def test_er_layer_takes_bf16_inputs_under_autocast(backend):
     assert out.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16
     assert torch.isfinite(xb.grad.float()).all() and layer.weight.grad.dtype == torch.float32
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_fit_with_bf16_autocast_and_channels_last(tmp_path):
+    from erbnn_ext.training import fit
+    from erbnn_ext.training.errors import UsageError
+    torch.manual_seed(0)
+    model = _small()
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
+    res = fit(model, batches, batches[:1], epochs=2, warmup=0, amp="bf16", channels_last=True, out=tmp_path,
+              log=None)
+    assert [r["train_samples"] for r in res["history"]] == [24, 24] and res["history"][1]["test_samples"] == 8
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in res["history"])
+    assert model[0].weight.dtype == torch.float32 and model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"] is None  # bf16 needs no scaler
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        fit(_small(), batches, epochs=1, amp="fp16", log=None)
+    with pytest.raises(UsageError, match="amp must be"):
+        fit(_small(), batches, epochs=1, amp="int8", log=None)

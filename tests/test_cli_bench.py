@@ -15,6 +15,15 @@ from erbnn_ext.benchmarks.shapes import MODELS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(erbnn_ext.__file__)))
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """In-process commands set torch's thread count (--threads): restore it for the tests after them."""
+    import torch
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args, timeout=120):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "erbnn_ext", "bench", *args], capture_output=True, text=True,
@@ -146,10 +155,20 @@ def test_float_twin_replaces_every_er_layer_with_the_same_weights():
 
 def test_train_step_module_runs_standalone(capsys):
     train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
-                     "--no-models"])
+                     "--no-models", "--clock", "thread"])
     out = capsys.readouterr().out
+    assert "clock: thread" in out and "ER layers ran: " in out
     assert "Machine:" in out and "load average" in out and "geometric mean of the per-layer ratios" in out
     assert out.count("resnet20 ") == len(MODELS["resnet20"])
+
+
+def test_thread_clock_needs_one_thread(tmp_path, capsys):
+    from erbnn_ext.cli import main
+    assert main(["bench", "--clock", "thread", "--threads", "2", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--clock thread measures one thread: pass --threads 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="one thread"):
+        from erbnn_ext.benchmarks.timing import measure
+        measure(lambda: None, threads=2, clock="thread")
 
 
 def test_model_short_names():

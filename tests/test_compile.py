@@ -43,8 +43,10 @@ def test_training_step_compiled_matches_eager(native):
     # compiled forward, e.g. ApproxSign.b: assign with `buf[...] = v` instead).
     for (name, a), b in zip(eager.named_buffers(), compiled_src.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # Inductor fuses and reorders the float ops around the ER layers (BatchNorm, RPReLU), so gradients
+    # agree to float32 rounding relative to their scale, not elementwise near zero.
     for (name, a), b in zip(eager.named_parameters(), compiled_src.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * float(a.grad.abs().max()), msg=name)
 
 
 def test_eval_and_frozen_compiled(native):

@@ -40,6 +40,8 @@ def engine(request, native):
         if erbnn_ext.backend_info()["amx"]:
             pytest.skip("real AMX present: the amx case runs the tile instructions themselves")
         C._set_amx_emulated(True)
+        if "amx" not in _available():  # the ISA cap (ERBNN_CPU_ISA / set_cpu_isa below avx512) disables it
+            pytest.skip(f"engine amx (emulated) not available on the {erbnn_ext.backend_info()['cpu_isa']} path")
         erbnn_ext.set_conv_engine("amx")
         yield name
         return
@@ -134,7 +136,9 @@ def test_amx_emulation_is_not_amx(native):
     # The emulation switch makes "amx" usable without the hardware but never claims the hardware.
     C._set_amx_emulated(True)
     assert erbnn_ext.backend_info()["amx"] == C.amx_available()
-    assert "amx" in erbnn_ext.backend_info()["conv_engines"]
+    # usable on the avx512 path only (an ERBNN_CPU_ISA / set_cpu_isa cap below it disables the int8 engines)
+    on_avx512 = erbnn_ext.backend_info()["cpu_isa"].startswith("avx512")
+    assert ("amx" in erbnn_ext.backend_info()["conv_engines"]) == on_avx512
     C._set_amx_emulated(False)
     assert ("amx" in erbnn_ext.backend_info()["conv_engines"]) == C.amx_available()
 
@@ -164,8 +168,17 @@ def test_auto_choice_identical_and_cached(native):
     y = binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw)
     choices = C._conv_engine_choices()
     assert len(choices) == 1 and list(choices.values())[0] in _available()
+    assert list(choices)[0] == "C64 H10 W10 O32 k3x3 s1,1 p1,1 d1,1"  # the shape, not the batch
     assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)  # cached path
     assert C._conv_engine_choices() == choices
+    # another batch size and thread count: the same key, no new entry
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y5 = binary_ops.binary_conv2d_packed(torch.cat([x] * 3)[:5], wp, 1, 1, **kw)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(y5[:2], y) and C._conv_engine_choices() == choices
     for name in _available():
         erbnn_ext.set_conv_engine(name)
         assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)
@@ -238,3 +251,63 @@ def test_disable_amx_env_read_at_load(native):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "amx" not in out.stdout.strip().split(",") and "xnor" in out.stdout
+
+
+def test_auto_choice_is_a_rule_and_bounded(native):
+    # The choice is a rule on the shape (no trial inside the op): small channel counts take the dense XNOR
+    # layout; the record of choices never grows past 256 keys.
+    erbnn_ext.set_conv_engine("auto")
+    C._clear_conv_engine_cache()
+    for hw in range(1, 300):
+        EF.binary_conv2d(torch.randn(1, 3, hw, 1), torch.randn(2, 3, 1, 1))
+    choices = C._conv_engine_choices()
+    assert len(choices) == 256 and "C3 H299 W1 O2 k1x1 s1,1 p0,0 d1,1" in choices
+    assert "C3 H1 W1 O2 k1x1 s1,1 p0,0 d1,1" not in choices  # the oldest went first
+    # O = 1 with a long reduction: the int8 engines would take ~16x the weights' memory: xnor
+    EF.binary_conv2d(torch.randn(1, 4096, 3, 3), torch.randn(1, 4096, 3, 3))
+    assert C._conv_engine_choices()["C4096 H3 W3 O1 k3x3 s1,1 p0,0 d1,1"] == "xnor"
+    EF.binary_conv2d(torch.randn(1, 16, 8, 8), torch.randn(16, 16, 3, 3), 1, 1)
+    assert C._conv_engine_choices()["C16 H8 W8 O16 k3x3 s1,1 p1,1 d1,1"] == "xnor"
+
+
+def test_weights_cache_follows_the_content(engine):
+    # Derived weights (tap statistics, int8 / dense layouts) are cached per packed-weight content: editing
+    # the packed tensor in place (even through .data, which does not bump the version) changes the result.
+    x, w = torch.randn(2, 40, 7, 7), torch.randn(8, 40, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w, 1, 1, 1))
+    w2 = -w
+    wp.data.copy_(binary_ops.pack_conv_weight(w2))
+    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w2, 1, 1, 1))
+
+
+def test_tail_bits_checked(engine):
+    x, w = torch.randn(1, 40, 5, 5), torch.randn(3, 40, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    bad = wp.clone()
+    bad[1, 2, 0, 0] |= 1 << 45  # channel 45 of a 40-channel weight
+    with pytest.raises(ValueError, match="w_packed"):
+        binary_ops.binary_conv2d_packed(x, bad, 1, 1)
+    from erbnn_ext import reference as R
+    with pytest.raises(ValueError, match="w_packed"):
+        R.binary_conv2d_packed(x, bad, [1, 1], [1, 1], [1, 1])
+    # the same words are fine for a conv whose x really has 64 channels
+    x64 = torch.randn(1, 64, 5, 5)
+    assert binary_ops.binary_conv2d_packed(x64, bad, 1, 1).shape == (1, 3, 5, 5)
+
+
+def test_float64_signs_not_rounded_through_float(engine):
+    # -1e-300 is negative (sign -1) in float64 although float32(-1e-300) == -0.0 (sign +1).
+    x = torch.full((1, 5, 4, 4), 1e-300, dtype=torch.float64)
+    x[0, :, ::2] = -1e-300
+    w = torch.full((3, 5, 3, 3), -1e-300, dtype=torch.float64)
+    w[:, ::2] = 1e-300
+    truth = conv_truth(x, w, 1, 1, 1)
+    assert not torch.equal(truth, conv_truth(x.float(), w.float(), 1, 1, 1))  # float32 would flip the signs
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), truth)
+    wp = binary_ops.pack_conv_weight(w)
+    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), truth)
+    # a float64 shift next to a float64 x: compared in float64
+    shift = torch.tensor([1e-300], dtype=torch.float64)
+    y = torch.ops.erbnn.binary_conv2d_packed.default(x, wp, [1, 1], [1, 1], [1, 1], shift)
+    assert torch.equal(y, conv_truth(torch.where(x >= 1e-300, 1.0, -1.0), w, 1, 1, 1))

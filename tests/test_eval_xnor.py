@@ -125,3 +125,56 @@ def test_freeze_paper_models(native, name, unfolded):
     with torch.no_grad():
         got = frozen(x)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_repack_words_between_cpu_and_cuda_layouts():
+    from erbnn_ext import reference as R
+    for c in (1, 31, 32, 33, 64, 65, 100, 130):
+        w = torch.randn(3, c, 2, 2)
+        wp64 = R.pack_conv_weight(w)  # the CPU layout
+        wp32 = deploy.repack_words(wp64, c, 32)
+        assert wp32.dtype == torch.int32 and wp32.shape[-1] == (c + 31) // 32
+        assert torch.equal(R.unpack_signs(wp32, c, dim=1), R.unpack_signs(wp64, c, dim=1))
+        assert torch.equal(deploy.repack_words(wp32, c, 64), wp64)
+
+
+def test_frozen_model_moves_between_device_layouts(native, monkeypatch):
+    # A frozen model carries the packed words of the device it was frozen on; .to(device) regroups them
+    # for the target's kernels. Without a GPU: the CUDA layout via a patched word size, then back.
+    torch.manual_seed(0)
+    model = _small_model()
+    for _ in range(2):
+        model(torch.randn(8, 3, 8, 8)).sum().backward()
+    frozen = deploy.freeze(model.eval())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = frozen(x)
+    layer = frozen[2].conv
+    wp64 = layer.w_packed.clone()
+    monkeypatch.setattr(deploy, "word_bits", lambda device: 32)
+    frozen.to("cpu")
+    assert layer.w_packed.dtype == torch.int32 and layer.w_packed.shape[-1] == 1
+    with pytest.raises(TypeError, match="w_packed must be int64"):  # a clear error, not a wrong result
+        with torch.no_grad():
+            frozen(x)
+    monkeypatch.undo()
+    frozen.to("cpu")
+    assert torch.equal(layer.w_packed, wp64)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), before)
+
+
+@pytest.mark.cuda
+def test_frozen_cpu_model_runs_on_cuda(native):
+    torch.manual_seed(0)
+    model = _small_model()
+    for _ in range(2):
+        model(torch.randn(8, 3, 8, 8)).sum().backward()
+    frozen = deploy.freeze(model.eval())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        on_cpu = frozen(x)
+        on_cuda = frozen.to("cuda")(x.cuda()).cpu()
+        back = frozen.to("cpu")(x)
+    assert frozen[2].conv.w_packed.dtype == torch.int64 and torch.equal(back, on_cpu)
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-5, atol=1e-5)

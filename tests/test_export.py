@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import erbnn_ext
 from erbnn_ext import deploy, export, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -200,3 +200,15 @@ def test_opcheck(device):
         pytest.fail(f"two_sided_quantile {device} kernel missing")
     for x in (torch.randn(5, 7, device=device), torch.randn(100, dtype=torch.float64, device=device)):
         torch.library.opcheck(torch.ops.erbnn.two_sided_quantile.default, (x, 0.8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("period", [4096, 4099, 65536])
+def test_periodic_outliers(native, isa, dtype, period):
+    """Large inputs are first bracketed from an evenly spaced sample: data whose every period-th value
+    is an outlier (so that a strided sample may see only outliers) must still give the exact quantile."""
+    n = 1_000_000
+    x = torch.randn(n)
+    x[::period] = 100.0
+    x[1::period] = -50.0
+    check(x.to(dtype), [0.8, 0.5, 0.999, 0.0, 1.0])

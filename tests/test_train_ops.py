@@ -255,3 +255,35 @@ def test_big_activation(native):
     """More than 2^24 elements (float32 counts would saturate): still bit-identical."""
     x = torch.randn(2, (1 << 24) // 2 + 12345, generator=torch.Generator().manual_seed(3))
     check_activation_steps([x], "cpu")
+
+
+def test_bandwidth_benchmark_runs(native, capsys):
+    """The bandwidth benchmark's command runs end to end (tiny tensors, one short timing each)."""
+    from erbnn_ext.benchmarks import bandwidth
+
+    rows = bandwidth.main(["--threads", "1", "--size-mb", "0.5", "--min-time", "0.01", "--only", "train", "quantile"])
+    assert [r["name"] for r in rows] == ["copy_ (reference)", "restore_weight_train", "restore_activation_train",
+                                         "two_sided_quantile"]
+    assert all(r["ms"] > 0 and r["fraction"] > 0 for r in rows)
+    assert "of limit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["ties", "zeros", "one_signed", "periodic"])
+def test_large_special_data(native, isa, kind, dtype):
+    """Inputs large enough for the sampled band select: ties, mostly constant channels, one-signed data,
+    and outliers at a period that a strided sample may hit; each step equals the oracle."""
+    w = torch.randn(256, 128, 3, 3)  # > 4 x 65536 values: the band select's sample
+    x = torch.randn(8, 16, 48, 48)
+    if kind == "ties":
+        w, x = torch.randint(-2, 3, w.shape).float(), torch.randint(-3, 4, x.shape).float()
+    elif kind == "zeros":
+        w[:250] = 1.5  # constant channels: standardised values exactly 0
+        x = torch.where(torch.rand(x.shape) < 0.97, torch.zeros(()), x)
+    elif kind == "one_signed":
+        w, x = w.abs(), x.abs() + 3.0
+    else:
+        w.view(-1)[::4096] = 50.0
+        x.view(-1)[::4096] = 80.0
+    check_weight_steps([w.to(dtype), w.to(dtype) * 2], "cpu", p=0.9)
+    check_activation_steps([x.to(dtype)], "cpu", p=0.9)

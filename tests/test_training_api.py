@@ -191,3 +191,11 @@ def test_full_disk_keeps_the_previous_checkpoint_and_no_tmp(tmp_path, monkeypatc
     assert line == (f"erbnn train: error: cannot write {good}: No space left on device; the previous file is kept")
     assert good.read_bytes() == before
     assert not list(good.parent.glob("*.tmp"))
+
+
+def test_short_model_names_on_the_command_line():
+    p = cli.build_parser()
+    assert p.parse_args(["train", "--model", "resnet20"]).model == "resnet20_1w1a"
+    assert p.parse_args(["train", "--model", "vgg_small"]).model == "vgg_small_1w1a"
+    assert p.parse_args(["train", "--model", "resnet18_1w1a"]).model == "resnet18_1w1a"
+    assert p.parse_args(["train", "--model", "resnet18_imagenet"]).model == "resnet18_1w1a_imagenet"

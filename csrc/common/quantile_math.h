@@ -22,55 +22,50 @@ namespace erbnn {
 template <typename T>
 struct QuantileKey;
 
-template <>
-struct QuantileKey<float> {
-  using Key = uint32_t;
-  static constexpr int kBits = 31;            // magnitude bits; the sign is bit kBits
-  static constexpr Key kInf = 0x7f800000u;    // keys >= this are Inf or NaN
-  ERBNN_HD static Key raw(float v) {
+// The bit pattern of an IEEE float as the unsigned integer Key of the same width, and back.
+template <typename Key, typename T>
+ERBNN_HD Key float_bits(T v) {
 #if defined(__CUDA_ARCH__)
-    return __float_as_uint(v);
+  if constexpr (sizeof(T) == 4)
+    return static_cast<Key>(__float_as_uint(v));
+  else
+    return static_cast<Key>(__double_as_longlong(v));
 #else
-    Key k;
-    std::memcpy(&k, &v, sizeof k);
-    return k;
+  Key k;
+  std::memcpy(&k, &v, sizeof k);
+  return k;
 #endif
-  }
-  ERBNN_HD static double value(Key k) {
+}
+
+template <typename T, typename Key>
+ERBNN_HD T bits_float(Key k) {
 #if defined(__CUDA_ARCH__)
-    return double(__uint_as_float(k));
+  if constexpr (sizeof(T) == 4)
+    return __uint_as_float(static_cast<unsigned>(k));
+  else
+    return __longlong_as_double(static_cast<long long>(k));
 #else
-    float v;
-    std::memcpy(&v, &k, sizeof v);
-    return double(v);
+  T v;
+  std::memcpy(&v, &k, sizeof v);
+  return v;
 #endif
-  }
+}
+
+// float32 and float64: the key is the whole bit pattern; kInf: keys >= this are Inf or NaN.
+template <typename T, typename K, int Bits, K Inf>
+struct IeeeQuantileKey {
+  using Key = K;
+  static constexpr int kBits = Bits;  // magnitude bits; the sign is bit kBits
+  static constexpr Key kInf = Inf;
+  ERBNN_HD static Key raw(T v) { return float_bits<Key>(v); }
+  ERBNN_HD static double value(Key k) { return double(bits_float<T>(k)); }
 };
 
 template <>
-struct QuantileKey<double> {
-  using Key = uint64_t;
-  static constexpr int kBits = 63;
-  static constexpr Key kInf = 0x7ff0000000000000ull;
-  ERBNN_HD static Key raw(double v) {
-#if defined(__CUDA_ARCH__)
-    return static_cast<Key>(__double_as_longlong(v));
-#else
-    Key k;
-    std::memcpy(&k, &v, sizeof k);
-    return k;
-#endif
-  }
-  ERBNN_HD static double value(Key k) {
-#if defined(__CUDA_ARCH__)
-    return __longlong_as_double(static_cast<long long>(k));
-#else
-    double v;
-    std::memcpy(&v, &k, sizeof v);
-    return v;
-#endif
-  }
-};
+struct QuantileKey<float> : IeeeQuantileKey<float, uint32_t, 31, 0x7f800000u> {};
+
+template <>
+struct QuantileKey<double> : IeeeQuantileKey<double, uint64_t, 63, 0x7ff0000000000000ull> {};
 
 // 16-bit floats keep their own 15-bit magnitude: two radix passes instead of the three of float32.
 template <>

@@ -1,6 +1,8 @@
 // approx_sign forward (sign) and backward (tanh surrogate), CPU.
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "common/restore_math.h"
 #include "cpu_utils.h"
 #include "restore_cpu.h"
@@ -9,6 +11,22 @@
 namespace erbnn {
 namespace {
 
+// y = sign(x) of x[0, n); false when x holds NaN. The sign is taken in float64 for float64 input: a
+// cast to float would turn -1e-300 into -0.0 (+1).
+template <typename scalar_t>
+bool sign_block(const scalar_t* x, scalar_t* y, int64_t n) {
+  using stat_t = stat_type<scalar_t>;
+  const scalar_t pos(1), neg(-1);
+  int nan = 0;
+#pragma omp simd reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const stat_t v = static_cast<stat_t>(x[i]);
+    nan |= v != v;
+    y[i] = v >= stat_t(0) ? pos : neg;
+  }
+  return nan == 0;
+}
+
 at::Tensor approx_sign_cpu(const at::Tensor& x_in) {
   check_float_input(x_in, "x");
   const at::Tensor x = x_in.contiguous();
@@ -16,17 +34,13 @@ at::Tensor approx_sign_cpu(const at::Tensor& x_in) {
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "approx_sign_cpu", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
-    // The sign is taken in float64 for float64 input: a cast to float would turn -1e-300 into -0.0 (+1).
-    using stat_t = stat_type<scalar_t>;
+    std::atomic<bool> ok{true};
     at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
-      bool nan = false;
-      for (int64_t i = lo; i < hi; ++i) {
-        const stat_t v = static_cast<stat_t>(src[i]);
-        nan |= v != v;
-        dst[i] = static_cast<scalar_t>(sign_pm1(v));
-      }
-      TORCH_CHECK_VALUE(!nan, "x contains NaN: its sign is undefined");
+      bool fine = true;
+      isa_call([&] { fine = sign_block(src + lo, dst + lo, hi - lo); });
+      if (!fine) ok.store(false, std::memory_order_relaxed);
     });
+    TORCH_CHECK_VALUE(ok.load(), "x contains NaN: its sign is undefined");
   });
   return y;
 }

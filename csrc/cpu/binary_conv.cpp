@@ -3,12 +3,12 @@
 // run on the engine conv_engine.h picks: XNOR-popcount here, or the int8 engines of int8_conv.h.
 #include <torch/library.h>
 
-#include <chrono>
+#include <memory>
 #include <optional>
-#include <sstream>
-#include <string>
 
 #include "binary_conv_cpu.h"
+#include "binary_conv_weights.h"
+#include "common/conv_checks.h"
 #include "conv_engine.h"
 #include "cpu_isa.h"
 #include "cpu_utils.h"
@@ -22,62 +22,43 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
 }
 
-ConvGeom make_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  return make_conv_geom(x, O, kh, kw, stride, padding, dilation, kCpuWordBits);
-}
-
-// Per output channel: popcount of each weight tap (border correction) and conv(1, W_b) in frame; the
-// epilogue of every engine reads them.
-struct TapStats {
-  std::vector<int32_t> tap_pop;
-  std::vector<int64_t> ones_full;
-};
-TapStats tap_stats(const ConvGeom& g, const uint64_t* Wp) {
-  TapStats s{std::vector<int32_t>(size_t(g.O * g.taps)), std::vector<int64_t>(size_t(g.O))};
-  for (int64_t o = 0; o < g.O; ++o) {
-    int64_t tot = 0;
-    for (int64_t t = 0; t < g.taps; ++t) {
-      int32_t c = 0;
-      for (int64_t cw = 0; cw < g.Cw; ++cw) c += __builtin_popcountll(Wp[(o * g.taps + t) * g.Cw + cw]);
-      s.tap_pop[o * g.taps + t] = c;
-      tot += 2 * c - g.C;
-    }
-    s.ones_full[o] = tot;
-  }
-  return s;
-}
-
-// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64), out [N, O, OH, OW];
-// e.tap_pop / e.ones_full from tap_stats.
-void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out) {
-  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
-  // Too few pixel tiles to feed every thread (small images, batch 1): split output channels too.
-  const int64_t want = 4 * int64_t(at::get_num_threads());
-  int64_t nch = 1;
-  if (tiles < want) nch = std::min<int64_t>((g.O + 7) / 8, (want + tiles - 1) / tiles);
-  const int64_t ochunk = ((g.O + nch - 1) / nch + 7) / 8 * 8;
-  nch = (g.O + ochunk - 1) / ochunk;
+// Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64) or, with Kd > 0, the
+// dense weights [O, Kd] (dense_words); out [N, O, OH, OW].
+void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out,
+              int64_t Kd = 0) {
   const CpuIsa isa = active_cpu_isa();
   auto kernel = isa == CpuIsa::kAvx512 ? &tile_kernel_avx512
                 : isa == CpuIsa::kAvx2 ? &tile_kernel_avx2
                                        : &tile_kernel_scalar;
-  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
-    Tile t;
-    int64_t built = -1;
-    for (int64_t task = lo; task < hi; ++task) {
-      const int64_t tile = task / nch, ch = task % nch;
-      if (tile != built) {  // consecutive tasks of one tile share its im2col buffer
-        t.n = tile / nblk;
-        t.p0 = (tile % nblk) * kTilePx;
-        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
-        build_tile(g, P, t);
-        built = tile;
-      }
-      const int64_t o0 = ch * ochunk, o1 = std::min(g.O, o0 + ochunk);
-      kernel(g, t, Wp, o0, o1, e, out);
+  ConvGeom gk = g;  // the kernels' view: K words per output
+  if (Kd > 0) gk.K = Kd;
+  struct Worker {
+    const ConvGeom &g, &gk;
+    const uint64_t *P, *Wp;
+    const Epilogue& e;
+    float* out;
+    decltype(kernel) k;
+    void build(Tile& t) const {
+      build_tile(g, P, t);
+      if (gk.K != g.K) compress_dense<kTilePx>(g.C, g.taps, gk.K, t.buf, t.buf, kTilePx);
     }
-  });
+    void run(const Tile& t, int64_t o0, int64_t o1) const { k(gk, t, Wp, o0, o1, e, out); }
+  };
+  run_tiles(g, 8, [&] { return Worker{g, gk, P, Wp, e, out, kernel}; });
+}
+
+// The dense weights of a cache entry, built on first use.
+const uint64_t* dense_weights(const ConvGeom& g, PackedWeights& w, int64_t Kd) {
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    if (w.dense.empty()) {
+      w.dense.resize(size_t(g.O * Kd));
+      for (int64_t o = 0; o < g.O; ++o)
+        compress_dense<1>(g.C, g.taps, Kd, w.words.data() + o * g.K, w.dense.data() + o * Kd, 1);
+    }
+  }
+  packed_weights_grew();
+  return w.dense.data();
 }
 
 const uint64_t* words(const at::Tensor& t) { return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>()); }
@@ -94,42 +75,16 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
 }
 
-// 1-element tensors broadcast to [O]; others must have O elements. float32 contiguous, or undefined.
-at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const char* name) {
-  if (!t.has_value() || !t->defined()) return {};
-  check_cpu(*t, name);
-  check_float_input(*t, name);
-  TORCH_CHECK_VALUE(t->numel() == O || t->numel() == 1, name, " must have 1 or O = ", O, " elements, got ",
-                    t->numel());
-  at::Tensor v = t->to(at::kFloat).reshape({-1});
-  return (v.numel() == O ? v : v.expand({O})).contiguous();
-}
-
-// The auto-choice cache key: shape, geometry, dtype, memory layout and thread count.
-std::string engine_key(const ConvGeom& g, const at::Tensor& x) {
-  std::ostringstream k;
-  k << g.N << ',' << g.C << ',' << g.H << ',' << g.W << ',' << g.O << ',' << g.kh << ',' << g.kw << ',' << g.sh
-    << ',' << g.sw << ',' << g.ph << ',' << g.pw << ',' << g.dh << ',' << g.dw << ',' << x.scalar_type() << ','
-    << x.stride(1) << ',' << at::get_num_threads();
-  return k.str();
-}
-
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
                             const std::optional<at::Tensor>& ones_scale) {
   check_cpu(x, "x");
-  check_cpu(w_packed, "w_packed");
   check_float_input(x, "x");
-  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kLong, "w_packed must be int64 (pack_conv_weight on CPU), got ",
-                   w_packed.scalar_type());
-  TORCH_CHECK_VALUE(w_packed.dim() == 4, "w_packed must be 4-D [O, kh, kw, Cw], got ", w_packed.dim(), "-D");
-  const ConvGeom g = make_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding, dilation);
-  TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
-                    g.C, " channels (", g.Cw, " words)");
+  const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
   TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
-  const at::Tensor scale = per_channel(out_scale, g.O, "out_scale"), bias = per_channel(out_bias, g.O, "out_bias"),
-                   ones = per_channel(ones_scale, g.O, "ones_scale");
+  const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale"), bias = per_channel(out_bias, g.O, x, "out_bias"),
+                   ones = per_channel(ones_scale, g.O, x, "ones_scale");
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) {
     // The packing pass checks x for NaN even when the output is empty over O.
@@ -137,38 +92,30 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
     return out;
   }
   const at::Tensor Wp = w_packed.contiguous();
-  const TapStats st = tap_stats(g, words(Wp));
+  const std::shared_ptr<PackedWeights> pw = packed_weights(g, words(Wp));
+  const int64_t Kd = dense_words(g);
+  const ConvEngine eng = choose_conv_engine(g, Kd > 0 ? Kd : g.K);
   Epilogue e;
   e.scale = scale.defined() ? scale.const_data_ptr<float>() : nullptr;
   e.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   e.ones = ones.defined() ? ones.const_data_ptr<float>() : nullptr;
-  e.tap_pop = st.tap_pop.data();
-  e.ones_full = st.ones_full.data();
+  e.tap_pop = pw->tap_pop.data();
+  e.ones_full = pw->ones_full.data();
   float* dst = out.mutable_data_ptr<float>();
-  auto run = [&](ConvEngine eng) {
-    if (eng == ConvEngine::kXnor) {
-      const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-      run_conv(g, words(P), words(Wp), e, dst);
-    } else {
-      int8_conv_run(g, x, x_shift, words(Wp), e, eng == ConvEngine::kAmx, dst);
-    }
-  };
-  auto timed = [&](ConvEngine eng) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run(eng);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  run(choose_conv_engine(engine_key(g, x), timed));
+  if (eng == ConvEngine::kXnor) {
+    const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+    run_conv(g, words(P), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd);
+  } else {
+    int8_conv_run(g, x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst);
+  }
   return out;
 }
 
 // x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
-double read_shift(const std::optional<at::Tensor>& s) {
-  if (!s.has_value() || !s->defined()) return 0.0;
-  check_cpu(*s, "x_shift");
-  check_float_input(*s, "x_shift");
-  TORCH_CHECK_VALUE(s->numel() == 1, "x_shift must hold one value, got ", s->numel());
-  return s->item<double>();
+double read_shift(const std::optional<at::Tensor>& s, const at::Tensor& x) {
+  check_cpu(x, "x");
+  const at::Tensor t = checked_shift(s, x);
+  return t.defined() ? t.item<double>() : 0.0;
 }
 
 at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
@@ -177,7 +124,7 @@ at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_pac
                                     const std::optional<at::Tensor>& out_scale,
                                     const std::optional<at::Tensor>& out_bias,
                                     const std::optional<at::Tensor>& ones_scale) {
-  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift), out_scale, out_bias,
+  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift, x), out_scale, out_bias,
                           ones_scale);
 }
 
@@ -185,9 +132,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntAr
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_cpu(x, "x");
   check_float_input(x, "x");
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
-  TORCH_CHECK_VALUE(w.size(1) == x.size(1), "w has ", w.size(1), " input channels but x has ", x.size(1));
+  check_conv_operands(x, w);
   return conv_packed_impl(x, pack_conv_weight_cpu(w), stride, padding, dilation, 0.0, {}, {}, {});
 }
 
@@ -214,10 +159,12 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w) {
   g.dh = g.dw = 1, g.OH = 1, g.OW = M, g.Cw = cpu_words(K), g.taps = 1, g.K = g.Cw;
   TORCH_CHECK_VALUE(K < (int64_t(1) << 31), "binary_linear: K = ", K, " does not fit the int32 accumulators");
   at::Tensor out = at::empty({O, M}, x.options().dtype(at::kFloat));
-  const TapStats st = tap_stats(g, words(Wp));
+  std::vector<int32_t> tap_pop(static_cast<size_t>(O)), ones_full(static_cast<size_t>(O));
+  for (int64_t o = 0; o < O; ++o)
+    weight_tap_stats(words(Wp) + o * g.K, 1, g.Cw, K, tap_pop.data() + o, ones_full.data() + o);
   Epilogue e;
-  e.tap_pop = st.tap_pop.data();
-  e.ones_full = st.ones_full.data();
+  e.tap_pop = tap_pop.data();
+  e.ones_full = ones_full.data();
   run_conv(g, words(P), words(Wp), e, out.mutable_data_ptr<float>());
   return out.t().contiguous().view(shape);
 }

@@ -10,24 +10,21 @@
 //   conv = Keff - 2 * (S - sum_{oob taps} popc(w_tap)),   Keff = C * (valid taps of the pixel).
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
 
 namespace erbnn {
 
 constexpr int kTilePx = 16;  // output pixels per tile (two zmm of 8 x u64)
 
-// Fused epilogue: out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b)[o, pixel]; nullptr = absent
-// (scale 1, bias 0, ones 0). conv(1, W_b) is zero-padding aware: only in-frame taps count.
-struct Epilogue {
-  const float* scale = nullptr;
-  const float* bias = nullptr;
-  const float* ones = nullptr;
-  const int32_t* tap_pop = nullptr;   // [O, taps] popcount of each weight tap (over Cw words)
-  const int64_t* ones_full = nullptr; // [O] conv(1, W_b) with every tap in frame
-};
+// Fused epilogue: out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b)[o, pixel] (common/conv_epilogue.h).
+using Epilogue = ConvEpilogue;
 
 // One tile's im2col buffer and the bookkeeping of its out-of-frame taps.
 struct Tile {
@@ -50,6 +47,67 @@ inline void tile_origins(const ConvGeom& g, Tile& t, int64_t* iy0, int64_t* ix0)
     iy0[j] = (p / g.OW) * g.sh - g.ph;
     ix0[j] = (p % g.OW) * g.sw - g.pw;
     t.nvalid[j] = 0;
+  }
+}
+
+// The work split of every engine: tasks = (pixel tile, chunk of output channels); with too few tiles to
+// feed every thread (small images, batch 1) the output channels are split too, in multiples of `block`
+// (the engine's register block). make_worker() is called once per thread range and returns an object with
+// build(Tile&) (fill the tile whose n / p0 / np are set) and run(const Tile&, o0, o1); consecutive tasks of
+// one tile share its build.
+template <typename MakeWorker>
+void run_tiles(const ConvGeom& g, int64_t block, const MakeWorker& make_worker) {
+  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
+  const int64_t want = 4 * int64_t(at::get_num_threads()), oblocks = (g.O + block - 1) / block;
+  int64_t nch = 1;
+  if (tiles < want) nch = std::min<int64_t>(oblocks, (want + tiles - 1) / tiles);
+  const int64_t ochunk = (oblocks + nch - 1) / nch * block;
+  nch = (g.O + ochunk - 1) / ochunk;
+  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
+    auto worker = make_worker();
+    Tile t;
+    int64_t built = -1;
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t tile = task / nch, ch = task % nch;
+      if (tile != built) {
+        t.n = tile / nblk;
+        t.p0 = (tile % nblk) * kTilePx;
+        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
+        worker.build(t);
+        built = tile;
+      }
+      worker.run(t, ch * ochunk, std::min(g.O, (ch + 1) * ochunk));
+    }
+  });
+}
+
+// The full-reduction ("dense") layout for C < 64: an output position's kh*kw*C sign bits contiguous, tap t
+// at bits [t*C, (t+1)*C), in Kd = ceil(taps * C / 64) words instead of one mostly-empty word per tap
+// (3*3*16 = 144 bits: 3 words, not 9). The kernels and the epilogue are unchanged: they sum popc(x ^ w)
+// over K = Kd words, out-of-frame taps still hold 0 bits (the same popc(w_tap) correction) and the bits
+// past taps*C are 0 on both sides. 0 where the layout saves nothing (C >= 64, or 1x1).
+inline int64_t dense_words(const ConvGeom& g) {
+  const int64_t kd = (g.taps * g.C + 63) / 64;
+  return g.Cw == 1 && kd < g.taps ? kd : 0;
+}
+
+// Dense words from per-tap words: tap t of lane j at src[t * stride + j] (tail bits 0), dense word w of
+// lane j to dst[w * stride + j]. dst may be src: dense word w only reads taps >= w.
+template <int LANES>
+void compress_dense(int64_t C, int64_t taps, int64_t Kd, const uint64_t* src, uint64_t* dst, int64_t stride) {
+  for (int64_t w = 0; w < Kd; ++w) {
+    uint64_t acc[LANES] = {};
+    const int64_t b0 = w * 64, b1 = std::min(b0 + 64, taps * C);
+    for (int64_t t = b0 / C; t * C < b1; ++t) {
+      const int64_t off = t * C - b0;
+      const uint64_t* s = src + t * stride;
+      if (off >= 0) {
+        for (int j = 0; j < LANES; ++j) acc[j] |= s[j] << off;
+      } else {
+        for (int j = 0; j < LANES; ++j) acc[j] |= s[j] >> -off;
+      }
+    }
+    for (int j = 0; j < LANES; ++j) dst[w * stride + j] = acc[j];
   }
 }
 

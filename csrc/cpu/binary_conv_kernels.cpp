@@ -114,22 +114,13 @@ void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t*
                      float* out) {
   float* dst = out_row(g, t, o, out);
   const int32_t* pop = e.tap_pop + o * g.taps;
-  const bool fused = e.scale || e.bias || e.ones;
-  const float sc = e.scale ? e.scale[o] : 1.0f, bi = e.bias ? e.bias[o] : 0.0f;
+  const int32_t C = int32_t(g.C), taps = int32_t(g.taps);
   for (int j = 0; j < t.np; ++j) {
-    int64_t corr = 0;
+    int32_t corr = 0;
     for (size_t i = 0; i < t.part_tap.size(); ++i)
       if ((t.part_bad[i] >> j) & 1u) corr += pop[t.part_tap[i]];
-    const int64_t conv = g.C * t.nvalid[j] - 2 * (s[j] - corr);
-    float v = float(conv);
-    if (fused) {
-      v = std::fma(sc, v, bi);
-      if (e.ones) {
-        const int64_t oc = e.ones_full[o] - 2 * corr + g.C * (g.taps - t.nvalid[j]);
-        v = std::fma(e.ones[o], float(oc), v);
-      }
-    }
-    dst[j] = v;
+    const int32_t conv = conv_from_mismatches(C, t.nvalid[j], int32_t(s[j]), corr);
+    dst[j] = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, taps, t.nvalid[j]) : 0);
   }
 }
 

@@ -1,13 +1,16 @@
+// The engine choice of the CPU binary convolutions (conv_engine.h).
 #include "conv_engine.h"
 
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <sstream>
 
 #include <c10/util/Exception.h>
 
+#include "binary_conv_weights.h"
 #include "cpu_isa.h"
 #include "int8_conv.h"
 
@@ -29,6 +32,7 @@ struct State {
   bool has_override = false;
   std::string override_name;
   std::map<std::string, ConvEngine> cache;
+  std::deque<std::string> order;  // insertion order of the keys, to bound the map
 };
 State& state() {
   static State s;
@@ -119,9 +123,45 @@ void clear_conv_engine_cache() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   s.cache.clear();
+  s.order.clear();
+  clear_packed_weights();  // and the derived weights (tests, memory)
 }
 
-ConvEngine choose_conv_engine(const std::string& key, const std::function<double(ConvEngine)>& time_engine) {
+std::string conv_engine_key(const ConvGeom& g) {
+  std::ostringstream k;
+  k << "C" << g.C << " H" << g.H << " W" << g.W << " O" << g.O << " k" << g.kh << 'x' << g.kw << " s" << g.sh << ','
+    << g.sw << " p" << g.ph << ',' << g.pw << " d" << g.dh << ',' << g.dw;
+  return k.str();
+}
+
+namespace {
+
+// Estimated AVX-512 instruction slots per output (pixel x channel), from the inner loops:
+//   xnor: per 64-bit word, 16 pixels: 2 XOR + 2 VPOPCNTQ + 2 VPADDQ          -> 6/16 per word;
+//   int8_vnni: per 4 reduction bytes, 16 pixels x 16 channels: 1 load + 16 VPDPBUSD -> 17/256 per dword;
+//   amx: per 64 reduction bytes, 16 x 16 outputs: one TDPBSSD (16 cycles) + 2 tile loads -> 20/256.
+// The int8 engines pad the output channels to 16 and the reduction to 4 (VNNI) / 64 (AMX) bytes.
+ConvEngine rule(const ConvGeom& g, int64_t xnor_words) {
+  const double Op = double((g.O + 15) / 16 * 16), pad_o = Op / double(g.O);
+  const int64_t Kb = g.taps * ((g.C + 3) / 4 * 4);  // reduction bytes
+  const double xnor = 6.0 / 16.0 * double(xnor_words);
+  const double vnni = 17.0 / 256.0 * double((Kb + 3) / 4) * pad_o;
+  const double amx = 20.0 / 256.0 * double((Kb + 63) / 64) * pad_o;
+  // Memory: the int8 weights (VNNI keeps a regrouped copy too) against the packed ones.
+  const double packed_bytes = double(g.O * g.K * 8), int8_bytes = Op * double(Kb + 64) * 2;
+  const bool int8_fits = int8_bytes <= 16 * packed_bytes + double(1 << 20);
+  ConvEngine best = ConvEngine::kXnor;
+  double best_cost = xnor;
+  if (int8_fits && amx_available() && conv_engine_available(ConvEngine::kAmx) && amx < best_cost)
+    best = ConvEngine::kAmx, best_cost = amx;
+  if (int8_fits && conv_engine_available(ConvEngine::kInt8Vnni) && vnni < best_cost)
+    best = ConvEngine::kInt8Vnni, best_cost = vnni;
+  return best;
+}
+
+}  // namespace
+
+ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words) {
   const std::string want = requested_conv_engine();
   if (want != "auto") {
     for (ConvEngine e : kAll) {
@@ -134,25 +174,22 @@ ConvEngine choose_conv_engine(const std::string& key, const std::function<double
       return e;
     }
   }
+  const ConvEngine e = rule(g, xnor_words);
   State& s = state();
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.cache.find(key);
-    if (it != s.cache.end() && conv_engine_available(it->second)) return it->second;
-  }
-  // Trial outside the lock: concurrent first calls of one key may both measure; either result is valid.
-  ConvEngine best = ConvEngine::kXnor;
-  double best_t = 0;
-  for (ConvEngine e : kAll) {
-    if (!conv_engine_available(e)) continue;
-    double t = time_engine(e);           // warm-up (first touch of buffers, tile config)
-    t = std::min(t, time_engine(e));
-    t = std::min(t, time_engine(e));
-    if (e == ConvEngine::kXnor || t < best_t) best = e, best_t = t;
-  }
   std::lock_guard<std::mutex> lock(s.mu);
-  s.cache.emplace(key, best);
-  return best;
+  const std::string key = conv_engine_key(g);
+  auto it = s.cache.find(key);
+  if (it == s.cache.end()) {
+    if (s.order.size() >= kMaxChoices) {
+      s.cache.erase(s.order.front());
+      s.order.pop_front();
+    }
+    s.cache.emplace(key, e);
+    s.order.push_back(key);
+  } else {
+    it->second = e;  // the rule may change with the ISA cap or the AMX switches
+  }
+  return e;
 }
 
 }  // namespace erbnn

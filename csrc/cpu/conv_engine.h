@@ -3,14 +3,16 @@
 //   int8_vnni exact +-1 int8 GEMM with AVX512-VNNI vpdpbusd (int8_conv.cpp);
 //   amx       the same GEMM on AMX tiles, TDPBSSD (int8_conv_amx.cpp).
 // The request comes from set_conv_engine() if called, else ERBNN_CONV_ENGINE (read per call), else
-// "auto": a short timed trial of every available engine at the first call of each (shape, dtype,
-// threads) key, cached in-process. A forced engine that is not available is an error naming it.
+// "auto": a decision rule on the layer's shape (no timing inside the op, no batch size: see
+// choose_conv_engine); the choices made so far are kept for introspection in a bounded map. A forced
+// engine that is not available is an error naming it.
 #pragma once
 
-#include <functional>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "common/conv_geom.h"
 
 namespace erbnn {
 
@@ -25,10 +27,16 @@ std::string requested_conv_engine();
 // Tests: make AMX look absent (also ERBNN_DISABLE_AMX=1 at load).
 void set_amx_disabled(bool disabled);
 void clear_conv_engine_cache();
-// The auto choices made so far: cache key -> engine name (benchmarks, tests).
+// The auto choices made so far (at most kMaxChoices, oldest dropped): shape key -> engine name.
 std::map<std::string, std::string> conv_engine_choices();
-// The engine for one call. `time_engine(e)` runs the call on engine e and returns its seconds; it is
-// used only for an uncached key under "auto".
-ConvEngine choose_conv_engine(const std::string& key, const std::function<double(ConvEngine)>& time_engine);
+constexpr size_t kMaxChoices = 256;
+// The engine for one call of geometry g whose XNOR reduction is xnor_words 64-bit words per output.
+// Under "auto", the engine with the lowest estimated cost per output (instruction slots of the inner
+// loops, output-channel padding included); the int8 engines only where their unpacked weights stay
+// within a few times the packed ones (their trial used to take 20x the conv's memory). AMX emulation
+// (tests) is never chosen automatically.
+ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words);
+// The key the choice is recorded under: the shape without the batch size.
+std::string conv_engine_key(const ConvGeom& g);
 
 }  // namespace erbnn

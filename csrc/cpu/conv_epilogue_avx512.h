@@ -1,5 +1,6 @@
-// The AVX-512 fused epilogue of the binary convolutions, shared by the XNOR-popcount engine and the int8
-// engines so that every engine turns the same integer conv into bit-identical floats.
+// The AVX-512 fused epilogue of the binary convolutions: common/conv_epilogue.h's formula in 16 lanes, shared
+// by the XNOR-popcount engine and the int8 engines so that every engine turns the same integer conv into
+// bit-identical floats.
 #pragma once
 
 #include <immintrin.h>

@@ -238,48 +238,50 @@ ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& 
 
 }  // namespace
 
-void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const uint64_t* Wp, const Epilogue& e,
+void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
                    bool amx, float* out) {
   const I8Geom q = make_i8_geom(g, amx);
   const at::Tensor xq = quantize_x(x, shift, q);
-  const std::vector<int8_t> wq = unpack_weights(g, q, Wp);
-  const std::vector<int32_t> wb = amx ? std::vector<int32_t>() : block_weights(q, wq);
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    if (amx && w.wq_amx.empty()) w.wq_amx = unpack_weights(g, q, w.words.data());
+    if (!amx && w.wb_vnni.empty()) w.wb_vnni = block_weights(q, unpack_weights(g, q, w.words.data()));
+  }
+  packed_weights_grew();
+  const std::vector<int8_t>& wq = w.wq_amx;
+  const std::vector<int32_t>& wb = w.wb_vnni;
   const uint32_t* X = reinterpret_cast<const uint32_t*>(xq.const_data_ptr<int8_t>());
 
-  // The work split of the XNOR engine (binary_conv.cpp run_conv), channel chunks of 16.
-  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
-  const int64_t want = 4 * int64_t(at::get_num_threads());
-  int64_t nch = 1;
-  if (tiles < want) nch = std::min<int64_t>(q.Op / 16, (want + tiles - 1) / tiles);
-  const int64_t ochunk = ((q.Op + nch - 1) / nch + 15) / 16 * 16;
-  nch = (q.Op + ochunk - 1) / ochunk;
-  at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<uint32_t> storage(size_t(q.Kp4 * kTilePx + 16));
-    uint32_t* At =
-        reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
-    Tile t;
-    int64_t built = -1;
-    const bool tiles = amx && !amx_emulated();
-    if (tiles) amx_tiles_configure();
-    for (int64_t task = lo; task < hi; ++task) {
-      const int64_t tile = task / nch, ch = task % nch;
-      if (tile != built) {
-        t.n = tile / nblk;
-        t.p0 = (tile % nblk) * kTilePx;
-        t.np = int(std::min<int64_t>(kTilePx, ohw - t.p0));
-        build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
-        built = tile;
-      }
-      const int64_t o1 = std::min(g.O, (ch + 1) * ochunk);
-      for (int64_t o = ch * ochunk; o < o1; o += 16) {
+  struct Worker {
+    const ConvGeom& g;
+    const I8Geom& q;
+    const uint32_t* X;
+    const std::vector<int8_t>& wq;
+    const std::vector<int32_t>& wb;
+    const Epilogue& e;
+    float* out;
+    bool amx, tiles = amx && !amx_emulated();
+    std::vector<uint32_t> storage = std::vector<uint32_t>(size_t(q.Kp4 * kTilePx + 16));
+    uint32_t* At = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    Worker(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const std::vector<int8_t>& wq,
+           const std::vector<int32_t>& wb, const Epilogue& e, float* out, bool amx)
+        : g(g), q(q), X(X), wq(wq), wb(wb), e(e), out(out), amx(amx) {
+      if (tiles) amx_tiles_configure();
+    }
+    ~Worker() {
+      if (tiles) amx_tiles_release();
+    }
+    void build(Tile& t) { build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At); }
+    void run(const Tile& t, int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; o += 16) {
         if (amx)
           block_amx(g, q, t, At, wq.data(), o, e, out);
         else
           block_vnni(g, q, t, At, wb.data(), o, e, out);
       }
     }
-    if (tiles) amx_tiles_release();
-  });
+  };
+  run_tiles(g, 16, [&] { return Worker(g, q, X, wq, wb, e, out, amx); });
 }
 
 }  // namespace erbnn

@@ -16,13 +16,14 @@
 #include <cstdint>
 
 #include "binary_conv_cpu.h"
+#include "binary_conv_weights.h"
 
 namespace erbnn {
 
 // out [N, O, OH, OW] from x [N, C, H, W] (float dtypes, any strides) and the packed sign weights
-// Wp [O, kh, kw, Cw]; e holds tap_pop and ones_full. amx: the AMX kernel, else AVX512-VNNI.
-// NaN in x -> ValueError.
-void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, const uint64_t* Wp, const Epilogue& e,
+// w (the packed weights' cache entry: the int8 weights are unpacked into it once); e holds tap_pop and
+// ones_full. amx: the AMX kernel, else AVX512-VNNI. NaN in x -> ValueError.
+void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
                    bool amx, float* out);
 
 // AMX (int8_conv_amx.cpp): tile configuration of the calling thread, and one 16 x 16 block:

@@ -14,6 +14,7 @@
 
 #include "cpu_utils.h"
 #include "radix_select.h"
+#include "simd.h"
 #include "restore_cpu.h"
 
 namespace erbnn {
@@ -24,9 +25,37 @@ constexpr int64_t kTaskGrain = int64_t(1) << 18;
 // Gather buffer: keys are appended to the shared list every kGatherBlock values.
 constexpr int64_t kGatherBlock = int64_t(1) << 16;
 
+// The band select (radix_select.h) for float32 / float64 when x is large enough to sample; true when
+// it settled q.
+template <typename scalar_t>
+bool band_quantile(const scalar_t* x, int64_t n, double p, float* q) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    using BS = BandSelect<scalar_t>;
+    if (n < 4 * BS::kSample) return false;
+    std::vector<scalar_t> sample(BS::kSample);
+    for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = x[BS::sample_index(i, n)];
+    BS bs(p, n, sample.data(), BS::kSample);
+    constexpr int64_t kBlock = 2048;
+    at::parallel_for(0, n, kTaskGrain, [&](int64_t begin, int64_t end) {
+      typename BS::Counts c;
+      for (int64_t b = begin; b < end; b += kBlock) {
+        const int64_t len = std::min(kBlock, end - b);
+        isa_call([&] { bs.count(x + b, len, c); });
+        bs.template gather<kBlock>(x + b, len);
+      }
+      bs.merge(c);
+    });
+    TORCH_CHECK_VALUE(!bs.nonfinite(), "x contains NaN or Inf");
+    return bs.finish(q);
+  }
+  return false;
+}
+
 template <typename scalar_t>
 float select_quantile(const scalar_t* x, int64_t n, double p) {
   using Key = typename QuantileKey<scalar_t>::Key;
+  float q = 0.f;
+  if (band_quantile(x, n, p, &q)) return q;
   RadixSelect<scalar_t> rs(p);
   at::parallel_for(0, n, kTaskGrain, [&](int64_t begin, int64_t end) {
     TopHistogram<scalar_t> top;

@@ -38,41 +38,12 @@ void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, doub
   s2_out = s2;
 }
 
-// y of x[0, len); with xhat, the standardised values (x - mu) / sc themselves too (for q).
-template <typename scalar_t, typename stat_t>
-void write_two_values(const scalar_t* p, scalar_t* y, stat_t* xhat, int64_t len, stat_t mu, stat_t sc,
-                      scalar_t y_pos, scalar_t y_neg) {
-  if (xhat) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const stat_t v = (static_cast<stat_t>(p[i]) - mu) / sc;  // restore_activation_value's test value
-      xhat[i] = v;
-      y[i] = v >= stat_t(0) ? y_pos : y_neg;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i)
-      y[i] = restore_activation_value(static_cast<stat_t>(p[i]), mu, sc, y_pos, y_neg);
-  }
-}
-
-template <typename scalar_t, typename stat_t>
-void standardise(const scalar_t* p, stat_t* xhat, int64_t len, stat_t mu, stat_t sc) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(p[i]) - mu) / sc;
-}
-
-// Standardised values per histogram / gather block: a block stays in L1.
-constexpr int64_t kQBlock = 2048;
-
-// The forward; with q, also q = two_sided_quantile of the standardised values (radix_select.h):
-// their top-digit histogram is built in the write pass, and one more pass over x gathers the
-// candidates of the rank's buckets.
+// The forward; with q, also q = two_sided_quantile of the standardised values, measured in the write
+// pass (train_quantile in restore_cpu.h).
 template <typename scalar_t>
 void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
                         at::Tensor& sigma, at::Tensor& rms, double p, float* q) {
   using stat_t = stat_type<scalar_t>;
-  using Key = typename QuantileKey<stat_t>::Key;
   const SampleBlocks sb(N, D);
   std::vector<double> s1(sb.items()), s2(sb.items());
   at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
@@ -115,7 +86,7 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
       isa_call([&] {
         for (int64_t it = lo; it < hi; ++it) {
           const int64_t off = sb.sample(it) * D + sb.begin(it);
-          write_two_values<scalar_t, stat_t>(xp + off, yp + off, nullptr, sb.end(it) - sb.begin(it), mu_s, sc,
+          two_values_block<scalar_t, stat_t>(xp + off, yp + off, nullptr, sb.end(it) - sb.begin(it), mu_s, sc,
                                              y_pos, y_neg);
         }
       });
@@ -123,36 +94,28 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
     return;
   }
   const int64_t total = N * D;
-  RadixSelect<stat_t> rs(p);
-  at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
-    TopHistogram<stat_t> top;
-    stat_t buf[kQBlock];
-    for (int64_t b = lo; b < hi; b += kQBlock) {
-      const int64_t len = std::min(kQBlock, hi - b);
-      isa_call([&] { write_two_values<scalar_t, stat_t>(xp + b, yp + b, buf, len, mu_s, sc, y_pos, y_neg); });
-      top.add(buf, len);
-    }
-    rs.merge(top);
-  });
-  TORCH_CHECK_VALUE(!rs.nonfinite(), "x gives non-finite standardised values (x - mean) / sigma: q is undefined");
-  rs.plan();
-  // fn(values, len) over the standardised values, recomputed from x block by block.
-  const auto blocks = [&](auto&& fn) {
+  // Visits every block of x: fn(b, len, buf) with a per-task buffer of kQBlock values.
+  const auto x_blocks = [&](auto&& fn) {
     at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
       stat_t buf[kQBlock];
-      for (int64_t b = lo; b < hi; b += kQBlock) {
-        const int64_t len = std::min(kQBlock, hi - b);
-        isa_call([&] { standardise<scalar_t, stat_t>(xp + b, buf, len, mu_s, sc); });
-        fn(static_cast<const stat_t*>(buf), len);
-      }
+      for (int64_t b = lo; b < hi; b += kQBlock) fn(b, std::min(kQBlock, hi - b), buf);
     });
   };
-  const Filter<stat_t> filter = rs.filter();
-  blocks([&](const stat_t* v, int64_t len) {
-    Key keys[kQBlock + 1];
-    rs.append(keys, gather_block(v, len, filter, keys));
-  });
-  *q = rs.finish(blocks);
+  const auto write_pass = [&](auto&& fn) {
+    x_blocks([&](int64_t b, int64_t len, stat_t* buf) {
+      isa_call([&] { two_values_block<scalar_t, stat_t>(xp + b, yp + b, buf, len, mu_s, sc, y_pos, y_neg); });
+      fn(static_cast<const stat_t*>(buf), len);
+    });
+  };
+  const auto blocks = [&](auto&& fn) {
+    x_blocks([&](int64_t b, int64_t len, stat_t* buf) {
+      isa_call([&] { standardise_block<scalar_t, stat_t>(xp + b, buf, len, mu_s, sc); });
+      fn(static_cast<const stat_t*>(buf), len);
+    });
+  };
+  const auto sample_at = [&](int64_t i) { return (static_cast<stat_t>(xp[i]) - mu_s) / sc; };
+  *q = train_quantile<stat_t>(p, total, sample_at, write_pass, blocks,
+                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined");
 }
 
 }  // namespace

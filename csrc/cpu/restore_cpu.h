@@ -8,6 +8,7 @@
 
 #include "common/checks.h"
 #include "common/restore_math.h"
+#include "radix_select.h"
 #include "simd.h"
 
 namespace erbnn {
@@ -30,6 +31,65 @@ inline double surrogate_cpu(double x, double inv_b, double scale) { return surro
 inline at::Tensor as_stat(const at::Tensor& t, at::ScalarType st, const char* name, int64_t numel) {
   TORCH_CHECK(t.numel() == numel, name, " must hold ", numel, " values, got ", t.numel());
   return t.to(t.device(), st).contiguous();
+}
+
+// Standardised values (x - mu) / sc of x[0, len) into xhat: the division kept (no reciprocal) so that
+// they equal the reference's bit for bit.
+template <typename scalar_t, typename stat_t>
+void standardise_block(const scalar_t* x, stat_t* xhat, int64_t len, stat_t mu, stat_t sc) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(x[i]) - mu) / sc;
+}
+
+// y = (x - mu) / sc >= 0 ? y_pos : y_neg over x[0, len) (the restorations' two-valued outputs); with
+// xhat, the standardised values themselves too (for q).
+template <typename scalar_t, typename stat_t>
+void two_values_block(const scalar_t* x, scalar_t* y, stat_t* xhat, int64_t len, stat_t mu, stat_t sc,
+                      scalar_t y_pos, scalar_t y_neg) {
+  if (xhat) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const stat_t v = (static_cast<stat_t>(x[i]) - mu) / sc;
+      xhat[i] = v;
+      y[i] = v >= stat_t(0) ? y_pos : y_neg;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) y[i] = (static_cast<stat_t>(x[i]) - mu) / sc >= stat_t(0) ? y_pos : y_neg;
+  }
+}
+
+// Standardised values per histogram / gather block of the training ops: a block stays in L1.
+constexpr int64_t kQBlock = 2048;
+
+// q of the training ops: two_sided_quantile at p of the `total` standardised values, measured while
+// write_pass(fn) writes the op's output (it calls fn(xhat, len) on each block of standardised values
+// it computes, from any thread). Large inputs take the band select (radix_select.h): a sample
+// (sample_at(i): the i-th standardised value) sets the bands, and fn counts and gathers inside the
+// write pass, so no other pass is needed. Otherwise, or when a band misses, the radix select runs over
+// blocks(fn) (the standardised values recomputed block by block). Exact either way.
+template <typename stat_t, typename SampleAt, typename WritePass, typename Blocks>
+float train_quantile(double p, int64_t total, SampleAt&& sample_at, WritePass&& write_pass, Blocks&& blocks,
+                     const char* nonfinite_message) {
+  using BS = BandSelect<stat_t>;
+  if (total < 4 * BS::kSample) {
+    write_pass([](const stat_t*, int64_t) {});
+    return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
+  }
+  std::vector<stat_t> sample(BS::kSample);
+  for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = sample_at(BS::sample_index(i, total));
+  BS bs(p, total, sample.data(), BS::kSample);
+  std::vector<typename BS::Counts> counts(at::get_num_threads());
+  write_pass([&](const stat_t* v, int64_t len) {
+    typename BS::Counts& c = counts[at::get_thread_num()];
+    isa_call([&] { bs.count(v, len, c); });
+    bs.template gather<kQBlock>(v, len);
+  });
+  for (const auto& c : counts) bs.merge(c);
+  TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
+  float q = 0.f;
+  if (bs.finish(&q)) return q;
+  return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
 }
 
 // Work items for the activation kernels: each sample's D elements split into blocks of at most

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <vector>
 
 #include "cpu_utils.h"
@@ -43,48 +42,16 @@ bool weight_row_stats(const scalar_t* row, int64_t n, stat_t& mean, stat_t& alph
   return true;
 }
 
-// sign((w - mu) / a) of row[0, len) into dst, the division kept so that the signs equal the
-// reference's bit for bit; with xhat, the standardised values themselves too (for q).
-template <typename scalar_t, typename stat_t>
-void weight_row_signs(const scalar_t* row, scalar_t* dst, stat_t* xhat, int64_t len, stat_t mu, stat_t a) {
-  const scalar_t pos(1), neg(-1);
-  if (xhat) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const stat_t v = (static_cast<stat_t>(row[i]) - mu) / a;
-      xhat[i] = v;
-      dst[i] = v >= stat_t(0) ? pos : neg;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dst[i] = (static_cast<stat_t>(row[i]) - mu) / a >= stat_t(0) ? pos : neg;
-  }
-}
-
-template <typename scalar_t, typename stat_t>
-void weight_row_xhat(const scalar_t* row, stat_t* xhat, int64_t len, stat_t mu, stat_t a) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(row[i]) - mu) / a;
-}
-
-// Standardised values per histogram / gather block: a block stays in L1.
-constexpr int64_t kQBlock = 2048;
-
-// The forward over all channels; with q, also q = two_sided_quantile of the standardised values
-// (radix_select.h): their top-digit histogram is built in the sign pass, and one more pass over w
-// gathers the candidates of the rank's buckets.
+// The forward over all channels. Without q, each channel's statistics and signs in one visit (the
+// channel is re-read from cache). With q (train_quantile in restore_cpu.h), all the statistics first,
+// then the sign pass, which also measures q on the standardised values it computes.
 template <typename scalar_t>
 void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp, stat_type<scalar_t>* ap,
                     int64_t O, int64_t n, double p, float* q) {
   using stat_t = stat_type<scalar_t>;
-  using Key = typename QuantileKey<stat_t>::Key;
-  std::optional<RadixSelect<stat_t>> rs;
-  if (q) rs.emplace(p);
+  const scalar_t pos(1), neg(-1);
   std::atomic<bool> finite{true};
   at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
-    std::optional<TopHistogram<stat_t>> top;
-    stat_t buf[kQBlock];
-    if (q) top.emplace();
     for (int64_t o = lo; o < hi; ++o) {
       const scalar_t* row = src + o * n;
       bool ok = false;
@@ -96,43 +63,40 @@ void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp,
       }
       mp[o] = mu;
       ap[o] = al;
-      const stat_t a = clamp_eps(al);
-      if (!q) {
-        isa_call([&] { weight_row_signs<scalar_t, stat_t>(row, dst + o * n, nullptr, n, mu, a); });
-        continue;
-      }
-      for (int64_t b = 0; b < n; b += kQBlock) {
-        const int64_t len = std::min(kQBlock, n - b);
-        isa_call([&] { weight_row_signs<scalar_t, stat_t>(row + b, dst + o * n + b, buf, len, mu, a); });
-        top->add(buf, len);
-      }
+      // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit
+      if (!q) isa_call([&] { two_values_block<scalar_t, stat_t>(row, dst + o * n, nullptr, n, mu, clamp_eps(al), pos, neg); });
     }
-    if (q) rs->merge(*top);
   });
   TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
   if (!q) return;
-  TORCH_CHECK_VALUE(!rs->nonfinite(), "w gives non-finite standardised values (w - mean) / alpha: q is undefined");
-  rs->plan();
-  // fn(values, len) over the standardised values, recomputed from w block by block.
-  const auto blocks = [&](auto&& fn) {
+  // Visits every block of every channel: fn(o, b, len, buf) with a per-task buffer of kQBlock values.
+  const auto channel_blocks = [&](auto&& fn) {
     at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
       stat_t buf[kQBlock];
-      for (int64_t o = lo; o < hi; ++o) {
-        const stat_t mu = mp[o], a = clamp_eps(ap[o]);
-        for (int64_t b = 0; b < n; b += kQBlock) {
-          const int64_t len = std::min(kQBlock, n - b);
-          isa_call([&] { weight_row_xhat<scalar_t, stat_t>(src + o * n + b, buf, len, mu, a); });
-          fn(static_cast<const stat_t*>(buf), len);
-        }
-      }
+      for (int64_t o = lo; o < hi; ++o)
+        for (int64_t b = 0; b < n; b += kQBlock) fn(o, b, std::min(kQBlock, n - b), buf);
     });
   };
-  const Filter<stat_t> filter = rs->filter();
-  blocks([&](const stat_t* v, int64_t len) {
-    Key keys[kQBlock + 1];
-    rs->append(keys, gather_block(v, len, filter, keys));
-  });
-  *q = rs->finish(blocks);
+  const auto write_pass = [&](auto&& fn) {
+    channel_blocks([&](int64_t o, int64_t b, int64_t len, stat_t* buf) {
+      const stat_t mu = mp[o], a = clamp_eps(ap[o]);
+      isa_call([&] { two_values_block<scalar_t, stat_t>(src + o * n + b, dst + o * n + b, buf, len, mu, a, pos, neg); });
+      fn(static_cast<const stat_t*>(buf), len);
+    });
+  };
+  const auto blocks = [&](auto&& fn) {
+    channel_blocks([&](int64_t o, int64_t b, int64_t len, stat_t* buf) {
+      const stat_t mu = mp[o], a = clamp_eps(ap[o]);
+      isa_call([&] { standardise_block<scalar_t, stat_t>(src + o * n + b, buf, len, mu, a); });
+      fn(static_cast<const stat_t*>(buf), len);
+    });
+  };
+  const auto sample_at = [&](int64_t i) {
+    const int64_t o = i / n;
+    return (static_cast<stat_t>(src[i]) - mp[o]) / clamp_eps(ap[o]);
+  };
+  *q = train_quantile<stat_t>(p, O * n, sample_at, write_pass, blocks,
+                              "w gives non-finite standardised values (w - mean) / alpha: q is undefined");
 }
 
 }  // namespace

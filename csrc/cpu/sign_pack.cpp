@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "common/pack_shape.h"
 #include "cpu_isa.h"
 #include "cpu_utils.h"
 
@@ -179,35 +180,15 @@ at::Tensor pack_signs_4d_cpu(const at::Tensor& x, double shift, const char* name
 
 namespace {
 
-// [leading..., n] (packed axis last) as a 4-D view, padding with size-1 leading dims or flattening
-// the extra ones (a copy only for rank > 4 with non-collapsible strides).
-at::Tensor as_4d(const at::Tensor& t) {
-  at::Tensor v = t;
-  if (v.dim() > 4) v = v.flatten(0, v.dim() - 4);
-  while (v.dim() < 4) v = v.unsqueeze(0);
-  return v;
-}
-
 at::Tensor pack_signs_cpu(const at::Tensor& x, int64_t dim) {
   check_float_input(x, "x");
-  TORCH_CHECK_VALUE(x.dim() >= 1, "pack_signs: x must have at least 1 dimension");
-  dim = c10::maybe_wrap_dim(dim, x.dim());
-  const at::Tensor xm = x.movedim(dim, -1);
-  at::Tensor packed = pack_signs_4d_cpu(as_4d(xm), 0.0, "x");
-  std::vector<int64_t> shape(xm.sizes().begin(), xm.sizes().end() - 1);
-  shape.push_back(cpu_words(x.size(dim)));
-  return packed.view(shape);
+  const PackPlan p = plan_pack(x, dim, kCpuWordBits);
+  return pack_signs_4d_cpu(as_4d(p.xm), 0.0, "x").view(p.shape);
 }
 
 at::Tensor unpack_signs_cpu(const at::Tensor& packed_in, int64_t n, int64_t dim) {
-  TORCH_CHECK_TYPE(packed_in.scalar_type() == at::kLong, "packed must be int64 (the CPU pack_signs layout), got ",
-                   packed_in.scalar_type());
-  TORCH_CHECK_VALUE(packed_in.dim() >= 1, "packed must have at least 1 dimension");
-  TORCH_CHECK_VALUE(n >= 0 && cpu_words(n) == packed_in.size(-1), "unpack_signs: n = ", n, " needs ",
-                    cpu_words(std::max<int64_t>(n, 0)), " words, packed has ", packed_in.size(-1));
+  const std::vector<int64_t> shape = plan_unpack(packed_in, n, at::kLong, kCpuWordBits, "CPU");
   const at::Tensor packed = packed_in.contiguous();
-  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
-  shape.push_back(n);
   at::Tensor out = at::empty(shape, packed.options().dtype(at::kFloat));
   const int64_t rows = n == 0 ? 0 : out.numel() / n, words = packed.size(-1);
   const auto* src = reinterpret_cast<const uint64_t*>(packed.const_data_ptr<int64_t>());

@@ -12,6 +12,8 @@
 #include <optional>
 #include <string>
 
+#include "common/conv_checks.h"
+#include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
 #include "cuda_utils.cuh"
 #include "sign_pack_cuda.cuh"
@@ -26,22 +28,11 @@ __global__ void tap_pop_kernel(const uint32_t* __restrict__ wp, ConvGeom g, int3
                                int32_t* __restrict__ ones_full) {
   const int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (o >= g.O) return;
-  int32_t tot = 0;
-  for (int64_t t = 0; t < g.taps; ++t) {
-    int32_t c = 0;
-    for (int64_t cw = 0; cw < g.Cw; ++cw) c += __popc(wp[(o * g.taps + t) * g.Cw + cw]);
-    tap_pop[o * g.taps + t] = c;
-    tot += 2 * c - int32_t(g.C);
-  }
-  ones_full[o] = tot;
+  weight_tap_stats(wp + o * g.K, g.taps, g.Cw, g.C, tap_pop + o * g.taps, ones_full + o);
 }
 
-struct EpilogueArgs {
-  const int32_t* tap_pop;
-  const int32_t* ones_full;
-  const float* scale;  // nullptr: 1
-  const float* bias;   // nullptr: 0
-  const float* ones;   // nullptr: 0
+// The common epilogue (common/conv_epilogue.h) and the device NaN flag of the packing pass.
+struct EpilogueArgs : ConvEpilogue {
   const int* nan_flag;
 };
 
@@ -63,15 +54,8 @@ __device__ __forceinline__ void write_output(const ConvGeom& g, const EpilogueAr
     }
   }
   if (s_lacks_wpop) s += all_pop;
-  const int32_t conv = int32_t(g.C) * nvalid - 2 * (s - corr);
-  float v = float(conv);
-  if (e.scale || e.bias || e.ones) {
-    v = fmaf(e.scale ? e.scale[o] : 1.0f, v, e.bias ? e.bias[o] : 0.0f);
-    if (e.ones) {
-      const int32_t oc = e.ones_full[o] - 2 * corr + int32_t(g.C) * (int32_t(g.taps) - nvalid);
-      v = fmaf(e.ones[o], float(oc), v);
-    }
-  }
+  const int32_t C = int32_t(g.C), conv = conv_from_mismatches(C, nvalid, s, corr);
+  const float v = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, int32_t(g.taps), nvalid) : 0);
   out[(n * g.O + o) * ohw + rem] = nan ? __int_as_float(0x7fc00000) : v;
 }
 
@@ -240,7 +224,9 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
   const int64_t total_px = g.N * g.OH * g.OW;
   const int64_t bx = (total_px + kTP - 1) / kTP, by = (g.O + kTO - 1) / kTO;
   TORCH_CHECK(bx < (int64_t(1) << 31) && by < 65536, "binary_conv2d: output too large for one launch");
-  EpilogueArgs e{tap_pop, tap_pop + g.O * g.taps, scale, bias, ones, nan_flag.const_data_ptr<int>()};
+  EpilogueArgs e;
+  e.scale = scale, e.bias = bias, e.ones = ones, e.tap_pop = tap_pop, e.ones_full = tap_pop + g.O * g.taps;
+  e.nan_flag = nan_flag.const_data_ptr<int>();
   if (use_mma()) {
     const int64_t mx = (total_px + kMmaPx - 1) / kMmaPx, my = (g.O + kMmaO - 1) / kMmaO;
     TORCH_CHECK(mx < (int64_t(1) << 31) && my < 65536, "binary_conv2d: output too large for one launch");
@@ -264,38 +250,17 @@ at::Tensor pack_conv_weight_cuda(const at::Tensor& w) {
   return wp;
 }
 
-at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const at::Device& dev, const char* name) {
-  if (!t.has_value() || !t->defined()) return {};
-  TORCH_CHECK(t->device() == dev, name, " is on ", t->device(), " but x is on ", dev);
-  TORCH_CHECK_VALUE(t->numel() == O || t->numel() == 1, name, " must have 1 or O = ", O, " elements, got ",
-                    t->numel());
-  at::Tensor v = t->to(at::kFloat).reshape({-1});
-  return (v.numel() == O ? v : v.expand({O})).contiguous();
-}
-
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& flag,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const std::optional<at::Tensor>& x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
                             const std::optional<at::Tensor>& ones_scale) {
-  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kInt, "w_packed must be int32 (pack_conv_weight on CUDA), got ",
-                   w_packed.scalar_type());
-  TORCH_CHECK(w_packed.device() == x.device(), "w_packed is on ", w_packed.device(), " but x is on ", x.device());
-  TORCH_CHECK_VALUE(w_packed.dim() == 4, "w_packed must be 4-D [O, kh, kw, Cw], got ", w_packed.dim(), "-D");
-  const ConvGeom g = make_conv_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding,
-                                    dilation, kCudaWordBits);
-  TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
-                    g.C, " channels (", g.Cw, " words)");
-  at::Tensor shift;
-  if (x_shift.has_value() && x_shift->defined()) {
-    check_float_cuda(*x_shift, "x_shift");
-    TORCH_CHECK(x_shift->device() == x.device(), "x_shift is on ", x_shift->device(), " but x is on ", x.device());
-    TORCH_CHECK_VALUE(x_shift->numel() == 1, "x_shift must hold one value, got ", x_shift->numel());
-    shift = *x_shift;  // read by the packing kernel; not finite -> NaN outputs, like NaN in x
-  }
-  const at::Tensor scale = per_channel(out_scale, g.O, x.device(), "out_scale");
-  const at::Tensor bias = per_channel(out_bias, g.O, x.device(), "out_bias");
-  const at::Tensor ones = per_channel(ones_scale, g.O, x.device(), "ones_scale");
+  const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kInt, kCudaWordBits);
+  // Read by the packing kernel; not finite -> NaN outputs, like NaN in x.
+  const at::Tensor shift = checked_shift(x_shift, x);
+  const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale");
+  const at::Tensor bias = per_channel(out_bias, g.O, x, "out_bias");
+  const at::Tensor ones = per_channel(ones_scale, g.O, x, "ones_scale");
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
   const at::Tensor P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), shift, flag);
@@ -321,10 +286,7 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& w, at::IntA
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float_cuda(x, "x");
   check_float_cuda(w, "w");
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
-  TORCH_CHECK_VALUE(w.size(1) == x.size(1), "w has ", w.size(1), " input channels but x has ", x.size(1));
-  TORCH_CHECK(w.device() == x.device(), "w is on ", w.device(), " but x is on ", x.device());
+  check_conv_operands(x, w);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   const at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), at::Tensor(), flag);  // NaN in w -> NaN out

@@ -1,6 +1,7 @@
 // pack_signs / unpack_signs on CUDA and the packing pass of the binary convolutions.
 #include <torch/library.h>
 
+#include "common/pack_shape.h"
 #include "cuda_utils.cuh"
 #include "sign_pack_cuda.cuh"
 
@@ -46,39 +47,22 @@ __global__ void unpack_kernel(const uint32_t* __restrict__ packed, int64_t rows,
   }
 }
 
-at::Tensor as_4d(const at::Tensor& t) {
-  at::Tensor v = t;
-  if (v.dim() > 4) v = v.flatten(0, v.dim() - 4);
-  while (v.dim() < 4) v = v.unsqueeze(0);
-  return v;
-}
-
 at::Tensor pack_signs_cuda(const at::Tensor& x, int64_t dim) {
   check_cuda_input(x, "x");
-  TORCH_CHECK_VALUE(x.dim() >= 1, "pack_signs: x must have at least 1 dimension");
   c10::cuda::CUDAGuard guard(x.device());
-  dim = c10::maybe_wrap_dim(dim, x.dim());
-  const at::Tensor xm = x.movedim(dim, -1);
+  const PackPlan p = plan_pack(x, dim, kCudaWordBits);
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
-  at::Tensor packed = pack_signs_4d_cuda(as_4d(xm), at::Tensor(), flag);
+  at::Tensor packed = pack_signs_4d_cuda(as_4d(p.xm), at::Tensor(), flag);
   // pack_signs is a utility, not a forward: a host check gives the clear error.
   TORCH_CHECK_VALUE(flag.item<int>() == 0, "x contains NaN: its sign is undefined");
-  std::vector<int64_t> shape(xm.sizes().begin(), xm.sizes().end() - 1);
-  shape.push_back(cuda_words(x.size(dim)));
-  return packed.view(shape);
+  return packed.view(p.shape);
 }
 
 at::Tensor unpack_signs_cuda(const at::Tensor& packed_in, int64_t n, int64_t dim) {
   check_cuda_input(packed_in, "packed");
-  TORCH_CHECK_TYPE(packed_in.scalar_type() == at::kInt, "packed must be int32 (the CUDA pack_signs layout), got ",
-                   packed_in.scalar_type());
-  TORCH_CHECK_VALUE(packed_in.dim() >= 1, "packed must have at least 1 dimension");
-  TORCH_CHECK_VALUE(n >= 0 && cuda_words(n) == packed_in.size(-1), "unpack_signs: n = ", n, " needs ",
-                    cuda_words(std::max<int64_t>(n, 0)), " words, packed has ", packed_in.size(-1));
+  const std::vector<int64_t> shape = plan_unpack(packed_in, n, at::kInt, kCudaWordBits, "CUDA");
   c10::cuda::CUDAGuard guard(packed_in.device());
   const at::Tensor packed = packed_in.contiguous();
-  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
-  shape.push_back(n);
   at::Tensor out = at::empty(shape, packed.options().dtype(at::kFloat));
   const int64_t rows = n == 0 ? 0 : out.numel() / n;
   if (out.numel() > 0) {

@@ -72,6 +72,9 @@ def add_bench_parser(sub):
                     help="torch CPU threads (default: torch's; 1 for the train_step section)")
     sp.add_argument("--sections", type=_sections, default=["overhead", "conv", "train_step"],
                     help="which parts, comma-separated (default overhead,conv,train_step)")
+    sp.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall (default) or thread: CPU time of the calling thread, immune to other processes "
+                         "on a busy machine (needs --threads 1)")
     sp.add_argument("--quick", action="store_true",
                     help=f"smoke run: {QUICK_REPEAT} calls per case, batch {QUICK_BATCH} unless --batch; the "
                          f"results are marked as smoke results, not measurements")
@@ -99,6 +102,8 @@ def cmd_bench(args):
         return _fail(f"--out {args.out!r}: cannot create the output folder: {e}")
     if not os.access(args.out, os.W_OK):
         return _fail(f"--out {args.out!r}: the output folder is not writable")
+    if args.clock == "thread" and args.threads != 1:
+        return _fail("--clock thread measures one thread: pass --threads 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
@@ -109,7 +114,7 @@ def cmd_bench(args):
 
     result = run_bench(args.models, batch=batch, device=args.device, sections=args.sections, repeat=repeat,
                        min_run_time=args.min_time, progress=not args.no_progress, threads=args.threads,
-                       quick=args.quick)
+                       quick=args.quick, clock=args.clock)
     try:
         paths = write_outputs(result, args.out)
     except OSError as e:

@@ -1,5 +1,5 @@
 """CPU binary-conv engines per layer (issue 7): the XNOR-popcount engine, the +-1 int8 GEMM engines
-(AVX512-VNNI; AMX where the CPU has it), the engine the auto trial picks, against F.conv2d in float32
+(AVX512-VNNI; AMX where the CPU has it), the engine the auto rule picks, against F.conv2d in float32
 and bfloat16 and torch's own int8 quantized conv2d (the peer: x86/fbgemm/onednn backend on +-1 tensors
 quantized to quint8 x qint8, scale 1; its input quantization is not timed). All binary rows run
 binary_conv2d_packed on pre-packed weights (the deploy path), same threads, one process.
@@ -84,11 +84,11 @@ def layer_fns(shape: ConvShape, batch):
 
 
 def auto_choice(shape, batch):
-    """The engine the auto trial cached for this layer (after the layer ran under auto)."""
+    """The engine the auto rule chose for this layer (after the layer ran under auto; any batch)."""
     C = erbnn_ext._native._C
-    prefix = f"{batch},{shape.cin},{shape.hw},{shape.hw},{shape.cout},{shape.k},{shape.k},"
-    hits = [v for k, v in C._conv_engine_choices().items() if k.startswith(prefix)
-            and k.split(",")[7] == str(shape.stride)]
+    prefix = (f"C{shape.cin} H{shape.hw} W{shape.hw} O{shape.cout} k{shape.k}x{shape.k} "
+              f"s{shape.stride},{shape.stride} ")
+    hits = [v for k, v in C._conv_engine_choices().items() if k.startswith(prefix)]
     return hits[-1] if hits else "?"
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .. import baselines, functional as EF, ops, reference
 from .._backend import native_active, use_backend
-from ..reference import EPS
+from .._common import EPS
 from .shapes import MODELS
 from .timing import header, seconds
 

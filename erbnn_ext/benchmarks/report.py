@@ -92,6 +92,8 @@ def overhead_tables(result):
         table.append([e["model"], e["mode"], overhead.LABELS[e["method"]], e["backend"], _ms(e["total_s"]),
                       reduction,
                       _pct(e["paper_reduction_pct"]) if e["method"] == "erbnn_native" and e["mode"] != "q" else ""])
+    if not table:
+        return out
     out.append("Restoration overhead per model: total over all binary layers (ms); reduction = 1 - t / t(IR-Net);\n"
                "train = fwd+bwd + q (q: ER-BNN's width measurement; IR-Net and ReCU have none); paper claim: "
                "the paper's reduction for restoration\n" + (_smoke_note(result) + "\n" if smoke else "")
@@ -147,7 +149,8 @@ def train_step_tables(result):
 def render_text(result):
     c = result["config"]
     head = [machine_line(result["machine"]),
-            f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")]
+            f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")
+            + (", clock: CPU time of the calling thread" if c.get("clock") == "thread" else "")]
     if is_smoke(result):
         head.append(_smoke_note(result))
     warning = load_warning(result["machine"])

@@ -27,14 +27,14 @@ def _all_cases(models, batch, device, sections):
 
 
 def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, min_run_time=0.2,
-              progress=True, threads=None, quick=False):
+              progress=True, threads=None, quick=False, clock="wall"):
     """Measure every case; return {"machine", "config", "rows", "summary"} (JSON-ready). threads: as
     --threads (None: torch's count, and TRAIN_STEP_THREADS for the training-step section). quick: the
     result is marked as a smoke run (config["quick"]), which the report shows instead of claims."""
     step_threads = threads or TRAIN_STEP_THREADS
     config = {"models": list(models), "batch": batch, "device": str(device), "sections": list(sections),
               "quick": bool(quick), "smoke": bool(quick) or (repeat is not None and repeat < 5), "train_step_threads": step_threads if "train_step" in sections else None,
-              "repeat": repeat, "min_run_time_s": None if repeat else min_run_time,
+              "repeat": repeat, "min_run_time_s": None if repeat else min_run_time, "clock": clock,
               "timer": ("torch.utils.benchmark.Timer.timeit(%d)" % repeat) if repeat
               else "torch.utils.benchmark.Timer.blocked_autorange (median)"}
     machine = machine_info(device)
@@ -43,7 +43,7 @@ def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, mi
     for row, fn in tqdm(built, desc="erbnn bench", unit="case", disable=None if progress else True,
                         file=sys.stderr, leave=False):
         n = step_threads if row["section"] == "train_step" else machine["threads"]
-        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=n), threads=n)
+        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=n, clock=clock), threads=n)
         rows.append(row)
     machine["load_avg_end"] = load_average()
     return {"machine": machine, "config": config, "rows": rows, "summary": summarise(rows)}

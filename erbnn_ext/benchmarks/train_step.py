@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import models as zoo, nn as enn
+from .. import models as zoo, nn as enn, ops
 from .._backend import get_backend, native_active, use_backend
 from .shapes import MODELS
 from .timing import header, measure
@@ -29,10 +29,8 @@ LABELS = {"er_layer": "ERBinaryConv2d", "conv2d": "nn.Conv2d", "er_model": "ER-B
 def model_builder(name: str):
     """The model of a benchmark model name (resnet20 -> resnet20_1w1a, resnet18_imagenet ->
     resnet18_1w1a_imagenet) and its input size."""
-    for cand in (f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet"), name):
-        if cand in zoo.MODELS:
-            return zoo.MODELS[cand], (224 if "imagenet" in name else 32)
-    raise ValueError(f"no model for benchmark name {name!r}")
+    key = zoo.model_name(name)
+    return zoo.MODELS[key], zoo.INPUT_SIZES[key][-1]
 
 
 def float_twin(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,8 +94,17 @@ def model_step(name, batch, method="er_model", device="cpu", seed=0):
     return step
 
 
-def _backend_label():
-    return get_backend() if native_active() or get_backend() == "reference" else "reference (native not loaded)"
+TRAIN_OPS = ("restore_weight_train", "restore_activation_train")  # one fused op per ER layer side
+
+
+def _backend_label(device="cpu"):
+    """What an ER layer's training step runs: native, or the reference twins (and why)."""
+    if get_backend() == "reference":
+        return "reference"
+    if not native_active():
+        return "reference (native not loaded)"
+    missing = [op for op in TRAIN_OPS if not ops.has_kernel(op, torch.device(device).type)]
+    return "native" if not missing else "reference twin (no native kernel: " + ", ".join(missing) + ")"
 
 
 def cases(models, batch, device="cpu", layers=True, whole=True):
@@ -110,13 +117,13 @@ def cases(models, batch, device="cpu", layers=True, whole=True):
                     row = {"section": "train_step", "model": model, "layer": shape.name, "count": shape.count,
                            "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
                            "batch": batch, "method": method, "label": LABELS[method],
-                           "backend": _backend_label() if method == "er_layer" else "pytorch", "device": str(device)}
+                           "backend": _backend_label(device) if method == "er_layer" else "pytorch", "device": str(device)}
                     yield row, layer_step(shape, batch, method, device)
         if whole:
             for method in MODEL_METHODS:
                 row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
                        "method": method, "label": LABELS[method],
-                       "backend": _backend_label() if method == "er_model" else "pytorch", "device": str(device)}
+                       "backend": _backend_label(device) if method == "er_model" else "pytorch", "device": str(device)}
                 yield row, model_step(model, batch, method, device)
 
 
@@ -156,6 +163,9 @@ def format_tables(summary, batch, smoke=False):
     gm = summary["layer_ratio_geomean"]
     if gm and not smoke:
         lines.append(f"geometric mean of the per-layer ratios: {gm:.2f}x")
+    backends = sorted({e["backend"] for e in summary["layers"] + summary["models"]})
+    if backends:
+        lines.append(f"ER layers ran: {' / '.join(backends)}")
     if summary["models"]:
         lines += ["", f"Training step per model, batch {batch}: ms per step (forward + cross-entropy + backward + "
                       f"SGD step); ratio = ER-BNN model / float twin{tag}",
@@ -166,10 +176,10 @@ def format_tables(summary, batch, smoke=False):
 
 
 def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
-        layers=True, whole=True):
+        layers=True, whole=True, clock="wall"):
     rows = []
     for row, fn in cases(models, batch, device, layers, whole):
-        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads))
+        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads, clock=clock))
         rows.append(row)
     return rows
 
@@ -184,10 +194,15 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per case (blocked_autorange)")
     ap.add_argument("--no-models", action="store_true", help="per-layer steps only")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (needs --threads 1; robust on a busy machine)")
     a = ap.parse_args(argv)
+    if a.clock == "thread" and a.threads != 1:
+        ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
-    print(header(f"Training step, ER-BNN vs float, backend {_backend_label()}", a.device))
-    rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models)
+    print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}", a.device))
+    rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
+    print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 
 

@@ -7,6 +7,7 @@ from .dataset import DataError, ImageSet
 from .digits import load_digits
 from .imagefolder import ImageFolder, ImageFolderLoader, is_imagefolder, load_imagefolder
 from .loader import BatchLoader
+from .select import make_loader, open_data
 
 DIGITS = "digits"
 
@@ -21,4 +22,4 @@ def load_dataset(path=None):
 
 __all__ = ["BatchLoader", "DataError", "ImageSet", "load_dataset", "load_cifar10", "load_digits",
            "random_crop_flip", "to_float", "DIGITS", "ImageFolder", "ImageFolderLoader", "is_imagefolder",
-           "load_imagefolder"]
+           "load_imagefolder", "make_loader", "open_data"]

@@ -3,6 +3,8 @@ import argparse
 import math
 
 from .. import _backend
+from .. import models
+from ..data import is_imagefolder
 from ..models import METHODS, MODELS
 from .errors import UsageError
 from .recipe import default_weight_decay
@@ -11,6 +13,9 @@ DEFAULTS = {"model": "resnet20_1w1a", "method": "erbnn", "epochs": 1000, "batch_
             "momentum": 0.9, "weight_decay": None, "warmup": 17, "seed": 0, "data": None, "p0": 0.8,
             "p1": 0.0, "limit_train": None}
 RECIPE_KEYS = tuple(DEFAULTS)  # these define the run: taken from the checkpoint on --resume
+# where --data is an ImageNet-style folder (train/ and val/): the ImageNet recipe (docs/imagenet.md)
+IMAGENET_DEFAULTS = {"model": "resnet18_1w1a_imagenet", "epochs": 120, "warmup": 0}
+AMP = ("bf16", "fp16")
 
 
 def _positive_int(s):
@@ -49,14 +54,12 @@ def _unit_float(s):
 
 
 def model_name(name: str) -> str:
-    """A model name as given on the command line: a key of MODELS or its short form (resnet20 ->
-    resnet20_1w1a, resnet18_imagenet -> resnet18_1w1a_imagenet, ...)."""
-    for cand in (name, f"{name}_1w1a", name.replace("_imagenet", "_1w1a_imagenet")):
-        if cand in MODELS:
-            return cand
-    short = sorted({k.replace("_1w1a", "") for k in MODELS})
-    raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
-                                     f"or the short forms {', '.join(short)})")
+    """--model: a key of MODELS or its short form (erbnn_ext.models.model_name)."""
+    try:
+        return models.model_name(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(MODELS))} "
+                                         f"or the short forms {', '.join(sorted(models.ALIASES))})") from None
 
 
 def runtime_arguments(p):
@@ -66,27 +69,30 @@ def runtime_arguments(p):
                         "or native)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads per process")
     p.add_argument("--workers", type=_nonneg_int, default=0, help="data-loading worker processes")
+    p.add_argument("--amp", choices=AMP, default=None,
+                   help="mixed precision through torch.autocast: bf16 (CPU, CUDA) or fp16 (CUDA, grad scaler)")
+    p.add_argument("--channels-last", action="store_true", help="model and batches in channels-last layout")
 
 
 def train_arguments(p):
     p.add_argument("--model", type=model_name, default=None, metavar="MODEL",
                    help=f"{', '.join(sorted(MODELS))} or the short forms without _1w1a (default "
-                        f"{DEFAULTS['model']})")
+                        f"{DEFAULTS['model']}; {IMAGENET_DEFAULTS['model']} on an ImageNet folder)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="binarizer: erbnn (default) or the ablations clip, ede, irnet, recu")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000; 120 on an ImageNet folder)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default 256)")
     p.add_argument("--lr", type=_positive_float, default=None, help="base learning rate (default 0.1)")
     p.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="default 1e-4 (2e-4 for resnet18_1w1a)")
-    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up epochs (default 17)")
+    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up epochs (default 17; 0 on an ImageNet folder)")
     p.add_argument("--p0", type=_unit_float, default=None, help="ER-BNN percentile at epoch 0 (0.8)")
     p.add_argument("--p1", type=_unit_float, default=None, help="ER-BNN percentile at the end (0.0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--data", default=None,
-                   help="CIFAR-10 cifar-10-batches-py folder (or its parent); default: the embedded "
-                        "scikit-learn digits")
+                   help="CIFAR-10 cifar-10-batches-py folder (or its parent), or an ImageNet-style folder "
+                        "with train/ and val/ class folders; default: the embedded scikit-learn digits")
     p.add_argument("--limit-train", type=_positive_int, default=None,
                    help="train on the first N images of the training split only (smoke runs)")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>_<method>_seed<seed>)")
@@ -100,7 +106,8 @@ def train_arguments(p):
 
 def eval_arguments(p):
     p.add_argument("checkpoint", help="checkpoint.pt written by `erbnn train`")
-    p.add_argument("--data", default=None, help="CIFAR-10 folder (default: the data the model trained on)")
+    p.add_argument("--data", default=None,
+                   help="CIFAR-10 folder or ImageNet-style folder (its val/) (default: the data the model trained on)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--json", action="store_true", help="print JSON")
     runtime_arguments(p)
@@ -109,13 +116,15 @@ def eval_arguments(p):
 def resolve_config(args, ckpt):
     """The run's recipe: the arguments given, else the checkpoint's (on --resume), else DEFAULTS."""
     cfg = {}
+    data = getattr(args, "data", None) if ckpt is None else ckpt["args"].get("data")
+    defaults = dict(DEFAULTS, **(IMAGENET_DEFAULTS if data is not None and is_imagefolder(data) else {}))
     for k in RECIPE_KEYS:
         given = getattr(args, k, None)
         saved = ckpt["args"].get(k) if ckpt else None
         if ckpt is not None and given is not None and given != saved and k != "epochs":
             raise UsageError(f"--{k.replace('_', '-')} {given} differs from the checkpoint's {saved!r}; "
                              f"a resumed run keeps its recipe (only --epochs may change)")
-        cfg[k] = given if given is not None else (saved if ckpt is not None else DEFAULTS[k])
+        cfg[k] = given if given is not None else (saved if ckpt is not None else defaults[k])
     if cfg["weight_decay"] is None:
         cfg["weight_decay"] = default_weight_decay(cfg["model"])
     if cfg["p1"] > cfg["p0"]:

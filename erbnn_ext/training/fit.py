@@ -35,10 +35,40 @@ def _default_device(model):
     return p.device if p is not None else torch.device("cpu")
 
 
+def _resume(resume, model, optimizer, scheduler, scaler, d, warn):
+    """Load a checkpoint (file, folder or dict) into model, optimizer, scheduler, the fp16 grad scaler and
+    the RNGs; returns the epochs done and the history so far."""
+    ckpt = resume if isinstance(resume, dict) else read_checkpoint(resume, RESUME_KEYS)
+    where = getattr(ckpt, "path", "the resume checkpoint")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where}: cannot resume: missing {', '.join(map(repr, missing))}")
+    saved_ws = ckpt.get("data_state", {}).get("world_size", d.world_size)
+    if saved_ws != d.world_size and d.main:
+        warn(f"resuming a {saved_ws}-rank run on {d.world_size} ranks: the data order differs from an "
+             f"uninterrupted run")
+    load_state(model, ckpt["model"], "model", where)
+    load_state(optimizer, ckpt["optimizer"], "optimizer", where)
+    load_state(scheduler, ckpt["scheduler"], "scheduler", where)
+    set_rng_state(ckpt["rng"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt["epoch"]), list(ckpt["history"])
+
+
+def _save(out, meta, data_state, epochs_done, model, optimizer, scheduler, scaler, history, world_size):
+    save_atomic({**meta, "epoch": epochs_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "data_state": {**data_state, "epoch": epochs_done, "world_size": world_size},
+                 "history": history, "scaler": scaler.state_dict() if scaler is not None else None},
+                out / CHECKPOINT)
+
+
 def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 0.1,
         momentum: float = 0.9, weight_decay: float = 1e-4, warmup: int = 17, percentile=(0.8, 0.0),
         optimizer=None, out=None, resume=None, stop_after=None, device=None, distributed=None,
-        progress: bool = False, meta=None, config=None, title=None, log=print, on_warning=None) -> dict:
+        progress: bool = False, meta=None, config=None, title=None, log=print, on_warning=None, amp=None,
+        channels_last: bool = False) -> dict:
     """Train `model` with the ER-BNN recipe; returns {"model", "history" (one dict per epoch), "out"}.
 
     train_loader / val_loader: iterables of (x, y) batches (a DataLoader, erbnn_ext.data.BatchLoader, ...);
@@ -59,6 +89,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
       with the epoch and world size). config: the "config" of metrics.json (default: the recipe).
     log: called with one line per epoch (None: silent). on_warning: called with each warning's text
       (default: warnings.warn).
+    amp: "bf16" or "fp16" runs forward and loss under torch.autocast in that dtype (fp16: CUDA only, with a
+      GradScaler whose state the checkpoint keeps); channels_last: model and batches in channels-last.
     Errors: TrainingError subclasses (erbnn_ext.training.errors): CheckpointError, OutputError (an
       unwritable folder or a full disk; the previous files are kept), NonFiniteError (a NaN/inf loss, with
       its epoch and step).
@@ -74,25 +106,17 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
     elif not distributed:
         d = Dist.single()
     device = torch.device(device) if device is not None else _default_device(model)
-    model.to(device)
-    optimizer = optimizer or make_optimizer(model, lr, momentum, weight_decay)
+    if amp not in (None, "bf16", "fp16"):
+        raise UsageError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise UsageError("amp='fp16' needs a CUDA device (use 'bf16' on the CPU)")
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if optimizer is None:
+        optimizer = make_optimizer(model, lr, momentum, weight_decay)
     scheduler = make_scheduler(optimizer, epochs, warmup)
-    start, history = 0, []
-    if resume is not None:
-        ckpt = resume if isinstance(resume, dict) else read_checkpoint(resume, RESUME_KEYS)
-        where = getattr(ckpt, "path", "the resume checkpoint")
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{where}: cannot resume: missing {', '.join(map(repr, missing))}")
-        saved_ws = ckpt.get("data_state", {}).get("world_size", d.world_size)
-        if saved_ws != d.world_size and d.main:
-            warn(f"resuming a {saved_ws}-rank run on {d.world_size} ranks: the data order differs from an "
-                 f"uninterrupted run")
-        load_state(model, ckpt["model"], "model", where)
-        load_state(optimizer, ckpt["optimizer"], "optimizer", where)
-        load_state(scheduler, ckpt["scheduler"], "scheduler", where)
-        set_rng_state(ckpt["rng"])
-        start, history = int(ckpt["epoch"]), list(ckpt["history"])
+    start, history = (_resume(resume, model, optimizer, scheduler, scaler, d, warn) if resume is not None
+                      else (0, []))
     msg = warmup_warning(epochs, warmup)
     if msg and d.main and start < epochs:
         warn(msg)
@@ -116,13 +140,14 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
         lr_now = optimizer.param_groups[0]["lr"]
         _set_loader_epoch(train_loader, epoch)
         tr_loss, tr_acc, tr_n = train_one_epoch(net, train_loader, optimizer, device, d, epoch=epoch,
-                                                desc=f"epoch {epoch + 1}/{epochs}", progress=progress and d.main)
+                                                desc=f"epoch {epoch + 1}/{epochs}", progress=progress and d.main,
+                                                amp=amp, scaler=scaler, channels_last=channels_last)
         scheduler.step()
         if distributed:
             broadcast_buffers(model)
         row = {"epoch": epoch + 1, "lr": lr_now, **sched, "train_loss": tr_loss, "train_acc": tr_acc}
         if val_loader is not None:
-            te_loss, te_acc, te_n = evaluate(model, val_loader, device, d)
+            te_loss, te_acc, te_n = evaluate(model, val_loader, device, d, amp=amp, channels_last=channels_last)
             row.update(test_loss=te_loss, test_acc=te_acc)
         row.update(epoch_time_s=time.perf_counter() - t0, train_samples=tr_n)
         if val_loader is not None:
@@ -132,11 +157,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
             if log is not None:
                 log(epoch_line(row, epochs, sched))
             if out is not None:
-                save_atomic({**meta, "epoch": epoch + 1, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": rng_state(), "data_state": {**data_state, "epoch": epoch + 1,
-                                                                "world_size": d.world_size},
-                             "history": history}, out / CHECKPOINT)
+                _save(out, meta, data_state, epoch + 1, model, optimizer, scheduler, scaler, history, d.world_size)
                 write_metrics(out, history, config)
                 plot(out, history, title or type(model).__name__)
     if distributed:

@@ -15,6 +15,12 @@ def _progress(it, desc, enabled):
                 dynamic_ncols=True, file=sys.stderr)
 
 
+def autocast(device, amp):
+    """torch.autocast for --amp ("bf16", "fp16" or None: disabled)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
+
+
 def _where(epoch, step, loader):
     total = f" of {len(loader)}" if hasattr(loader, "__len__") else ""
     return (f"epoch {epoch + 1}, " if epoch is not None else "") + f"step {step + 1}{total}"
@@ -27,27 +33,36 @@ def _check_finite(loss, model, epoch, step, loader):
                              f"(diverged; try a lower learning rate)")
 
 
-def train_one_epoch(model, loader, optimizer, device, d=None, desc="train", progress=False, epoch=None):
+def train_one_epoch(model, loader, optimizer, device, d=None, desc="train", progress=False, epoch=None,
+                    amp=None, scaler=None, channels_last=False):
     """One pass over loader (cross-entropy, then optimizer.step per batch); returns (mean loss, top-1 %,
     samples) summed over the ranks of d (a Dist, or None for one process). A non-finite loss raises
-    NonFiniteError naming the epoch (0-based `epoch`, printed 1-based) and the step."""
+    NonFiniteError naming the epoch (0-based `epoch`, printed 1-based) and the step.
+    amp: autocast dtype ("bf16" / "fp16" / None); scaler: a torch.amp.GradScaler (fp16) or None."""
     model.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
     bar = _progress(loader, desc, progress)
     for step, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
         try:
-            out = model(x)
+            with autocast(device, amp):
+                out = model(x)
         except RuntimeError as e:
             if any(not torch.isfinite(p).all() for p in model.parameters()):
                 raise NonFiniteError(f"training stopped: the parameters are no longer finite at "
                                      f"{_where(epoch, step, loader)} (diverged; try a lower learning rate)") from e
             raise
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out.float(), y)
         _check_finite(loss, model, epoch, step, loader)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         with torch.no_grad():
             sums += torch.stack([loss.detach().double() * y.numel(), (out.argmax(1) == y).sum().double(),
                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
@@ -61,14 +76,16 @@ def train_one_epoch(model, loader, optimizer, device, d=None, desc="train", prog
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, d=None, progress=False, desc="test"):
+def evaluate(model, loader, device, d=None, progress=False, desc="test", amp=None, channels_last=False):
     """(mean loss, top-1 %, samples) of model in eval mode over loader, summed over the ranks of d."""
     model.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for x, y in _progress(loader, desc, progress):
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+        x, y = x.to(device, memory_format=fmt), y.to(device)
+        with autocast(device, amp):
+            out = model(x)
+        sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
         sums[1] += (out.argmax(1) == y).sum().double()
         sums[2] += y.numel()
     if d is not None:

@@ -20,8 +20,17 @@ def default_weight_decay(model: str) -> float:
     return 2e-4 if model == "resnet18_1w1a" else 1e-4
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float):
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
+                   decay_binary: bool = True):
+    """SGD; decay_binary=False (the ImageNet recipe) applies weight decay to the float parameters only,
+    not to the latent weights of the binary layers."""
+    if decay_binary:
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    from ..summary import BINARY_LAYERS
+    binary = {id(m.weight) for m in model.modules() if isinstance(m, BINARY_LAYERS)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in binary], "weight_decay": weight_decay},
+              {"params": [p for p in model.parameters() if id(p) in binary], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def make_scheduler(optimizer, epochs: int, warmup: int):

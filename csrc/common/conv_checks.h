@@ -1,0 +1,63 @@
+// Argument checks of binary_conv2d_packed shared by the CPU and CUDA entry points (x's own dtype check is
+// the device's float-input check).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common/conv_geom.h"
+
+namespace erbnn {
+
+inline const char* word_type_name(at::ScalarType t) { return t == at::kLong ? "int64" : "int32"; }
+
+inline void check_on_x_device(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+// w_packed: [O, kh, kw, Cw] words of word_type (int64 on CPU, int32 on CUDA) for x's C channels.
+inline ConvGeom check_packed_conv(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, at::ScalarType word_type,
+                                  int64_t word_bits) {
+  check_on_x_device(w_packed, "w_packed", x);
+  TORCH_CHECK_TYPE(w_packed.scalar_type() == word_type, "w_packed must be ", word_type_name(word_type), " (pack_conv_weight on ",
+                   x.device().type(), "), got ", w_packed.scalar_type());
+  TORCH_CHECK_VALUE(w_packed.dim() == 4, "w_packed must be 4-D [O, kh, kw, Cw], got ", w_packed.dim(), "-D");
+  const ConvGeom g = make_conv_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding,
+                                    dilation, word_bits);
+  TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
+                    g.C, " channels (", g.Cw, " words)");
+  return g;
+}
+
+// binary_conv2d(x, w): x [N, C, H, W] and w [O, C, kh, kw] on one device.
+inline void check_conv_operands(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D [O, C, kh, kw], got ", w.dim(), "-D");
+  TORCH_CHECK_VALUE(w.size(1) == x.size(1), "w has ", w.size(1), " input channels but x has ", x.size(1));
+  check_on_x_device(w, "w", x);
+}
+
+// out_scale / out_bias / ones_scale: [O] or 1 element (broadcast), a float tensor on x's device; returned
+// as contiguous float32 [O], or undefined for None.
+inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, const at::Tensor& x, const char* name) {
+  if (!t.has_value() || !t->defined()) return {};
+  check_on_x_device(*t, name, x);
+  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a float tensor, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->numel() == O || t->numel() == 1, name, " must have 1 or O = ", O, " elements, got ",
+                    t->numel());
+  at::Tensor v = t->to(at::kFloat).reshape({-1});
+  return (v.numel() == O ? v : v.expand({O})).contiguous();
+}
+
+// x_shift: None (returned undefined: shift 0) or a 1-element float tensor on x's device.
+inline at::Tensor checked_shift(const std::optional<at::Tensor>& s, const at::Tensor& x) {
+  if (!s.has_value() || !s->defined()) return {};
+  check_on_x_device(*s, "x_shift", x);
+  TORCH_CHECK_TYPE(at::isFloatingType(s->scalar_type()), "x_shift must be a float tensor, got ", s->scalar_type());
+  TORCH_CHECK_VALUE(s->numel() == 1, "x_shift must hold one value, got ", s->numel());
+  return *s;
+}
+
+}  // namespace erbnn
