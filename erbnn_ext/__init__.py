@@ -14,7 +14,7 @@ import torch
 from . import _native, _backend
 from ._version import __version__
 from ._backend import get_backend, set_backend, use_backend
-from . import ops, reference, functional, baselines, nn, binary_ops, models, deploy  # noqa: E402,F401
+from . import ops, reference, functional, baselines, nn, models, deploy  # noqa: E402,F401
 from .summary import summary  # noqa: E402  (the function; the module stays importable as erbnn_ext.summary)
 
 
@@ -81,4 +81,4 @@ def backend_info() -> dict:
 
 __all__ = ["__version__", "native_available", "backend_info", "set_backend", "get_backend", "use_backend",
            "set_cpu_isa", "set_conv_engine", "get_conv_engine", "functional", "reference", "ops", "baselines", "nn",
-           "binary_ops", "models", "deploy", "summary"]
+           "models", "deploy", "summary"]

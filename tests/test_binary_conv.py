@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from erbnn_ext import binary_ops, functional as EF, ops, reference as R
+from erbnn_ext import functional as EF, ops, reference as R
 
 from conftest import DEVICES
 
@@ -146,13 +146,13 @@ def test_packed_fused_epilogue(native, isa, cfg):
     x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"]) + 0.3
     w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
     args = (cfg["s"], cfg["p"], cfg["d"])
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     # no epilogue: exactly the conv of sign(x - shift)
-    plain = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.3)
+    plain = ops.binary_conv2d_packed(x, wp, *args, x_shift=0.3)
     xs = torch.where(x >= 0.3, 1.0, -1.0)
     assert torch.equal(plain, conv_truth(xs, w, *args))
     scale, bias, ones = torch.rand(cfg["o"]) + 0.5, torch.randn(cfg["o"]), torch.randn(cfg["o"])
-    y = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.3, out_scale=scale, out_bias=bias, ones_scale=ones)
+    y = ops.binary_conv2d_packed(x, wp, *args, x_shift=0.3, out_scale=scale, out_bias=bias, ones_scale=ones)
     truth = fused_truth(x, w, *args, 0.3, scale, bias, ones)
     torch.testing.assert_close(y.double(), truth, rtol=1e-6, atol=1e-4)
     ref = R.binary_conv2d_packed(x, wp, *args, torch.tensor(0.3, dtype=torch.float64), scale, bias, ones)
@@ -165,37 +165,37 @@ def test_fused_equals_conv_of_restored_activation(native, isa):
     mu, sigma = 0.25, 0.8
     wb = R.sign(w)
     y_ref = F.conv2d(R.restore_activation_fixed(x, mu, sigma), wb, padding=1)
-    wp = binary_ops.pack_conv_weight(w)
-    y = binary_ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=mu, out_scale=torch.tensor(sigma),
+    wp = ops.pack_conv_weight(w)
+    y = ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=mu, out_scale=torch.tensor(sigma),
                                         ones_scale=torch.tensor(mu))
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
     # a following BatchNorm folds into per-channel scale / bias / ones
     a, c = torch.rand(12) + 0.5, torch.randn(12)
-    y_bn = binary_ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=mu, out_scale=a * sigma, out_bias=c, ones_scale=a * mu)
+    y_bn = ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=mu, out_scale=a * sigma, out_bias=c, ones_scale=a * mu)
     torch.testing.assert_close(y_bn, a.view(1, -1, 1, 1) * y_ref + c.view(1, -1, 1, 1), rtol=1e-5, atol=1e-4)
 
 
 def test_packed_errors(native):
     x, w = torch.randn(1, 70, 5, 5), torch.randn(3, 70, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     with pytest.raises(ValueError, match="words"):
-        binary_ops.binary_conv2d_packed(torch.randn(1, 130, 5, 5), wp)
+        ops.binary_conv2d_packed(torch.randn(1, 130, 5, 5), wp)
     with pytest.raises(TypeError, match="int64"):
-        binary_ops.binary_conv2d_packed(x, wp.int())
+        ops.binary_conv2d_packed(x, wp.int())
     with pytest.raises(ValueError, match="out_scale"):
-        binary_ops.binary_conv2d_packed(x, wp, out_scale=torch.ones(2))
+        ops.binary_conv2d_packed(x, wp, out_scale=torch.ones(2))
     with pytest.raises(ValueError, match="x_shift"):
-        binary_ops.binary_conv2d_packed(x, wp, x_shift=float("inf"))
+        ops.binary_conv2d_packed(x, wp, x_shift=float("inf"))
     with pytest.raises(ValueError, match="NaN"):
-        binary_ops.binary_conv2d_packed(torch.full((1, 70, 5, 5), float("nan")), wp)
-    assert binary_ops.binary_conv2d_packed(torch.randn(0, 70, 5, 5), wp, padding=1).shape == (0, 3, 5, 5)
+        ops.binary_conv2d_packed(torch.full((1, 70, 5, 5), float("nan")), wp)
+    assert ops.binary_conv2d_packed(torch.randn(0, 70, 5, 5), wp, padding=1).shape == (0, 3, 5, 5)
 
 
 def test_packed_x_shift_tensor_and_dtype(native):
     # x_shift is None (0) or a 1-element float tensor on x's device; the output is float32 for every
     # input dtype (callers cast).
     x, w = torch.randn(2, 5, 6, 6, dtype=torch.float64), torch.randn(4, 5, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     op = torch.ops.erbnn.binary_conv2d_packed.default
     truth = conv_truth(x - 0.25, w, 1, 1, 1)
     for shift in (torch.tensor(0.25), torch.tensor([0.25], dtype=torch.float64), torch.tensor([[0.25]])):
@@ -217,7 +217,7 @@ def test_packed_x_shift_tensor_and_dtype(native):
 def test_packed_compiles_fullgraph_with_tensor_shift(native):
     # The shift as a tensor keeps the graph whole: no SymFloat argument, no .item() in the caller.
     x, w = torch.randn(1, 5, 6, 6), torch.randn(4, 5, 3, 3)
-    wp, shift, scale = binary_ops.pack_conv_weight(w), torch.tensor([0.1]), torch.rand(4)
+    wp, shift, scale = ops.pack_conv_weight(w), torch.tensor([0.1]), torch.rand(4)
     fn = lambda x, s: ops.binary_conv2d_packed(x, wp, (1, 1), (1, 1), (1, 1), x_shift=s, out_scale=scale) * 2
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="eager")
@@ -236,7 +236,7 @@ def test_conv_devices(native, device, cfg):
     assert torch.equal(EF.binary_conv2d(x, w, *args).cpu(), conv_truth(x.cpu(), w.cpu(), *args))
     wp = ops.pack_conv_weight(w)
     scale, bias, ones = (torch.randn(cfg["o"], device=device) for _ in range(3))
-    y = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.1, out_scale=scale, out_bias=bias, ones_scale=ones)
+    y = ops.binary_conv2d_packed(x, wp, *args, x_shift=0.1, out_scale=scale, out_bias=bias, ones_scale=ones)
     truth = fused_truth(x.cpu(), w.cpu(), *args, 0.1, scale.cpu(), bias.cpu(), ones.cpu())
     torch.testing.assert_close(y.cpu().double(), truth, rtol=1e-6, atol=1e-4)
 
@@ -311,9 +311,9 @@ def test_small_channels_exact(native, isa, cfg):
     w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
     args = (cfg["s"], cfg["p"], cfg["d"])
     assert torch.equal(EF.binary_conv2d(x, w, *args), conv_truth(x, w, *args))
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     scale, bias, ones = torch.rand(cfg["o"]) + 0.5, torch.randn(cfg["o"]), torch.randn(cfg["o"])
-    y = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.2, out_scale=scale, out_bias=bias, ones_scale=ones)
+    y = ops.binary_conv2d_packed(x, wp, *args, x_shift=0.2, out_scale=scale, out_bias=bias, ones_scale=ones)
     torch.testing.assert_close(y.double(), fused_truth(x, w, *args, 0.2, scale, bias, ones), rtol=1e-6, atol=1e-4)
 
 
@@ -330,10 +330,10 @@ def test_packed_fused_tail(native, isa, cfg):
     x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"])
     w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
     args = (cfg["s"], cfg["p"], cfg["d"])
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     kw = dict(x_shift=0.1, out_scale=torch.rand(cfg["o"]) + 0.5, out_bias=torch.randn(cfg["o"]),
               ones_scale=torch.randn(cfg["o"]))
-    plain = binary_ops.binary_conv2d_packed(x, wp, *args, **kw)
+    plain = ops.binary_conv2d_packed(x, wp, *args, **kw)
     residual = torch.randn_like(plain)
     act = torch.stack([torch.randn(cfg["o"]), torch.rand(cfg["o"]), torch.randn(cfg["o"])])
     pair = lambda v: [v, v]
@@ -350,7 +350,7 @@ def test_packed_fused_tail(native, isa, cfg):
 
 def test_packed_fused_tail_errors(native):
     x, w = torch.randn(1, 8, 5, 5), torch.randn(3, 8, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     op = torch.ops.erbnn.binary_conv2d_packed.default
     with pytest.raises(ValueError, match="residual"):
         op(x, wp, [1, 1], [1, 1], [1, 1], None, None, None, None, torch.zeros(1, 3, 4, 5))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import erbnn_ext
-from erbnn_ext import binary_ops, functional as EF
+from erbnn_ext import functional as EF, ops
 
 from conftest import NATIVE
 from test_binary_conv import conv_truth, fused_truth
@@ -123,13 +123,13 @@ def test_fused_epilogue_identical_to_xnor(engine, cfg):
     x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"]) + 0.3
     w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
     args = (cfg["s"], cfg["p"], cfg["d"])
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     scale, bias, ones = torch.rand(cfg["o"]) + 0.5, torch.randn(cfg["o"]), torch.randn(cfg["o"])
     kw = dict(x_shift=0.3, out_scale=scale, out_bias=bias, ones_scale=ones)
-    y = binary_ops.binary_conv2d_packed(x, wp, *args, **kw)
+    y = ops.binary_conv2d_packed(x, wp, *args, **kw)
     torch.testing.assert_close(y.double(), fused_truth(x, w, *args, 0.3, scale, bias, ones), rtol=1e-6, atol=1e-4)
     erbnn_ext.set_conv_engine("xnor")
-    assert torch.equal(y, binary_ops.binary_conv2d_packed(x, wp, *args, **kw))
+    assert torch.equal(y, ops.binary_conv2d_packed(x, wp, *args, **kw))
 
 
 def test_amx_emulation_is_not_amx(native):
@@ -145,7 +145,7 @@ def test_amx_emulation_is_not_amx(native):
 
 def test_opcheck(engine):
     x, w = torch.randn(2, 33, 6, 5), torch.randn(4, 33, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     op = torch.ops.erbnn.binary_conv2d_packed.default
     torch.library.opcheck(op, (x, wp, [1, 2], [1, 1], [1, 1], torch.tensor([0.2]), torch.rand(4), torch.randn(4), torch.randn(1)))
     torch.library.opcheck(torch.ops.erbnn.binary_conv2d.default, (x, w, [2, 1], [1, 0], [1, 2]))
@@ -163,26 +163,26 @@ def test_auto_choice_identical_and_cached(native):
     erbnn_ext.set_conv_engine("auto")
     C._clear_conv_engine_cache()
     x, w = torch.randn(2, 64, 10, 10), torch.randn(32, 64, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     kw = dict(x_shift=0.1, out_scale=torch.rand(32), out_bias=torch.randn(32), ones_scale=torch.randn(32))
-    y = binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw)
+    y = ops.binary_conv2d_packed(x, wp, 1, 1, **kw)
     choices = C._conv_engine_choices()
     assert len(choices) == 1 and list(choices.values())[0] in _available()
     assert list(choices)[0] == "C64 H10 W10 O32 k3x3 s1,1 p1,1 d1,1"  # the shape, not the batch
-    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)  # cached path
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)  # cached path
     assert C._conv_engine_choices() == choices
     # another batch size and thread count: the same key, no new entry
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        y5 = binary_ops.binary_conv2d_packed(torch.cat([x] * 3)[:5], wp, 1, 1, **kw)
+        y5 = ops.binary_conv2d_packed(torch.cat([x] * 3)[:5], wp, 1, 1, **kw)
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(y5[:2], y) and C._conv_engine_choices() == choices
     for name in _available():
         erbnn_ext.set_conv_engine(name)
-        assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)
-    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=0.1), conv_truth(x - 0.1, w, 1, 1, 1))
+        assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1, **kw), y)
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1, x_shift=0.1), conv_truth(x - 0.1, w, 1, 1, 1))
 
 
 def test_env_override_read_per_call(native, monkeypatch):
@@ -274,26 +274,26 @@ def test_weights_cache_follows_the_content(engine):
     # Derived weights (tap statistics, int8 / dense layouts) are cached per packed-weight content: editing
     # the packed tensor in place (even through .data, which does not bump the version) changes the result.
     x, w = torch.randn(2, 40, 7, 7), torch.randn(8, 40, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
-    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w, 1, 1, 1))
+    wp = ops.pack_conv_weight(w)
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w, 1, 1, 1))
     w2 = -w
-    wp.data.copy_(binary_ops.pack_conv_weight(w2))
-    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w2, 1, 1, 1))
+    wp.data.copy_(ops.pack_conv_weight(w2))
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1), conv_truth(x, w2, 1, 1, 1))
 
 
 def test_tail_bits_checked(engine):
     x, w = torch.randn(1, 40, 5, 5), torch.randn(3, 40, 3, 3)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     bad = wp.clone()
     bad[1, 2, 0, 0] |= 1 << 45  # channel 45 of a 40-channel weight
     with pytest.raises(ValueError, match="w_packed"):
-        binary_ops.binary_conv2d_packed(x, bad, 1, 1)
+        ops.binary_conv2d_packed(x, bad, 1, 1)
     from erbnn_ext import reference as R
     with pytest.raises(ValueError, match="w_packed"):
         R.binary_conv2d_packed(x, bad, [1, 1], [1, 1], [1, 1])
     # the same words are fine for a conv whose x really has 64 channels
     x64 = torch.randn(1, 64, 5, 5)
-    assert binary_ops.binary_conv2d_packed(x64, bad, 1, 1).shape == (1, 3, 5, 5)
+    assert ops.binary_conv2d_packed(x64, bad, 1, 1).shape == (1, 3, 5, 5)
 
 
 def test_float64_signs_not_rounded_through_float(engine):
@@ -305,8 +305,8 @@ def test_float64_signs_not_rounded_through_float(engine):
     truth = conv_truth(x, w, 1, 1, 1)
     assert not torch.equal(truth, conv_truth(x.float(), w.float(), 1, 1, 1))  # float32 would flip the signs
     assert torch.equal(EF.binary_conv2d(x, w, 1, 1), truth)
-    wp = binary_ops.pack_conv_weight(w)
-    assert torch.equal(binary_ops.binary_conv2d_packed(x, wp, 1, 1), truth)
+    wp = ops.pack_conv_weight(w)
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 1), truth)
     # a float64 shift next to a float64 x: compared in float64
     shift = torch.tensor([1e-300], dtype=torch.float64)
     y = torch.ops.erbnn.binary_conv2d_packed.default(x, wp, [1, 1], [1, 1], [1, 1], shift)
@@ -320,11 +320,11 @@ def test_fused_tail_identical_to_xnor(engine, cfg):
     w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
     pair = lambda v: [v, v]
     args = (pair(cfg["s"]), pair(cfg["p"]), pair(cfg["d"]))
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     o = cfg["o"]
     kw = dict(x_shift=0.2, out_scale=torch.rand(o), out_bias=torch.randn(o), ones_scale=torch.randn(o),
               act=torch.stack([torch.randn(o), torch.rand(o), torch.randn(o)]))
-    residual = torch.randn_like(binary_ops.binary_conv2d_packed(x, wp, cfg["s"], cfg["p"], cfg["d"]))
+    residual = torch.randn_like(ops.binary_conv2d_packed(x, wp, cfg["s"], cfg["p"], cfg["d"]))
     y = ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw)
     erbnn_ext.set_conv_engine("xnor")
     assert torch.equal(y, ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from erbnn_ext import binary_ops, functional as EF, ops, reference as R
+from erbnn_ext import functional as EF, ops, reference as R
 
 from conftest import DEVICES
 
@@ -88,14 +88,14 @@ def test_errors(native, isa):
 @pytest.mark.parametrize("c", [1, 63, 65, 130])
 def test_pack_conv_weight_layout(native, isa, c):
     w = torch.randn(5, c, 3, 2)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     assert wp.shape == (5, 3, 2, (c + 63) // 64)
     assert torch.equal(wp, R.pack_conv_weight(w))
     assert torch.equal(R.unpack_signs(wp, c, 1), R.sign(w))
     with pytest.raises(ValueError, match="NaN"):
-        binary_ops.pack_conv_weight(torch.full((2, 3, 1, 1), float("nan")))
+        ops.pack_conv_weight(torch.full((2, 3, 1, 1), float("nan")))
     with pytest.raises(ValueError, match="4-D"):
-        binary_ops.pack_conv_weight(torch.randn(2, 3))
+        ops.pack_conv_weight(torch.randn(2, 3))
 
 
 @pytest.mark.cuda_agreement  # CPU vs CUDA on the same inputs (tools/gpu_check.sh)

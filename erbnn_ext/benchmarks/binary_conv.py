@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from .. import binary_ops, functional as EF, ops
+from .. import functional as EF, ops
 from .._backend import native_active, use_backend
 from .shapes import MODELS, ConvShape
 from .timing import CLOCKS, header, seconds
@@ -82,11 +82,11 @@ def layer_inputs(shape: ConvShape, batch, seed=0):
 def layer_fns(shape: ConvShape, batch):
     """name -> zero-argument callable, for one layer at one batch size."""
     x, w = layer_inputs(shape, batch)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     xb, wb = x.bfloat16(), w.bfloat16()
     s, p = shape.stride, shape.padding
     return {
-        "binary_packed": lambda: binary_ops.binary_conv2d_packed(x, wp, s, p),
+        "binary_packed": lambda: ops.binary_conv2d_packed(x, wp, s, p),
         "binary_full": lambda: ops.binary_conv2d(x, w, (s, s), (p, p), (1, 1)),
         "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
         "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
@@ -130,8 +130,8 @@ def microkernel(threads=1, c=512, o_pair=(256, 512), hw=16, batch=4, min_time=0.
         x = torch.randn(batch, c, hw, hw)
         ts = []
         for o in o_pair:
-            wp = binary_ops.pack_conv_weight(torch.randn(o, c, 3, 3))
-            ts.append(seconds(lambda: binary_ops.binary_conv2d_packed(x, wp, 1, 1), min_run_time=min_time,
+            wp = ops.pack_conv_weight(torch.randn(o, c, 3, 3))
+            ts.append(seconds(lambda: ops.binary_conv2d_packed(x, wp, 1, 1), min_run_time=min_time,
                               clock=clock if threads == 1 else "wall"))
         bit_macs = batch * hw * hw * (o_pair[1] - o_pair[0]) * c * 9
         # Noise larger than the difference (a busy machine) gives no rate rather than a wrong one.

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import erbnn_ext
 
-from .. import binary_ops
+from .. import ops
 from . import binary_conv
 from .binary_conv import layer_inputs, parse_layer_bench_args
 from .timing import header
@@ -48,7 +48,7 @@ def int8_peer(x, w, stride, padding):
 def layer_fns(shape: ConvShape, batch):
     """name -> zero-argument callable (None where unavailable), for one layer at one batch size."""
     x, w = layer_inputs(shape, batch)
-    wp = binary_ops.pack_conv_weight(w)
+    wp = ops.pack_conv_weight(w)
     xb, wb = x.bfloat16(), w.bfloat16()
     s, p = shape.stride, shape.padding
     engines = erbnn_ext.backend_info()["conv_engines"]
@@ -60,7 +60,7 @@ def layer_fns(shape: ConvShape, batch):
         def run():
             erbnn_ext.set_conv_engine(name)
             try:
-                return binary_ops.binary_conv2d_packed(x, wp, s, p)
+                return ops.binary_conv2d_packed(x, wp, s, p)
             finally:
                 erbnn_ext.set_conv_engine(None)
         return run
@@ -68,7 +68,7 @@ def layer_fns(shape: ConvShape, batch):
     def auto():
         erbnn_ext.set_conv_engine("auto")
         try:
-            return binary_ops.binary_conv2d_packed(x, wp, s, p)
+            return ops.binary_conv2d_packed(x, wp, s, p)
         finally:
             erbnn_ext.set_conv_engine(None)
 
