@@ -14,8 +14,9 @@ import sys
 
 import torch
 
-import erbnn_ext  # noqa: F401  (loads the kernels)
-from erbnn_ext import reference as R
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, built in place
+import erbnn_ext  # noqa: E402,F401  (loads the kernels)
+from erbnn_ext import reference as R  # noqa: E402
 
 ops = torch.ops.erbnn
 DEV = "cuda"  # --device cpu: every call on the CPU against itself (no GPU needed)
