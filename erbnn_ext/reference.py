@@ -171,7 +171,7 @@ def two_sided_quantile(x, p):
 def _measure_width(xhat, p, q_values, q_count, width, min_width):
     """q = two_sided_quantile(xhat, p) pushed into the q ring; width = max(ring mean, min_width)."""
     ring_push(q_values, q_count, two_sided_quantile(xhat, float(p)))
-    width.copy_(ring_mean(q_values, q_count).clamp_min(min_width))
+    width[...] = ring_mean(q_values, q_count).clamp_min(min_width)  # not copy_: see nn.ApproxSign.observe
 
 
 def restore_weight_train(w, p, q_values, q_count, width, min_width):

@@ -51,7 +51,9 @@ class ApproxSign(torch.nn.Module):
         if x.numel() == 0:
             return
         self.q.push(EF.two_sided_quantile(x, float(self.p)))
-        self.b.copy_(self.q.mean().clamp_min(self.min_width))
+        # Item assignment, not copy_: torch 2.11's compiled graphs drop in-place copy_ into 0-dim float64
+        # buffers.
+        self.b[...] = self.q.mean().clamp_min(self.min_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.measuring:

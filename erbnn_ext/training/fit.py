@@ -125,8 +125,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
         prepare_out(out)
     net = model
     if distributed:
+        # Buffers (the ER rings, BatchNorm statistics) are broadcast from rank 0 before each forward: the
+        # default of torch 2.11 to 2.14 (2.14 renames the switch, so it is left at its default).
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     meta = dict(meta or {})
     data_state = dict(meta.pop("data_state", {}))
