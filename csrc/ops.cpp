@@ -50,8 +50,10 @@ TORCH_LIBRARY(erbnn, m) {
   // Fused conv on packed weights; W_b = the +-1 weights. With b = sign(x - x_shift) (+1 where x >= x_shift):
   //   out[n,o] = out_scale[o] * conv(b, W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b)   (zero padding);
   // x_shift: None (0) or a 1-element float tensor on x's device (read there: no host sync on CUDA);
-  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. Always float32
-  // out, whatever x's dtype (callers cast).
+  // out_scale / out_bias / ones_scale: [O] or 1 element (broadcast); None = 1 / 0 / 0. Then the fused
+  // block tail (deploy): + residual [N, O, OH, OW], then RPReLU with act = [3, O] (shift_in, slope,
+  // shift_out): y = PReLU(v + act[0]; act[1]) + act[2]. Always float32 out, whatever x's dtype (callers cast).
   m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
-        "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None) -> Tensor");
+        "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None, "
+        "Tensor? residual=None, Tensor? act=None) -> Tensor");
 }

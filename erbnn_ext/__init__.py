@@ -36,7 +36,7 @@ CONV_ENGINES = ("xnor", "int8_vnni", "amx")
 
 def set_conv_engine(name) -> None:
     """Force the CPU binary-conv engine: "xnor" (XNOR-popcount), "int8_vnni" (+-1 int8 GEMM, AVX512-VNNI),
-    "amx" (int8 GEMM on AMX tiles) or "auto" (a short timed trial per layer shape, cached in-process).
+    "amx" (int8 GEMM on AMX tiles) or "auto" (a rule on the layer shape, no timing inside the op).
     None hands the choice back to the environment variable ERBNN_CONV_ENGINE (read per call; default
     auto). All engines give bit-identical results; forcing one this machine lacks raises RuntimeError."""
     if not native_available():

@@ -9,6 +9,8 @@ BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean 
 ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
 """
 import copy
+import operator
+import types
 import warnings
 
 import torch
@@ -16,6 +18,7 @@ import torch.fx
 
 from . import functional as EF, ops
 from .nn.layers import ERBinaryConv2d, ERBinaryLinear
+from .nn.rprelu import RPReLU
 
 __all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear", "repack_words", "word_bits"]
 
@@ -82,12 +85,22 @@ class _FrozenBinary(torch.nn.Module):
         self.register_buffer("out_scale", scale.float().to(dev))
         self.register_buffer("out_bias", bias.float().to(dev))
         self.register_buffer("ones_scale", ones.float().to(dev))
+        self.register_buffer("act", None)  # [3, O] RPReLU (shift_in, slope, shift_out) once a tail is fused
         self.folded_bn = bn is not None
 
-    def _conv(self, x4d, stride, padding, dilation):
+    def fuse_rprelu(self, rprelu):
+        """Take over a following RPReLU: the kernel's epilogue applies it (after the residual, if given)."""
+        o = self.out_scale.numel()
+        with torch.no_grad():
+            act = torch.stack([rprelu.shift_in.reshape(-1).expand(o), rprelu.prelu.weight.reshape(-1).expand(o),
+                               rprelu.shift_out.reshape(-1).expand(o)])
+        self.act = act.float().to(self.out_scale.device).contiguous()
+
+    def _conv(self, x4d, stride, padding, dilation, residual=None):
         return ops.binary_conv2d_packed(x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
                                         x_shift=self.x_shift, out_scale=self.out_scale, out_bias=self.out_bias,
-                                        ones_scale=self.ones_scale).to(x4d.dtype)  # the op returns float32
+                                        ones_scale=self.ones_scale, residual=residual,
+                                        act=self.act).to(x4d.dtype)  # the op returns float32
 
 
 class FrozenBinaryConv2d(_FrozenBinary):
@@ -99,12 +112,13 @@ class FrozenBinaryConv2d(_FrozenBinary):
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self._freeze_from(layer, layer.weight, bn, name)
 
-    def forward(self, x):
-        return self._conv(x, self.stride, self.padding, self.dilation)
+    def forward(self, x, residual=None):
+        """residual: the block's shortcut, added in the epilogue (freeze's tail fusion passes it)."""
+        return self._conv(x, self.stride, self.padding, self.dilation, residual)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
-                f"mu={self.mu:.4g}, folded_bn={self.folded_bn}")
+                f"mu={self.mu:.4g}, folded_bn={self.folded_bn}, fused_rprelu={self.act is not None}")
 
 
 class FrozenBinaryLinear(_FrozenBinary):
@@ -170,16 +184,105 @@ def _bn_followers(model):
     return pairs
 
 
+class _OneLevelTracer(torch.fx.Tracer):
+    """Traces one module's own forward: every submodule call stays a call_module node."""
+
+    def is_leaf_module(self, m, qualname):
+        return True
+
+
+def _single_user(node):
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _module(parent, node, cls):
+    if node is None or node.op != "call_module":
+        return None
+    m = parent.get_submodule(node.target)
+    return m if isinstance(m, cls) else None
+
+
+def _fuse_graph(parent, graph):
+    """Rewrites, in `parent`'s traced graph, each  FrozenBinaryConv2d -> [Identity]* -> [+ residual] ->
+    RPReLU  chain whose intermediate values have no other user into one call of the conv with the
+    residual and the RPReLU in its epilogue. Returns whether anything changed."""
+    calls = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    changed = False
+    for node in list(graph.nodes):
+        conv = _module(parent, node, FrozenBinaryConv2d)
+        if conv is None or conv.act is not None or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+            continue
+        chain, cur = [node], node
+        while _module(parent, _single_user(cur), torch.nn.Identity) is not None:
+            cur = _single_user(cur)
+            chain.append(cur)
+        residual, nxt = None, _single_user(cur)
+        if (nxt is not None and nxt.op == "call_function" and nxt.target in (operator.add, torch.add)
+                and len(nxt.args) == 2 and not nxt.kwargs and sum(a is cur for a in nxt.args) == 1):
+            other = nxt.args[1] if nxt.args[0] is cur else nxt.args[0]
+            if isinstance(other, torch.fx.Node):
+                residual, cur = other, nxt
+                chain.append(cur)
+        act_node = _single_user(cur)
+        rprelu = _module(parent, act_node, RPReLU)
+        if rprelu is None or len(act_node.args) != 1 or act_node.kwargs:
+            continue
+        conv.fuse_rprelu(rprelu)
+        with graph.inserting_before(act_node):
+            fused = graph.call_module(node.target, (node.args[0],) + ((residual,) if residual is not None else ()))
+        act_node.replace_all_uses_with(fused)
+        for n in [act_node] + chain[::-1]:
+            graph.erase_node(n)
+        changed = True
+    return changed
+
+
+def _fuse_tails(model):
+    """deploy.freeze's tail fusion, module by module: a module that calls a frozen conv gets a forward
+    generated from its rewritten graph (same submodules, same state), where it can be traced."""
+    parents = [m for m in model.modules() if any(isinstance(c, FrozenBinaryConv2d) for c in m.children())]
+    fused = 0
+    for parent in parents:
+        try:
+            graph = _OneLevelTracer().trace(parent)
+        except Exception:  # data-dependent control flow: this module keeps its unfused forward
+            continue
+        if any(n.op == "get_attr" and not _has_attr(parent, n.target) for n in graph.nodes):
+            continue  # the generated code would need attributes (traced constants) the module lacks
+        if not _fuse_graph(parent, graph):  # (sets the fused convs' RPReLU: the forward must follow)
+            continue
+        graph.lint()
+        gm = torch.fx.GraphModule(parent, graph)
+        parent.forward = types.MethodType(type(gm).forward, parent)
+        fused += 1
+    return fused
+
+
+def _has_attr(module, target):
+    obj = module
+    for part in target.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
 def _set(model, name, module):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def freeze(model: torch.nn.Module, fold_bn: bool = True) -> torch.nn.Module:
+def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True) -> torch.nn.Module:
     """An inference-only copy of `model` with every ERBinaryConv2d / ERBinaryLinear replaced by a frozen
     layer on the XNOR-popcount kernels (weights packed once), BatchNorms that directly follow them folded
-    into the kernel epilogue. The copy is in eval mode with gradients off; its outputs equal the eval-mode
-    model's to float tolerance. The layers must have recorded activation statistics (trained)."""
+    into the kernel epilogue. With fuse_tail, a block's tail after a frozen conv (the residual add and an
+    RPReLU, e.g. act(bn(conv(x)) + shortcut(x))) runs in the same kernel's epilogue: the module calling
+    the conv gets a forward generated from its rewritten torch.fx graph (same submodules and state).
+    The copy is in eval mode with gradients off; its outputs equal the eval-mode model's to float
+    tolerance. The layers must have recorded activation statistics (trained)."""
     frozen = copy.deepcopy(model).eval()
     pairs = _bn_followers(frozen) if fold_bn else {}
     for name, m in list(frozen.named_modules()):
@@ -192,4 +295,6 @@ def freeze(model: torch.nn.Module, fold_bn: bool = True) -> torch.nn.Module:
                 _set(frozen, bn_name, torch.nn.Identity())
     for p in frozen.parameters():
         p.requires_grad_(False)
+    if fuse_tail:
+        _fuse_tails(frozen)
     return frozen

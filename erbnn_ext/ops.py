@@ -163,8 +163,10 @@ def pack_conv_weight(w, *, native=None):
 
 
 def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=None, out_scale=None,
-                         out_bias=None, ones_scale=None, *, native=None):
-    """out[n, o] = out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b).
+                         out_bias=None, ones_scale=None, residual=None, act=None, *, native=None):
+    """out[n, o] = out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b),
+    then the fused block tail: + residual ([N, O, OH, OW]), then RPReLU with act = [3, O] (shift_in, slope,
+    shift_out): y = PReLU(v + act[0]) + act[2] (None: skipped).
 
     x: [N, C, H, W] float (any layout); w_packed: pack_conv_weight(w) for w [O, C, kh, kw];
     x_shift: None (0), a float or a 1-element tensor (sign(x - x_shift) is +1 where x >= x_shift; a
@@ -179,7 +181,7 @@ def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=N
         x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
     return _impl("binary_conv2d_packed", x.device, native)(
         x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
-        x_shift, out_scale, out_bias, ones_scale)
+        x_shift, out_scale, out_bias, ones_scale, residual, act)
 
 
 # ------------------------------------------------------------------------------ fake (meta) kernels
@@ -285,7 +287,8 @@ def _register_fakes():
         return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
 
     @reg("erbnn::binary_conv2d_packed")
-    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None):
+    def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None,
+          residual=None, act=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
 

@@ -275,10 +275,11 @@ def _per_channel(t, o, name):
 
 
 def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), x_shift=None,
-                         out_scale=None, out_bias=None, ones_scale=None):
+                         out_scale=None, out_bias=None, ones_scale=None, residual=None, act=None):
     """out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b), zero
     padding, always float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]; x_shift
-    None (0) or a 1-element float tensor."""
+    None (0) or a 1-element float tensor. Then + residual, then RPReLU with act [3, O] (shift_in, slope,
+    shift_out)."""
     check_float(x, "x")
     check_finite(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
@@ -306,6 +307,16 @@ def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1
     if ones is not None:
         one = torch.ones(1, *x.shape[1:], device=x.device)
         out = out + ones * F.conv2d(one, wb, stride=stride, padding=padding, dilation=dilation)
+    if residual is not None:
+        if residual.shape != out.shape:
+            raise ValueError(f"residual must have the output's shape {list(out.shape)}, got {list(residual.shape)}")
+        out = out + residual.float()
+    if act is not None:
+        if act.dim() != 2 or act.shape[0] != 3 or act.shape[1] not in (1, o):
+            raise ValueError(f"act must be [3, O] or [3, 1] (RPReLU shift_in, slope, shift_out), got {list(act.shape)}")
+        b1, slope, b2 = (v.reshape(1, -1, 1, 1) for v in act.float())
+        t = out + b1
+        out = torch.where(t >= 0, t, slope * t) + b2
     return out
 
 

@@ -282,3 +282,79 @@ def test_opcheck(device):
     torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1]))
     vec = lambda n: torch.randn(n, device=device)
     torch.library.opcheck(op, (x, wp, [1, 1], [1, 1], [1, 1], vec(1), vec(4), vec(4), vec(1)))
+
+
+@pytest.mark.cuda
+def test_cuda_tail_bits_give_nan_without_sync(native):
+    x, w = torch.randn(1, 40, 5, 5, device="cuda"), torch.randn(3, 40, 3, 3, device="cuda")
+    wp = ops.pack_conv_weight(w)
+    assert not torch.isnan(ops.binary_conv2d_packed(x, wp, (1, 1), (1, 1), (1, 1))).any()
+    wp[1, 0, 0, 1] |= 1 << 20  # channel 52 of a 40-channel weight
+    assert torch.isnan(ops.binary_conv2d_packed(x, wp, (1, 1), (1, 1), (1, 1))).all()
+
+
+# --------------------------------------------------- few channels (dense layout) and the fused tail
+def _small_c_grid():
+    out = []
+    for c in (1, 3, 5, 16, 24, 40):
+        for k in (1, 3, 5):
+            for s, p, d in ((1, k // 2, 1), (2, k // 2, 1), (1, k - 1, 2), (2, 0, 1)):
+                out.append(dict(n=2, c=c, o=9, k=k, s=s, p=p, d=d, h=11, w=10))
+    return out
+
+
+@pytest.mark.parametrize("cfg", _small_c_grid(), ids=lambda c: "c{c}k{k}s{s}p{p}d{d}".format(**c))
+def test_small_channels_exact(native, isa, cfg):
+    # C < 64: the XNOR engine packs the whole reduction (kh*kw*C bits contiguous); exact, zero padding
+    # and the conv(1, W_b) border correction included.
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"]) + 0.2
+    w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
+    args = (cfg["s"], cfg["p"], cfg["d"])
+    assert torch.equal(EF.binary_conv2d(x, w, *args), conv_truth(x, w, *args))
+    wp = binary_ops.pack_conv_weight(w)
+    scale, bias, ones = torch.rand(cfg["o"]) + 0.5, torch.randn(cfg["o"]), torch.randn(cfg["o"])
+    y = binary_ops.binary_conv2d_packed(x, wp, *args, x_shift=0.2, out_scale=scale, out_bias=bias, ones_scale=ones)
+    torch.testing.assert_close(y.double(), fused_truth(x, w, *args, 0.2, scale, bias, ones), rtol=1e-6, atol=1e-4)
+
+
+def _tail_truth(y, residual, act):
+    v = y.double() + residual.double()
+    b1, slope, b2 = (t.double().view(1, -1, 1, 1) for t in act)
+    t = v + b1
+    return torch.where(t >= 0, t, slope * t) + b2
+
+
+@pytest.mark.parametrize("cfg", GRID[::5], ids=lambda c: "c{c}o{o}k{k}s{s}p{p}d{d}h{h}w{w}".format(**c))
+def test_packed_fused_tail(native, isa, cfg):
+    # + residual, then RPReLU, in the conv's epilogue (deploy.freeze's block tail).
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"])
+    w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
+    args = (cfg["s"], cfg["p"], cfg["d"])
+    wp = binary_ops.pack_conv_weight(w)
+    kw = dict(x_shift=0.1, out_scale=torch.rand(cfg["o"]) + 0.5, out_bias=torch.randn(cfg["o"]),
+              ones_scale=torch.randn(cfg["o"]))
+    plain = binary_ops.binary_conv2d_packed(x, wp, *args, **kw)
+    residual = torch.randn_like(plain)
+    act = torch.stack([torch.randn(cfg["o"]), torch.rand(cfg["o"]), torch.randn(cfg["o"])])
+    pair = lambda v: [v, v]
+    y = ops.binary_conv2d_packed(x, wp, pair(args[0]), pair(args[1]), pair(args[2]), residual=residual, act=act, **kw)
+    torch.testing.assert_close(y.double(), _tail_truth(plain, residual, act), rtol=1e-6, atol=1e-5)
+    ref = R.binary_conv2d_packed(x, wp, pair(args[0]), pair(args[1]), pair(args[2]),
+                                 torch.tensor(0.1, dtype=torch.float64), kw["out_scale"], kw["out_bias"],
+                                 kw["ones_scale"], residual, act)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    only_act = ops.binary_conv2d_packed(x, wp, pair(args[0]), pair(args[1]), pair(args[2]), act=act[:, :1], **kw)
+    torch.testing.assert_close(only_act.double(), _tail_truth(plain, torch.zeros_like(plain), act[:, :1].expand(3, cfg["o"])),
+                               rtol=1e-6, atol=1e-5)
+
+
+def test_packed_fused_tail_errors(native):
+    x, w = torch.randn(1, 8, 5, 5), torch.randn(3, 8, 3, 3)
+    wp = binary_ops.pack_conv_weight(w)
+    op = torch.ops.erbnn.binary_conv2d_packed.default
+    with pytest.raises(ValueError, match="residual"):
+        op(x, wp, [1, 1], [1, 1], [1, 1], None, None, None, None, torch.zeros(1, 3, 4, 5))
+    with pytest.raises(ValueError, match="act"):
+        op(x, wp, [1, 1], [1, 1], [1, 1], None, None, None, None, None, torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="residual"):
+        op(x, wp, [1, 1], [1, 1], [1, 1], None, None, None, None, torch.zeros(1, 3, 5, 5, dtype=torch.int32))

@@ -229,3 +229,11 @@ def test_load_warning():
     assert load_warning({"cpu_count": 2, "load_avg_start": 0.5, "load_avg_end": 1.9}) is None
     assert "unreliable" in load_warning({"cpu_count": 2, "load_avg_start": 0.5, "load_avg_end": 6.4})
     assert load_warning({"cpu_count": 2, "load_avg_start": None}) is None
+
+
+def test_a_few_repeats_are_a_smoke_run_too(tmp_path):
+    proc = run_cli("--repeat", "2", "--threads", "1", "--no-progress", "--models", "resnet20", "--sections", "conv",
+                   "--batch", "2", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SMOKE RUN (2 calls per case, batch 2" in proc.stdout
+    assert json.loads((tmp_path / "bench.json").read_text())["config"]["smoke"] is True

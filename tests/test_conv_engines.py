@@ -311,3 +311,20 @@ def test_float64_signs_not_rounded_through_float(engine):
     shift = torch.tensor([1e-300], dtype=torch.float64)
     y = torch.ops.erbnn.binary_conv2d_packed.default(x, wp, [1, 1], [1, 1], [1, 1], shift)
     assert torch.equal(y, conv_truth(torch.where(x >= 1e-300, 1.0, -1.0), w, 1, 1, 1))
+
+
+@pytest.mark.parametrize("cfg", GRID[:12], ids=lambda c: IDS(**c))
+def test_fused_tail_identical_to_xnor(engine, cfg):
+    from erbnn_ext import ops
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"])
+    w = torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"])
+    pair = lambda v: [v, v]
+    args = (pair(cfg["s"]), pair(cfg["p"]), pair(cfg["d"]))
+    wp = binary_ops.pack_conv_weight(w)
+    o = cfg["o"]
+    kw = dict(x_shift=0.2, out_scale=torch.rand(o), out_bias=torch.randn(o), ones_scale=torch.randn(o),
+              act=torch.stack([torch.randn(o), torch.rand(o), torch.randn(o)]))
+    residual = torch.randn_like(binary_ops.binary_conv2d_packed(x, wp, cfg["s"], cfg["p"], cfg["d"]))
+    y = ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw)
+    erbnn_ext.set_conv_engine("xnor")
+    assert torch.equal(y, ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw))

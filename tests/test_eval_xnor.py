@@ -84,6 +84,7 @@ def test_freeze_matches_eval_model_and_folds_bn(native):
     model.eval()
     frozen = deploy.freeze(model)
     assert isinstance(frozen[2].conv, deploy.FrozenBinaryConv2d) and frozen[2].conv.folded_bn
+    assert frozen[2].conv.act is not None and frozen[3].conv.act is not None  # RPReLU + residual fused
     assert isinstance(frozen[2].bn, torch.nn.Identity)
     assert isinstance(frozen[6], deploy.FrozenBinaryLinear) and isinstance(frozen[7], torch.nn.Identity)
     x = torch.randn(5, 3, 8, 8)
@@ -102,8 +103,9 @@ def test_freeze_untrained_matches_eval_initial_stats():
         torch.testing.assert_close(deploy.freeze(model)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,unfolded", [("resnet20_1w1a", 0), ("resnet18_1w1a", 0), ("vgg_small_1w1a", 3)])
-def test_freeze_paper_models(native, name, unfolded):
+@pytest.mark.parametrize("name,unfolded,fused", [("resnet20_1w1a", 0, 18), ("resnet18_1w1a", 0, 16),
+                                                 ("vgg_small_1w1a", 3, 2)])
+def test_freeze_paper_models(native, name, unfolded, fused):
     from erbnn_ext import models
     torch.manual_seed(0)
     model = getattr(models, name)(num_classes=10)
@@ -119,12 +121,16 @@ def test_freeze_paper_models(native, name, unfolded):
     assert len(frozen_layers) == len(binary) > 0
     # a BatchNorm folds where it directly follows the binary conv; VGG-Small max-pools first in 3 layers
     assert sum(not m.folded_bn for m in frozen_layers) == unfolded
+    # the block tail (residual add and RPReLU) runs in the conv's epilogue where it follows directly
+    assert sum(m.act is not None for m in frozen_layers) == fused
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad(), erbnn_ext.use_backend("reference"):
         expected = model(x)
     with torch.no_grad():
         got = frozen(x)
+        unfused = deploy.freeze(model, fuse_tail=False)(x)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got, unfused, rtol=1e-4, atol=1e-4)
 
 
 def test_repack_words_between_cpu_and_cuda_layouts():
@@ -178,3 +184,21 @@ def test_frozen_cpu_model_runs_on_cuda(native):
         back = frozen.to("cpu")(x)
     assert frozen[2].conv.w_packed.dtype == torch.int64 and torch.equal(back, on_cpu)
     torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_frozen_model_copies_and_unfused_option(native):
+    import copy
+    torch.manual_seed(0)
+    model = _small_model()
+    for _ in range(2):
+        model(torch.randn(8, 3, 8, 8)).sum().backward()
+    model.eval()
+    frozen, plain = deploy.freeze(model), deploy.freeze(model, fuse_tail=False)
+    assert plain[2].conv.act is None and frozen[2].conv.act is not None
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        y = frozen(x)
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+        twin = copy.deepcopy(frozen)  # the generated forward is rebound to the copy's own modules
+        twin[2].conv.out_bias.add_(1.0)
+        assert torch.equal(frozen(x), y) and not torch.equal(twin(x), y)

@@ -51,6 +51,27 @@ inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, con
   return (v.numel() == O ? v : v.expand({O})).contiguous();
 }
 
+// The fused tail (common/conv_epilogue.h). residual: [N, O, OH, OW] like the output; act: [3, O] or [3, 1]
+// (RPReLU shift_in, slope, shift_out). Float tensors on x's device, returned as contiguous float32.
+inline at::Tensor checked_residual(const std::optional<at::Tensor>& r, const ConvGeom& g, const at::Tensor& x) {
+  if (!r.has_value() || !r->defined()) return {};
+  check_on_x_device(*r, "residual", x);
+  TORCH_CHECK_TYPE(at::isFloatingType(r->scalar_type()), "residual must be a float tensor, got ", r->scalar_type());
+  TORCH_CHECK_VALUE(r->sizes() == at::IntArrayRef({g.N, g.O, g.OH, g.OW}), "residual must have the output's shape [",
+                    g.N, ", ", g.O, ", ", g.OH, ", ", g.OW, "], got ", r->sizes());
+  return r->to(at::kFloat).contiguous();
+}
+
+inline at::Tensor checked_act(const std::optional<at::Tensor>& a, int64_t O, const at::Tensor& x) {
+  if (!a.has_value() || !a->defined()) return {};
+  check_on_x_device(*a, "act", x);
+  TORCH_CHECK_TYPE(at::isFloatingType(a->scalar_type()), "act must be a float tensor, got ", a->scalar_type());
+  TORCH_CHECK_VALUE(a->dim() == 2 && a->size(0) == 3 && (a->size(1) == O || a->size(1) == 1),
+                    "act must be [3, O] or [3, 1] (RPReLU shift_in, slope, shift_out) with O = ", O, ", got ",
+                    a->sizes());
+  return a->to(at::kFloat).expand({3, O}).contiguous();
+}
+
 // x_shift: None (returned undefined: shift 0) or a 1-element float tensor on x's device.
 inline at::Tensor checked_shift(const std::optional<at::Tensor>& s, const at::Tensor& x) {
   if (!s.has_value() || !s->defined()) return {};

@@ -5,6 +5,7 @@
 // out-of-frame taps and nvalid its in-frame taps, the zero-padded conv and conv(1, W_b) are exact:
 //   conv      = C * nvalid - 2 * (S - corr)
 //   ones_conv = ones_full - 2 * corr + C * (taps - nvalid),  ones_full = sum_t (2 popc(w_t) - C).
+// The fused tail of a deployed block follows the affine: + residual, then RPReLU (y = PReLU(v + b1) + b2).
 #pragma once
 
 #include <cmath>
@@ -21,6 +22,9 @@ struct ConvEpilogue {
   const float* ones = nullptr;
   const int32_t* tap_pop = nullptr;    // [O, taps] popcount of each weight tap
   const int32_t* ones_full = nullptr;  // [O] conv(1, W_b) with every tap in frame
+  const float* residual = nullptr;     // [N, O, OH, OW] like the output: added after the affine
+  const float* act = nullptr;          // [3, O]: RPReLU shift_in, slope, shift_out, applied last
+  int64_t O = 0;                       // rows of act
 };
 
 ERBNN_HD int32_t conv_from_mismatches(int32_t C, int32_t nvalid, int32_t s, int32_t corr) {
@@ -38,6 +42,17 @@ ERBNN_HD float epilogue_value(const ConvEpilogue& e, int64_t o, int32_t conv, in
   if (e.scale || e.bias || e.ones) {
     v = fmaf(e.scale ? e.scale[o] : 1.0f, v, e.bias ? e.bias[o] : 0.0f);
     if (e.ones) v = fmaf(e.ones[o], float(ones_conv), v);
+  }
+  return v;
+}
+
+// The tail after epilogue_value: v + residual (res: the residual element, read only when e.residual),
+// then RPReLU. One float32 add per step, as the eval model's separate ops round.
+ERBNN_HD float epilogue_tail(const ConvEpilogue& e, int64_t o, float v, float res) {
+  if (e.residual) v += res;
+  if (e.act) {
+    const float t = v + e.act[o];
+    v = (t >= 0.0f ? t : e.act[e.O + o] * t) + e.act[2 * e.O + o];
   }
   return v;
 }

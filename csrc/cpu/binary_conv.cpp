@@ -53,8 +53,11 @@ const uint64_t* dense_weights(const ConvGeom& g, PackedWeights& w, int64_t Kd) {
     std::lock_guard<std::mutex> lock(w.mu);
     if (w.dense.empty()) {
       w.dense.resize(size_t(g.O * Kd));
-      for (int64_t o = 0; o < g.O; ++o)
-        compress_dense<1>(g.C, g.taps, Kd, w.words.data() + o * g.K, w.dense.data() + o * Kd, 1);
+      for (int64_t o = 0; o < g.O; ++o) {
+        const uint64_t* row = w.words.data() + o * g.K;
+        for (int64_t k = 0; k < Kd; ++k)
+          w.dense[o * Kd + k] = dense_word<uint64_t>(g.C, g.taps, k, [&](int64_t t) { return row[t]; });
+      }
     }
   }
   packed_weights_grew();
@@ -78,13 +81,16 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
 at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
-                            const std::optional<at::Tensor>& ones_scale) {
+                            const std::optional<at::Tensor>& ones_scale,
+                            const std::optional<at::Tensor>& residual_in = {},
+                            const std::optional<at::Tensor>& act_in = {}) {
   check_cpu(x, "x");
   check_float_input(x, "x");
   const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
   TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
   const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale"), bias = per_channel(out_bias, g.O, x, "out_bias"),
                    ones = per_channel(ones_scale, g.O, x, "ones_scale");
+  const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) {
     // The packing pass checks x for NaN even when the output is empty over O.
@@ -101,6 +107,9 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
   e.ones = ones.defined() ? ones.const_data_ptr<float>() : nullptr;
   e.tap_pop = pw->tap_pop.data();
   e.ones_full = pw->ones_full.data();
+  e.residual = residual.defined() ? residual.const_data_ptr<float>() : nullptr;
+  e.act = act.defined() ? act.const_data_ptr<float>() : nullptr;
+  e.O = g.O;
   float* dst = out.mutable_data_ptr<float>();
   if (eng == ConvEngine::kXnor) {
     const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
@@ -123,9 +132,10 @@ at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_pac
                                     const std::optional<at::Tensor>& x_shift,
                                     const std::optional<at::Tensor>& out_scale,
                                     const std::optional<at::Tensor>& out_bias,
-                                    const std::optional<at::Tensor>& ones_scale) {
+                                    const std::optional<at::Tensor>& ones_scale,
+                                    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& act) {
   return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift, x), out_scale, out_bias,
-                          ones_scale);
+                          ones_scale, residual, act);
 }
 
 at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,

@@ -18,6 +18,7 @@
 
 #include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
+#include "common/dense_layout.h"
 
 namespace erbnn {
 
@@ -38,6 +39,9 @@ struct Tile {
   std::vector<int32_t> part_tap;  // taps that are out of frame for some pixel of the tile ...
   std::vector<uint32_t> part_bad; // ... and, per such tap, the bit mask of pixels where it is out of frame
 };
+
+// Offset of out[n, o, p0] in the [N, O, OH*OW] output (and the residual) of tile t.
+inline int64_t out_offset(const ConvGeom& g, const Tile& t, int64_t o) { return (t.n * g.O + o) * (g.OH * g.OW) + t.p0; }
 
 // Start of both engines' im2col builders: the input position of tap (0, 0) for each pixel of the tile
 // (negative inside the top/left padding) and t.nvalid reset, so the two engines share one geometry.
@@ -81,18 +85,13 @@ void run_tiles(const ConvGeom& g, int64_t block, const MakeWorker& make_worker) 
   });
 }
 
-// The full-reduction ("dense") layout for C < 64: an output position's kh*kw*C sign bits contiguous, tap t
-// at bits [t*C, (t+1)*C), in Kd = ceil(taps * C / 64) words instead of one mostly-empty word per tap
-// (3*3*16 = 144 bits: 3 words, not 9). The kernels and the epilogue are unchanged: they sum popc(x ^ w)
-// over K = Kd words, out-of-frame taps still hold 0 bits (the same popc(w_tap) correction) and the bits
+// The full-reduction ("dense") layout for C < 64 (common/dense_layout.h): 3*3*16 = 144 bits in 3 words,
+// not 9. The kernels and the epilogue are unchanged: they sum popc(x ^ w) over K = Kd words, and the bits
 // past taps*C are 0 on both sides. 0 where the layout saves nothing (C >= 64, or 1x1).
-inline int64_t dense_words(const ConvGeom& g) {
-  const int64_t kd = (g.taps * g.C + 63) / 64;
-  return g.Cw == 1 && kd < g.taps ? kd : 0;
-}
+inline int64_t dense_words(const ConvGeom& g) { return dense_word_count(g.C, g.Cw, g.taps, 64); }
 
-// Dense words from per-tap words: tap t of lane j at src[t * stride + j] (tail bits 0), dense word w of
-// lane j to dst[w * stride + j]. dst may be src: dense word w only reads taps >= w.
+// dense_word for a tile's 16 pixels at once: tap t of lane j at src[t * stride + j], dense word w of lane j
+// to dst[w * stride + j]. dst may be src: dense word w only reads taps >= w.
 template <int LANES>
 void compress_dense(int64_t C, int64_t taps, int64_t Kd, const uint64_t* src, uint64_t* dst, int64_t stride) {
   for (int64_t w = 0; w < Kd; ++w) {

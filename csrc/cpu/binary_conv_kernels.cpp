@@ -102,17 +102,9 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
   finish_tile(g, t);
 }
 
-namespace {
-
-inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
-  return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
-}
-
-}  // namespace
-
 void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t* s, const Epilogue& e,
                      float* out) {
-  float* dst = out_row(g, t, o, out);
+  const int64_t at = out_offset(g, t, o);
   const int32_t* pop = e.tap_pop + o * g.taps;
   const int32_t C = int32_t(g.C), taps = int32_t(g.taps);
   for (int j = 0; j < t.np; ++j) {
@@ -120,7 +112,8 @@ void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t*
     for (size_t i = 0; i < t.part_tap.size(); ++i)
       if ((t.part_bad[i] >> j) & 1u) corr += pop[t.part_tap[i]];
     const int32_t conv = conv_from_mismatches(C, t.nvalid[j], int32_t(s[j]), corr);
-    dst[j] = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, taps, t.nvalid[j]) : 0);
+    const float v = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, taps, t.nvalid[j]) : 0);
+    out[at + j] = epilogue_tail(e, o, v, e.residual ? e.residual[at + j] : 0.0f);
   }
 }
 
@@ -197,13 +190,13 @@ namespace {
 // Integer conv and fused epilogue of channel o for the tile's 16 pixels, from the popcount sums of
 // pixels 0-7 (a0) and 8-15 (a1) in 64-bit lanes.
 ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, __m512i a0, __m512i a1,
-                                         const Epilogue& e, __m512i keff, __mmask16 store, float* dst) {
+                                         const Epilogue& e, __m512i keff, __mmask16 store, float* out) {
   // low 32 bits of each 64-bit lane of a0 then a1: the 16 sums in pixel order
   const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i s = _mm512_permutex2var_epi32(a0, idx, a1);
   const __m512i corr = oob_pop_avx512(g, t, o, e);
   const __m512i conv = _mm512_add_epi32(keff, _mm512_slli_epi32(_mm512_sub_epi32(corr, s), 1));
-  store_conv_avx512(t, o, conv, corr, e, store, dst);
+  store_conv_avx512(t, o, conv, corr, e, store, out, out_offset(g, t, o));
 }
 
 template <int OB>
@@ -226,10 +219,8 @@ ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t*
   }
   const __m512i keff = _mm512_loadu_si512(t.keff);
   const __mmask16 store = __mmask16((1u << t.np) - 1);
-  float* dst = out_row(g, t, o, out);
-  const int64_t ohw = g.OH * g.OW;
 #pragma GCC unroll 16
-  for (int i = 0; i < OB; ++i) epilogue_avx512(g, t, o + i, a0[i], a1[i], e, keff, store, dst + i * ohw);
+  for (int i = 0; i < OB; ++i) epilogue_avx512(g, t, o + i, a0[i], a1[i], e, keff, store, out);
 }
 
 }  // namespace

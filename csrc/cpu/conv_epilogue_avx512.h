@@ -21,9 +21,10 @@ ERBNN_EPI_AVX512 inline __m512i oob_pop_avx512(const ConvGeom& g, const Tile& t,
 }
 
 // out = scale[o] * conv + bias[o] + ones[o] * conv(1, W_b), conv the exact zero-padded integer conv of
-// channel o for the tile's 16 pixels and corr = oob_pop_avx512(...); stores the `store` lanes at dst.
+// channel o for the tile's 16 pixels and corr = oob_pop_avx512(...); then the tail (epilogue_tail);
+// stores the `store` lanes at out + at (at = out_offset(...), also the residual's index).
 ERBNN_EPI_AVX512 inline void store_conv_avx512(const Tile& t, int64_t o, __m512i conv, __m512i corr,
-                                               const Epilogue& e, __mmask16 store, float* dst) {
+                                               const Epilogue& e, __mmask16 store, float* out, int64_t at) {
   __m512 v = _mm512_cvtepi32_ps(conv);
   if (e.scale || e.bias || e.ones) {
     v = _mm512_fmadd_ps(_mm512_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm512_set1_ps(e.bias ? e.bias[o] : 0.0f));
@@ -35,7 +36,14 @@ ERBNN_EPI_AVX512 inline void store_conv_avx512(const Tile& t, int64_t o, __m512i
       v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), _mm512_cvtepi32_ps(oc), v);
     }
   }
-  _mm512_mask_storeu_ps(dst, store, v);
+  if (e.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(store, e.residual + at));
+  if (e.act) {
+    const __m512 u = _mm512_add_ps(v, _mm512_set1_ps(e.act[o]));
+    const __mmask16 neg = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LT_OQ);
+    v = _mm512_add_ps(_mm512_mask_mul_ps(u, neg, u, _mm512_set1_ps(e.act[e.O + o])),
+                      _mm512_set1_ps(e.act[2 * e.O + o]));
+  }
+  _mm512_mask_storeu_ps(out + at, store, v);
 }
 
 }  // namespace erbnn

@@ -183,10 +183,6 @@ ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const ui
   for (int j = 0; j < kTilePx; ++j) t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
 }
 
-inline float* out_row(const ConvGeom& g, const Tile& t, int64_t o, float* out) {
-  return out + (t.n * g.O + o) * (g.OH * g.OW) + t.p0;
-}
-
 // Wq [Op, Kp] regrouped as [Op / 16][Kp4][16] dwords: the 16 channels' weights of one k4 are one
 // 64-byte line, so the kernel broadcasts them from one pointer (embedded broadcasts).
 std::vector<int32_t> block_weights(const I8Geom& q, const std::vector<int8_t>& wq) {
@@ -220,7 +216,7 @@ ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, co
     if (i >= n) break;
     // sum (a + 1) w = conv + sum w (int8_conv.h)
     const __m512i conv = _mm512_sub_epi32(acc[i], _mm512_set1_epi32(int32_t(e.ones_full[o + i])));
-    store_conv_avx512(t, o + i, conv, oob_pop_avx512(g, t, o + i, e), e, store, out_row(g, t, o + i, out));
+    store_conv_avx512(t, o + i, conv, oob_pop_avx512(g, t, o + i, e), e, store, out, out_offset(g, t, o + i));
   }
 }
 
@@ -232,8 +228,8 @@ ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& 
   const __mmask16 store = __mmask16((1u << t.np) - 1);
   const int64_t n = std::min<int64_t>(16, g.O - o);
   for (int64_t i = 0; i < n; ++i)
-    store_conv_avx512(t, o + i, _mm512_load_si512(C + i * 16), oob_pop_avx512(g, t, o + i, e), e, store,
-                      out_row(g, t, o + i, out));
+    store_conv_avx512(t, o + i, _mm512_load_si512(C + i * 16), oob_pop_avx512(g, t, o + i, e), e, store, out,
+                      out_offset(g, t, o + i));
 }
 
 }  // namespace

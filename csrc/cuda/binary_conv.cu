@@ -12,9 +12,11 @@
 #include <optional>
 #include <string>
 
+#include "common/checks.h"
 #include "common/conv_checks.h"
 #include "common/conv_epilogue.h"
 #include "common/conv_geom.h"
+#include "common/dense_layout.h"
 #include "cuda_utils.cuh"
 #include "sign_pack_cuda.cuh"
 
@@ -24,11 +26,17 @@ namespace {
 
 constexpr int kTP = 64, kTO = 64, kKC = 8, kConvThreads = 256;
 
+// Also checks w_packed's tail bits (channels >= C in each tap's last word): set bits raise the NaN flag
+// (NaN outputs; the CPU raises a ValueError), a device-side check with no host sync.
 __global__ void tap_pop_kernel(const uint32_t* __restrict__ wp, ConvGeom g, int32_t* __restrict__ tap_pop,
-                               int32_t* __restrict__ ones_full) {
+                               int32_t* __restrict__ ones_full, int* __restrict__ bad_flag) {
   const int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (o >= g.O) return;
   weight_tap_stats(wp + o * g.K, g.taps, g.Cw, g.C, tap_pop + o * g.taps, ones_full + o);
+  const int64_t used = g.C - (g.Cw - 1) * 32;
+  if (used < 32)
+    for (int64_t t = 0; t < g.taps; ++t)
+      if (wp[o * g.K + t * g.Cw + g.Cw - 1] >> used) atomicOr(bad_flag, 1);
 }
 
 // The common epilogue (common/conv_epilogue.h) and the device NaN flag of the packing pass.
@@ -56,7 +64,8 @@ __device__ __forceinline__ void write_output(const ConvGeom& g, const EpilogueAr
   if (s_lacks_wpop) s += all_pop;
   const int32_t C = int32_t(g.C), conv = conv_from_mismatches(C, nvalid, s, corr);
   const float v = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, int32_t(g.taps), nvalid) : 0);
-  out[(n * g.O + o) * ohw + rem] = nan ? __int_as_float(0x7fc00000) : v;
+  const int64_t at = (n * g.O + o) * ohw + rem;
+  out[at] = nan ? __int_as_float(0x7fc00000) : epilogue_tail(e, o, v, e.residual ? e.residual[at] : 0.0f);
 }
 
 __global__ void __launch_bounds__(kConvThreads)
@@ -151,9 +160,28 @@ __device__ __forceinline__ uint32_t im2col_word(const uint32_t* __restrict__ P, 
   return P[((n * g.H + iy) * g.W + ix) * g.Cw + cw];
 }
 
+// Word kd of pixel p's dense im2col row (common/dense_layout.h; Cw == 1), 0 out of frame or past the end.
+__device__ __forceinline__ uint32_t im2col_word_dense(const uint32_t* __restrict__ P, const ConvGeom& g, bool px_ok,
+                                                      int64_t n, int64_t iy0, int64_t ix0, int32_t kd, int32_t Kd) {
+  if (!px_ok || kd >= Kd) return 0u;
+  return dense_word<uint32_t>(g.C, g.taps, kd, [&](int64_t t) {
+    const int64_t iy = iy0 + (t / g.kw) * g.dh, ix = ix0 + (t % g.kw) * g.dw;
+    return (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) ? 0u : P[(n * g.H + iy) * g.W + ix];
+  });
+}
+
+// Dense weights [O, Kd] from the per-tap ones [O, taps] (Cw == 1).
+__global__ void dense_weights_kernel(const uint32_t* __restrict__ wp, ConvGeom g, int32_t Kd, uint32_t* __restrict__ wd) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= g.O * Kd) return;
+  const uint32_t* row = wp + (i / Kd) * g.taps;
+  wd[i] = dense_word<uint32_t>(g.C, g.taps, i % Kd, [&](int64_t t) { return row[t]; });
+}
+
+// Kd > 0: P / Wp in the dense layout, Kd words per output (the per-tap layout otherwise).
 __global__ void __launch_bounds__(32 * kMmaWarps)
-    conv_mma_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, EpilogueArgs e,
-                    float* __restrict__ out) {
+    conv_mma_kernel(const uint32_t* __restrict__ P, const uint32_t* __restrict__ Wp, ConvGeom g, int32_t Kd,
+                    EpilogueArgs e, float* __restrict__ out) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gi = lane / 4, ti = lane % 4;
   const int64_t ohw = g.OH * g.OW, total_px = g.N * ohw;
   const int64_t pbase = int64_t(blockIdx.x) * kMmaPx + warp * 16, o0 = int64_t(blockIdx.y) * kMmaO;
@@ -169,18 +197,20 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
     ix0[h] = (rem % g.OW) * g.sw - g.pw;
   }
   int32_t acc[kMmaNTiles][4] = {}, xpop[4] = {};
-  for (int32_t k0 = 0; k0 < int32_t(g.K); k0 += 8) {
+  const int32_t K = Kd > 0 ? Kd : int32_t(g.K);
+  auto word = [&](int h, int32_t k) {
+    return Kd > 0 ? im2col_word_dense(P, g, ok[h], pn[h], iy0[h], ix0[h], k, Kd)
+                  : im2col_word(P, g, ok[h], pn[h], iy0[h], ix0[h], k);
+  };
+  for (int32_t k0 = 0; k0 < K; k0 += 8) {
     const int32_t kw0 = k0 + ti, kw1 = k0 + ti + 4;
-    const uint32_t a[4] = {im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw0),
-                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw0),
-                           im2col_word(P, g, ok[0], pn[0], iy0[0], ix0[0], kw1),
-                           im2col_word(P, g, ok[1], pn[1], iy0[1], ix0[1], kw1)};
+    const uint32_t a[4] = {word(0, kw0), word(1, kw0), word(0, kw1), word(1, kw1)};
 #pragma unroll
     for (int nt = 0; nt < kMmaNTiles; ++nt) {
       const int64_t o = o0 + nt * 8 + gi;
       const bool oo = o < g.O;
-      const uint32_t b0 = (oo && kw0 < g.K) ? Wp[o * g.K + kw0] : 0u;
-      const uint32_t b1 = (oo && kw1 < g.K) ? Wp[o * g.K + kw1] : 0u;
+      const uint32_t b0 = (oo && kw0 < K) ? Wp[o * K + kw0] : 0u;
+      const uint32_t b1 = (oo && kw1 < K) ? Wp[o * K + kw1] : 0u;
       bmma_and_popc(acc[nt], a, b0, b1);
     }
     bmma_and_popc(xpop, a, ~0u, ~0u);  // sum popc(x) per pixel (every column alike)
@@ -208,30 +238,40 @@ const uint32_t* words(const at::Tensor& t) { return reinterpret_cast<const uint3
 
 void check_float_cuda(const at::Tensor& t, const char* name) {
   check_cuda_input(t, name);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf ||
-                       t.scalar_type() == at::kBFloat16,
-                   name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+  check_float_input(t, name);
 }
 
-// Conv of packed P [N, H, W, Cw] with Wp [O, kh, kw, Cw] into out [N, O, OH, OW] (float32).
-void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, const float* scale, const float* bias,
-              const float* ones, const at::Tensor& nan_flag, at::Tensor& out) {
+// Conv of packed P [N, H, W, Cw] with Wp [O, kh, kw, Cw] into out [N, O, OH, OW] (float32); epi holds the
+// per-channel and tail pointers (tap_pop / ones_full are computed here).
+void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, const ConvEpilogue& epi,
+              const at::Tensor& nan_flag, at::Tensor& out) {
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor pops = at::empty({g.O * g.taps + g.O}, Wp.options().dtype(at::kInt));
   int32_t* tap_pop = pops.mutable_data_ptr<int32_t>();
-  tap_pop_kernel<<<int((g.O + 127) / 128), 128, 0, stream>>>(words(Wp), g, tap_pop, tap_pop + g.O * g.taps);
+  tap_pop_kernel<<<int((g.O + 127) / 128), 128, 0, stream>>>(words(Wp), g, tap_pop, tap_pop + g.O * g.taps,
+                                                             nan_flag.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t total_px = g.N * g.OH * g.OW;
   const int64_t bx = (total_px + kTP - 1) / kTP, by = (g.O + kTO - 1) / kTO;
   TORCH_CHECK(bx < (int64_t(1) << 31) && by < 65536, "binary_conv2d: output too large for one launch");
   EpilogueArgs e;
-  e.scale = scale, e.bias = bias, e.ones = ones, e.tap_pop = tap_pop, e.ones_full = tap_pop + g.O * g.taps;
+  static_cast<ConvEpilogue&>(e) = epi;
+  e.tap_pop = tap_pop, e.ones_full = tap_pop + g.O * g.taps;
   e.nan_flag = nan_flag.const_data_ptr<int>();
   if (use_mma()) {
     const int64_t mx = (total_px + kMmaPx - 1) / kMmaPx, my = (g.O + kMmaO - 1) / kMmaO;
     TORCH_CHECK(mx < (int64_t(1) << 31) && my < 65536, "binary_conv2d: output too large for one launch");
+    // C < 32: the dense layout (common/dense_layout.h) drops the per-tap padding words.
+    const int32_t Kd = int32_t(dense_word_count(g.C, g.Cw, g.taps, 32));
+    at::Tensor wd;
+    if (Kd > 0) {
+      wd = at::empty({g.O * Kd}, Wp.options().dtype(at::kInt));
+      dense_weights_kernel<<<int((g.O * Kd + 127) / 128), 128, 0, stream>>>(
+          words(Wp), g, Kd, reinterpret_cast<uint32_t*>(wd.mutable_data_ptr<int32_t>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     conv_mma_kernel<<<dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream>>>(
-        words(P), words(Wp), g, e, out.mutable_data_ptr<float>());
+        words(P), Kd > 0 ? words(wd) : words(Wp), g, Kd, e, out.mutable_data_ptr<float>());
   } else {
     conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e,
                                                                               out.mutable_data_ptr<float>());
@@ -254,19 +294,24 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, con
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const std::optional<at::Tensor>& x_shift,
                             const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
-                            const std::optional<at::Tensor>& ones_scale) {
+                            const std::optional<at::Tensor>& ones_scale,
+                            const std::optional<at::Tensor>& residual_in = {},
+                            const std::optional<at::Tensor>& act_in = {}) {
   const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kInt, kCudaWordBits);
   // Read by the packing kernel; not finite -> NaN outputs, like NaN in x.
   const at::Tensor shift = checked_shift(x_shift, x);
   const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale");
   const at::Tensor bias = per_channel(out_bias, g.O, x, "out_bias");
   const at::Tensor ones = per_channel(ones_scale, g.O, x, "ones_scale");
+  const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
   at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
   const at::Tensor P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), shift, flag);
-  run_conv(g, P, w_packed.contiguous(), scale.defined() ? scale.const_data_ptr<float>() : nullptr,
-           bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-           ones.defined() ? ones.const_data_ptr<float>() : nullptr, flag, out);
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
+  ConvEpilogue e;
+  e.scale = ptr(scale), e.bias = ptr(bias), e.ones = ptr(ones), e.residual = ptr(residual), e.act = ptr(act);
+  e.O = g.O;
+  run_conv(g, P, w_packed.contiguous(), e, flag, out);
   return out;
 }
 
@@ -275,11 +320,14 @@ at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x, const at::Tensor& w_pa
                                      const std::optional<at::Tensor>& x_shift,
                                      const std::optional<at::Tensor>& out_scale,
                                      const std::optional<at::Tensor>& out_bias,
-                                     const std::optional<at::Tensor>& ones_scale) {
+                                     const std::optional<at::Tensor>& ones_scale,
+                                     const std::optional<at::Tensor>& residual,
+                                     const std::optional<at::Tensor>& act) {
   check_float_cuda(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
-  return conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale);
+  return conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,
+                          residual, act);
 }
 
 at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,

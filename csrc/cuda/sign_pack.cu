@@ -1,6 +1,7 @@
 // pack_signs / unpack_signs on CUDA and the packing pass of the binary convolutions.
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/pack_shape.h"
 #include "cuda_utils.cuh"
 #include "sign_pack_cuda.cuh"
@@ -78,9 +79,7 @@ at::Tensor unpack_signs_cuda(const at::Tensor& packed_in, int64_t n, int64_t dim
 
 at::Tensor pack_signs_4d_cuda(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& nan_flag) {
   TORCH_CHECK(x.dim() == 4, "pack_signs_4d_cuda: expected a 4-D view");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kHalf ||
-                       x.scalar_type() == at::kBFloat16,
-                   "expected float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  check_float_input(x, "x");
   View4 v{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
           cuda_words(x.size(3))};
   at::Tensor out = at::empty({v.A, v.B, v.D, v.words}, x.options().dtype(at::kInt));

@@ -1,17 +1,26 @@
-"""End to end inference: deploy.freeze(model) vs the same network with float32 convs, and the eval-mode
-ER-BNN model (XNOR path) beside them, at one batch size, side by side in one process.
+"""Deployment speed: every paper model frozen (deploy.freeze: packed XNOR convs, BN folded, block tails
+fused) against its float32 twin at batch 1 and 16, and per layer the packed binary conv against fp32 and
+bf16 F.conv2d, side by side in one process (1 thread unless told otherwise).
 
-    python -m erbnn_ext.benchmarks.frozen [--model resnet18_1w1a] [--batch 16] [--threads N]
+    python -m erbnn_ext.benchmarks.frozen [--models resnet20_1w1a ...] [--batches 1 16] [--threads 1]
+                                          [--no-layers] [--with-eval] [--min-run-time 0.5]
+                                          [--clock wall|thread]
+
+--clock thread (1 thread only) times the calling thread's CPU time: immune to other processes on a
+busy machine.
 """
 import argparse
 import copy
 
 import torch
+import torch.nn.functional as F
 
-from erbnn_ext import deploy, models, nn as enn
-from erbnn_ext.benchmarks.timing import measure
+from erbnn_ext import deploy, models, nn as enn, ops
+from erbnn_ext.benchmarks import binary_conv
+from erbnn_ext.benchmarks.timing import header, measure
 
-MODELS = ("resnet18_1w1a", "resnet20_1w1a", "vgg_small_1w1a")
+MODELS = ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a")
+LAYER_MODELS = {"resnet20_1w1a": "resnet20", "resnet18_1w1a": "resnet18", "vgg_small_1w1a": "vgg_small"}
 
 
 def _calibrated(name, seed=0):
@@ -39,32 +48,88 @@ def float_twin(model):
     return twin.eval()
 
 
-def run(name="resnet18_1w1a", batch=16, threads=None, min_run_time=0.5):
+def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=False, clock="wall"):
+    """{case: seconds per forward} for one model and batch size."""
     model = _calibrated(name)
-    cases = {"frozen (XNOR, BN folded)": deploy.freeze(model), "eval-mode ER model (XNOR)": model,
-             "float32 network": float_twin(model)}
+    cases = {"frozen": deploy.freeze(model), "float32": float_twin(model)}
+    if with_eval:
+        cases["eval (XNOR)"] = model
     x = torch.randn(batch, 3, 32, 32)
     out = {}
     for label, net in cases.items():
         def fn(net=net):
             with torch.no_grad():
                 net(x)
-        out[label] = measure(fn, min_run_time=min_run_time, threads=threads)["time_s"]
+        out[label] = measure(fn, min_run_time=min_run_time, threads=threads, clock=clock)["time_s"]
     return out
+
+
+def layer_fns(shape, batch):
+    """The packed binary conv (the frozen model's op, default epilogue) and F.conv2d in fp32 / bf16."""
+    x, w = binary_conv.layer_inputs(shape, batch)
+    wp = ops.pack_conv_weight(w)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    s, p = shape.stride, shape.padding
+    shift, scale = torch.tensor([0.1]), torch.rand(shape.cout)
+    return {
+        "packed": lambda: ops.binary_conv2d_packed(x, wp, (s, s), (p, p), (1, 1), x_shift=shift, out_scale=scale,
+                                                   ones_scale=scale),
+        "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
+        "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
+    }
+
+
+def bench_layers(names, batches, threads, min_time, clock="wall"):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return binary_conv.bench_layers(tuple(LAYER_MODELS[n] for n in names), batches, min_time, clock=clock,
+                                        fns_for=layer_fns)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def format_models(results, threads):
+    lines = [f"Whole models, {threads} thread(s): ms per forward",
+             f"{'model':16s} {'batch':>5s} {'frozen':>10s} {'float32':>10s} {'speedup':>8s}"
+             + (f" {'eval':>10s}" if any('eval (XNOR)' in r for r in results.values()) else "")]
+    for (name, batch), r in results.items():
+        line = (f"{name:16s} {batch:5d} {r['frozen'] * 1e3:10.3f} {r['float32'] * 1e3:10.3f} "
+                f"{r['float32'] / r['frozen']:7.2f}x")
+        if "eval (XNOR)" in r:
+            line += f" {r['eval (XNOR)'] * 1e3:10.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_layers(rows, threads):
+    lines = [f"Per layer, {threads} thread(s): ms per call (packed = binary_conv2d_packed with the frozen "
+             "model's epilogue)",
+             f"{'model':10s} {'layer':16s} {'n':>3s} {'packed':>9s} {'fp32':>9s} {'bf16':>9s} {'vs fp32':>8s}"]
+    for r in rows:
+        lines.append(f"{r['model']:10s} {r['layer']:16s} {r['batch']:3d} {r['packed'] * 1e3:9.3f} "
+                     f"{r['fp32'] * 1e3:9.3f} {r['bf16'] * 1e3:9.3f} {r['fp32'] / r['packed']:7.2f}x")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet18_1w1a", choices=MODELS)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-run-time", type=float, default=0.5)
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    ap.add_argument("--with-eval", action="store_true", help="also time the eval-mode ER model")
+    ap.add_argument("--clock", default="wall", choices=("wall", "thread"))
     args = ap.parse_args(argv)
-    res = run(args.model, args.batch, args.threads, args.min_run_time)
-    base = res["float32 network"]
-    print(f"{args.model}, batch {args.batch}, {args.threads or torch.get_num_threads()} threads: ms per forward")
-    for label, t in res.items():
-        print(f"  {label:<28}{t * 1e3:>9.2f} ms   {base / t:5.2f}x vs float32")
+    print(header("Frozen binary models vs their float32 twins (python -m erbnn_ext.benchmarks.frozen)"))
+    print(f"clock={args.clock}")
+    results = {(n, b): run(n, b, args.threads, args.min_run_time, args.with_eval, args.clock)
+               for n in args.models for b in args.batches}
+    print(format_models(results, args.threads))
+    if not args.no_layers:
+        print(format_layers(bench_layers(args.models, args.batches, args.threads, args.min_run_time / 2,
+                                         args.clock), args.threads))
 
 
 if __name__ == "__main__":

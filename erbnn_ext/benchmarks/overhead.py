@@ -7,10 +7,11 @@ What one "call" does, per binary conv layer (weights W of the layer, activations
            ReCU    recu_binarize_weight(W) + sign(x / sqrt(var(x_n) + 1e-5)) per sample
   fwd+bwd  the training-mode versions with their surrogate gradients (method.md 3 and 6), then
            torch.autograd.grad of both outputs w.r.t. W and x with fixed random upstream gradients.
-  q        ER-BNN only: the per-step width measurement of its adaptive gradient, as ERBinaryConv2d does
-           it in every training step (What and xhat, then two_sided_quantile of each, p = 0.8, under
-           no_grad). IR-Net's EDE and ReCU have no such step. A training step of ER-BNN's restoration
-           costs fwd+bwd + q; the report shows that sum as "train".
+  train    what a training step of the layer really runs for restoration: ER-BNN's fused training ops
+           (restore_weight_train / restore_activation_train: restoration + the per-step width
+           measurement, two exact quantiles at p = 0.8, + ring and width updates on the layer's buffers)
+           and their backward, as ERBinaryConv2d runs them. IR-Net's EDE and ReCU have no width
+           measurement: their training step is their fwd+bwd (the summary reuses that time).
 The conv itself is not included (binary_conv.py times it).
 
 Per kernel (`python -m erbnn_ext.benchmarks.overhead --model resnet18`, and bench/test_bench_restore.py):
@@ -30,15 +31,16 @@ from .timing import header, seconds
 METHODS = ("erbnn_native", "erbnn_reference", "irnet", "recu")
 LABELS = {"erbnn_native": "ER-BNN native", "erbnn_reference": "ER-BNN reference",
           "irnet": "IR-Net", "recu": "ReCU"}
-MODES = ("fwd", "fwd+bwd", "q")
-ERBNN_ONLY_MODES = ("q",)
+MODES = ("fwd", "fwd+bwd", "train")
+ERBNN_ONLY_MODES = ("train",)  # measured for ER-BNN only; a baseline's training step is its fwd+bwd
 QUANTILE_P = 0.8  # start of the percentile schedule (method.md 3)
 
 _OPS = {
     "fwd": ("restore_weight", "restore_activation"),
     "fwd+bwd": ("restore_weight", "restore_activation", "_restore_weight_backward",
                 "_restore_activation_backward"),
-    "q": ("two_sided_quantile",),
+    "train": ("restore_weight_train", "restore_activation_train", "_restore_weight_backward",
+              "_restore_activation_backward"),
 }
 
 
@@ -77,24 +79,27 @@ def _erbnn_fn(backend, mode, w, x, gw, gx):
                 EF.restore_weight(w, b)
                 EF.restore_activation(x, b)
         return fwd
-    if mode == "q":
-        with use_backend(backend), torch.no_grad():
-            _, mean, alpha = EF.restore_weight(w, b)
-            _, mu, sigma = EF.restore_activation(x, b)
-        mean, alpha = mean.view(shape), alpha.clamp_min(EPS).view(shape)
-        sigma = sigma.clamp_min(EPS)
-
-        def widths():
-            with use_backend(backend), torch.no_grad():
-                EF.two_sided_quantile((w - mean) / alpha, QUANTILE_P)
-                EF.two_sided_quantile((x - mu) / sigma, QUANTILE_P)
-        return widths
     wl, xl = w.detach().requires_grad_(), x.detach().requires_grad_()
+
+    if mode == "fwd+bwd":
+        def fwd_bwd():
+            with use_backend(backend):
+                w_b, _, _ = EF.restore_weight(wl, b)
+                y, _, _ = EF.restore_activation(xl, b)
+                torch.autograd.grad((w_b, y), (wl, xl), (gw, gx))
+        return fwd_bwd
+    # the buffers of one layer (ApproxSign p, width, q ring; the statistics rings), as ERBinaryConv2d has
+    p = torch.tensor(QUANTILE_P, dtype=torch.float64, device=w.device)
+    ring = lambda n: torch.zeros(n, dtype=torch.float64, device=w.device)  # noqa: E731
+    count = lambda: torch.zeros((), dtype=torch.int64, device=w.device)  # noqa: E731
+    width = lambda: torch.ones((), dtype=torch.float64, device=w.device)  # noqa: E731
+    wstate = (p, ring(100), count(), width())
+    xstate = (p, ring(100), count(), width(), ring(1000), count(), ring(1000), count())
 
     def train_step():
         with use_backend(backend):
-            w_b, _, _ = EF.restore_weight(wl, b)
-            y, _, _ = EF.restore_activation(xl, b)
+            w_b, _, _ = EF.restore_weight_train(wl, *wstate)
+            y, _, _ = EF.restore_activation_train(xl, *xstate)
             torch.autograd.grad((w_b, y), (wl, xl), (gw, gx))
     return train_step
 
@@ -136,7 +141,7 @@ def make_fn(method, mode, w, x, gw, gx):
 
 
 def cases(models, batch, device, methods=METHODS, modes=MODES):
-    """Yield (row, fn) for every model x layer x mode x method (mode q: ER-BNN methods only). The layer's tensors are made once and
+    """Yield (row, fn) for every model x layer x mode x method (mode train: ER-BNN methods only). The layer's tensors are made once and
     shared by its methods, which run back to back so that they see the same machine state."""
     for model in models:
         for shape in MODELS[model]:

@@ -6,12 +6,12 @@ from . import binary_conv, overhead, train_step
 from .machine import load_warning, machine_line
 
 JSON_NAME, PNG_NAME = "bench.json", "bench.png"
-SUMMARY_MODES = overhead.MODES + ("train",)
+SUMMARY_MODES = overhead.MODES
 MODE_TITLES = {
     "fwd": "forward restoration (no_grad)",
     "fwd+bwd": "forward+backward restoration, training-mode surrogate gradients",
-    "q": "ER-BNN's per-step width measurement (two quantiles, training only)",
-    "train": "fwd+bwd + q",
+    "train": "a training step's restoration: ER-BNN's fused training ops (incl. the two quantiles of its "
+             "adaptive width) + backward; IR-Net / ReCU: their fwd+bwd",
 }
 
 
@@ -41,8 +41,9 @@ def _x(v):
 
 
 SMOKE = "smoke"  # the cell text of a ratio that a smoke run (--quick) cannot support
-SMOKE_NOTE = ("SMOKE RUN (--quick: {calls} calls per case, batch {batch}): the code paths ran, but these times are "
-              "not measurements; reductions and speed-ups are left out, the paper's claims shown for reference (run without --quick)")
+SMOKE_NOTE = ("SMOKE RUN ({calls} calls per case, batch {batch}; --quick or a --repeat below 5): the code paths "
+              "ran, but these times are not measurements; reductions and speed-ups are left out, the paper's "
+              "claims shown for reference")
 
 
 def is_smoke(result):
@@ -87,15 +88,16 @@ def overhead_tables(result):
     table = []
     for e in sorted(summary, key=lambda e: (e["model"], SUMMARY_MODES.index(e["mode"]),
                                               overhead.METHODS.index(e["method"]))):
-        reduction = ("-" if e["method"] == "irnet" or e["mode"] == "q" else
+        reduction = ("-" if e["method"] == "irnet" else
                      SMOKE if smoke else _pct(e["reduction_vs_irnet_pct"]))
         table.append([e["model"], e["mode"], overhead.LABELS[e["method"]], e["backend"], _ms(e["total_s"]),
                       reduction,
-                      _pct(e["paper_reduction_pct"]) if e["method"] == "erbnn_native" and e["mode"] != "q" else ""])
+                      _pct(e["paper_reduction_pct"]) if e["method"] == "erbnn_native" else ""])
     if not table:
         return out
     out.append("Restoration overhead per model: total over all binary layers (ms); reduction = 1 - t / t(IR-Net);\n"
-               "train = fwd+bwd + q (q: ER-BNN's width measurement; IR-Net and ReCU have none); paper claim: "
+               "train = ER-BNN's fused training ops (restoration + its width measurement) + backward; IR-Net and "
+               "ReCU have no width measurement: their fwd+bwd; paper claim: "
                "the paper's reduction for restoration\n" + (_smoke_note(result) + "\n" if smoke else "")
                + _table(["model", "mode", "method", "backend", "total ms", "reduction vs IR-Net",
                          "paper claim"], table))

@@ -61,20 +61,19 @@ def summarise(rows):
         totals[key] += r["time_s"] * r["count"]
         macs[key] += r.get("macs", 0) * r["count"]
         backends.setdefault(key, set()).add(r["backend"])
-    # "train": a training step of restoration, fwd+bwd plus ER-BNN's width measurement q (0 for others)
+    # "train" of a baseline (no width measurement: measured for ER-BNN only) is its fwd+bwd
     for (section, model, mode, method), total in list(totals.items()):
-        if section == "overhead" and mode == "fwd+bwd":
-            q = ("overhead", model, "q", method)
-            totals[("overhead", model, "train", method)] = total + totals.get(q, 0.0)
-            backends[("overhead", model, "train", method)] = backends[(section, model, mode, method)] | (
-                backends.get(q, set()))
+        train = ("overhead", model, "train", method)
+        if section == "overhead" and mode == "fwd+bwd" and train not in totals:
+            totals[train] = total
+            backends[train] = backends[(section, model, mode, method)]
     out = {"overhead": [], "conv": [], "train_step": train_step.summarise(rows)}
     for (section, model, mode, method), total in totals.items():
         entry = {"model": model, "method": method, "total_s": total,
                  "backend": " / ".join(sorted(backends[(section, model, mode, method)]))}
         if section == "overhead":
             entry["mode"] = mode
-            irnet = None if mode == "q" else totals.get((section, model, mode, "irnet"))
+            irnet = totals.get((section, model, mode, "irnet"))
             entry["reduction_vs_irnet_pct"] = 100.0 * (1.0 - total / irnet) if irnet else None
             entry["paper_reduction_pct"] = PAPER_REDUCTION.get(model)
         else:
