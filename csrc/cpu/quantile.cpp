@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_utils.h"
+#include "band_select.h"
 #include "radix_select.h"
 #include "simd.h"
 #include "restore_cpu.h"

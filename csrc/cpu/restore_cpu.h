@@ -8,6 +8,7 @@
 
 #include "common/checks.h"
 #include "common/restore_math.h"
+#include "band_select.h"
 #include "radix_select.h"
 #include "simd.h"
 

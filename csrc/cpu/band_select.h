@@ -1,0 +1,312 @@
+// The band select of two_sided_quantile (CPU, float32 / float64 values): one pass instead of the radix
+// select's two, with the radix select (radix_select.h) as its exact fallback.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "common/quantile_math.h"
+#include "cpu_isa.h"
+#include "simd.h"
+
+namespace erbnn {
+
+// ---- one pass around a sampled band (float32 / float64 values) ----
+// A sample of the values brackets each half's wanted ranks with a band of keys [lo, hi]. One pass then
+// counts, per half, the keys below the band, gathers those inside it (a few percent of the values) and
+// tracks the smallest key above it: vector compares and a compress-store, no histogram. When the counts
+// show that each band holds its ranks (almost always), the quantile is selected from the gathered keys;
+// otherwise (an unlucky sample, or more candidates than the buffer takes) the caller falls back to the
+// radix select. Both are exact, so the result is the same bits either way.
+template <typename scalar_t>
+class BandSelect {
+ public:
+  using QK = QuantileKey<scalar_t>;
+  using Key = typename QK::Key;
+  static constexpr int kBits = QK::kBits;
+  static constexpr Key kMag = (Key(1) << kBits) - 1, kNone = std::numeric_limits<Key>::max();
+  // Sample: kSample values in runs of kRun neighbours (few cache misses; a larger sample narrows the
+  // bands and so the gathered set). Inputs under 4 kSample values go to the radix select directly.
+  static constexpr int64_t kSample = 65536, kRun = 8;
+  // Flat index of the i-th sample value among n values.
+  static int64_t sample_index(int64_t i, int64_t n) { return (i / kRun) * (n / (kSample / kRun)) + i % kRun; }
+
+  // Per-task counts (merged with merge()).
+  struct Counts {
+    int64_t below[2] = {0, 0}, total[2] = {0, 0};
+    Key above[2] = {kNone, kNone};  // smallest key of the half above its band
+    bool nonfinite = false;
+  };
+
+  // sample: m values drawn from the n.
+  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m) : p_(p) {
+    std::vector<Key> half[2];
+    for (int64_t i = 0; i < m; ++i) {
+      const Key r = QK::raw(sample[i]), mag = r & kMag;
+      half[r >> kBits].push_back(mag);
+      if (mag == 0) half[1 - (r >> kBits)].push_back(mag);  // a zero is in both halves
+    }
+    for (int h = 0; h < 2; ++h) {
+      auto& s = half[h];
+      lo_[h] = 0, hi_[h] = kMag;  // no sample of the half: take all of it
+      if (s.empty()) continue;
+      const int64_t ms = int64_t(s.size());
+      const double j = p * double(ms - 1);
+      // about 5 sigma of the rank's binomial spread (more than 4 for the runs' correlation)
+      const int64_t d = int64_t(5.0 * std::sqrt(double(ms) * p * (1.0 - p))) + 16;
+      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
+      if (a >= 0) {
+        std::nth_element(s.begin(), s.begin() + a, s.end());
+        lo_[h] = s[a];
+      }
+      if (b < ms) {
+        std::nth_element(s.begin() + std::max<int64_t>(a + 1, 0), s.begin() + b, s.end());
+        hi_[h] = s[b];
+      }
+    }
+    cap_ = std::max<int64_t>(int64_t(1) << 14, n / 8);
+    keys_.reset(new Key[cap_]);
+  }
+
+  // Counts of the block v[0, len) (len < 2^32) into c. Plain loops: call it inside isa_call.
+  void count(const scalar_t* v, int64_t len, Counts& c) const {
+    const Key lo0 = lo_[0], lo1 = lo_[1], hi0 = hi_[0], hi1 = hi_[1];
+    uint32_t t0 = 0, t1 = 0, b0 = 0, b1 = 0;
+    Key a0 = kNone, a1 = kNone;
+    int bad = 0;
+#pragma omp simd reduction(+ : t0, t1, b0, b1) reduction(min : a0, a1) reduction(| : bad)
+    for (int64_t i = 0; i < len; ++i) {
+      Key r;
+      std::memcpy(&r, v + i, sizeof r);
+      const Key mag = r & kMag;
+      const bool zero = mag == 0, neg = (r >> kBits) != 0;
+      const bool in0 = !neg || zero, in1 = neg || zero;
+      bad |= mag >= QK::kInf;
+      t0 += in0;
+      t1 += in1;
+      b0 += in0 && mag < lo0;
+      b1 += in1 && mag < lo1;
+      a0 = std::min(a0, in0 && mag > hi0 ? mag : kNone);
+      a1 = std::min(a1, in1 && mag > hi1 ? mag : kNone);
+    }
+    c.total[0] += t0, c.total[1] += t1, c.below[0] += b0, c.below[1] += b1;
+    c.above[0] = std::min(c.above[0], a0), c.above[1] = std::min(c.above[1], a1);
+    c.nonfinite |= bad != 0;
+  }
+
+  // Appends the raw keys of v[0, len) inside a band (len <= kBlock, thread-safe).
+  template <int64_t kBlock>
+  void gather(const scalar_t* v, int64_t len) {
+    Key keys[kBlock + 1];
+    append(keys, gather_band(v, len, keys));
+  }
+
+  // count() and gather() of one block (len <= kBlock) in one go: one loop on AVX-512 for float32.
+  template <int64_t kBlock>
+  void scan(const scalar_t* v, int64_t len, Counts& c) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) {
+        Key keys[kBlock + 1];
+        append(keys, scan_avx512(v, len, keys, c));
+        return;
+      }
+    }
+    isa_call([&] { count(v, len, c); });
+    gather<kBlock>(v, len);
+  }
+
+  void merge(const Counts& c) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int h = 0; h < 2; ++h) {
+      counts_.below[h] += c.below[h], counts_.total[h] += c.total[h];
+      counts_.above[h] = std::min(counts_.above[h], c.above[h]);
+    }
+    counts_.nonfinite |= c.nonfinite;
+  }
+  bool nonfinite() const { return counts_.nonfinite; }
+
+  // After the pass: the quantile into *q, or false when a band missed its ranks (fall back).
+  bool finish(float* q) {
+    if (overflow_) return false;
+    const int64_t size = size_.load();
+    double result = 0.0;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = counts_.total[h];
+      if (n == 0) continue;
+      std::vector<Key> g;  // the half's gathered magnitudes
+      g.reserve(size);
+      for (int64_t i = 0; i < size; ++i) {
+        const Key r = keys_[i], mag = r & kMag;
+        if ((int((r >> kBits) != 0) == h || mag == 0) && mag >= lo_[h] && mag <= hi_[h]) g.push_back(mag);
+      }
+      const QuantileRank qr = quantile_rank(n, p_);
+      const int64_t k = qr.lo - counts_.below[h], m = int64_t(g.size());
+      if (k < 0 || k >= m) return false;
+      Key key_lo, next;
+      select_kth(g, k, key_lo, next);
+      Key key_hi = key_lo;
+      if (qr.hi != qr.lo) {
+        key_hi = next != kNone ? next : counts_.above[h];
+        if (key_hi == kNone) return false;
+      }
+      result = std::max(result, quantile_lerp(QK::value(key_lo), QK::value(key_hi), qr.frac));
+    }
+    *q = static_cast<float>(result);
+    return true;
+  }
+
+ private:
+  void append(const Key* keys, int64_t k) {
+    if (k == 0) return;
+    const int64_t at = size_.fetch_add(k);
+    if (at + k > cap_) {
+      overflow_ = true;
+      return;
+    }
+    std::memcpy(keys_.get() + at, keys, k * sizeof(Key));
+  }
+
+  // The k-th smallest of g and the (k+1)-th (kNone when g has no more). A large g is first narrowed the
+  // same way as the values: a sample sets a band around rank k, one count-and-gather over g keeps it.
+  static void select_kth(std::vector<Key>& g, int64_t k, Key& kth, Key& next) {
+    constexpr int64_t kSub = 4096;
+    const int64_t m = int64_t(g.size());
+    if (m > 16 * kSub) {
+      std::vector<Key> s(kSub);
+      const int64_t stride = m / kSub;
+      for (int64_t i = 0; i < kSub; ++i) s[i] = g[i * stride];
+      const double f = double(k) / double(m), j = f * double(kSub - 1);
+      const int64_t d = int64_t(5.0 * std::sqrt(double(kSub) * f * (1.0 - f))) + 16;
+      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
+      Key lo = 0, hi = kNone;
+      if (a >= 0) {
+        std::nth_element(s.begin(), s.begin() + a, s.end());
+        lo = s[a];
+      }
+      if (b < kSub) {
+        std::nth_element(s.begin() + std::max<int64_t>(a + 1, 0), s.begin() + b, s.end());
+        hi = s[b];
+      }
+      int64_t below = 0, above = 0;
+#pragma omp simd reduction(+ : below, above)
+      for (int64_t i = 0; i < m; ++i) {
+        below += g[i] < lo;
+        above += g[i] > hi;
+      }
+      const int64_t kk = k - below, inside = m - below - above;
+      // the band must hold rank k, and rank k+1 too unless it is g's last
+      if (kk >= 0 && (kk + 1 < inside || (kk < inside && k + 1 == m))) {
+        std::vector<Key> band;
+        band.reserve(inside);
+        for (int64_t i = 0; i < m; ++i)
+          if (g[i] >= lo && g[i] <= hi) band.push_back(g[i]);
+        g.swap(band);
+        k = kk;
+      }
+    }
+    std::nth_element(g.begin(), g.begin() + k, g.end());
+    kth = g[k];
+    next = k + 1 < int64_t(g.size()) ? *std::min_element(g.begin() + k + 1, g.end()) : kNone;
+  }
+
+  int64_t gather_band(const scalar_t* v, int64_t len, Key* out) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) return gather_band_avx512(v, len, out);
+    }
+    return gather_band_scalar(v, len, out);
+  }
+
+  int64_t gather_band_scalar(const scalar_t* v, int64_t len, Key* out) const {
+    int64_t k = 0;
+    for (int64_t i = 0; i < len; ++i) {
+      const Key r = QK::raw(v[i]), mag = r & kMag;
+      const bool zero = mag == 0, neg = (r >> kBits) != 0;
+      out[k] = r;  // branch-free: the slot is overwritten unless the key is taken (out has one spare)
+      k += ((!neg || zero) && mag >= lo_[0] && mag <= hi_[0]) || ((neg || zero) && mag >= lo_[1] && mag <= hi_[1]);
+    }
+    return k;
+  }
+
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t gather_band_avx512(const float* v, int64_t len,
+                                                                                 uint32_t* out) const {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo0 = _mm512_set1_epi32(int(lo_[0])),
+                  hi0 = _mm512_set1_epi32(int(hi_[0])), lo1 = _mm512_set1_epi32(int(lo_[1])),
+                  hi1 = _mm512_set1_epi32(int(hi_[1]));
+    int64_t i = 0, k = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
+      const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+      const __mmask16 band0 = _mm512_cmpge_epu32_mask(m, lo0) & _mm512_cmple_epu32_mask(m, hi0);
+      const __mmask16 band1 = _mm512_cmpge_epu32_mask(m, lo1) & _mm512_cmple_epu32_mask(m, hi1);
+      const __mmask16 take = (band0 & __mmask16(~neg | zero)) | (band1 & __mmask16(neg | zero));
+      _mm512_mask_compressstoreu_epi32(out + k, take, r);
+      k += __builtin_popcount(take);
+    }
+    for (; i < len; ++i) {
+      uint32_t r;
+      std::memcpy(&r, v + i, 4);
+      const uint32_t m = r & 0x7fffffffu;
+      const bool zero = m == 0, neg = (r >> 31) != 0;
+      out[k] = r;
+      k += ((!neg || zero) && m >= lo_[0] && m <= hi_[0]) || ((neg || zero) && m >= lo_[1] && m <= hi_[1]);
+    }
+    return k;
+  }
+
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t scan_avx512(
+      const float* v, int64_t len, uint32_t* out, Counts& c) const {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
+                  lo0 = _mm512_set1_epi32(int(lo_[0])), hi0 = _mm512_set1_epi32(int(hi_[0])),
+                  lo1 = _mm512_set1_epi32(int(lo_[1])), hi1 = _mm512_set1_epi32(int(hi_[1])),
+                  zero_v = _mm512_setzero_si512();
+    __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
+    int64_t t0 = 0, t1 = 0, b0 = 0, b1 = 0, i = 0, k = 0;
+    __mmask16 bad = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
+      const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, zero_v);
+      const __mmask16 in0 = __mmask16(~neg | zero), in1 = __mmask16(neg | zero);
+      bad |= _mm512_cmpge_epu32_mask(m, inf);
+      t0 += __builtin_popcount(in0);
+      t1 += __builtin_popcount(in1);
+      b0 += __builtin_popcount(in0 & _mm512_cmplt_epu32_mask(m, lo0));
+      b1 += __builtin_popcount(in1 & _mm512_cmplt_epu32_mask(m, lo1));
+      amin0 = _mm512_mask_min_epu32(amin0, in0 & _mm512_cmpgt_epu32_mask(m, hi0), amin0, m);
+      amin1 = _mm512_mask_min_epu32(amin1, in1 & _mm512_cmpgt_epu32_mask(m, hi1), amin1, m);
+      const __mmask16 band0 = _mm512_cmpge_epu32_mask(m, lo0) & _mm512_cmple_epu32_mask(m, hi0);
+      const __mmask16 band1 = _mm512_cmpge_epu32_mask(m, lo1) & _mm512_cmple_epu32_mask(m, hi1);
+      const __mmask16 take = (band0 & in0) | (band1 & in1);
+      _mm512_mask_compressstoreu_epi32(out + k, take, r);
+      k += __builtin_popcount(take);
+    }
+    c.total[0] += t0, c.total[1] += t1, c.below[0] += b0, c.below[1] += b1;
+    c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
+    c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
+    c.nonfinite |= bad != 0;
+    if (i < len) {  // the tail, by the plain loops
+      count(v + i, len - i, c);
+      k += gather_band_scalar(v + i, len - i, out + k);
+    }
+    return k;
+  }
+
+  double p_;
+  Key lo_[2], hi_[2];
+  int64_t cap_;
+  std::unique_ptr<Key[]> keys_;
+  std::atomic<int64_t> size_{0};
+  std::atomic<bool> overflow_{false};
+  Counts counts_;
+  std::mutex mutex_;
+};
+
+}  // namespace erbnn
