@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -27,6 +28,17 @@ namespace erbnn {
 // show that each band holds its ranks (almost always), the quantile is selected from the gathered keys;
 // otherwise (an unlucky sample, or more candidates than the buffer takes) the caller falls back to the
 // radix select. Both are exact, so the result is the same bits either way.
+// Values from which the band select runs instead of the radix select (radix_select.h). Measured on the
+// 2-core Zen 5 (2026-11-27, 1 and 2 threads): the radix select was faster at every size tried, 2^18 to
+// 2^25 values (2^18: 0.25 vs 1.47 ms; 2^24: 16.4 vs 23.2 ms; 2^25 on 2 threads: 34.8 vs 45.1 ms), so by
+// default the band select only runs beyond that range. ERBNN_BAND_SELECT_MIN overrides the bound (the
+// tests run the band select on inputs of a few 2^18 values with it); it never goes below the 4 samples'
+// worth the band select needs.
+inline int64_t band_select_min() {
+  const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
+  return s != nullptr ? std::atoll(s) : int64_t(1) << 27;
+}
+
 template <typename scalar_t>
 class BandSelect {
  public:
@@ -35,7 +47,7 @@ class BandSelect {
   static constexpr int kBits = QK::kBits;
   static constexpr Key kMag = (Key(1) << kBits) - 1, kNone = std::numeric_limits<Key>::max();
   // Sample: kSample values in runs of kRun neighbours (few cache misses; a larger sample narrows the
-  // bands and so the gathered set). Inputs under 4 kSample values go to the radix select directly.
+  // bands and so the gathered set). Inputs under max(band_select_min(), 4 kSample) go to the radix select.
   static constexpr int64_t kSample = 65536, kRun = 8;
   // Flat index of the i-th sample value among n values.
   static int64_t sample_index(int64_t i, int64_t n) { return (i / kRun) * (n / (kSample / kRun)) + i % kRun; }

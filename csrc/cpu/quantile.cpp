@@ -32,7 +32,7 @@ template <typename scalar_t>
 bool band_quantile(const scalar_t* x, int64_t n, double p, float* q) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     using BS = BandSelect<scalar_t>;
-    if (n < 4 * BS::kSample) return false;
+    if (n < std::max(band_select_min(), 4 * BS::kSample)) return false;
     std::vector<scalar_t> sample(BS::kSample);
     for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = x[BS::sample_index(i, n)];
     BS bs(p, n, sample.data(), BS::kSample);

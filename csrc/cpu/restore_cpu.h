@@ -73,7 +73,7 @@ template <typename stat_t, typename SampleAt, typename WritePass, typename Block
 float train_quantile(double p, int64_t total, SampleAt&& sample_at, WritePass&& write_pass, Blocks&& blocks,
                      const char* nonfinite_message) {
   using BS = BandSelect<stat_t>;
-  if (total < 4 * BS::kSample) {
+  if (total < std::max(band_select_min(), 4 * BS::kSample)) {
     write_pass([](const stat_t*, int64_t) {});
     return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
   }
