@@ -24,7 +24,6 @@ import torch
 
 from .. import baselines, functional as EF, ops, reference
 from .._backend import native_active, use_backend
-from .._common import EPS
 from .shapes import MODELS
 from .timing import header, seconds
 
@@ -72,7 +71,6 @@ def make_inputs(shape, batch, device, seed=0):
 
 def _erbnn_fn(backend, mode, w, x, gw, gx):
     b = torch.ones((), device=w.device)
-    shape = (-1,) + (1,) * (w.dim() - 1)
     if mode == "fwd":
         def fwd():
             with use_backend(backend), torch.no_grad():

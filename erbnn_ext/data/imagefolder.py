@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import to_float
+from .loader import BatchLoader, _worker_init
 from .dataset import DataError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -246,13 +247,9 @@ class _EpochIndices(Sampler):
         return len(self.base)
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
-class ImageFolderLoader:
+class ImageFolderLoader(BatchLoader):
     """Iterate (x float32 [B, 3, H, W] normalised, y int64 [B]) batches of an ImageFolder for this rank,
-    with `workers` decoding processes (BatchLoader's interface: set_epoch, len, iteration).
+    with `workers` decoding processes (BatchLoader's arguments, order and set_epoch).
 
     train=True: a DistributedSampler(shuffle=True, seed=seed) order (set_epoch each epoch) and the last
     incomplete batch dropped. train=False: images rank, rank + world, ... in order, nothing dropped or
@@ -260,26 +257,12 @@ class ImageFolderLoader:
 
     def __init__(self, data: ImageFolder, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1, workers: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.train = data, int(batch_size), bool(train)
-        self.seed, self.rank, self.world_size, self.workers = int(seed), int(rank), int(world_size), int(workers)
-        self.epoch = 0
-        if train:
-            self.sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-            base = self.sampler
-        else:
-            self.sampler = None
-            base = range(self.rank, len(data), self.world_size)
+        super().__init__(data, batch_size, train, seed, rank, world_size, workers)
+        base = self.sampler if train else range(self.rank, len(data), self.world_size)
         self._loader = DataLoader(data, batch_size=self.batch_size, sampler=_EpochIndices(base, self),
                                   num_workers=self.workers, drop_last=self.train,
                                   persistent_workers=self.workers > 0,
                                   worker_init_fn=_worker_init if self.workers > 0 else None)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(self.epoch)
 
     def __len__(self):
         return len(self._loader)
