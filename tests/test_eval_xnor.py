@@ -144,15 +144,19 @@ def test_repack_words_between_cpu_and_cuda_layouts():
         assert torch.equal(deploy.repack_words(wp32, c, 64), wp64)
 
 
-def test_frozen_model_moves_between_device_layouts(native, monkeypatch):
-    # A frozen model carries the packed words of the device it was frozen on; .to(device) regroups them
-    # for the target's kernels. Without a GPU: the CUDA layout via a patched word size, then back.
+def _trained_frozen():
+    """A frozen _small_model after two training steps, and an input for it."""
     torch.manual_seed(0)
     model = _small_model()
     for _ in range(2):
         model(torch.randn(8, 3, 8, 8)).sum().backward()
-    frozen = deploy.freeze(model.eval())
-    x = torch.randn(2, 3, 8, 8)
+    return deploy.freeze(model.eval()), torch.randn(2, 3, 8, 8)
+
+
+def test_frozen_model_moves_between_device_layouts(native, monkeypatch):
+    # A frozen model carries the packed words of the device it was frozen on; .to(device) regroups them
+    # for the target's kernels. Without a GPU: the CUDA layout via a patched word size, then back.
+    frozen, x = _trained_frozen()
     with torch.no_grad():
         before = frozen(x)
     layer = frozen[2].conv
@@ -172,12 +176,7 @@ def test_frozen_model_moves_between_device_layouts(native, monkeypatch):
 
 @pytest.mark.cuda
 def test_frozen_cpu_model_runs_on_cuda(native):
-    torch.manual_seed(0)
-    model = _small_model()
-    for _ in range(2):
-        model(torch.randn(8, 3, 8, 8)).sum().backward()
-    frozen = deploy.freeze(model.eval())
-    x = torch.randn(2, 3, 8, 8)
+    frozen, x = _trained_frozen()
     with torch.no_grad():
         on_cpu = frozen(x)
         on_cuda = frozen.to("cuda")(x.cuda()).cpu()
