@@ -42,6 +42,22 @@ class BasicBlock(torch.nn.Module):
         return self.act2(self.bn2(self.conv2(out)) + out)
 
 
+def make_stages(conv, in_planes, stages, blocks, shortcut):
+    """The residual stages of a ResNet: for each (planes, stride) a Sequential of `blocks` BasicBlocks,
+    the first carrying the stride; shortcut(in_planes, planes, stride) builds the downsampling module
+    where the shape changes. Returns the list of Sequentials."""
+    out = []
+    for planes, stride in stages:
+        layer = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            short = shortcut(in_planes, planes, s) if s != 1 or in_planes != planes else None
+            layer.append(BasicBlock(conv, in_planes, planes, s, short))
+            in_planes = planes
+        out.append(torch.nn.Sequential(*layer))
+    return out
+
+
 def kaiming_init_(model: torch.nn.Module) -> torch.nn.Module:
     """kaiming_normal_ on every conv and linear weight (the ResNets' init, method.md 4)."""
     for m in model.modules():

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import RPReLU
-from .common import BasicBlock, binary_conv_class, kaiming_init_, set_ede_range
+from .common import binary_conv_class, kaiming_init_, make_stages, set_ede_range
 
 
 def _fp_shortcut(in_planes, planes, stride):
@@ -24,16 +24,8 @@ class ResNet18(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(64)
         self.act1 = RPReLU(64)
-        stages, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks = []
-            for i in range(2):
-                s = stride if i == 0 else 1
-                short = _fp_shortcut(in_planes, planes, s) if s != 1 or in_planes != planes else None
-                blocks.append(BasicBlock(conv, in_planes, planes, s, short))
-                in_planes = planes
-            stages.append(torch.nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(
+            conv, 64, ((64, 1), (128, 2), (256, 2), (512, 2)), 2, _fp_shortcut)
         self.bn2 = torch.nn.BatchNorm1d(512)
         self.linear = torch.nn.Linear(512, num_classes)
         kaiming_init_(self)

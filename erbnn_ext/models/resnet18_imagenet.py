@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import RPReLU
-from .common import BasicBlock, binary_conv_class, kaiming_init_, set_ede_range
+from .common import binary_conv_class, kaiming_init_, make_stages, set_ede_range
 
 
 def _avgpool_shortcut(in_planes, planes):
@@ -29,16 +29,9 @@ class ResNet18ImageNet(torch.nn.Module):
         self.bn1 = torch.nn.BatchNorm2d(64)
         self.act1 = RPReLU(64)
         self.maxpool = torch.nn.MaxPool2d(3, stride=2, padding=1)
-        stages, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks = []
-            for i in range(2):
-                s = stride if i == 0 else 1
-                short = _avgpool_shortcut(in_planes, planes) if s != 1 or in_planes != planes else None
-                blocks.append(BasicBlock(conv, in_planes, planes, s, short))
-                in_planes = planes
-            stages.append(torch.nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(
+            conv, 64, ((64, 1), (128, 2), (256, 2), (512, 2)), 2,
+            lambda in_planes, planes, _stride: _avgpool_shortcut(in_planes, planes))
         self.fc = torch.nn.Linear(512, num_classes)
         kaiming_init_(self)
         set_ede_range(self, 1e-1)  # the ResNet-18 range of the CIFAR model (IR-Net's ImageNet choice too)

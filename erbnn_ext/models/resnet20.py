@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import RPReLU
-from .common import BasicBlock, binary_conv_class, kaiming_init_, set_ede_range
+from .common import binary_conv_class, kaiming_init_, make_stages, set_ede_range
 
 
 class OptionAShortcut(torch.nn.Module):
@@ -29,16 +29,9 @@ class ResNet20(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(16)
         self.act1 = RPReLU(16)
-        stages, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for i in range(3):
-                s = stride if i == 0 else 1
-                short = OptionAShortcut(in_planes, planes) if s != 1 or in_planes != planes else None
-                blocks.append(BasicBlock(conv, in_planes, planes, s, short))
-                in_planes = planes
-            stages.append(torch.nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layer1, self.layer2, self.layer3 = make_stages(
+            conv, 16, ((16, 1), (32, 2), (64, 2)), 3,
+            lambda in_planes, planes, _stride: OptionAShortcut(in_planes, planes))
         self.bn2 = torch.nn.BatchNorm1d(64)
         self.linear = torch.nn.Linear(64, num_classes)
         kaiming_init_(self)
