@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._common import EPS, sign
-from .layers import ERBinaryConv2d
+from .layers import ERBinaryConv2d, check_binary_conv_config, running_stats
 from .ring import RingMean
 
 
@@ -118,7 +118,8 @@ class _BinaryConv2dBase(torch.nn.Conv2d):
         self._check_config()
         self.stat_buffer = int(stat_buffer)
 
-    _check_config = ERBinaryConv2d._check_config
+    def _check_config(self):
+        check_binary_conv_config(self)
 
     def _check_input(self, x):
         self._check_config()
@@ -154,7 +155,7 @@ class _ERRestoredConv2d(_BinaryConv2dBase):
 
     def restored_input(self, x):
         if not self.training:
-            mean, sigma = (t.to(x.dtype) for t in ERBinaryConv2d.running_stats(self))
+            mean, sigma = (t.to(x.dtype) for t in running_stats(self.act_mean, self.act_sigma))
         else:
             mean = x.mean()
             rms = (x - mean).pow(2).flatten(1).mean(1).clamp_min(EPS * EPS).sqrt()

@@ -12,6 +12,23 @@ from .approx_sign import ApproxSign
 from .ring import RingMean
 
 
+def running_stats(act_mean: RingMean, act_sigma: RingMean):
+    """(mean, sigma) of the recorded batch statistics, 0-dim float64. Before any training step they are
+    (0, 1), as BatchNorm's initial running statistics (no host branch: compile-friendly)."""
+    sigma = act_sigma.mean()
+    return act_mean.mean(), torch.where(act_sigma.count > 0, sigma, torch.ones_like(sigma))
+
+
+def check_binary_conv_config(conv: torch.nn.Conv2d) -> None:
+    """The binary convs support groups=1 and numeric zero padding only (checked at construction and in
+    forward, so a value set after construction is refused too)."""
+    if conv.groups != 1:
+        raise ValueError(f"{type(conv).__name__} supports groups=1 only, got groups={conv.groups}")
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"{type(conv).__name__} supports numeric zero padding only, got "
+                         f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+
+
 class _Restoration:
     """Shared by ERBinaryConv2d and ERBinaryLinear: the two ApproxSign modules (weights, activations: p,
     width b and the q ring) and the rings of the batch activation statistics used in eval. Buffers are
@@ -36,10 +53,8 @@ class _Restoration:
         return EF.restore_weight(self.weight, s.b)[0]
 
     def running_stats(self):
-        """(mean, sigma) averaged over the recorded training steps, 0-dim float64. Before any training
-        step they are (0, 1), as BatchNorm's initial running statistics (no host branch: compile-friendly)."""
-        sigma = self.act_sigma.mean()
-        return self.act_mean.mean(), torch.where(self.act_sigma.count > 0, sigma, torch.ones_like(sigma))
+        """(mean, sigma) averaged over the recorded training steps (see running_stats below)."""
+        return running_stats(self.act_mean, self.act_sigma)
 
     def restored_input(self, x: torch.Tensor, measure: bool = False) -> torch.Tensor:
         """y = sigma * sign((x - mu) / sigma) + mu: batch statistics in training (with `measure`, pushed
@@ -98,11 +113,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
         self._init_restoration(q_buffer, stat_buffer)
 
     def _check_config(self):
-        if self.groups != 1:
-            raise ValueError(f"{type(self).__name__} supports groups=1 only, got groups={self.groups}")
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError(f"{type(self).__name__} supports numeric zero padding only, got "
-                             f"padding={self.padding!r}, padding_mode={self.padding_mode!r}")
+        check_binary_conv_config(self)
 
     def forward(self, x):
         self._check_config()
