@@ -7,6 +7,13 @@ which ops.binary_conv2d_packed computes from weights packed once, with the per-c
 in its epilogue. A BatchNorm that directly follows (and is used nowhere else) folds into that epilogue:
 BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean * a.
 ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
+
+Chaining (issue 15): where a frozen conv's output is the next binary conv's input, the producer's epilogue
+writes that input's packed signs (ops.binary_conv2d_bits, next_shift = the consumer's mu) and the consumer
+reads them instead of packing the floats again; where nothing else reads the floats they are not written
+at all. A 2x2 max-pool in between runs on the bits (sign(max(x) - mu) = OR of the signs), after the
+BatchNorm and RPReLU behind it move into the producer's epilogue where they are non-decreasing per
+channel (BN scale > 0, RPReLU slope >= 0: they commute with the max exactly).
 """
 import copy
 import operator
@@ -86,7 +93,19 @@ class _FrozenBinary(torch.nn.Module):
         self.register_buffer("out_bias", bias.float().to(dev))
         self.register_buffer("ones_scale", ones.float().to(dev))
         self.register_buffer("act", None)  # [3, O] RPReLU (shift_in, slope, shift_out) once a tail is fused
+        # Chaining: the next binary layer's mu; forward then returns (out, out_bits), out empty without float_out.
+        self.register_buffer("next_shift", None)
+        self.float_out = True
         self.folded_bn = bn is not None
+
+    def fold_affine(self, a, c):
+        """Take over a per-channel affine a * z + c applied to this layer's output (a BatchNorm)."""
+        with torch.no_grad():
+            a, c = a.double().to(self.out_scale.device), c.double().to(self.out_scale.device)
+            self.out_scale.copy_(self.out_scale.double() * a)
+            self.ones_scale.copy_(self.ones_scale.double() * a)
+            self.out_bias.copy_(self.out_bias.double() * a + c)
+        self.folded_bn = True
 
     def fuse_rprelu(self, rprelu):
         """Take over a following RPReLU: the kernel's epilogue applies it (after the residual, if given)."""
@@ -96,7 +115,17 @@ class _FrozenBinary(torch.nn.Module):
                                rprelu.shift_out.reshape(-1).expand(o)])
         self.act = act.float().to(self.out_scale.device).contiguous()
 
-    def _conv(self, x4d, stride, padding, dilation, residual=None):
+    def _conv(self, x4d, stride, padding, dilation, residual=None, x_bits=None):
+        if x_bits is not None or self.next_shift is not None:
+            packed = x_bits is not None
+            out, bits = ops.binary_conv2d_bits(
+                x_bits if packed else x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
+                in_channels=self.channels if packed else -1, x_shift=None if packed else self.x_shift,
+                out_scale=self.out_scale, out_bias=self.out_bias, ones_scale=self.ones_scale, residual=residual,
+                act=self.act, next_shift=self.next_shift, float_out=self.float_out)
+            if x4d is not None:
+                out = out.to(x4d.dtype)
+            return out if self.next_shift is None else (out, bits)
         return ops.binary_conv2d_packed(x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
                                         x_shift=self.x_shift, out_scale=self.out_scale, out_bias=self.out_bias,
                                         ones_scale=self.ones_scale, residual=residual,
@@ -112,13 +141,16 @@ class FrozenBinaryConv2d(_FrozenBinary):
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self._freeze_from(layer, layer.weight, bn, name)
 
-    def forward(self, x, residual=None):
-        """residual: the block's shortcut, added in the epilogue (freeze's tail fusion passes it)."""
-        return self._conv(x, self.stride, self.padding, self.dilation, residual)
+    def forward(self, x, residual=None, x_bits=None):
+        """residual: the block's shortcut, added in the epilogue (freeze's tail fusion passes it). x_bits:
+        the input as packed signs (a chained producer's out_bits; x may then be None). With next_shift set
+        (chaining) returns (out, out_bits)."""
+        return self._conv(x, self.stride, self.padding, self.dilation, residual, x_bits)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
-                f"mu={self.mu:.4g}, folded_bn={self.folded_bn}, fused_rprelu={self.act is not None}")
+                f"mu={self.mu:.4g}, folded_bn={self.folded_bn}, fused_rprelu={self.act is not None}, "
+                f"emits_bits={self.next_shift is not None}, float_out={self.float_out}")
 
 
 class FrozenBinaryLinear(_FrozenBinary):
@@ -270,17 +302,148 @@ def _has_attr(module, target):
     return True
 
 
+class _ChainTracer(torch.fx.Tracer):
+    """Traces the whole model down to the frozen convs: a module with none below it is a leaf."""
+
+    def is_leaf_module(self, m, qualname):
+        if isinstance(m, _FrozenBinary):
+            return True
+        return not any(isinstance(c, FrozenBinaryConv2d) for c in m.modules() if c is not m)
+
+
+def _is_pool2x2(m):
+    return (isinstance(m, torch.nn.MaxPool2d) and _pair(m.kernel_size) == (2, 2)
+            and _pair(m.stride if m.stride is not None else m.kernel_size) == (2, 2)
+            and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
+            and not m.return_indices)
+
+
+def _monotone_bn(bn):
+    return (isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
+            and bn.weight is not None and bool((_bn_affine(bn)[0] > 0).all()))
+
+
+def _monotone_rprelu(act):
+    return isinstance(act, RPReLU) and bool((act.prelu.weight >= 0).all())
+
+
+def _fold_through_pools(model, graph):
+    """frozen conv -> MaxPool2d(2) -> BatchNorm2d -> RPReLU (each the only user of the one before) becomes
+    conv (BN folded, RPReLU fused) -> MaxPool2d where the BN and RPReLU are non-decreasing per channel: a
+    non-decreasing function commutes with max exactly, so only the folded BN's rounding changes."""
+    for node in list(graph.nodes):
+        conv = _module(model, node, FrozenBinaryConv2d)
+        pool_node = _single_user(node) if conv is not None else None
+        if (conv is None or conv.act is not None or conv.folded_bn or pool_node is None
+                or not _is_pool2x2(_module(model, pool_node, torch.nn.MaxPool2d))):
+            continue
+        bn_node = _single_user(pool_node)
+        bn = _module(model, bn_node, torch.nn.BatchNorm2d)
+        act_node = _single_user(bn_node) if bn is not None else None
+        act = _module(model, act_node, RPReLU)
+        if bn is None or act is None or not _monotone_bn(bn) or not _monotone_rprelu(act):
+            continue
+        conv.fold_affine(*_bn_affine(bn))
+        conv.fuse_rprelu(act)
+        act_node.replace_all_uses_with(pool_node)
+        graph.erase_node(act_node)
+        graph.erase_node(bn_node)
+
+
+def _bitpool2x2(bits):
+    """MaxPool2d(2) on packed signs [N, H, W, Cw]: sign(max of 4 - mu) is +1 iff one of them is >= mu."""
+    h, w = bits.shape[1] // 2 * 2, bits.shape[2] // 2 * 2
+    b = bits[:, :h, :w]
+    return (b[:, 0::2, 0::2] | b[:, 0::2, 1::2]) | (b[:, 1::2, 0::2] | b[:, 1::2, 1::2])
+
+
+
+def _chain_graph(model, graph):
+    """Gives each frozen conv whose input comes straight from another frozen conv (or through a 2x2
+    max-pool) that producer's packed output: producer -> (out, bits) with next_shift = the consumer's
+    mu; the consumer takes x_bits (and no float x). A producer whose floats nobody else reads drops them
+    (float_out=False). Returns the number of chained convs."""
+    calls = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    chained = 0
+    for q_node in list(graph.nodes):
+        q = _module(model, q_node, FrozenBinaryConv2d)
+        if q is None or calls[q_node.target] != 1 or not q_node.args or "x_bits" in q_node.kwargs:
+            continue
+        src, pool = q_node.args[0], None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and _is_pool2x2(_module(model, src, torch.nn.MaxPool2d))):
+            pool, src = src, src.args[0] if len(src.args) == 1 and not src.kwargs else None
+        p = _module(model, src, FrozenBinaryConv2d) if isinstance(src, torch.fx.Node) else None
+        if p is None or p.next_shift is not None or calls[src.target] != 1:
+            continue
+        p.register_buffer("next_shift", q.x_shift.detach().clone())
+        with graph.inserting_after(src):
+            bits = graph.call_function(operator.getitem, (src, 1))
+        with graph.inserting_after(src):
+            out = graph.call_function(operator.getitem, (src, 0))
+        src.replace_all_uses_with(out, delete_user_cb=lambda user: user not in (out, bits))
+        if pool is not None:
+            with graph.inserting_before(q_node):
+                bits = graph.call_function(_bitpool2x2, (bits,))
+        q_node.args = (None,) + tuple(q_node.args[1:])
+        q_node.kwargs = {**q_node.kwargs, "x_bits": bits}
+        if pool is not None and not pool.users:
+            graph.erase_node(pool)
+        if not out.users:
+            graph.erase_node(out)
+            p.float_out = False
+        chained += 1
+    return chained
+
+
+def _trace_own_forward(tracer, module):
+    """tracer.trace of the forward `module` runs: torch.fx traces the class's, which a forward generated
+    by the tail fusion (an instance attribute) overrides; a subclass carrying it stands in meanwhile."""
+    own = module.__dict__.get("forward")
+    if own is None:
+        return tracer.trace(module)
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, (cls,), {"forward": own.__func__})
+    try:
+        return tracer.trace(module)
+    finally:
+        module.__class__ = cls
+
+
+def _chain(model):
+    """deploy.freeze's chaining over the whole model's graph; the model gets the generated forward (same
+    submodules and state). A model that cannot be traced keeps its forward, unchained."""
+    try:
+        graph = _trace_own_forward(_ChainTracer(), model)
+    except Exception:
+        return 0
+    if any(n.op == "get_attr" and not _has_attr(model, n.target) for n in graph.nodes):
+        return 0
+    _fold_through_pools(model, graph)
+    chained = _chain_graph(model, graph)
+    graph.lint()
+    gm = torch.fx.GraphModule(model, graph)
+    model.forward = types.MethodType(type(gm).forward, model)
+    return chained
+
+
 def _set(model, name, module):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True) -> torch.nn.Module:
+def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True,
+           chain: bool = True) -> torch.nn.Module:
     """An inference-only copy of `model` with every ERBinaryConv2d / ERBinaryLinear replaced by a frozen
     layer on the XNOR-popcount kernels (weights packed once), BatchNorms that directly follow them folded
     into the kernel epilogue. With fuse_tail, a block's tail after a frozen conv (the residual add and an
     RPReLU, e.g. act(bn(conv(x)) + shortcut(x))) runs in the same kernel's epilogue: the module calling
     the conv gets a forward generated from its rewritten torch.fx graph (same submodules and state).
+    With chain, a frozen conv feeding another (directly, or through a 2x2 max-pool) hands it its packed
+    signs from the epilogue (module docstring), and the whole model gets a generated forward.
     The copy is in eval mode with gradients off; its outputs equal the eval-mode model's to float
     tolerance. The layers must have recorded activation statistics (trained)."""
     frozen = copy.deepcopy(model).eval()
@@ -297,4 +460,6 @@ def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True)
         p.requires_grad_(False)
     if fuse_tail:
         _fuse_tails(frozen)
+    if chain:
+        _chain(frozen)
     return frozen

@@ -23,6 +23,7 @@ _OP_NAMES = (
     "restore_activation_fixed", "_restore_activation_fixed_backward", "approx_sign", "_approx_sign_backward",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
     "pack_conv_weight", "binary_conv2d_packed", "restore_weight_train", "restore_activation_train",
+    "binary_conv2d_bits",
 )
 
 
@@ -184,6 +185,28 @@ def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=N
         x_shift, out_scale, out_bias, ones_scale, residual, act)
 
 
+def binary_conv2d_bits(x, w_packed, stride=1, padding=0, dilation=1, in_channels=-1, x_shift=None, out_scale=None,
+                       out_bias=None, ones_scale=None, residual=None, act=None, next_shift=None, float_out=True, *,
+                       native=None):
+    """binary_conv2d_packed chained to its neighbours (deploy.freeze, issue 15). Returns (out, out_bits).
+
+    x: float [N, C, H, W] as in binary_conv2d_packed, or (in_channels = C >= 1) its packed signs
+    [N, H, W, Cw], the out_bits of the previous layer (the shift already applied: x_shift must be None).
+    next_shift: None, or a 1-element float tensor: out_bits = the packed signs of out - next_shift along
+    the channels [N, OH, OW, ceil(O / W)] (+1 where out >= next_shift, compared in float32; W = 64 int64
+    on CPU, 32 int32 on CUDA), written by the epilogue instead of a packing pass over the floats; else
+    an empty [0] tensor. float_out=False: out is an empty [0] tensor (nothing else reads the floats).
+    A NaN output with next_shift raises ValueError on the CPU (its sign is undefined).
+    """
+    if x_shift is not None and not isinstance(x_shift, torch.Tensor):
+        x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
+    if next_shift is not None and not isinstance(next_shift, torch.Tensor):
+        next_shift = torch.tensor(float(next_shift), dtype=torch.float64, device=x.device)
+    return _impl("binary_conv2d_bits", x.device, native)(
+        x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), int(in_channels),
+        x_shift, out_scale, out_bias, ones_scale, residual, act, next_shift, bool(float_out))
+
+
 # ------------------------------------------------------------------------------ fake (meta) kernels
 # The kernels return contiguous tensors whatever the input's layout (they read strided or channels_last
 # inputs through one contiguous copy), so every fake returns contiguous outputs too.
@@ -291,6 +314,20 @@ def _register_fakes():
           residual=None, act=None):
         torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
         return conv_out(x, w_packed.shape[0], w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
+
+    @reg("erbnn::binary_conv2d_bits")
+    def _(x, w_packed, stride, padding, dilation, in_channels=-1, x_shift=None, out_scale=None, out_bias=None,
+          ones_scale=None, residual=None, act=None, next_shift=None, float_out=True):
+        torch._check(x.dim() == 4 and w_packed.dim() == 4, lambda: "x and w_packed must be 4-D")
+        o = w_packed.shape[0]
+        if in_channels >= 1:  # packed [N, H, W, Cw]: the geometry of an [N, C, H, W] input
+            x = x.new_empty((x.shape[0], in_channels, x.shape[1], x.shape[2]), dtype=torch.float32)
+        out = conv_out(x, o, w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
+        word = w_packed.dtype
+        bits_per = 64 if word == torch.int64 else 32
+        bits = (out.new_empty((out.shape[0], out.shape[2], out.shape[3], (o + bits_per - 1) // bits_per), dtype=word)
+                if next_shift is not None else out.new_empty(0, dtype=word))
+        return (out if float_out else out.new_empty(0)), bits
 
     @reg("erbnn::binary_linear")
     def _(x, w):

@@ -320,6 +320,41 @@ def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1
     return out
 
 
+def binary_conv2d_bits(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 1), in_channels=-1, x_shift=None,
+                       out_scale=None, out_bias=None, ones_scale=None, residual=None, act=None, next_shift=None,
+                       float_out=True):
+    """binary_conv2d_packed with x float, or its packed signs [N, H, W, Cw] (pack_signs along C, the
+    shift already applied) of in_channels channels; returns (out, out_bits): out_bits = pack_signs of
+    (out >= next_shift) along the channels [N, OH, OW, Ow] (empty [0] without next_shift), out empty [0]
+    with float_out=False."""
+    if in_channels != -1:
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be -1 (x is float) or >= 1 (x is packed), got {in_channels}")
+        if x_shift is not None:
+            raise ValueError("x_shift must be None with a packed x (its signs already hold the shift)")
+        if x.dim() != 4 or x.shape[-1] != (in_channels + _word_bits(x.device) - 1) // _word_bits(x.device):
+            raise ValueError(f"packed x must be [N, H, W, Cw] with Cw words for in_channels = {in_channels}")
+        full = unpack_signs(x, x.shape[-1] * _word_bits(x.device), dim=1)
+        if bool((full[:, in_channels:] > 0).any()):
+            raise ValueError(f"packed x has bits set beyond its in_channels = {in_channels} channels")
+        x = full[:, :in_channels]
+    if next_shift is None and not float_out:
+        raise ValueError("float_out=False needs next_shift (the op would compute nothing)")
+    out = binary_conv2d_packed(x, w_packed, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,
+                               residual, act)
+    bits = out.new_empty(0, dtype=torch.int64 if _word_bits(x.device) == 64 else torch.int32)
+    if next_shift is not None:
+        check_float(next_shift, "next_shift")
+        if next_shift.numel() != 1:
+            raise ValueError(f"next_shift must hold one value, got {next_shift.numel()}")
+        check_finite(next_shift, "next_shift")
+        if bool(torch.isnan(out).any()):
+            raise ValueError("the binary conv output contains NaN: the next layer's signs (next_shift) are undefined")
+        shift = next_shift.reshape(()).to(device=out.device, dtype=torch.float32)
+        bits = pack_signs(torch.where(out >= shift, 1.0, -1.0), dim=1)
+    return (out if float_out else out.new_empty(0)), bits
+
+
 # ------------------------------------------------------------- autograd ground truth (tests, float64)
 class _SignSurrogate(torch.autograd.Function):
     @staticmethod

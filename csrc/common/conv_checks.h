@@ -16,18 +16,45 @@ inline void check_on_x_device(const at::Tensor& t, const char* name, const at::T
   TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
 }
 
-// w_packed: [O, kh, kw, Cw] words of word_type (int64 on CPU, int32 on CUDA) for x's C channels.
-inline ConvGeom check_packed_conv(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, at::ScalarType word_type,
-                                  int64_t word_bits) {
+// w_packed: [O, kh, kw, Cw] words of word_type for C channels (device checked by the caller).
+inline void check_w_packed(const at::Tensor& w_packed, at::ScalarType word_type, const at::Tensor& x) {
   check_on_x_device(w_packed, "w_packed", x);
   TORCH_CHECK_TYPE(w_packed.scalar_type() == word_type, "w_packed must be ", word_type_name(word_type), " (pack_conv_weight on ",
                    x.device().type(), "), got ", w_packed.scalar_type());
   TORCH_CHECK_VALUE(w_packed.dim() == 4, "w_packed must be 4-D [O, kh, kw, Cw], got ", w_packed.dim(), "-D");
-  const ConvGeom g = make_conv_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding,
-                                    dilation, word_bits);
+}
+
+inline void check_w_words(const at::Tensor& w_packed, const ConvGeom& g) {
   TORCH_CHECK_VALUE(w_packed.size(3) == g.Cw, "w_packed has ", w_packed.size(3), " words per tap but x has C = ",
                     g.C, " channels (", g.Cw, " words)");
+}
+
+// w_packed: [O, kh, kw, Cw] words of word_type (int64 on CPU, int32 on CUDA) for x's C channels.
+inline ConvGeom check_packed_conv(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, at::ScalarType word_type,
+                                  int64_t word_bits) {
+  check_w_packed(w_packed, word_type, x);
+  const ConvGeom g = make_conv_geom(x, w_packed.size(0), w_packed.size(1), w_packed.size(2), stride, padding,
+                                    dilation, word_bits);
+  check_w_words(w_packed, g);
+  return g;
+}
+
+// x given as its packed signs [N, H, W, Cw] (words of word_type, the layout of the packing pass and of
+// binary_conv2d_bits' out_bits) of in_channels channels.
+inline ConvGeom check_packed_conv_bits(const at::Tensor& x, int64_t in_channels, const at::Tensor& w_packed,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       at::ScalarType word_type, int64_t word_bits) {
+  check_w_packed(w_packed, word_type, x);
+  TORCH_CHECK_VALUE(x.dim() == 4, "packed x must be 4-D [N, H, W, Cw], got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(in_channels >= 1, "in_channels must be >= 1 with a packed x (its channel count), got ",
+                    in_channels);
+  TORCH_CHECK_VALUE(x.size(3) == (in_channels + word_bits - 1) / word_bits, "packed x has ", x.size(3),
+                    " words per pixel but in_channels = ", in_channels, " needs ",
+                    (in_channels + word_bits - 1) / word_bits);
+  const ConvGeom g = make_conv_geom(x.size(0), in_channels, x.size(1), x.size(2), w_packed.size(0), w_packed.size(1),
+                                    w_packed.size(2), stride, padding, dilation, word_bits);
+  check_w_words(w_packed, g);
   return g;
 }
 

@@ -19,16 +19,16 @@ inline void check_conv_pair(at::IntArrayRef v, const char* name, int64_t min) {
   TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, name, " must be >= ", min, ", got ", v);
 }
 
-// x: [N, C, H, W]; O output channels, kh x kw kernel; word_bits per packed word.
-inline ConvGeom make_conv_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t word_bits) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+// An input of N x C x H x W; O output channels, kh x kw kernel; word_bits per packed word.
+inline ConvGeom make_conv_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t kh, int64_t kw,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t word_bits) {
   check_conv_pair(stride, "stride", 1);
   check_conv_pair(padding, "padding", 0);
   check_conv_pair(dilation, "dilation", 1);
   TORCH_CHECK_VALUE(kh >= 1 && kw >= 1, "the kernel must be at least 1x1, got ", kh, "x", kw);
   ConvGeom g{};
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.O = O, g.kh = kh, g.kw = kw;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.O = O, g.kh = kh, g.kw = kw;
   g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
   const int64_t eh = g.H + 2 * g.ph - g.dh * (kh - 1) - 1, ew = g.W + 2 * g.pw - g.dw * (kw - 1) - 1;
   TORCH_CHECK_VALUE(eh >= 0 && ew >= 0, "binary_conv2d: the (dilated) kernel ", kh, "x", kw,
@@ -41,6 +41,13 @@ inline ConvGeom make_conv_geom(const at::Tensor& x, int64_t O, int64_t kh, int64
   TORCH_CHECK_VALUE(g.C * g.taps < (int64_t(1) << 31), "binary_conv2d: C * kh * kw = ", g.C * g.taps,
                     " does not fit the int32 accumulators");
   return g;
+}
+
+// x: [N, C, H, W].
+inline ConvGeom make_conv_geom(const at::Tensor& x, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t word_bits) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  return make_conv_geom(x.size(0), x.size(1), x.size(2), x.size(3), O, kh, kw, stride, padding, dilation, word_bits);
 }
 
 }  // namespace erbnn

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <tuple>
 
 #include "binary_conv_cpu.h"
 #include "binary_conv_weights.h"
@@ -23,9 +24,10 @@ void check_cpu(const at::Tensor& t, const char* name) {
 }
 
 // Runs the tiled XNOR-popcount conv: P [N, H, W, Cw], Wp [O, kh, kw, Cw] (uint64) or, with Kd > 0, the
-// dense weights [O, Kd] (dense_words); out [N, O, OH, OW].
+// dense weights [O, Kd] (dense_words); out [N, O, OH, OW]; the packed output through `bits` where
+// e.emit_bits.
 void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Epilogue& e, float* out,
-              int64_t Kd = 0) {
+              int64_t Kd = 0, const BitsOut& bits = {}) {
   const CpuIsa isa = active_cpu_isa();
   auto kernel = isa == CpuIsa::kAvx512 ? &tile_kernel_avx512
                 : isa == CpuIsa::kAvx2 ? &tile_kernel_avx2
@@ -38,13 +40,20 @@ void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Ep
     const Epilogue& e;
     float* out;
     decltype(kernel) k;
+    const BitsOut& bits;
     void build(Tile& t) const {
       build_tile(g, P, t);
       if (gk.K != g.K) compress_dense<kTilePx>(g.C, g.taps, gk.K, t.buf, t.buf, kTilePx);
+      t.bits = bits.for_thread();
     }
-    void run(const Tile& t, int64_t o0, int64_t o1) const { k(gk, t, Wp, o0, o1, e, out); }
+    void run(const Tile& t, int64_t o0, int64_t o1) const {
+      bits.begin(t, o0, o1);
+      k(gk, t, Wp, o0, o1, e, out);
+      bits.finish(g, t, o0, o1);
+    }
   };
-  run_tiles(g, 8, [&] { return Worker{g, gk, P, Wp, e, out, kernel}; });
+  // Emitting bits: tasks own whole 64-channel words.
+  run_tiles(g, e.emit_bits ? 64 : 8, [&] { return Worker{g, gk, P, Wp, e, out, kernel, bits}; });
 }
 
 // The dense weights of a cache entry, built on first use.
@@ -78,24 +87,55 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
 }
 
-at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, double x_shift,
-                            const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
-                            const std::optional<at::Tensor>& ones_scale,
-                            const std::optional<at::Tensor>& residual_in = {},
-                            const std::optional<at::Tensor>& act_in = {}) {
+// The chained-deploy options of binary_conv2d_bits: x given packed, and the packed output.
+struct ChainIO {
+  int64_t in_channels = -1;  // >= 1: x is packed signs [N, H, W, Cw]
+  bool emit_bits = false;
+  double next_shift = 0.0;
+  bool float_out = true;
+};
+
+// Checks that a packed x has no bits past its in_channels channels (the kernels count them).
+void check_x_tail_bits(const ConvGeom& g, const uint64_t* P) {
+  const int64_t used = g.C - (g.Cw - 1) * 64;
+  if (used == 64) return;
+  const uint64_t tail = ~((uint64_t(1) << used) - 1);
+  const int64_t px = g.N * g.H * g.W;
+  bool bad = false;
+  for (int64_t i = 0; i < px; ++i) bad |= (P[i * g.Cw + g.Cw - 1] & tail) != 0;
+  TORCH_CHECK_VALUE(!bad, "packed x has bits set beyond its in_channels = ", g.C, " channels");
+}
+
+// (out, out_bits): out [N, O, OH, OW] float32 (empty [0] without float_out), out_bits [N, OH, OW, Ow]
+// int64 (empty [0] without emit_bits).
+std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
+    const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, double x_shift, const std::optional<at::Tensor>& out_scale,
+    const std::optional<at::Tensor>& out_bias, const std::optional<at::Tensor>& ones_scale,
+    const std::optional<at::Tensor>& residual_in = {}, const std::optional<at::Tensor>& act_in = {},
+    const ChainIO& io = {}) {
   check_cpu(x, "x");
-  check_float_input(x, "x");
-  const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
+  const bool packed_x = io.in_channels >= 0;
+  if (!packed_x) check_float_input(x, "x");
+  const ConvGeom g = packed_x ? check_packed_conv_bits(x, io.in_channels, w_packed, stride, padding, dilation,
+                                                       at::kLong, kCpuWordBits)
+                              : check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
   TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
+  TORCH_CHECK_VALUE(std::isfinite(io.next_shift), "next_shift must be finite, got ", io.next_shift);
   const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale"), bias = per_channel(out_bias, g.O, x, "out_bias"),
                    ones = per_channel(ones_scale, g.O, x, "ones_scale");
   const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
-  at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
-  if (out.numel() == 0) {
+  const auto fopts = x.options().dtype(at::kFloat);
+  at::Tensor out = io.float_out ? at::empty({g.N, g.O, g.OH, g.OW}, fopts) : at::empty({0}, fopts);
+  const int64_t Ow = cpu_words(g.O);
+  at::Tensor out_bits = at::empty(io.emit_bits ? at::IntArrayRef({g.N, g.OH, g.OW, Ow}) : at::IntArrayRef({0}),
+                                  x.options().dtype(at::kLong));
+  const at::Tensor P = packed_x ? x.contiguous() : at::Tensor();
+  if (packed_x) check_x_tail_bits(g, words(P));
+  if (g.N * g.O * g.OH * g.OW == 0) {
     // The packing pass checks x for NaN even when the output is empty over O.
-    pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-    return out;
+    if (!packed_x) pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+    return {out, out_bits};
   }
   const at::Tensor Wp = w_packed.contiguous();
   const std::shared_ptr<PackedWeights> pw = packed_weights(g, words(Wp));
@@ -110,14 +150,25 @@ at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, at:
   e.residual = residual.defined() ? residual.const_data_ptr<float>() : nullptr;
   e.act = act.defined() ? act.const_data_ptr<float>() : nullptr;
   e.O = g.O;
-  float* dst = out.mutable_data_ptr<float>();
-  if (eng == ConvEngine::kXnor) {
-    const at::Tensor P = pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-    run_conv(g, words(P), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd);
-  } else {
-    int8_conv_run(g, x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst);
+  e.emit_bits = io.emit_bits;
+  e.float_out = io.float_out;
+  e.next_shift = static_cast<float>(io.next_shift);  // the consumer's packing compares in float32 too
+  BitsOut bits;
+  at::Tensor scratch;
+  if (io.emit_bits) {
+    scratch = at::empty({int64_t(at::get_num_threads()), (Ow + 1) * kTilePx}, x.options().dtype(at::kLong));
+    bits.dst = reinterpret_cast<uint64_t*>(out_bits.mutable_data_ptr<int64_t>());
+    bits.Ow = Ow;
+    bits.scratch = reinterpret_cast<uint64_t*>(scratch.mutable_data_ptr<int64_t>());
   }
-  return out;
+  float* dst = io.float_out ? out.mutable_data_ptr<float>() : nullptr;
+  if (eng == ConvEngine::kXnor) {
+    const at::Tensor Pf = packed_x ? P : pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+    run_conv(g, words(Pf), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd, bits);
+  } else {
+    int8_conv_run(g, packed_x ? P : x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst, bits);
+  }
+  return {out, out_bits};
 }
 
 // x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
@@ -134,8 +185,36 @@ at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_pac
                                     const std::optional<at::Tensor>& out_bias,
                                     const std::optional<at::Tensor>& ones_scale,
                                     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& act) {
-  return conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift, x), out_scale, out_bias,
-                          ones_scale, residual, act);
+  return std::get<0>(conv_packed_impl(x, w_packed, stride, padding, dilation, read_shift(x_shift, x), out_scale,
+                                      out_bias, ones_scale, residual, act));
+}
+
+// binary_conv2d_packed with x given packed (in_channels >= 1) and/or the next layer's packed input out.
+std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cpu(
+    const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t in_channels, const std::optional<at::Tensor>& x_shift,
+    const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
+    const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
+  TORCH_CHECK_VALUE(in_channels == -1 || in_channels >= 1, "in_channels must be -1 (x is float) or >= 1 (x is "
+                    "packed), got ", in_channels);
+  const bool packed_x = in_channels >= 1;
+  TORCH_CHECK_VALUE(!(packed_x && x_shift.has_value() && x_shift->defined()),
+                    "x_shift must be None with a packed x (its signs already hold the shift)");
+  ChainIO io;
+  io.in_channels = packed_x ? in_channels : -1;
+  io.emit_bits = next_shift.has_value() && next_shift->defined();
+  io.float_out = float_out;
+  TORCH_CHECK_VALUE(io.emit_bits || float_out, "float_out=False needs next_shift (the op would compute nothing)");
+  if (io.emit_bits) {
+    check_cpu(*next_shift, "next_shift");
+    TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
+                     next_shift->scalar_type());
+    TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
+    io.next_shift = next_shift->item<double>();
+  }
+  return conv_packed_impl(x, w_packed, stride, padding, dilation, packed_x ? 0.0 : read_shift(x_shift, x), out_scale,
+                          out_bias, ones_scale, residual, act, io);
 }
 
 at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
@@ -143,7 +222,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, at::IntAr
   check_cpu(x, "x");
   check_float_input(x, "x");
   check_conv_operands(x, w);
-  return conv_packed_impl(x, pack_conv_weight_cpu(w), stride, padding, dilation, 0.0, {}, {}, {});
+  return std::get<0>(conv_packed_impl(x, pack_conv_weight_cpu(w), stride, padding, dilation, 0.0, {}, {}, {}));
 }
 
 at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w) {
@@ -186,6 +265,7 @@ TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
   m.impl("binary_linear", &binary_linear_cpu);
   m.impl("pack_conv_weight", &pack_conv_weight_cpu);
   m.impl("binary_conv2d_packed", &binary_conv2d_packed_cpu);
+  m.impl("binary_conv2d_bits", &binary_conv2d_bits_cpu);
 }
 
 }  // namespace erbnn

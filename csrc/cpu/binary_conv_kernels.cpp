@@ -113,8 +113,20 @@ void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t*
       if ((t.part_bad[i] >> j) & 1u) corr += pop[t.part_tap[i]];
     const int32_t conv = conv_from_mismatches(C, t.nvalid[j], int32_t(s[j]), corr);
     const float v = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, taps, t.nvalid[j]) : 0);
-    out[at + j] = epilogue_tail(e, o, v, e.residual ? e.residual[at + j] : 0.0f);
+    const float y = epilogue_tail(e, o, v, e.residual ? e.residual[at + j] : 0.0f);
+    if (e.float_out) out[at + j] = y;
+    if (e.emit_bits) emit_bit(t, e, o, j, y);
   }
+}
+
+void BitsOut::finish(const ConvGeom& g, const Tile& t, int64_t o0, int64_t o1) const {
+  if (!t.bits) return;
+  for (int j = 0; j < t.np; ++j)
+    TORCH_CHECK_VALUE(t.bits[j] == 0, "the binary conv output contains NaN: the next layer's signs (next_shift) "
+                      "are undefined");
+  uint64_t* d = dst + (t.n * g.OH * g.OW + t.p0) * Ow;
+  for (int64_t k = o0 / 64; k < (o1 + 63) / 64; ++k)
+    for (int j = 0; j < t.np; ++j) d[j * Ow + k] = t.bits[(1 + k) * kTilePx + j];
 }
 
 // ------------------------------------------------------------------------------------------ portable

@@ -110,6 +110,26 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
   return out;
 }
 
+// The same bytes from packed signs P [N, H, W, Cw] (bit c of a pixel's words: channel c).
+at::Tensor quantize_bits(const ConvGeom& g, const at::Tensor& P, const I8Geom& q) {
+  const int64_t H = g.H, W = g.W, Cw = g.Cw, Cp4 = q.Cp4;
+  at::Tensor out = at::empty({g.N, H, Cp4, W * 4}, P.options().dtype(at::kChar));
+  const uint64_t* src = reinterpret_cast<const uint64_t*>(P.const_data_ptr<int64_t>());
+  int8_t* dst = out.mutable_data_ptr<int8_t>();
+  const int8_t pos = int8_t(1 + q.bias), neg = int8_t(-1 + q.bias);
+  at::parallel_for(0, g.N * H, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const uint64_t* row = src + r * W * Cw;
+      int8_t* d = dst + r * Cp4 * W * 4;
+      for (int64_t c = 0; c < Cp4 * 4; ++c)
+        for (int64_t w = 0; w < W; ++w)
+          d[((c / 4) * W + w) * 4 + c % 4] =
+              c < g.C ? ((row[w * Cw + c / 64] >> (c % 64)) & 1 ? pos : neg) : q.bias;
+    }
+  });
+  return out;
+}
+
 at::Tensor quantize_x(const at::Tensor& x, double shift, const I8Geom& q) {
   if (x.scalar_type() == at::kDouble) return quantize_typed<double>(x, shift, q);
   // float16 / bfloat16 convert to float32 exactly; the comparison runs in float32 (as sign_pack's).
@@ -235,9 +255,9 @@ ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& 
 }  // namespace
 
 void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
-                   bool amx, float* out) {
+                   bool amx, float* out, const BitsOut& bits) {
   const I8Geom q = make_i8_geom(g, amx);
-  const at::Tensor xq = quantize_x(x, shift, q);
+  const at::Tensor xq = x.scalar_type() == at::kLong ? quantize_bits(g, x, q) : quantize_x(x, shift, q);
   {
     std::lock_guard<std::mutex> lock(w.mu);
     if (amx && w.wq_amx.empty()) w.wq_amx = unpack_weights(g, q, w.words.data());
@@ -256,28 +276,34 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
     const std::vector<int32_t>& wb;
     const Epilogue& e;
     float* out;
+    const BitsOut& bits;
     bool amx, tiles = amx && !amx_emulated();
     std::vector<uint32_t> storage = std::vector<uint32_t>(size_t(q.Kp4 * kTilePx + 16));
     uint32_t* At = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
     Worker(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const std::vector<int8_t>& wq,
-           const std::vector<int32_t>& wb, const Epilogue& e, float* out, bool amx)
-        : g(g), q(q), X(X), wq(wq), wb(wb), e(e), out(out), amx(amx) {
+           const std::vector<int32_t>& wb, const Epilogue& e, float* out, const BitsOut& bits, bool amx)
+        : g(g), q(q), X(X), wq(wq), wb(wb), e(e), out(out), bits(bits), amx(amx) {
       if (tiles) amx_tiles_configure();
     }
     ~Worker() {
       if (tiles) amx_tiles_release();
     }
-    void build(Tile& t) { build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At); }
+    void build(Tile& t) {
+      build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
+      t.bits = bits.for_thread();
+    }
     void run(const Tile& t, int64_t o0, int64_t o1) {
+      bits.begin(t, o0, o1);
       for (int64_t o = o0; o < o1; o += 16) {
         if (amx)
           block_amx(g, q, t, At, wq.data(), o, e, out);
         else
           block_vnni(g, q, t, At, wb.data(), o, e, out);
       }
+      bits.finish(g, t, o0, o1);
     }
   };
-  run_tiles(g, 16, [&] { return Worker(g, q, X, wq, wb, e, out, amx); });
+  run_tiles(g, e.emit_bits ? 64 : 16, [&] { return Worker(g, q, X, wq, wb, e, out, bits, amx); });
 }
 
 }  // namespace erbnn

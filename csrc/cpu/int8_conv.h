@@ -20,11 +20,12 @@
 
 namespace erbnn {
 
-// out [N, O, OH, OW] from x [N, C, H, W] (float dtypes, any strides) and the packed sign weights
-// w (the packed weights' cache entry: the int8 weights are unpacked into it once); e holds tap_pop and
-// ones_full. amx: the AMX kernel, else AVX512-VNNI. NaN in x -> ValueError.
+// out [N, O, OH, OW] from x [N, C, H, W] (float dtypes, any strides) or its packed signs [N, H, W, Cw]
+// (int64, shift ignored) and w (the packed weights' cache entry: the int8 weights are unpacked into it
+// once); e holds tap_pop and ones_full; bits: the packed output where e.emit_bits. amx: the AMX kernel,
+// else AVX512-VNNI. NaN in x -> ValueError.
 void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
-                   bool amx, float* out);
+                   bool amx, float* out, const BitsOut& bits = {});
 
 // AMX (int8_conv_amx.cpp): tile configuration of the calling thread, and one 16 x 16 block:
 // C[o][p] = sum_k W[o][k] * At[k / 4][p][k % 4], W rows at stride Kp (Kp a multiple of 64).
