@@ -188,7 +188,7 @@ class _LeafTracer(torch.fx.Tracer):
 
 
 def _bn_followers(model):
-    """{ER layer name: BatchNorm name} where the BatchNorm's only input is that layer's output, the layer
+    """{layer name: BatchNorm name} (ER layers, float Conv2d: _foldable_into) where the BatchNorm's only input is that layer's output, the layer
     output feeds nothing else, and each is called exactly once. Empty if the model cannot be traced."""
     try:
         graph = _LeafTracer().trace(model)
@@ -211,9 +211,28 @@ def _bn_followers(model):
             src = src.args[0]  # an Identity in between (e.g. "no pool here") changes nothing
         if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and len(calls.get(src.target, [])) == 1 and bn.track_running_stats
-                and isinstance(model.get_submodule(src.target), (ERBinaryConv2d, ERBinaryLinear))):
+                and _foldable_into(model.get_submodule(src.target), bn)):
             pairs[src.target] = target
     return pairs
+
+
+def _foldable_into(layer, bn):
+    """A BatchNorm folds into an ER layer's epilogue, and into a float Conv2d's weights (a stem or a
+    downsampling shortcut: one pass over the activations less)."""
+    if isinstance(layer, (ERBinaryConv2d, ERBinaryLinear)):
+        return True
+    return (type(layer) is torch.nn.Conv2d and isinstance(bn, torch.nn.BatchNorm2d)
+            and bn.running_var is not None and bn.num_features == layer.out_channels)
+
+
+def _fold_into_conv(conv, bn):
+    """conv with bn folded: weight * a (per output channel), bias * a + c, computed in float64."""
+    a, c = _bn_affine(bn)
+    with torch.no_grad():
+        w = conv.weight.double() * a.to(conv.weight.device).view(-1, 1, 1, 1)
+        b = c.to(conv.weight.device) + (conv.bias.double() * a.to(conv.weight.device) if conv.bias is not None else 0)
+        conv.weight = torch.nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
+        conv.bias = torch.nn.Parameter(b.to(conv.weight.dtype), requires_grad=False)
 
 
 class _OneLevelTracer(torch.fx.Tracer):
@@ -439,7 +458,7 @@ def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True,
            chain: bool = True) -> torch.nn.Module:
     """An inference-only copy of `model` with every ERBinaryConv2d / ERBinaryLinear replaced by a frozen
     layer on the XNOR-popcount kernels (weights packed once), BatchNorms that directly follow them folded
-    into the kernel epilogue. With fuse_tail, a block's tail after a frozen conv (the residual add and an
+    into the kernel epilogue (and those directly after a float Conv2d into its weights). With fuse_tail, a block's tail after a frozen conv (the residual add and an
     RPReLU, e.g. act(bn(conv(x)) + shortcut(x))) runs in the same kernel's epilogue: the module calling
     the conv gets a forward generated from its rewritten torch.fx graph (same submodules and state).
     With chain, a frozen conv feeding another (directly, or through a 2x2 max-pool) hands it its packed
@@ -449,6 +468,9 @@ def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True,
     frozen = copy.deepcopy(model).eval()
     pairs = _bn_followers(frozen) if fold_bn else {}
     for name, m in list(frozen.named_modules()):
+        if type(m) is torch.nn.Conv2d and name in pairs:
+            _fold_into_conv(m, frozen.get_submodule(pairs[name]))
+            _set(frozen, pairs[name], torch.nn.Identity())
         if isinstance(m, (ERBinaryConv2d, ERBinaryLinear)):
             bn_name = pairs.get(name)
             bn = frozen.get_submodule(bn_name) if bn_name else None

@@ -74,6 +74,8 @@ inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, con
   TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a float tensor, got ", t->scalar_type());
   TORCH_CHECK_VALUE(t->numel() == O || t->numel() == 1, name, " must have 1 or O = ", O, " elements, got ",
                     t->numel());
+  // Already float32 [O]-sized and contiguous: used as is (the kernels read O floats).
+  if (t->scalar_type() == at::kFloat && t->numel() == O && t->is_contiguous()) return *t;
   at::Tensor v = t->to(at::kFloat).reshape({-1});
   return (v.numel() == O ? v : v.expand({O})).contiguous();
 }
@@ -86,6 +88,7 @@ inline at::Tensor checked_residual(const std::optional<at::Tensor>& r, const Con
   TORCH_CHECK_TYPE(at::isFloatingType(r->scalar_type()), "residual must be a float tensor, got ", r->scalar_type());
   TORCH_CHECK_VALUE(r->sizes() == at::IntArrayRef({g.N, g.O, g.OH, g.OW}), "residual must have the output's shape [",
                     g.N, ", ", g.O, ", ", g.OH, ", ", g.OW, "], got ", r->sizes());
+  if (r->scalar_type() == at::kFloat && r->is_contiguous()) return *r;
   return r->to(at::kFloat).contiguous();
 }
 
@@ -96,6 +99,7 @@ inline at::Tensor checked_act(const std::optional<at::Tensor>& a, int64_t O, con
   TORCH_CHECK_VALUE(a->dim() == 2 && a->size(0) == 3 && (a->size(1) == O || a->size(1) == 1),
                     "act must be [3, O] or [3, 1] (RPReLU shift_in, slope, shift_out) with O = ", O, ", got ",
                     a->sizes());
+  if (a->scalar_type() == at::kFloat && a->size(1) == O && a->is_contiguous()) return *a;
   return a->to(at::kFloat).expand({3, O}).contiguous();
 }
 

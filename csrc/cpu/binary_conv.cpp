@@ -44,7 +44,8 @@ void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Ep
     void build(Tile& t) const {
       build_tile(g, P, t);
       if (gk.K != g.K) compress_dense<kTilePx>(g.C, g.taps, gk.K, t.buf, t.buf, kTilePx);
-      t.bits = bits.for_thread();
+      t.masks = bits.for_thread();
+      t.nan_at = 64 * bits.Ow;
     }
     void run(const Tile& t, int64_t o0, int64_t o1) const {
       bits.begin(t, o0, o1);
@@ -156,10 +157,10 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
   BitsOut bits;
   at::Tensor scratch;
   if (io.emit_bits) {
-    scratch = at::empty({int64_t(at::get_num_threads()), (Ow + 1) * kTilePx}, x.options().dtype(at::kLong));
     bits.dst = reinterpret_cast<uint64_t*>(out_bits.mutable_data_ptr<int64_t>());
     bits.Ow = Ow;
-    bits.scratch = reinterpret_cast<uint64_t*>(scratch.mutable_data_ptr<int64_t>());
+    scratch = at::empty({int64_t(at::get_num_threads()), bits.masks_per_thread()}, x.options().dtype(at::kShort));
+    bits.scratch = reinterpret_cast<uint16_t*>(scratch.mutable_data_ptr<int16_t>());
   }
   float* dst = io.float_out ? out.mutable_data_ptr<float>() : nullptr;
   if (eng == ConvEngine::kXnor) {

@@ -38,36 +38,41 @@ struct Tile {
   int32_t oob_c[kTilePx];         // C * (taps - nvalid)
   std::vector<int32_t> part_tap;  // taps that are out of frame for some pixel of the tile ...
   std::vector<uint32_t> part_bad; // ... and, per such tap, the bit mask of pixels where it is out of frame
-  uint64_t* bits = nullptr;       // Epilogue::emit_bits: the tile's packed output [Ow + 1][kTilePx] (BitsOut)
+  uint16_t* masks = nullptr;      // Epilogue::emit_bits: per-channel sign and NaN masks of the tile (BitsOut)
+  int64_t nan_at = 0;             // offset of the NaN masks in masks
 };
 
 // Offset of out[n, o, p0] in the [N, O, OH*OW] output (and the residual) of tile t.
 inline int64_t out_offset(const ConvGeom& g, const Tile& t, int64_t o) { return (t.n * g.O + o) * (g.OH * g.OW) + t.p0; }
 
-// The epilogue's packed output (Epilogue::emit_bits): sign(out - next_shift) of output channel o and tile
-// pixel j is bit o % 64 of t.bits[(1 + o / 64) * kTilePx + j]; row 0 marks NaN outputs. A task owns whole
-// words (run_tiles with block 64): it clears them before its kernel and stores them to dst [N, OH*OW, Ow]
-// after, so the packed activation is written once, with no pass over the floats.
+// The epilogue's packed output (Epilogue::emit_bits). Per output channel o the epilogue stores two 16-bit
+// masks over the tile's pixels: masks[o] (bit j: out >= next_shift at pixel j) and masks[nan_at + o] (bit j:
+// out is NaN), plain stores with no dependency between channels; finish() transposes each 64-channel group
+// into the 16 pixels' words. A task owns whole words (run_tiles with block 64): it clears its masks before
+// its kernel and stores the words to dst [N, OH*OW, Ow] after, so the packed activation is written once,
+// with no pass over the floats.
 struct BitsOut {
   uint64_t* dst = nullptr;
   int64_t Ow = 0;
-  uint64_t* scratch = nullptr;  // [threads][Ow + 1][kTilePx], from PyTorch's allocator
+  uint16_t* scratch = nullptr;  // [threads][2][64 * Ow] masks, from PyTorch's allocator
 
-  uint64_t* for_thread() const {
-    return scratch ? scratch + int64_t(at::get_thread_num()) * (Ow + 1) * kTilePx : nullptr;
+  int64_t masks_per_thread() const { return 2 * 64 * Ow; }
+  uint16_t* for_thread() const {
+    return scratch ? scratch + int64_t(at::get_thread_num()) * masks_per_thread() : nullptr;
   }
   void begin(const Tile& t, int64_t o0, int64_t o1) const {
-    if (!t.bits) return;
-    std::fill(t.bits, t.bits + kTilePx, uint64_t(0));
-    std::fill(t.bits + (1 + o0 / 64) * kTilePx, t.bits + (1 + (o1 + 63) / 64) * kTilePx, uint64_t(0));
+    if (!t.masks) return;
+    const int64_t a = o0 / 64 * 64, b = (o1 + 63) / 64 * 64;
+    std::fill(t.masks + a, t.masks + b, uint16_t(0));
+    std::fill(t.masks + t.nan_at + a, t.masks + t.nan_at + b, uint16_t(0));
   }
   void finish(const ConvGeom& g, const Tile& t, int64_t o0, int64_t o1) const;
 };
 
 // The epilogue's bit for channel o, pixel j of value y (scalar engines).
 inline void emit_bit(const Tile& t, const ConvEpilogue& e, int64_t o, int j, float y) {
-  if (y != y) t.bits[j] = 1;
-  t.bits[(1 + o / 64) * kTilePx + j] |= uint64_t(y >= e.next_shift) << (o % 64);
+  t.masks[t.nan_at + o] |= uint16_t(uint32_t(y != y) << j);
+  t.masks[o] |= uint16_t(uint32_t(y >= e.next_shift) << j);
 }
 
 // Start of both engines' im2col builders: the input position of tap (0, 0) for each pixel of the tile

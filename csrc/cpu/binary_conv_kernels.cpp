@@ -4,6 +4,7 @@
 // accumulators flushed by vpsadbw. Portable: __builtin_popcountll.
 #include "binary_conv_cpu.h"
 #include "conv_epilogue_avx512.h"
+#include "cpu_isa.h"
 
 #include <immintrin.h>
 
@@ -119,14 +120,58 @@ void epilogue_scalar(const ConvGeom& g, const Tile& t, int64_t o, const int64_t*
   }
 }
 
+namespace {
+
+// Bit j of masks[c] (c < 64) -> bit c of words[j]: 64 channel masks of 16 pixels to 16 pixel words
+// (vpmovw2m takes bit 15 of each 16-bit lane: pixel j's bit is shifted there). hi: channels 32-63 in use.
+ERBNN_AVX512 void transpose_masks_avx512(const uint16_t* masks, bool hi, uint64_t* words) {
+  const __m512i lo_v = _mm512_loadu_si512(masks), hi_v = _mm512_loadu_si512(masks + 32);
+#pragma GCC unroll 16
+  for (int j = 0; j < kTilePx; ++j) {
+    const uint64_t a = uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(lo_v, 15 - j)));
+    const uint64_t b = hi ? uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(hi_v, 15 - j))) : 0u;
+    words[j] = a | (b << 32);
+  }
+}
+
+// Any bit set in masks[0, n) (n a multiple of 64).
+ERBNN_AVX512 bool any_mask_avx512(const uint16_t* masks, int64_t n) {
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 32) acc = _mm512_or_si512(acc, _mm512_loadu_si512(masks + i));
+  return _mm512_test_epi16_mask(acc, acc) != 0;
+}
+
+void transpose_masks_scalar(const uint16_t* masks, uint64_t* words) {
+  for (int j = 0; j < kTilePx; ++j) {
+    uint64_t w = 0;
+    for (int c = 0; c < 64; ++c) w |= uint64_t((masks[c] >> j) & 1u) << c;
+    words[j] = w;
+  }
+}
+
+}  // namespace
+
 void BitsOut::finish(const ConvGeom& g, const Tile& t, int64_t o0, int64_t o1) const {
-  if (!t.bits) return;
-  for (int j = 0; j < t.np; ++j)
-    TORCH_CHECK_VALUE(t.bits[j] == 0, "the binary conv output contains NaN: the next layer's signs (next_shift) "
-                      "are undefined");
+  if (!t.masks) return;
+  const bool avx512 = active_cpu_isa() == CpuIsa::kAvx512;
+  const int64_t a = o0 / 64 * 64, b = (o1 + 63) / 64 * 64;
+  bool nan = false;
+  if (avx512) {
+    nan = any_mask_avx512(t.masks + t.nan_at + a, b - a);
+  } else {
+    for (int64_t o = a; o < b; ++o) nan |= t.masks[t.nan_at + o] != 0;
+  }
+  TORCH_CHECK_VALUE(!nan, "the binary conv output contains NaN: the next layer's signs (next_shift) are undefined");
   uint64_t* d = dst + (t.n * g.OH * g.OW + t.p0) * Ow;
-  for (int64_t k = o0 / 64; k < (o1 + 63) / 64; ++k)
-    for (int j = 0; j < t.np; ++j) d[j * Ow + k] = t.bits[(1 + k) * kTilePx + j];
+  alignas(64) uint64_t words[kTilePx];
+  for (int64_t k = a / 64; k < b / 64; ++k) {
+    if (avx512) {
+      transpose_masks_avx512(t.masks + k * 64, g.O - k * 64 > 32, words);
+    } else {
+      transpose_masks_scalar(t.masks + k * 64, words);
+    }
+    for (int j = 0; j < t.np; ++j) d[j * Ow + k] = words[j];
+  }
 }
 
 // ------------------------------------------------------------------------------------------ portable

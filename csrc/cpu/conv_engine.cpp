@@ -1,6 +1,7 @@
 // The engine choice of the CPU binary convolutions (conv_engine.h).
 #include "conv_engine.h"
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <deque>
@@ -27,12 +28,20 @@ std::atomic<bool>& amx_disabled() {
   return off;
 }
 
+// The shape without the batch size, as numbers: formatted (conv_engine_key) only when the choices are
+// listed, not on every call.
+using ShapeKey = std::array<int64_t, 12>;
+
+ShapeKey shape_key(const ConvGeom& g) {
+  return {g.C, g.H, g.W, g.O, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
+}
+
 struct State {
   std::mutex mu;
   bool has_override = false;
   std::string override_name;
-  std::map<std::string, ConvEngine> cache;
-  std::deque<std::string> order;  // insertion order of the keys, to bound the map
+  std::map<ShapeKey, ConvEngine> cache;
+  std::deque<ShapeKey> order;  // insertion order of the keys, to bound the map
 };
 State& state() {
   static State s;
@@ -115,7 +124,13 @@ std::map<std::string, std::string> conv_engine_choices() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   std::map<std::string, std::string> out;
-  for (const auto& kv : s.cache) out.emplace(kv.first, conv_engine_name(kv.second));
+  for (const auto& kv : s.cache) {
+    const ShapeKey& k = kv.first;
+    ConvGeom g{};
+    g.C = k[0], g.H = k[1], g.W = k[2], g.O = k[3], g.kh = k[4], g.kw = k[5];
+    g.sh = k[6], g.sw = k[7], g.ph = k[8], g.pw = k[9], g.dh = k[10], g.dw = k[11];
+    out.emplace(conv_engine_key(g), conv_engine_name(kv.second));
+  }
   return out;
 }
 
@@ -177,7 +192,7 @@ ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words) {
   const ConvEngine e = rule(g, xnor_words);
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  const std::string key = conv_engine_key(g);
+  const ShapeKey key = shape_key(g);
   auto it = s.cache.find(key);
   if (it == s.cache.end()) {
     if (s.order.size() >= kMaxChoices) {

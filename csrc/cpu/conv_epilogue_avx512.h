@@ -45,14 +45,8 @@ ERBNN_EPI_AVX512 inline void store_conv_avx512(const Tile& t, int64_t o, __m512i
   }
   if (e.float_out) _mm512_mask_storeu_ps(out + at, store, v);
   if (e.emit_bits) {
-    // channel o's bit into the tile's 16 pixel words (BitsOut), lanes 0-7 then 8-15
-    const __mmask16 ge = _mm512_mask_cmp_ps_mask(store, v, _mm512_set1_ps(e.next_shift), _CMP_GE_OQ);
-    if (_mm512_mask_cmp_ps_mask(store, v, v, _CMP_UNORD_Q)) t.bits[0] = 1;
-    uint64_t* w = t.bits + (1 + o / 64) * kTilePx;
-    const __m512i bit = _mm512_set1_epi64(int64_t(uint64_t(1) << (o % 64)));
-    _mm512_storeu_si512(w, _mm512_mask_or_epi64(_mm512_loadu_si512(w), __mmask8(ge), _mm512_loadu_si512(w), bit));
-    _mm512_storeu_si512(w + 8, _mm512_mask_or_epi64(_mm512_loadu_si512(w + 8), __mmask8(ge >> 8),
-                                                    _mm512_loadu_si512(w + 8), bit));
+    t.masks[o] = uint16_t(_mm512_mask_cmp_ps_mask(store, v, _mm512_set1_ps(e.next_shift), _CMP_GE_OQ));
+    t.masks[t.nan_at + o] = uint16_t(_mm512_mask_cmp_ps_mask(store, v, v, _CMP_UNORD_Q));
   }
 }
 

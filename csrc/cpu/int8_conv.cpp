@@ -290,7 +290,8 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
     }
     void build(Tile& t) {
       build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
-      t.bits = bits.for_thread();
+      t.masks = bits.for_thread();
+      t.nan_at = 64 * bits.Ow;
     }
     void run(const Tile& t, int64_t o0, int64_t o1) {
       bits.begin(t, o0, o1);
