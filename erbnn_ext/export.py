@@ -7,8 +7,9 @@
     ep = export.load("model.pt2")                              # in another process: import erbnn_ext first
     logits = ep.module()(images)                               # any batch size
 
-The exported program is a graph of ATen ops plus erbnn's own packed binary convolution
-(torch.ops.erbnn.binary_conv2d_packed, with the packed weights as constants). Those custom ops are
+The exported program is a graph of ATen ops plus erbnn's own packed binary convolutions
+(torch.ops.erbnn.binary_conv2d_packed, and binary_conv2d_bits where freeze chains layers through packed
+signs; the packed weights are constants). Those custom ops are
 registered when the compiled extension loads, so the process that loads and runs the program must
 `import erbnn_ext` (with the same build's native extension) first; torch.export.load on its own reports
 an unknown operator. Without the native extension the frozen model runs its pure-PyTorch reference and

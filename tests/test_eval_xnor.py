@@ -115,7 +115,7 @@ def test_freeze_paper_models(native, name, unfolded, fused):
         torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
         opt.step()
     model.eval()
-    frozen = deploy.freeze(model)
+    frozen = deploy.freeze(model, chain=False)  # the counts below: without chaining's fold through pools
     binary = [m for m in model.modules() if isinstance(m, (enn.ERBinaryConv2d, enn.ERBinaryLinear))]
     frozen_layers = [m for m in frozen.modules() if isinstance(m, deploy.FrozenBinaryConv2d)]
     assert len(frozen_layers) == len(binary) > 0
@@ -128,9 +128,11 @@ def test_freeze_paper_models(native, name, unfolded, fused):
         expected = model(x)
     with torch.no_grad():
         got = frozen(x)
-        unfused = deploy.freeze(model, fuse_tail=False)(x)
+        unfused = deploy.freeze(model, fuse_tail=False, chain=False)(x)
+        chained = deploy.freeze(model)(x)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(got, unfused, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(chained, got, rtol=1e-4, atol=1e-4)  # tests/test_chain.py: exact where no pool
 
 
 def test_repack_words_between_cpu_and_cuda_layouts():
