@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/conv_checks.h"
@@ -39,10 +40,21 @@ __global__ void tap_pop_kernel(const uint32_t* __restrict__ wp, ConvGeom g, int3
       if (wp[o * g.K + t * g.Cw + g.Cw - 1] >> used) atomicOr(bad_flag, 1);
 }
 
-// The common epilogue (common/conv_epilogue.h) and the device NaN flag of the packing pass.
+// The common epilogue (common/conv_epilogue.h) and the device NaN flag of the packing pass; with
+// emit_bits, the next layer's packed input bits [N * OH * OW, Ow] (zeroed; bits ORed in) and its shift.
 struct EpilogueArgs : ConvEpilogue {
   const int* nan_flag;
+  uint32_t* bits = nullptr;
+  const float* next_shift_dev = nullptr;
+  int64_t Ow = 0;
 };
+
+// A packed x's tail bits (channels >= C in each pixel's last word) set: the NaN flag, as for w_packed.
+__global__ void x_tail_bits_kernel(const uint32_t* __restrict__ P, int64_t pixels, int64_t Cw, int64_t used,
+                                   int* __restrict__ bad_flag) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < pixels && (P[i * Cw + Cw - 1] >> used) != 0u) atomicOr(bad_flag, 1);
+}
 
 // Output (pixel p over the batch, channel o) from s = sum over ALL taps of popc(x ^ w) with out-of-frame
 // x words 0 (or, with s_lacks_wpop, that sum minus sum_t popc(w_t): the AND form's bookkeeping).
@@ -65,7 +77,10 @@ __device__ __forceinline__ void write_output(const ConvGeom& g, const EpilogueAr
   const int32_t C = int32_t(g.C), conv = conv_from_mismatches(C, nvalid, s, corr);
   const float v = epilogue_value(e, o, conv, e.ones ? ones_conv_at(e.ones_full[o], corr, C, int32_t(g.taps), nvalid) : 0);
   const int64_t at = (n * g.O + o) * ohw + rem;
-  out[at] = nan ? __int_as_float(0x7fc00000) : epilogue_tail(e, o, v, e.residual ? e.residual[at] : 0.0f);
+  const float y = nan ? __int_as_float(0x7fc00000) : epilogue_tail(e, o, v, e.residual ? e.residual[at] : 0.0f);
+  if (e.float_out) out[at] = y;
+  // A NaN output packs as -1 (bit 0): the packed signs cannot carry the NaN flag on.
+  if (e.emit_bits && y >= *e.next_shift_dev) atomicOr(e.bits + p * e.Ow + o / 32, 1u << (o % 32));
 }
 
 __global__ void __launch_bounds__(kConvThreads)
@@ -243,8 +258,8 @@ void check_float_cuda(const at::Tensor& t, const char* name) {
 
 // Conv of packed P [N, H, W, Cw] with Wp [O, kh, kw, Cw] into out [N, O, OH, OW] (float32); epi holds the
 // per-channel and tail pointers (tap_pop / ones_full are computed here).
-void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, const ConvEpilogue& epi,
-              const at::Tensor& nan_flag, at::Tensor& out) {
+void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, const EpilogueArgs& epi,
+              const at::Tensor& nan_flag, float* out) {
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor pops = at::empty({g.O * g.taps + g.O}, Wp.options().dtype(at::kInt));
   int32_t* tap_pop = pops.mutable_data_ptr<int32_t>();
@@ -254,8 +269,7 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
   const int64_t total_px = g.N * g.OH * g.OW;
   const int64_t bx = (total_px + kTP - 1) / kTP, by = (g.O + kTO - 1) / kTO;
   TORCH_CHECK(bx < (int64_t(1) << 31) && by < 65536, "binary_conv2d: output too large for one launch");
-  EpilogueArgs e;
-  static_cast<ConvEpilogue&>(e) = epi;
+  EpilogueArgs e = epi;
   e.tap_pop = tap_pop, e.ones_full = tap_pop + g.O * g.taps;
   e.nan_flag = nan_flag.const_data_ptr<int>();
   if (use_mma()) {
@@ -271,10 +285,9 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     conv_mma_kernel<<<dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream>>>(
-        words(P), Kd > 0 ? words(wd) : words(Wp), g, Kd, e, out.mutable_data_ptr<float>());
+        words(P), Kd > 0 ? words(wd) : words(Wp), g, Kd, e, out);
   } else {
-    conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e,
-                                                                              out.mutable_data_ptr<float>());
+    conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e, out);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -290,29 +303,63 @@ at::Tensor pack_conv_weight_cuda(const at::Tensor& w) {
   return wp;
 }
 
-at::Tensor conv_packed_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& flag,
-                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            const std::optional<at::Tensor>& x_shift,
-                            const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
-                            const std::optional<at::Tensor>& ones_scale,
-                            const std::optional<at::Tensor>& residual_in = {},
-                            const std::optional<at::Tensor>& act_in = {}) {
-  const ConvGeom g = check_packed_conv(x, w_packed, stride, padding, dilation, at::kInt, kCudaWordBits);
+// The chained-deploy options of binary_conv2d_bits (as on the CPU).
+struct ChainIO {
+  int64_t in_channels = -1;  // >= 1: x is packed signs [N, H, W, Cw]
+  at::Tensor next_shift;     // defined: emit the packed output
+  bool float_out = true;
+};
+
+std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
+    const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& flag, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& x_shift,
+    const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
+    const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual_in = {},
+    const std::optional<at::Tensor>& act_in = {}, const ChainIO& io = {}) {
+  const bool packed_x = io.in_channels >= 1;
+  const ConvGeom g = packed_x ? check_packed_conv_bits(x, io.in_channels, w_packed, stride, padding, dilation,
+                                                       at::kInt, kCudaWordBits)
+                              : check_packed_conv(x, w_packed, stride, padding, dilation, at::kInt, kCudaWordBits);
   // Read by the packing kernel; not finite -> NaN outputs, like NaN in x.
-  const at::Tensor shift = checked_shift(x_shift, x);
+  const at::Tensor shift = packed_x ? at::Tensor() : checked_shift(x_shift, x);
   const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale");
   const at::Tensor bias = per_channel(out_bias, g.O, x, "out_bias");
   const at::Tensor ones = per_channel(ones_scale, g.O, x, "ones_scale");
   const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
-  at::Tensor out = at::empty({g.N, g.O, g.OH, g.OW}, x.options().dtype(at::kFloat));
-  if (out.numel() == 0) return out;
-  const at::Tensor P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), shift, flag);
+  const auto fopts = x.options().dtype(at::kFloat);
+  at::Tensor out = io.float_out ? at::empty({g.N, g.O, g.OH, g.OW}, fopts) : at::empty({0}, fopts);
+  const bool emit = io.next_shift.defined();
+  const int64_t Ow = (g.O + kCudaWordBits - 1) / kCudaWordBits;
+  at::Tensor out_bits = emit ? at::zeros({g.N, g.OH, g.OW, Ow}, x.options().dtype(at::kInt))
+                             : at::empty({0}, x.options().dtype(at::kInt));
+  if (g.N * g.O * g.OH * g.OW == 0) return {out, out_bits};
+  at::Tensor P;
+  if (packed_x) {
+    P = x.contiguous();
+    const int64_t used = g.C - (g.Cw - 1) * kCudaWordBits, pixels = g.N * g.H * g.W;
+    if (used < kCudaWordBits && pixels > 0) {
+      x_tail_bits_kernel<<<int((pixels + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+          words(P), pixels, g.Cw, used, flag.mutable_data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  } else {
+    P = pack_signs_4d_cuda(x.permute({0, 2, 3, 1}), shift, flag);
+  }
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
-  ConvEpilogue e;
+  EpilogueArgs e;
   e.scale = ptr(scale), e.bias = ptr(bias), e.ones = ptr(ones), e.residual = ptr(residual), e.act = ptr(act);
   e.O = g.O;
-  run_conv(g, P, w_packed.contiguous(), e, flag, out);
-  return out;
+  e.float_out = io.float_out;
+  e.emit_bits = emit;
+  at::Tensor next_shift;
+  if (emit) {
+    next_shift = io.next_shift.to(at::kFloat);  // on the device: no host sync
+    e.next_shift_dev = next_shift.const_data_ptr<float>();
+    e.bits = reinterpret_cast<uint32_t*>(out_bits.mutable_data_ptr<int32_t>());
+    e.Ow = Ow;
+  }
+  run_conv(g, P, w_packed.contiguous(), e, flag, io.float_out ? out.mutable_data_ptr<float>() : nullptr);
+  return {out, out_bits};
 }
 
 at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
@@ -326,8 +373,39 @@ at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x, const at::Tensor& w_pa
   check_float_cuda(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
+  return std::get<0>(conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias,
+                                      ones_scale, residual, act));
+}
+
+std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cuda(
+    const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t in_channels, const std::optional<at::Tensor>& x_shift,
+    const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
+    const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
+  check_cuda_input(x, "x");
+  TORCH_CHECK_VALUE(in_channels == -1 || in_channels >= 1, "in_channels must be -1 (x is float) or >= 1 (x is "
+                    "packed), got ", in_channels);
+  const bool packed_x = in_channels >= 1;
+  if (!packed_x) check_float_input(x, "x");
+  TORCH_CHECK_VALUE(!(packed_x && x_shift.has_value() && x_shift->defined()),
+                    "x_shift must be None with a packed x (its signs already hold the shift)");
+  ChainIO io;
+  io.in_channels = packed_x ? in_channels : -1;
+  io.float_out = float_out;
+  if (next_shift.has_value() && next_shift->defined()) {
+    check_on_x_device(*next_shift, "next_shift", x);
+    TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
+                     next_shift->scalar_type());
+    TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
+    io.next_shift = *next_shift;
+  }
+  TORCH_CHECK_VALUE(io.next_shift.defined() || float_out,
+                    "float_out=False needs next_shift (the op would compute nothing)");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   return conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,
-                          residual, act);
+                          residual, act, io);
 }
 
 at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
@@ -338,7 +416,7 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& w, at::IntA
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   const at::Tensor wp = pack_signs_4d_cuda(w.permute({0, 2, 3, 1}), at::Tensor(), flag);  // NaN in w -> NaN out
-  return conv_packed_impl(x, wp, flag, stride, padding, dilation, {}, {}, {}, {});
+  return std::get<0>(conv_packed_impl(x, wp, flag, stride, padding, dilation, {}, {}, {}, {}));
 }
 
 at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w) {
@@ -357,7 +435,7 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w) {
   const at::Tensor x4 = x.reshape({-1, K}).t().unsqueeze(0).unsqueeze(2);  // [1, K, 1, M] as an image
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   const at::Tensor wp = pack_signs_4d_cuda(w.unsqueeze(1).unsqueeze(1), at::Tensor(), flag);
-  const at::Tensor out = conv_packed_impl(x4, wp, flag, {1, 1}, {0, 0}, {1, 1}, {}, {}, {}, {});  // [1, O, 1, M]
+  const at::Tensor out = std::get<0>(conv_packed_impl(x4, wp, flag, {1, 1}, {0, 0}, {1, 1}, {}, {}, {}, {}));  // [1, O, 1, M]
   return out.view({O, -1}).t().contiguous().view(shape);
 }
 
@@ -369,6 +447,7 @@ TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
   m.impl("binary_linear", &cuda::binary_linear_cuda);
   m.impl("pack_conv_weight", &cuda::pack_conv_weight_cuda);
   m.impl("binary_conv2d_packed", &cuda::binary_conv2d_packed_cuda);
+  m.impl("binary_conv2d_bits", &cuda::binary_conv2d_bits_cuda);
 }
 
 }  // namespace erbnn

@@ -65,15 +65,20 @@ def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=F
 
 
 def layer_fns(shape, batch):
-    """The packed binary conv (the frozen model's op, default epilogue) and F.conv2d in fp32 / bf16."""
+    """The packed binary conv (the frozen model's op, default epilogue), the same conv chained as in a frozen
+    ResNet (packed signs in, floats and the next layer's packed signs out), and F.conv2d in fp32 / bf16."""
     x, w = binary_conv.layer_inputs(shape, batch)
     wp = ops.pack_conv_weight(w)
     xb, wb = x.bfloat16(), w.bfloat16()
     s, p = shape.stride, shape.padding
     shift, scale = torch.tensor([0.1]), torch.rand(shape.cout)
+    x_bits = ops.binary_conv2d_bits(x, ops.pack_conv_weight(torch.randn(shape.cin, shape.cin, 1, 1)), 1, 0, 1,
+                                    next_shift=shift)[1]
     return {
         "packed": lambda: ops.binary_conv2d_packed(x, wp, (s, s), (p, p), (1, 1), x_shift=shift, out_scale=scale,
                                                    ones_scale=scale),
+        "chained": lambda: ops.binary_conv2d_bits(x_bits, wp, (s, s), (p, p), (1, 1), in_channels=shape.cin,
+                                                  out_scale=scale, ones_scale=scale, next_shift=shift),
         "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
         "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
     }
@@ -104,11 +109,13 @@ def format_models(results, threads):
 
 def format_layers(rows, threads):
     lines = [f"Per layer, {threads} thread(s): ms per call (packed = binary_conv2d_packed with the frozen "
-             "model's epilogue)",
-             f"{'model':10s} {'layer':16s} {'n':>3s} {'packed':>9s} {'fp32':>9s} {'bf16':>9s} {'vs fp32':>8s}"]
+             "model's epilogue; chained = binary_conv2d_bits, packed signs in, floats + packed signs out)",
+             f"{'model':10s} {'layer':16s} {'n':>3s} {'packed':>9s} {'chained':>9s} {'fp32':>9s} {'bf16':>9s} "
+             f"{'vs fp32':>8s}"]
     for r in rows:
         lines.append(f"{r['model']:10s} {r['layer']:16s} {r['batch']:3d} {r['packed'] * 1e3:9.3f} "
-                     f"{r['fp32'] * 1e3:9.3f} {r['bf16'] * 1e3:9.3f} {r['fp32'] / r['packed']:7.2f}x")
+                     f"{r['chained'] * 1e3:9.3f} {r['fp32'] * 1e3:9.3f} {r['bf16'] * 1e3:9.3f} "
+                     f"{r['fp32'] / r['packed']:7.2f}x")
     return "\n".join(lines)
 
 
