@@ -42,8 +42,7 @@ void run_conv(const ConvGeom& g, const uint64_t* P, const uint64_t* Wp, const Ep
     decltype(kernel) k;
     const BitsOut& bits;
     void build(Tile& t) const {
-      build_tile(g, P, t);
-      if (gk.K != g.K) compress_dense<kTilePx>(g.C, g.taps, gk.K, t.buf, t.buf, kTilePx);
+      build_tile(g, P, t, gk.K != g.K ? gk.K : 0);
       t.masks = bits.for_thread();
       t.nan_at = 64 * bits.Ow;
     }

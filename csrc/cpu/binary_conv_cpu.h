@@ -142,8 +142,9 @@ void compress_dense(int64_t C, int64_t taps, int64_t Kd, const uint64_t* src, ui
   }
 }
 
-// Fills t.buf, t.nvalid, t.part_* for pixels [p0, p0 + np) of image n.
-void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t);
+// Fills t.buf, t.nvalid, t.part_* for pixels [p0, p0 + np) of image n; Kd > 0: t.buf in the dense layout
+// (dense_words), Kd words.
+void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t, int64_t Kd = 0);
 
 // Computes out[n, o, p0 + j] for o in [o0, o1), j < t.np. out points at the [N, O, OH*OW] float output.
 void tile_kernel_scalar(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,

@@ -63,9 +63,60 @@ void build_row_tile(const ConvGeom& g, const uint64_t* __restrict img, Tile& t) 
   }
 }
 
+// build_row_tile for one word per pixel (Cw == 1) at stride 1, AVX-512: a tap's 16 source words are one
+// masked load (out-of-frame lanes 0), its in-frame lanes one masked add to nvalid; with Kd > 0 the taps
+// are shifted and ORed straight into the dense words (compress_dense's layout), so the per-tap buffer is
+// never written. Small-C layers (ResNet-20's 16 and 32 channels) spend as long here as in the popcounts.
+ERBNN_AVX512 void build_row_tile_w1_avx512(const ConvGeom& g, const uint64_t* __restrict img, Tile& t, int64_t Kd) {
+  const int64_t oy = t.p0 / g.OW, ox0 = t.p0 % g.OW, np = t.np, C = g.C;
+  const uint32_t full = (1u << t.np) - 1;
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i nvalid = _mm512_setzero_si512();
+  uint64_t* __restrict buf = t.buf;
+  if (Kd > 0) std::fill(buf, buf + Kd * kTilePx, uint64_t(0));
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t tap = ky * g.kw + kx, ix_first = ox0 - g.pw + kx * g.dw;
+      int64_t jlo = 0, jhi = 0;
+      if (iy >= 0 && iy < g.H) {
+        jlo = ix_first >= 0 ? 0 : -ix_first;
+        jhi = ix_first >= g.W ? 0 : std::min<int64_t>(np, g.W - ix_first);
+        jlo = std::min(jlo, jhi);
+      }
+      const uint32_t ok = uint32_t(((uint64_t(1) << jhi) - 1) & ~((uint64_t(1) << jlo) - 1));
+      // lane j reads img[iy * W + ix_first + j]; masked-off lanes are not read
+      const uint64_t* src = img + (ok ? iy * g.W + ix_first : 0);
+      const __m512i v0 = _mm512_maskz_loadu_epi64(__mmask8(ok), src);
+      const __m512i v1 = _mm512_maskz_loadu_epi64(__mmask8(ok >> 8), src + 8);
+      nvalid = _mm512_mask_add_epi32(nvalid, __mmask16(ok), nvalid, one);
+      if (ok != full) {
+        t.part_tap.push_back(int32_t(tap));
+        t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
+      }
+      if (Kd == 0) {
+        _mm512_store_si512(buf + tap * kTilePx, v0);
+        _mm512_store_si512(buf + tap * kTilePx + 8, v1);
+        continue;
+      }
+      // tap bits [tap*C, (tap+1)*C) of the dense bit string: one or two words
+      for (int64_t w = tap * C / 64; w * 64 < (tap + 1) * C; ++w) {
+        const int64_t off = tap * C - w * 64;
+        const __m128i cnt = _mm_cvtsi64_si128(off >= 0 ? off : -off);
+        const __m512i a0 = off >= 0 ? _mm512_sll_epi64(v0, cnt) : _mm512_srl_epi64(v0, cnt);
+        const __m512i a1 = off >= 0 ? _mm512_sll_epi64(v1, cnt) : _mm512_srl_epi64(v1, cnt);
+        uint64_t* d = buf + w * kTilePx;
+        _mm512_store_si512(d, _mm512_or_si512(_mm512_load_si512(d), a0));
+        _mm512_store_si512(d + 8, _mm512_or_si512(_mm512_load_si512(d + 8), a1));
+      }
+    }
+  }
+  _mm512_storeu_si512(t.nvalid, nvalid);
+}
+
 }  // namespace
 
-void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
+void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t, int64_t Kd) {
   const int64_t Cw = g.Cw;
   t.storage.resize(size_t(g.K) * kTilePx + 8);
   t.buf = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(t.storage.data()) + 63) & ~uintptr_t(63));
@@ -75,8 +126,14 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
   tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
   const uint64_t* img = P + t.n * g.H * g.W * Cw;
-  if (t.p0 / g.OW == (t.p0 + t.np - 1) / g.OW) {
+  const bool row = t.p0 / g.OW == (t.p0 + t.np - 1) / g.OW;
+  if (row && Cw == 1 && g.sw == 1 && active_cpu_isa() == CpuIsa::kAvx512) {
+    build_row_tile_w1_avx512(g, img, t, Kd);
+    return finish_tile(g, t);
+  }
+  if (row) {
     build_row_tile(g, img, t);
+    if (Kd > 0) compress_dense<kTilePx>(g.C, g.taps, Kd, t.buf, t.buf, kTilePx);
     return finish_tile(g, t);
   }
   uint64_t* dst = t.buf;
@@ -100,6 +157,7 @@ void build_tile(const ConvGeom& g, const uint64_t* P, Tile& t) {
       }
     }
   }
+  if (Kd > 0) compress_dense<kTilePx>(g.C, g.taps, Kd, t.buf, t.buf, kTilePx);
   finish_tile(g, t);
 }
 
