@@ -29,11 +29,16 @@ ERBNN_EPI_AVX512 inline void store_conv_avx512(const Tile& t, int64_t o, __m512i
   if (e.scale || e.bias || e.ones) {
     v = _mm512_fmadd_ps(_mm512_set1_ps(e.scale ? e.scale[o] : 1.0f), v, _mm512_set1_ps(e.bias ? e.bias[o] : 0.0f));
     if (e.ones) {
-      // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C)
-      const __m512i oob_c = _mm512_loadu_si512(t.oob_c);
-      const __m512i oc = _mm512_add_epi32(
-          _mm512_sub_epi32(_mm512_set1_epi32(int32_t(e.ones_full[o])), _mm512_slli_epi32(corr, 1)), oob_c);
-      v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), _mm512_cvtepi32_ps(oc), v);
+      // ones_full - sum over out-of-frame taps of (2 popc(w_tap) - C); just ones_full inside the frame
+      __m512 ocf;
+      if (t.part_tap.empty()) {
+        ocf = _mm512_set1_ps(float(e.ones_full[o]));
+      } else {
+        const __m512i oob_c = _mm512_loadu_si512(t.oob_c);
+        ocf = _mm512_cvtepi32_ps(_mm512_add_epi32(
+            _mm512_sub_epi32(_mm512_set1_epi32(int32_t(e.ones_full[o])), _mm512_slli_epi32(corr, 1)), oob_c));
+      }
+      v = _mm512_fmadd_ps(_mm512_set1_ps(e.ones[o]), ocf, v);
     }
   }
   if (e.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(store, e.residual + at));
