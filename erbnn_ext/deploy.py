@@ -115,21 +115,22 @@ class _FrozenBinary(torch.nn.Module):
                                rprelu.shift_out.reshape(-1).expand(o)])
         self.act = act.float().to(self.out_scale.device).contiguous()
 
-    def _conv(self, x4d, stride, padding, dilation, residual=None, x_bits=None):
+    def _conv(self, x4d, geom, residual=None, x_bits=None):
+        """geom: (stride, padding, dilation) as pairs. The op is resolved here and called with positional
+        arguments (ops' keyword wrappers cost as much as a small layer's conv at batch 1)."""
+        dev = (x_bits if x_bits is not None else x4d).device
         if x_bits is not None or self.next_shift is not None:
             packed = x_bits is not None
-            out, bits = ops.binary_conv2d_bits(
-                x_bits if packed else x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
-                in_channels=self.channels if packed else -1, x_shift=None if packed else self.x_shift,
-                out_scale=self.out_scale, out_bias=self.out_bias, ones_scale=self.ones_scale, residual=residual,
-                act=self.act, next_shift=self.next_shift, float_out=self.float_out)
-            if x4d is not None:
+            out, bits = ops._impl("binary_conv2d_bits", dev)(
+                x_bits if packed else x4d, self.w_packed, *geom, self.channels if packed else -1,
+                None if packed else self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act,
+                self.next_shift, self.float_out)
+            if x4d is not None and x4d.dtype != out.dtype and self.float_out:
                 out = out.to(x4d.dtype)
             return out if self.next_shift is None else (out, bits)
-        return ops.binary_conv2d_packed(x4d, self.w_packed, _pair(stride), _pair(padding), _pair(dilation),
-                                        x_shift=self.x_shift, out_scale=self.out_scale, out_bias=self.out_bias,
-                                        ones_scale=self.ones_scale, residual=residual,
-                                        act=self.act).to(x4d.dtype)  # the op returns float32
+        out = ops._impl("binary_conv2d_packed", dev)(
+            x4d, self.w_packed, *geom, self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act)
+        return out if x4d.dtype == out.dtype else out.to(x4d.dtype)  # the op returns float32
 
 
 class FrozenBinaryConv2d(_FrozenBinary):
@@ -138,6 +139,7 @@ class FrozenBinaryConv2d(_FrozenBinary):
     def __init__(self, layer: ERBinaryConv2d, bn=None, name="conv"):
         super().__init__()
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self._geom = (_pair(layer.stride), _pair(layer.padding), _pair(layer.dilation))
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self._freeze_from(layer, layer.weight, bn, name)
 
@@ -145,7 +147,7 @@ class FrozenBinaryConv2d(_FrozenBinary):
         """residual: the block's shortcut, added in the epilogue (freeze's tail fusion passes it). x_bits:
         the input as packed signs (a chained producer's out_bits; x may then be None). With next_shift set
         (chaining) returns (out, out_bits)."""
-        return self._conv(x, self.stride, self.padding, self.dilation, residual, x_bits)
+        return self._conv(x, self._geom, residual, x_bits)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
@@ -163,7 +165,7 @@ class FrozenBinaryLinear(_FrozenBinary):
 
     def forward(self, x):
         lead = x.shape[:-1]
-        out = self._conv(x.reshape(-1, self.in_features, 1, 1), (1, 1), (0, 0), (1, 1))
+        out = self._conv(x.reshape(-1, self.in_features, 1, 1), ((1, 1), (0, 0), (1, 1)))
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self):
