@@ -203,6 +203,18 @@ def test_chained_vgg_pools_on_bits(native):
     torch.testing.assert_close(got, unchained, rtol=1e-4, atol=1e-4)
 
 
+def test_chained_model_on_the_reference_backend(native):
+    # The frozen model's ops dispatch per call: the pure-PyTorch twins run the same chained graph.
+    model = _trained("vgg_small_1w1a", steps=1)
+    frozen = deploy.freeze(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = frozen(x)
+        with erbnn_ext.use_backend("reference"):
+            ref = frozen(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_pool_fold_needs_monotone_tail(native):
     model = _trained("vgg_small_1w1a")
     with torch.no_grad():

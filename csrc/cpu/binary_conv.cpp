@@ -171,11 +171,19 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
   return {out, out_bits};
 }
 
+// A 1-element CPU tensor's value: float32 / float64 read in place (item() is a dispatched op, a
+// noticeable part of a small layer's call), other float types through item().
+double scalar_value(const at::Tensor& t) {
+  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
+  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>();
+  return t.item<double>();
+}
+
 // x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
 double read_shift(const std::optional<at::Tensor>& s, const at::Tensor& x) {
   check_cpu(x, "x");
   const at::Tensor t = checked_shift(s, x);
-  return t.defined() ? t.item<double>() : 0.0;
+  return t.defined() ? scalar_value(t) : 0.0;
 }
 
 at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x, const at::Tensor& w_packed, at::IntArrayRef stride,
@@ -211,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cpu(
     TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
                      next_shift->scalar_type());
     TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
-    io.next_shift = next_shift->item<double>();
+    io.next_shift = scalar_value(*next_shift);
   }
   return conv_packed_impl(x, w_packed, stride, padding, dilation, packed_x ? 0.0 : read_shift(x_shift, x), out_scale,
                           out_bias, ones_scale, residual, act, io);
