@@ -443,6 +443,11 @@ def _chain(model):
         return 0
     if any(n.op == "get_attr" and not _has_attr(model, n.target) for n in graph.nodes):
         return 0
+    for node in list(graph.nodes):  # an Identity (a folded BatchNorm, "no shortcut") is a call for nothing
+        if (_module(model, node, torch.nn.Identity) is not None and len(node.args) == 1 and not node.kwargs
+                and isinstance(node.args[0], torch.fx.Node)):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
     _fold_through_pools(model, graph)
     chained = _chain_graph(model, graph)
     graph.lint()
