@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import os
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers (malloc.h)
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses larger mmap thresholds on 64-bit (HEAP_MAX_SIZE / 2)
 _state = {"applied": False, "reason": "not requested"}
 
@@ -35,10 +35,12 @@ def _glibc():
     return libc
 
 
-def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP_THRESHOLD_MAX) -> bool:
+def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP_THRESHOLD_MAX,
+                      large: bool = True) -> bool:
     """Set glibc malloc's trim threshold (bytes of free heap top kept mapped) and mmap threshold (sizes
-    served by mmap instead of the heap; at most 32 MiB). Returns True when applied; False where the C
-    library is not glibc, or ERBNN_KEEP_FREED_MEMORY=0 (the reason is in allocator_state()). Idempotent."""
+    served by mmap instead of the heap; at most 32 MiB); large=True serves no allocation by mmap at all.
+    Returns True when applied; False where the C library is not glibc, or ERBNN_KEEP_FREED_MEMORY=0 (the
+    reason is in allocator_state()). Idempotent."""
     if trim_threshold < 0 or not 0 <= mmap_threshold <= _MMAP_THRESHOLD_MAX:
         raise ValueError(f"need trim_threshold >= 0 and 0 <= mmap_threshold <= {_MMAP_THRESHOLD_MAX}, "
                          f"got {trim_threshold}, {mmap_threshold}")
@@ -50,9 +52,10 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP
         _state.update(applied=False, reason="the C library is not glibc")
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 and \
-        libc.mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1
+        libc.mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1 and \
+        (not large or libc.mallopt(_M_MMAP_MAX, 0) == 1)
     _state.update(applied=ok, reason="applied" if ok else "mallopt refused the values",
-                  trim_threshold=trim_threshold, mmap_threshold=mmap_threshold)
+                  trim_threshold=trim_threshold, mmap_threshold=mmap_threshold, large=large)
     return ok
 
 
@@ -65,6 +68,6 @@ def allocator_line() -> str:
     """One line for benchmark headers."""
     s = _state
     if s["applied"]:
-        return (f"malloc keeps freed memory (trim threshold {s['trim_threshold'] >> 20} MiB, mmap threshold "
-                f"{s['mmap_threshold'] >> 20} MiB; erbnn_ext.cpu_allocator)")
+        mmap = "no mmap" if s["large"] else f"mmap threshold {s['mmap_threshold'] >> 20} MiB"
+        return f"malloc keeps freed memory (trim threshold {s['trim_threshold'] >> 20} MiB, {mmap}; erbnn_ext.cpu_allocator)"
     return f"malloc defaults ({s['reason']})"
