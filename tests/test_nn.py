@@ -212,6 +212,43 @@ def test_rprelu():
         m(torch.zeros(1, 4, 1, 1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (3, 6), (2, 6, 7)])
+def test_rprelu_equals_prelu_form(dtype, shape):
+    """The relu form gives torch's prelu bit for bit forward, and the same gradients away from z == 0."""
+    m = enn.RPReLU(6).to(dtype)
+    with torch.no_grad():
+        for t in (m.shift_in, m.prelu.weight, m.shift_out):
+            t.copy_(torch.randn(6))
+    view = (1, -1) + (1,) * (len(shape) - 2)
+    x = torch.randn(shape).to(dtype)
+    x = torch.where(x + m.shift_in.detach().view(view) == 0, x + 0.5, x).requires_grad_()  # no z == 0 (below)
+    ref = torch.nn.functional.prelu(x + m.shift_in.view(view), m.prelu.weight) + m.shift_out.view(view)
+    got = m(x)
+    assert got.dtype == dtype and torch.equal(got, ref)
+    g = torch.randn_like(got)
+    want = torch.autograd.grad(ref, [x, m.shift_in, m.prelu.weight, m.shift_out], g)
+    have = torch.autograd.grad(got, [x, m.shift_in, m.prelu.weight, m.shift_out], g)
+    tol = {torch.bfloat16: 2e-2}.get(dtype, 1e-5)
+    for a, b in zip(have, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_rprelu_gradient_at_zero_is_relus():
+    """At z == 0 exactly the relu form's input gradient is 0 (documented), torch's prelu gives slope * g."""
+    m = enn.RPReLU(2)
+    x = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    m(x).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_rprelu_single_slope():
+    m = enn.RPReLU(4)
+    m.prelu = torch.nn.PReLU(1, init=0.1)  # one shared slope, as nn.PReLU() has
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(m(x), torch.nn.functional.prelu(x, m.prelu.weight), rtol=0, atol=0)
+
+
 def test_binarize_replaces_inner_layers():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),

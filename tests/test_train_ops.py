@@ -288,3 +288,75 @@ def test_large_special_data(native, isa, kind, dtype, select, monkeypatch):
         x.view(-1)[::4096] = 80.0
     check_weight_steps([w.to(dtype), w.to(dtype) * 2], "cpu", p=0.9)
     check_activation_steps([x.to(dtype)], "cpu", p=0.9)
+
+
+# ---- the previous step's q as the quantile's hint (a band around it; a miss falls back to the radix
+# select): the result must not depend on the hint.
+def exact_q(x, per_channel, p):
+    if per_channel:
+        _, mean, scale = OPS.restore_weight(x)
+    else:
+        _, mean, scale, _ = OPS.restore_activation(x)
+    return OPS.two_sided_quantile(standardised(x, mean, scale), p).item()
+
+
+def check_with_hint(x, hint, per_channel, p=0.8):
+    """One step with the ring's last q primed to `hint` (the hint the kernels read) against the oracle."""
+    new_state = (lambda d: weight_state(d, 3)) if per_channel else (lambda d: activation_state(d, 3))
+    op, oracle = (OPS.restore_weight_train, oracle_weight) if per_channel else \
+        (OPS.restore_activation_train, oracle_activation)
+    st, st_ref = new_state("cpu"), new_state("cpu")
+    for s in (st, st_ref):
+        s[0][1] = hint  # last pushed slot of a ring of 3 after 5 pushes: (5 - 1) % 3 = 1
+        s[1].fill_(5)
+    pt = torch.tensor(p, dtype=torch.float64)
+    got = op(x, pt, *st, MIN_WIDTH)
+    expected, q = oracle(x, p, *st_ref)
+    assert_same(got[:-1], expected[:-1])
+    assert st[0][2].item() == q.double().item()  # the new q, pushed into slot 5 % 3
+    for a, b in zip(st, st_ref):  # (a NaN hint stays in the ring, and makes the width NaN on both sides)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+HINT_FACTORS = [1.0, 1.001, 0.999, 1.03, 0.97, 2.0, 0.5, 1e-6, 1e6]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("factor", HINT_FACTORS)
+def test_hint_never_changes_q(native, isa, per_channel, factor, dtype):
+    """Hints in the band, at its edges and far outside (the fallback) give the oracle's q bit for bit."""
+    x = (torch.randn(64, 32, 3, 3) if per_channel else torch.randn(8, 16, 20, 20) * 3 + 1).to(dtype)
+    check_with_hint(x, exact_q(x, per_channel, 0.8) * factor, per_channel)
+
+
+@pytest.mark.parametrize("hint", [0.0, -1.0, float("nan"), float("inf"), float("-inf"), 1e-30, 1e30])
+def test_unusable_hints_are_ignored(native, hint):
+    check_with_hint(torch.randn(32, 8, 3, 3), hint, per_channel=True)
+    check_with_hint(torch.randn(4, 8, 9, 9), hint, per_channel=False)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("kind", ["low_half_below_band", "low_half_in_band", "ties", "one_signed", "zeros"])
+def test_hint_special_data(native, isa, per_channel, kind):
+    """The two halves' quantiles far apart (one below the band while the other is in it: resolved without
+    it; the lower one in the band and the higher above it: the fallback), ties at the quantile, one-signed
+    data and mostly-zero data, each with the exact q as the hint and with hints off by 1% and 10%."""
+    g = torch.Generator().manual_seed(3)
+    shape = (96, 16, 3, 3) if per_channel else (6, 16, 24, 24)
+    x = torch.randn(shape, generator=g)
+    if kind in ("low_half_below_band", "low_half_in_band"):
+        x = torch.where(x > 0, x * 3.0, x * 0.5)  # the positive half's quantile is the larger one
+    elif kind == "ties":
+        x = torch.randint(-3, 4, shape, generator=g).float()
+    elif kind == "one_signed":
+        x = x.abs() + 2.0
+    else:
+        x = torch.where(torch.rand(shape, generator=g) < 0.9, torch.zeros(()), x)
+    q = exact_q(x, per_channel, 0.8)
+    if kind == "low_half_in_band":  # the hint sits on the negative half's quantile, below the answer
+        neg = standardised(x, *OPS.restore_weight(x)[1:]) if per_channel else \
+            standardised(x, *OPS.restore_activation(x)[1:3])
+        q = torch.quantile(neg[neg <= 0].abs().double(), 0.8).item()
+    for factor in (1.0, 1.01, 0.99, 1.1, 0.9):
+        check_with_hint(x, q * factor, per_channel)

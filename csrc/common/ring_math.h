@@ -22,7 +22,7 @@ ERBNN_HD double ring_width(const double* values, int64_t size, int64_t count, do
   for (int64_t i = 0; i < size; ++i) s += values[i];
   const int64_t filled = count < 1 ? 1 : (count < size ? count : size);
   const double m = s / double(filled);
-  return m > min_width ? m : min_width;  // a NaN mean stays NaN
+  return (m > min_width || m != m) ? m : min_width;  // a NaN mean stays NaN, as clamp_min keeps it
 }
 
 }  // namespace erbnn

@@ -2,6 +2,7 @@
 // select's two, with the radix select (radix_select.h) as its exact fallback.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -46,6 +47,7 @@ class BandSelect {
   using Key = typename QK::Key;
   static constexpr int kBits = QK::kBits;
   static constexpr Key kMag = (Key(1) << kBits) - 1, kNone = std::numeric_limits<Key>::max();
+  using SignedKey = std::make_signed_t<Key>;
   // Sample: kSample values in runs of kRun neighbours (few cache misses; a larger sample narrows the
   // bands and so the gathered set). Inputs under max(band_select_min(), 4 kSample) go to the radix select.
   static constexpr int64_t kSample = 65536, kRun = 8;
@@ -85,8 +87,14 @@ class BandSelect {
         hi_[h] = s[b];
       }
     }
-    cap_ = std::max<int64_t>(int64_t(1) << 14, n / 8);
-    keys_.reset(new Key[cap_]);
+    alloc(n);
+  }
+
+  // The band [lo, hi] (magnitude keys) for both halves, e.g. around a previous step's quantile.
+  BandSelect(double p, int64_t n, Key lo, Key hi) : p_(p) {
+    lo_[0] = lo_[1] = lo;
+    hi_[0] = hi_[1] = hi;
+    alloc(n);
   }
 
   // Counts of the block v[0, len) (len < 2^32) into c. Plain loops: call it inside isa_call.
@@ -127,7 +135,7 @@ class BandSelect {
   void scan(const scalar_t* v, int64_t len, Counts& c) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (active_cpu_isa() == CpuIsa::kAvx512) {
-        Key keys[kBlock + 1];
+        Key keys[kBlock + 16];  // scan_avx512 stores whole vectors: 16 slots of slack
         append(keys, scan_avx512(v, len, keys, c));
         return;
       }
@@ -146,21 +154,30 @@ class BandSelect {
   }
   bool nonfinite() const { return counts_.nonfinite; }
 
-  // After the pass: the quantile into *q, or false when a band missed its ranks (fall back).
+  // After the pass: the quantile into *q, or false when a band missed its ranks (fall back). A half whose
+  // two interpolation ranks both lie below its band has a quantile below the band's low end: it cannot be
+  // the maximum when another half's quantile reaches that low end, so it is resolved without its value.
   bool finish(float* q) {
     if (overflow_) return false;
     const int64_t size = size_.load();
+    const Key* keys = keys_ptr_;
     double result = 0.0;
+    bool any = false;
+    double below_bound = -1.0;  // the largest low end of a band that a half's quantile lies under
     for (int h = 0; h < 2; ++h) {
       const int64_t n = counts_.total[h];
       if (n == 0) continue;
+      const QuantileRank qr = quantile_rank(n, p_);
+      if (qr.hi < counts_.below[h]) {
+        below_bound = std::max(below_bound, QK::value(lo_[h]));
+        continue;
+      }
       std::vector<Key> g;  // the half's gathered magnitudes
       g.reserve(size);
       for (int64_t i = 0; i < size; ++i) {
-        const Key r = keys_[i], mag = r & kMag;
+        const Key r = keys[i], mag = r & kMag;
         if ((int((r >> kBits) != 0) == h || mag == 0) && mag >= lo_[h] && mag <= hi_[h]) g.push_back(mag);
       }
-      const QuantileRank qr = quantile_rank(n, p_);
       const int64_t k = qr.lo - counts_.below[h], m = int64_t(g.size());
       if (k < 0 || k >= m) return false;
       Key key_lo, next;
@@ -171,7 +188,9 @@ class BandSelect {
         if (key_hi == kNone) return false;
       }
       result = std::max(result, quantile_lerp(QK::value(key_lo), QK::value(key_hi), qr.frac));
+      any = true;
     }
+    if (below_bound >= 0.0 && !(any && result >= below_bound)) return false;
     *q = static_cast<float>(result);
     return true;
   }
@@ -184,7 +203,14 @@ class BandSelect {
       overflow_ = true;
       return;
     }
-    std::memcpy(keys_.get() + at, keys, k * sizeof(Key));
+    std::memcpy(keys_ptr_ + at, keys, k * sizeof(Key));
+  }
+
+  // The gathered keys' buffer, from PyTorch's allocator (as a signed integer tensor of the key's width).
+  void alloc(int64_t n) {
+    cap_ = std::max<int64_t>(int64_t(1) << 14, n / 8);
+    keys_ = at::empty({cap_}, at::TensorOptions().dtype(sizeof(Key) == 4 ? at::kInt : at::kLong));
+    keys_ptr_ = reinterpret_cast<Key*>(keys_.template mutable_data_ptr<SignedKey>());
   }
 
   // The k-th smallest of g and the (k+1)-th (kNone when g has no more). A large g is first narrowed the
@@ -274,33 +300,41 @@ class BandSelect {
     return k;
   }
 
+  // count() and gather_band() in one loop. The counts go into vector lanes (a masked add per count, no
+  // mask-to-scalar popcount each step), and the taken keys are compressed in a register and stored as a
+  // whole vector (a compress store to memory is microcoded and slow on AMD Zen 4/5); out needs 16 slots
+  // of slack.
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t scan_avx512(
       const float* v, int64_t len, uint32_t* out, Counts& c) const {
     const __m512i mag = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
                   lo0 = _mm512_set1_epi32(int(lo_[0])), hi0 = _mm512_set1_epi32(int(hi_[0])),
                   lo1 = _mm512_set1_epi32(int(lo_[1])), hi1 = _mm512_set1_epi32(int(hi_[1])),
-                  zero_v = _mm512_setzero_si512();
+                  zero_v = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
     __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
-    int64_t t0 = 0, t1 = 0, b0 = 0, b1 = 0, i = 0, k = 0;
+    __m512i t0 = zero_v, t1 = zero_v, b0 = zero_v, b1 = zero_v;  // per-lane counts (len < 2^32)
+    int64_t i = 0, k = 0;
     __mmask16 bad = 0;
     for (; i + 16 <= len; i += 16) {
       const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
       const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, zero_v);
       const __mmask16 in0 = __mmask16(~neg | zero), in1 = __mmask16(neg | zero);
       bad |= _mm512_cmpge_epu32_mask(m, inf);
-      t0 += __builtin_popcount(in0);
-      t1 += __builtin_popcount(in1);
-      b0 += __builtin_popcount(in0 & _mm512_cmplt_epu32_mask(m, lo0));
-      b1 += __builtin_popcount(in1 & _mm512_cmplt_epu32_mask(m, lo1));
-      amin0 = _mm512_mask_min_epu32(amin0, in0 & _mm512_cmpgt_epu32_mask(m, hi0), amin0, m);
-      amin1 = _mm512_mask_min_epu32(amin1, in1 & _mm512_cmpgt_epu32_mask(m, hi1), amin1, m);
-      const __mmask16 band0 = _mm512_cmpge_epu32_mask(m, lo0) & _mm512_cmple_epu32_mask(m, hi0);
-      const __mmask16 band1 = _mm512_cmpge_epu32_mask(m, lo1) & _mm512_cmple_epu32_mask(m, hi1);
-      const __mmask16 take = (band0 & in0) | (band1 & in1);
-      _mm512_mask_compressstoreu_epi32(out + k, take, r);
-      k += __builtin_popcount(take);
+      t0 = _mm512_mask_add_epi32(t0, in0, t0, one);
+      t1 = _mm512_mask_add_epi32(t1, in1, t1, one);
+      const __mmask16 below0 = _mm512_cmplt_epu32_mask(m, lo0), below1 = _mm512_cmplt_epu32_mask(m, lo1);
+      const __mmask16 above0 = _mm512_cmpgt_epu32_mask(m, hi0), above1 = _mm512_cmpgt_epu32_mask(m, hi1);
+      b0 = _mm512_mask_add_epi32(b0, in0 & below0, b0, one);
+      b1 = _mm512_mask_add_epi32(b1, in1 & below1, b1, one);
+      amin0 = _mm512_mask_min_epu32(amin0, in0 & above0, amin0, m);
+      amin1 = _mm512_mask_min_epu32(amin1, in1 & above1, amin1, m);
+      const __mmask16 take = (in0 & __mmask16(~(below0 | above0))) | (in1 & __mmask16(~(below1 | above1)));
+      if (take) {
+        _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
+        k += __builtin_popcount(take);
+      }
     }
-    c.total[0] += t0, c.total[1] += t1, c.below[0] += b0, c.below[1] += b1;
+    c.total[0] += _mm512_reduce_add_epi32(t0), c.total[1] += _mm512_reduce_add_epi32(t1);
+    c.below[0] += _mm512_reduce_add_epi32(b0), c.below[1] += _mm512_reduce_add_epi32(b1);
     c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
     c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
     c.nonfinite |= bad != 0;
@@ -314,7 +348,8 @@ class BandSelect {
   double p_;
   Key lo_[2], hi_[2];
   int64_t cap_;
-  std::unique_ptr<Key[]> keys_;
+  at::Tensor keys_;
+  Key* keys_ptr_ = nullptr;
   std::atomic<int64_t> size_{0};
   std::atomic<bool> overflow_{false};
   Counts counts_;

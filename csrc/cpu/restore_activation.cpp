@@ -42,7 +42,7 @@ void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, doub
 // pass (train_quantile in restore_cpu.h).
 template <typename scalar_t>
 void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
-                        at::Tensor& sigma, at::Tensor& rms, double p, float* q) {
+                        at::Tensor& sigma, at::Tensor& rms, double p, float* q, double hint) {
   using stat_t = stat_type<scalar_t>;
   const SampleBlocks sb(N, D);
   std::vector<double> s1(sb.items()), s2(sb.items());
@@ -113,15 +113,15 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
       fn(static_cast<const stat_t*>(buf), len);
     });
   };
-  const auto sample_at = [&](int64_t i) { return (static_cast<stat_t>(xp[i]) - mu_s) / sc; };
-  *q = train_quantile<stat_t>(p, total, sample_at, write_pass, blocks,
+  *q = train_quantile<stat_t>(p, total, hint, write_pass, [] {}, blocks,
                               "x gives non-finite standardised values (x - mean) / sigma: q is undefined");
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x_in,
-                                                                                     double p, float* q) {
+                                                                                     double p, float* q,
+                                                                                     double hint) {
   check_activation(x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_wi
   if (x.numel() == 0) return {y, mean, sigma, rms};
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
     activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, D, mean, sigma,
-                                 rms, p, q);
+                                 rms, p, q, hint);
   });
   return {y, mean, sigma, rms};
 }
@@ -155,6 +155,7 @@ GradSums grad_sums(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t
   // Runs of kRun elements are summed in stat_t (vectorised: a simd reduction that converts every element
   // to double does not vectorise with GCC here and ran 20x slower), then added into double totals.
   constexpr int64_t kRun = 512;
+  const stat_t inv_sc = stat_t(1) / sc;
   GradSums out;
   for (int64_t r0 = 0; r0 < len; r0 += kRun) {
     const int64_t r1 = std::min(len, r0 + kRun);
@@ -162,7 +163,7 @@ GradSums grad_sums(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t
 #pragma omp simd reduction(+ : a, b, c, d, e)
     for (int64_t i = r0; i < r1; ++i) {
       const stat_t xc = static_cast<stat_t>(xp[i]) - mu;
-      const stat_t xhat = xc / sc;
+      const stat_t xhat = xc * inv_sc;  // a reciprocal: the backward needs no bit-exact xhat, divisions are slow
       const stat_t g = static_cast<stat_t>(gp[i]);
       const stat_t gs = g * surrogate_cpu(xhat, inv_b, scale);
       if constexpr (kStore) dx[i] = gs;
@@ -180,6 +181,7 @@ GradSums grad_sums(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t
 template <bool kStore, typename scalar_t, typename stat_t>
 void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
                 stat_t inv_b, stat_t scale, stat_t coef_xc, stat_t coef_1) {
+  const stat_t inv_sc = stat_t(1) / sc;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     const stat_t xc = static_cast<stat_t>(xp[i]) - mu;
@@ -187,7 +189,7 @@ void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t le
     if constexpr (kStore) {
       gs = static_cast<stat_t>(dx[i]);
     } else {
-      gs = static_cast<stat_t>(gp[i]) * surrogate_cpu(xc / sc, inv_b, scale);
+      gs = static_cast<stat_t>(gp[i]) * surrogate_cpu(xc * inv_sc, inv_b, scale);
     }
     dx[i] = static_cast<scalar_t>(gs + coef_xc * xc + coef_1);
   }

@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/restore_math.h"
@@ -15,12 +17,15 @@
 namespace erbnn {
 
 // The forward restorations; the _with_q forms (q non-null) also measure *q = two_sided_quantile of
-// the standardised values at p inside the same passes (the training ops, restore_train.cpp).
+// the standardised values at p inside the same passes (the training ops, restore_train.cpp), faster
+// when `hint` (the previous step's q; 0: none) is close (train_quantile).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w, double p, float* q);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w, double p, float* q,
+                                                                         double hint = 0.0);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x,
-                                                                                     double p, float* q);
+                                                                                     double p, float* q,
+                                                                                     double hint = 0.0);
 at::Tensor two_sided_quantile_cpu(const at::Tensor& x, double p);
 
 // ER-BNN's surrogate d sign(x)/dx (method.md section 3) with inv_b = 1/b, scale = max(b,1)/b.
@@ -63,31 +68,54 @@ void two_values_block(const scalar_t* x, scalar_t* y, stat_t* xhat, int64_t len,
 // Standardised values per histogram / gather block of the training ops: a block stays in L1.
 constexpr int64_t kQBlock = 2048;
 
+// Relative half-width of the band that the training ops put around the previous step's q: 4 / sqrt(total),
+// within [0.2%, 5%]. Between steps q moves by its sampling noise (for normal-like values about
+// 0.3% / sqrt(total / 65536) at the usual percentiles, so the band is some 5 standard errors wide) plus a
+// slow drift of the weights and of p; the band gathers a similar fraction of the values, which the
+// selection after the pass then sorts through. A miss costs one radix select more, never a wrong q.
+inline double hint_band_width(int64_t total) {
+  return std::min(0.05, std::max(0.002, 4.0 / std::sqrt(double(std::max<int64_t>(total, 1)))));
+}
+
+// The magnitude key band [hint (1 - d), hint (1 + d)] in stat_t (d = hint_band_width(total)), or false
+// when the hint is no usable quantile (no step yet, or a non-positive / non-finite value).
+template <typename stat_t>
+bool hint_band(double hint, int64_t total, typename QuantileKey<stat_t>::Key& lo,
+               typename QuantileKey<stat_t>::Key& hi) {
+  const double d = hint_band_width(total);
+  if (!(hint > 0.0) || !std::isfinite(hint * (1.0 + d))) return false;
+  lo = QuantileKey<stat_t>::raw(static_cast<stat_t>(hint * (1.0 - d)));
+  hi = QuantileKey<stat_t>::raw(static_cast<stat_t>(hint * (1.0 + d)));
+  return true;
+}
+
 // q of the training ops: two_sided_quantile at p of the `total` standardised values, measured while
-// write_pass(fn) writes the op's output (it calls fn(xhat, len) on each block of standardised values
-// it computes, from any thread). Large inputs take the band select (radix_select.h): a sample
-// (sample_at(i): the i-th standardised value) sets the bands, and fn counts and gathers inside the
-// write pass, so no other pass is needed. Otherwise, or when a band misses, the radix select runs over
-// blocks(fn) (the standardised values recomputed block by block). Exact either way.
-template <typename stat_t, typename SampleAt, typename WritePass, typename Blocks>
-float train_quantile(double p, int64_t total, SampleAt&& sample_at, WritePass&& write_pass, Blocks&& blocks,
-                     const char* nonfinite_message) {
+// write_pass(fn) writes the op's output (it calls fn(xhat, len) on each block of standardised values it
+// computes, from any thread); after_write() runs once the pass is done (the op's own checks). With a
+// hint (the previous step's q), fn counts the values below a band around it and gathers those inside
+// (band_select.h): no other pass is needed when the band holds the quantile, as it almost always does.
+// Otherwise the radix select runs over blocks(fn) (the standardised values recomputed block by block).
+// Exact either way: the hint only decides how fast.
+template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks>
+float train_quantile(double p, int64_t total, double hint, WritePass&& write_pass, AfterWrite&& after_write,
+                     Blocks&& blocks, const char* nonfinite_message) {
   using BS = BandSelect<stat_t>;
-  if (total < std::max(band_select_min(), 4 * BS::kSample)) {
+  typename BS::Key lo, hi;
+  if (hint_band<stat_t>(hint, total, lo, hi)) {
+    BS bs(p, total, lo, hi);
+    std::vector<typename BS::Counts> counts(at::get_num_threads());
+    write_pass([&](const stat_t* v, int64_t len) {
+      bs.template scan<kQBlock>(v, len, counts[at::get_thread_num()]);
+    });
+    after_write();
+    for (const auto& c : counts) bs.merge(c);
+    TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
+    float q = 0.f;
+    if (bs.finish(&q)) return q;
+  } else {
     write_pass([](const stat_t*, int64_t) {});
-    return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
+    after_write();
   }
-  std::vector<stat_t> sample(BS::kSample);
-  for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = sample_at(BS::sample_index(i, total));
-  BS bs(p, total, sample.data(), BS::kSample);
-  std::vector<typename BS::Counts> counts(at::get_num_threads());
-  write_pass([&](const stat_t* v, int64_t len) {
-    bs.template scan<kQBlock>(v, len, counts[at::get_thread_num()]);
-  });
-  for (const auto& c : counts) bs.merge(c);
-  TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
-  float q = 0.f;
-  if (bs.finish(&q)) return q;
   return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
 }
 

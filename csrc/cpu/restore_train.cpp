@@ -26,6 +26,12 @@ at::Tensor width_step(const at::Tensor& width, const at::Tensor& x) {
   return at::scalar_tensor(*width.const_data_ptr<double>(), x.options().dtype(stat_dtype(x)));
 }
 
+// The previous step's q, the training ops' hint for this step's (0: no step yet).
+double last_q(const at::Tensor& q_values, const at::Tensor& q_count) {
+  const int64_t c = *q_count.const_data_ptr<int64_t>(), r = q_values.numel();
+  return c > 0 ? q_values.const_data_ptr<double>()[(c - 1) % r] : 0.0;
+}
+
 // Pushes q, updates the width; returns b_step.
 at::Tensor push_q(const at::Tensor& q_values, const at::Tensor& q_count, const at::Tensor& width, double q,
                   double min_width, const at::Tensor& x) {
@@ -47,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_weight_train_
     return {w_b, mean, alpha, width_step(width, w)};
   }
   float q = 0.f;
-  auto [w_b, mean, alpha] = restore_weight_with_q_cpu(w, read_p(p), &q);
+  auto [w_b, mean, alpha] = restore_weight_with_q_cpu(w, read_p(p), &q, last_q(q_values, q_count));
   return {w_b, mean, alpha, push_q(q_values, q_count, width, q, min_width, w)};
 }
 
@@ -65,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_a
     return {y, mean, sigma, rms, width_step(width, x)};
   }
   float q = 0.f;
-  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q);
+  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, last_q(q_values, q_count));
   ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
             mean.item<double>());
   ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),

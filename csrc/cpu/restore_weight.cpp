@@ -42,67 +42,71 @@ bool weight_row_stats(const scalar_t* row, int64_t n, stat_t& mean, stat_t& alph
   return true;
 }
 
-// The forward over all channels. Without q, each channel's statistics and signs in one visit (the
-// channel is re-read from cache). With q (train_quantile in restore_cpu.h), all the statistics first,
-// then the sign pass, which also measures q on the standardised values it computes.
+// The forward over all channels, one visit per channel: its statistics, then its signs from cache; with
+// q (train_quantile in restore_cpu.h), the sign pass also hands the standardised values it computes, in
+// blocks of kQBlock, to the quantile.
 template <typename scalar_t>
 void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp, stat_type<scalar_t>* ap,
-                    int64_t O, int64_t n, double p, float* q) {
+                    int64_t O, int64_t n, double p, float* q, double hint) {
   using stat_t = stat_type<scalar_t>;
   const scalar_t pos(1), neg(-1);
   std::atomic<bool> finite{true};
-  at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
-    for (int64_t o = lo; o < hi; ++o) {
-      const scalar_t* row = src + o * n;
-      bool ok = false;
-      stat_t mu = 0, al = 0;
-      isa_call([&] { ok = weight_row_stats<scalar_t, stat_t>(row, n, mu, al); });
-      if (!ok) {
-        finite.store(false, std::memory_order_relaxed);
-        continue;
-      }
-      mp[o] = mu;
-      ap[o] = al;
-      // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit
-      if (!q) isa_call([&] { two_values_block<scalar_t, stat_t>(row, dst + o * n, nullptr, n, mu, clamp_eps(al), pos, neg); });
-    }
-  });
-  TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
-  if (!q) return;
-  // Visits every block of every channel: fn(o, b, len, buf) with a per-task buffer of kQBlock values.
-  const auto channel_blocks = [&](auto&& fn) {
+  // fn(xhat, len) on the standardised values of each block (q), or nullptr (signs only).
+  const auto write_pass = [&](auto&& fn) {
     at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
       stat_t buf[kQBlock];
-      for (int64_t o = lo; o < hi; ++o)
-        for (int64_t b = 0; b < n; b += kQBlock) fn(o, b, std::min(kQBlock, n - b), buf);
+      for (int64_t o = lo; o < hi; ++o) {
+        const scalar_t* row = src + o * n;
+        bool ok = false;
+        stat_t mu = 0, al = 0;
+        isa_call([&] { ok = weight_row_stats<scalar_t, stat_t>(row, n, mu, al); });
+        if (!ok) {
+          finite.store(false, std::memory_order_relaxed);
+          continue;
+        }
+        mp[o] = mu;
+        ap[o] = al;
+        // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit
+        const stat_t a = clamp_eps(al);
+        for (int64_t b = 0; b < n; b += kQBlock) {
+          const int64_t len = std::min(kQBlock, n - b);
+          isa_call([&] {
+            two_values_block<scalar_t, stat_t>(row + b, dst + o * n + b, q ? buf : nullptr, len, mu, a, pos, neg);
+          });
+          if (q) fn(static_cast<const stat_t*>(buf), len);
+        }
+      }
     });
   };
-  const auto write_pass = [&](auto&& fn) {
-    channel_blocks([&](int64_t o, int64_t b, int64_t len, stat_t* buf) {
-      const stat_t mu = mp[o], a = clamp_eps(ap[o]);
-      isa_call([&] { two_values_block<scalar_t, stat_t>(src + o * n + b, dst + o * n + b, buf, len, mu, a, pos, neg); });
-      fn(static_cast<const stat_t*>(buf), len);
-    });
+  const auto check_finite = [&] {
+    TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
   };
+  if (!q) {
+    write_pass([](const stat_t*, int64_t) {});
+    check_finite();
+    return;
+  }
   const auto blocks = [&](auto&& fn) {
-    channel_blocks([&](int64_t o, int64_t b, int64_t len, stat_t* buf) {
-      const stat_t mu = mp[o], a = clamp_eps(ap[o]);
-      isa_call([&] { standardise_block<scalar_t, stat_t>(src + o * n + b, buf, len, mu, a); });
-      fn(static_cast<const stat_t*>(buf), len);
+    at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
+      stat_t buf[kQBlock];
+      for (int64_t o = lo; o < hi; ++o) {
+        const stat_t mu = mp[o], a = clamp_eps(ap[o]);
+        for (int64_t b = 0; b < n; b += kQBlock) {
+          const int64_t len = std::min(kQBlock, n - b);
+          isa_call([&] { standardise_block<scalar_t, stat_t>(src + o * n + b, buf, len, mu, a); });
+          fn(static_cast<const stat_t*>(buf), len);
+        }
+      }
     });
   };
-  const auto sample_at = [&](int64_t i) {
-    const int64_t o = i / n;
-    return (static_cast<stat_t>(src[i]) - mp[o]) / clamp_eps(ap[o]);
-  };
-  *q = train_quantile<stat_t>(p, O * n, sample_at, write_pass, blocks,
+  *q = train_quantile<stat_t>(p, O * n, hint, write_pass, check_finite, blocks,
                               "w gives non-finite standardised values (w - mean) / alpha: q is undefined");
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w_in, double p,
-                                                                         float* q) {
+                                                                         float* q, double hint) {
   check_float_input(w_in, "w");
   TORCH_CHECK_VALUE(w_in.dim() >= 1, "w must have at least 1 dimension (output channels first), got ",
                     w_in.dim(), "-D");
@@ -116,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const a
   ERBNN_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_cpu", [&] {
     using stat_t = stat_type<scalar_t>;
     weight_forward<scalar_t>(w.const_data_ptr<scalar_t>(), w_b.mutable_data_ptr<scalar_t>(),
-                             mean.mutable_data_ptr<stat_t>(), alpha.mutable_data_ptr<stat_t>(), O, n, p, q);
+                             mean.mutable_data_ptr<stat_t>(), alpha.mutable_data_ptr<stat_t>(), O, n, p, q, hint);
   });
   return {w_b, mean, alpha};
 }
@@ -129,6 +133,8 @@ namespace {
 
 // Channels [lo, hi) of the backward: g = grad * surrogate'(What) and its two channel means in one
 // pass (g kept in `scratch`, n values, cache-resident), then dW in a second pass over the channel.
+// What is (w - mean) * (1 / alpha) here, not the forward's division: a gradient needs no bit-exact What
+// (within an ulp of it), and vector divisions were most of this kernel's time.
 template <typename scalar_t, typename stat_t>
 void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t* mean, const stat_t* alpha,
                           scalar_t* dw, stat_t* scratch, int64_t n, stat_t inv_b, stat_t scale, int64_t lo,
@@ -146,7 +152,7 @@ void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t*
       stat_t rg = 0, rgw = 0;
 #pragma omp simd reduction(+ : rg, rgw)
       for (int64_t i = r0; i < r1; ++i) {
-        const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
+        const stat_t what = (static_cast<stat_t>(row[i]) - mu) * inv_a;
         const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
         scratch[i] = g;
         rg += g;
@@ -159,7 +165,7 @@ void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t*
     scalar_t* dst = dw + o * n;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      const stat_t what = (static_cast<stat_t>(row[i]) - mu) / a;
+      const stat_t what = (static_cast<stat_t>(row[i]) - mu) * inv_a;
       dst[i] = static_cast<scalar_t>(restore_weight_grad(scratch[i], what, mg, mgw, inv_a));
     }
   }

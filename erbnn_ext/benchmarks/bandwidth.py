@@ -5,9 +5,11 @@ Each kernel's median time (torch.utils.benchmark blocked_autorange) is set again
 same size timed in the same run: copy moves 2 tensor-passes (read + write), so a kernel whose
 algorithm needs P tensor-passes (reads and writes of an input-sized tensor, statistics passes included)
 cannot beat P/2 copy times. The table prints ms, P, that limit and the achieved fraction of it. The
-`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one): with 4 KiB
-pages its first touch faults page by page, which can cost more than the kernel; PyTorch's
-THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors) removes most of it, and the header says which.
+`clone` row shows what a fresh output tensor costs on top (every kernel here allocates one): under glibc's
+defaults a 100 MB tensor is mapped afresh on every allocation and its first touch faults page by page,
+which can cost more than the kernel (47 ms against copy_'s 4.3 ms, measured); the benchmarks run with
+erbnn_ext.cpu_allocator's policy (freed memory reused, no mmap), which the header states, as does
+PyTorch's THP_MEM_ALLOC_ENABLE.
 
     python -m erbnn_ext.benchmarks.bandwidth --threads 2 [--size-mb 100] [--dtype float32] [--only q]
 """
@@ -18,6 +20,7 @@ import os
 import torch
 
 from erbnn_ext.benchmarks.timing import measure
+from erbnn_ext.cpu_allocator import allocator_line
 
 OPS = torch.ops.erbnn
 
@@ -106,7 +109,7 @@ def main(argv=None):
     rows = run(args.size_mb, args.threads, dtype, args.device, args.min_time, args.only)
     header = (f"{args.size_mb:g} MB {args.dtype} tensors, {args.threads} threads, {args.device}; "
               f"copy_ {2 * args.size_mb / rows[0]['ms']:.1f} GB/s read+write; limit = passes/2 x copy_ time; "
-              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; {allocator_line()}")
     print(format_table(rows, header))
     kernels = rows[2:]
     geo = math.exp(sum(math.log(r["fraction"]) for r in kernels) / max(1, len(kernels)))

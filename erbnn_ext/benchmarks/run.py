@@ -7,7 +7,6 @@ from tqdm import tqdm
 
 from . import binary_conv, overhead, train_step
 from .machine import load_average, machine_info
-from .timing import measure
 
 SECTIONS = ("overhead", "conv", "train_step")
 TRAIN_STEP_THREADS = 1  # the training-step section's default (issue 10's goals are 1-thread figures)
@@ -40,11 +39,14 @@ def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, mi
     machine = machine_info(device)
     built = _all_cases(models, batch, device, sections)
     rows = []
-    for row, fn in tqdm(built, desc="erbnn bench", unit="case", disable=None if progress else True,
-                        file=sys.stderr, leave=False):
-        n = step_threads if row["section"] == "train_step" else machine["threads"]
-        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=n, clock=clock), threads=n)
-        rows.append(row)
+    bar = tqdm(total=len(built), desc="erbnn bench", unit="case", disable=None if progress else True,
+               file=sys.stderr, leave=False)
+    for group in train_step.pairs(built):  # a training-step case and its float twin side by side
+        n = step_threads if group[0][0]["section"] == "train_step" else machine["threads"]
+        rows += [{**r, "threads": n} for r in train_step.measure_group(
+            group, repeat=repeat, min_run_time=min_run_time * len(group), threads=n, clock=clock)]
+        bar.update(len(group))
+    bar.close()
     machine["load_avg_end"] = load_average()
     return {"machine": machine, "config": config, "rows": rows, "summary": summarise(rows)}
 

@@ -18,6 +18,12 @@ import torch
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
+from ..cpu_allocator import allocator_line, keep_freed_memory  # noqa: E402
+
+# Every benchmark runs with freed heap memory kept mapped (cpu_allocator.py): otherwise glibc's heap
+# trimming makes a step's page faults, not its arithmetic, decide small layers' times (3x swings).
+keep_freed_memory()
+
 # wall: elapsed time. thread: CPU time of the calling thread only; with one thread (every kernel then runs
 # in the caller) it is immune to time slicing by other processes on a busy machine.
 CLOCKS = {"wall": None, "thread": time.thread_time}
@@ -46,6 +52,25 @@ def measure(fn, *, repeat=None, min_run_time=0.2, threads=None, clock="wall"):
     return {"time_s": float(m.median), "iqr_s": float(m.iqr), "calls": int(calls)}
 
 
+def measure_side_by_side(fns, *, rounds=5, repeat=None, min_run_time=0.2, threads=None, clock="wall"):
+    """Time several fns in alternation: `rounds` rounds, each running measure() on every fn in turn with
+    min_run_time / rounds; per fn, time_s is the median of its rounds' medians. Slow drifts of the machine
+    (frequency, other processes, cache state) then hit every fn alike, so their ratios stay fair. With
+    repeat (the fixed small counts of --quick), one measure(repeat=...) per fn instead."""
+    if repeat is not None:
+        return [measure(fn, repeat=repeat, threads=threads, clock=clock) for fn in fns]
+    per = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            per[i].append(measure(fn, min_run_time=min_run_time / rounds, threads=threads, clock=clock))
+    out = []
+    for runs in per:
+        times = sorted(r["time_s"] for r in runs)
+        out.append({"time_s": times[len(times) // 2], "iqr_s": times[-1] - times[0],
+                    "calls": sum(r["calls"] for r in runs), "rounds": rounds})
+    return out
+
+
 def seconds(fn, **kw) -> float:
     """measure(fn, **kw)["time_s"]: median seconds per call."""
     return measure(fn, **kw)["time_s"]
@@ -56,4 +81,5 @@ def header(what: str, device="cpu") -> str:
     from .machine import machine_info, machine_line
     m = machine_info(device)
     return (f"{what}\n{machine_line(m)} | load average {m['load_avg_start']} on {m['cpu_count']} CPUs\n"
-            f"Timing: torch.utils.benchmark.Timer.blocked_autorange, median per call (erbnn_ext.benchmarks.timing)")
+            f"Timing: torch.utils.benchmark.Timer.blocked_autorange, median per call (erbnn_ext.benchmarks.timing)"
+            f" | {allocator_line()}")

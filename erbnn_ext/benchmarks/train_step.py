@@ -5,6 +5,7 @@
   ring buffers included) against an nn.Conv2d of the same shape doing the same, and the ratio;
 - per model: a full training step (forward + cross-entropy + backward + SGD step) of the ER-BNN model
   against its float twin (float_twin: the same network with nn.Conv2d / nn.Linear in place of each ER layer).
+Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1]
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from .. import models as zoo, nn as enn, ops
 from .._backend import get_backend, native_active, use_backend
 from .shapes import MODELS
-from .timing import header, measure
+from .timing import header, measure_side_by_side
 
 LAYER_METHODS = ("er_layer", "conv2d")
 MODEL_METHODS = ("er_model", "float_twin")
@@ -175,12 +176,30 @@ def format_tables(summary, batch, smoke=False):
     return "\n".join(lines)
 
 
+def pairs(built):
+    """Group consecutive cases of one (model, layer) (ER and its float twin) into lists, so that they are
+    timed side by side; other cases stay alone."""
+    groups = []
+    for row, fn in built:
+        key = (row["section"], row["model"], row.get("layer"))
+        if row["section"] == "train_step" and groups and groups[-1][0] == key:
+            groups[-1][1].append((row, fn))
+        else:
+            groups.append((key, [(row, fn)]))
+    return [g for _, g in groups]
+
+
+def measure_group(group, **kw):
+    """Time a pairs() group side by side (timing.measure_side_by_side); returns its rows."""
+    results = measure_side_by_side([fn for _, fn in group], rounds=5 if len(group) > 1 else 1, **kw)
+    return [{**row, **res} for (row, _), res in zip(group, results)]
+
+
 def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
         layers=True, whole=True, clock="wall"):
     rows = []
-    for row, fn in cases(models, batch, device, layers, whole):
-        row.update(measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads, clock=clock))
-        rows.append(row)
+    for group in pairs(cases(models, batch, device, layers, whole)):
+        rows += measure_group(group, repeat=repeat, min_run_time=2 * min_run_time, threads=threads, clock=clock)
     return rows
 
 

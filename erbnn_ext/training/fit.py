@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu_allocator import keep_freed_memory
 from .checkpoint import CHECKPOINT, RESUME_KEYS, load_state, prepare_out, read_checkpoint, rng_state, \
     save_atomic, set_rng_state
 from .dist import Dist, broadcast_buffers
@@ -96,6 +97,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
       its epoch and step).
     """
     warn = on_warning or (lambda m: warnings.warn(m, stacklevel=3))
+    keep_freed_memory()  # no page faults per step from glibc's heap trimming (cpu_allocator.py)
     if epochs < 1:
         raise UsageError(f"epochs must be >= 1, got {epochs}")
     if stop_after is not None and stop_after > epochs:
