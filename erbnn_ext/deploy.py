@@ -172,6 +172,17 @@ class FrozenBinaryLinear(_FrozenBinary):
         return f"{self.in_features}, {self.out_features}, mu={self.mu:.4g}, folded_bn={self.folded_bn}"
 
 
+class _DeployRPReLU(RPReLU):
+    """An RPReLU left outside the kernels (a float stem's) in a frozen model: torch's one-pass prelu, the
+    same bits as RPReLU's training form relu(z) - slope * relu(-z) (which keeps a cheaper backward)."""
+
+    def forward(self, x):
+        if x.dim() < 2 or x.shape[1] != self.shift_in.numel():
+            return super().forward(x)  # its error message
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.nn.functional.prelu(x + self.shift_in.view(shape), self.prelu.weight) + self.shift_out.view(shape)
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -491,4 +502,7 @@ def freeze(model: torch.nn.Module, fold_bn: bool = True, fuse_tail: bool = True,
         _fuse_tails(frozen)
     if chain:
         _chain(frozen)
+    for m in frozen.modules():
+        if type(m) is RPReLU:
+            m.__class__ = _DeployRPReLU  # same parameters and state_dict; the copy's forward only
     return frozen

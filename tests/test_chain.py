@@ -265,3 +265,22 @@ def test_untraceable_model_stays_unchained(native):
     x = torch.randn(2, 8, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 16])
+def test_deploy_rprelu_same_bits(channels):
+    # freeze swaps the RPReLUs left outside the kernels (a float stem's) for torch's one-pass prelu form
+    act = enn.RPReLU(channels)
+    with torch.no_grad():
+        act.prelu.weight.uniform_(-1, 1)
+        act.shift_in.normal_()
+        act.shift_out.normal_()
+    frozen = deploy.freeze(torch.nn.Sequential(act))
+    assert type(frozen[0]) is deploy._DeployRPReLU and type(act) is enn.RPReLU
+    x = torch.randn(4, channels, 9, 9)
+    x[0, 0, :3] = -act.shift_in.detach()[0]  # z == 0 exactly
+    with torch.no_grad():
+        assert torch.equal(frozen(x), act(x))
+        assert torch.equal(frozen(x[:, :, 0, 0]), act(x[:, :, 0, 0]))
+    with pytest.raises(ValueError, match="expects"):
+        frozen(torch.randn(2, channels + 1, 3))
