@@ -305,6 +305,7 @@ namespace {
 
 // Integer conv and fused epilogue of channel o for the tile's 16 pixels, from the popcount sums of
 // pixels 0-7 (a0) and 8-15 (a1) in 64-bit lanes.
+template <bool kChain>
 ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64_t o, __m512i a0, __m512i a1,
                                          const Epilogue& e, __m512i keff, __mmask16 store, float* out) {
   // low 32 bits of each 64-bit lane of a0 then a1: the 16 sums in pixel order
@@ -312,10 +313,10 @@ ERBNN_AVX512 inline void epilogue_avx512(const ConvGeom& g, const Tile& t, int64
   const __m512i s = _mm512_permutex2var_epi32(a0, idx, a1);
   const __m512i corr = oob_pop_avx512(g, t, o, e);
   const __m512i conv = _mm512_add_epi32(keff, _mm512_slli_epi32(_mm512_sub_epi32(corr, s), 1));
-  store_conv_avx512(t, o, conv, corr, e, store, out, out_offset(g, t, o));
+  store_conv_avx512<kChain>(t, o, conv, corr, e, store, out, out_offset(g, t, o));
 }
 
-template <int OB>
+template <int OB, bool kChain>
 ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o,
                                const Epilogue& e, float* out) {
   const uint64_t* b = t.buf;
@@ -336,24 +337,38 @@ ERBNN_AVX512 void block_avx512(const ConvGeom& g, const Tile& t, const uint64_t*
   const __m512i keff = _mm512_loadu_si512(t.keff);
   const __mmask16 store = __mmask16((1u << t.np) - 1);
 #pragma GCC unroll 16
-  for (int i = 0; i < OB; ++i) epilogue_avx512(g, t, o + i, a0[i], a1[i], e, keff, store, out);
+  for (int i = 0; i < OB; ++i) epilogue_avx512<kChain>(g, t, o + i, a0[i], a1[i], e, keff, store, out);
+}
+
+}  // namespace
+
+namespace {
+
+template <bool kChain>
+void tile_kernel_avx512_impl(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
+                             const Epilogue& e, float* out) {
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) block_avx512<8, kChain>(g, t, Wp, o, e, out);
+  switch (o1 - o) {
+    case 7: block_avx512<7, kChain>(g, t, Wp, o, e, out); break;
+    case 6: block_avx512<6, kChain>(g, t, Wp, o, e, out); break;
+    case 5: block_avx512<5, kChain>(g, t, Wp, o, e, out); break;
+    case 4: block_avx512<4, kChain>(g, t, Wp, o, e, out); break;
+    case 3: block_avx512<3, kChain>(g, t, Wp, o, e, out); break;
+    case 2: block_avx512<2, kChain>(g, t, Wp, o, e, out); break;
+    case 1: block_avx512<1, kChain>(g, t, Wp, o, e, out); break;
+    default: break;
+  }
 }
 
 }  // namespace
 
 void tile_kernel_avx512(const ConvGeom& g, const Tile& t, const uint64_t* Wp, int64_t o0, int64_t o1,
                         const Epilogue& e, float* out) {
-  int64_t o = o0;
-  for (; o + 8 <= o1; o += 8) block_avx512<8>(g, t, Wp, o, e, out);
-  switch (o1 - o) {
-    case 7: block_avx512<7>(g, t, Wp, o, e, out); break;
-    case 6: block_avx512<6>(g, t, Wp, o, e, out); break;
-    case 5: block_avx512<5>(g, t, Wp, o, e, out); break;
-    case 4: block_avx512<4>(g, t, Wp, o, e, out); break;
-    case 3: block_avx512<3>(g, t, Wp, o, e, out); break;
-    case 2: block_avx512<2>(g, t, Wp, o, e, out); break;
-    case 1: block_avx512<1>(g, t, Wp, o, e, out); break;
-    default: break;
+  if (e.emit_bits || !e.float_out) {
+    tile_kernel_avx512_impl<true>(g, t, Wp, o0, o1, e, out);
+  } else {
+    tile_kernel_avx512_impl<false>(g, t, Wp, o0, o1, e, out);
   }
 }
 
