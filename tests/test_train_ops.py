@@ -360,3 +360,13 @@ def test_hint_special_data(native, isa, per_channel, kind):
         q = torch.quantile(neg[neg <= 0].abs().double(), 0.8).item()
     for factor in (1.0, 1.01, 0.99, 1.1, 0.9):
         check_with_hint(x, q * factor, per_channel)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 0.5, 0.999])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_hint_at_extreme_percentiles(native, per_channel, p):
+    """p = 0 and 1 select each half's extreme values (a rank at the band's edge or beyond it)."""
+    x = torch.randn(48, 8, 3, 3) if per_channel else torch.randn(4, 8, 12, 12)
+    q = exact_q(x, per_channel, p)
+    for factor in (1.0, 1.01, 0.99, 0.5, 2.0):
+        check_with_hint(x, q * factor, per_channel, p=p)
