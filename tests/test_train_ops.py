@@ -360,3 +360,51 @@ def test_hint_special_data(native, isa, per_channel, kind):
         q = torch.quantile(neg[neg <= 0].abs().double(), 0.8).item()
     for factor in (1.0, 1.01, 0.99, 1.1, 0.9):
         check_with_hint(x, q * factor, per_channel)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 0.5, 0.999])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_hint_at_extreme_percentiles(native, per_channel, p):
+    """p = 0 and 1 select each half's extreme values (a rank at the band's edge or beyond it)."""
+    x = torch.randn(48, 8, 3, 3) if per_channel else torch.randn(4, 8, 12, 12)
+    q = exact_q(x, per_channel, p)
+    for factor in (1.0, 1.01, 0.99, 0.5, 2.0):
+        check_with_hint(x, q * factor, per_channel, p=p)
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@st.composite
+def hinted_case(draw):
+    """A tensor of a random size and value pattern, a percentile and a hint near or far from its q."""
+    kind = draw(st.sampled_from(["normal", "ties", "zeros", "one_signed", "outliers", "skewed"]))
+    per_channel = draw(st.booleans())
+    rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 300))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g)
+    if kind == "ties":
+        x = torch.randint(-4, 5, (rows, cols), generator=g).float()
+    elif kind == "zeros":
+        x = torch.where(torch.rand(rows, cols, generator=g) < 0.8, torch.zeros(()), x)
+    elif kind == "one_signed":
+        x = x.abs() + 1.0
+    elif kind == "outliers":
+        x[torch.rand(rows, cols, generator=g) < 0.01] = 1e4
+    elif kind == "skewed":
+        x = torch.where(x > 0, x * 4.0, x * 0.25)
+    p = draw(st.sampled_from([0.0, 0.1, 0.5, 0.8, 0.95, 1.0]))
+    factor = draw(st.sampled_from([1.0, 1.0001, 0.9999, 1.002, 0.998, 1.05, 0.95, 1.5, 0.3]))
+    return x, per_channel, p, factor
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hinted_case())
+def test_hint_property(native, case):
+    """Any data, size, percentile and hint: the training ops' q and state equal the oracle's bit for bit."""
+    x, per_channel, p, factor = case
+    if not per_channel:
+        x = x.reshape(x.shape[0], 1, -1)
+    q = exact_q(x, per_channel, p)
+    check_with_hint(x, q * factor, per_channel, p=p)

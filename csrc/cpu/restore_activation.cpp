@@ -15,6 +15,7 @@
 #include "cpu_utils.h"
 #include "radix_select.h"
 #include "restore_cpu.h"
+#include "surrogate_avx512.h"
 
 namespace erbnn {
 namespace {
@@ -178,6 +179,50 @@ GradSums grad_sums(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t
   return out;
 }
 
+// grad_sums<true, float, float> on AVX-512 (surrogate_avx512.h): gs stored into dx, the five sums
+// per run of kRun elements in float lanes, then in double, as the portable loop does.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) GradSums grad_sums_avx512(
+    const float* gp, const float* xp, float* dx, int64_t len, float mu, float sc, float inv_b, float scale) {
+  constexpr int64_t kRun = 512;
+  const __m512 vmu = _mm512_set1_ps(mu), inv_sc = _mm512_set1_ps(1.0f / sc), two_inv_b = _mm512_set1_ps(2.0f * inv_b),
+               four_scale = _mm512_set1_ps(4.0f * scale), zero = _mm512_setzero_ps();
+  GradSums out;
+  int64_t i = 0;
+  while (i + 16 <= len) {
+    const int64_t end = std::min(len, i + kRun) & ~int64_t(15);
+    __m512 pos = zero, b = zero, c = zero, d = zero, e = zero;  // pos: sum of g where xhat >= 0
+    for (; i < end; i += 16) {
+      const __m512 xc = _mm512_sub_ps(_mm512_loadu_ps(xp + i), vmu), g = _mm512_loadu_ps(gp + i);
+      const __m512 xhat = _mm512_mul_ps(xc, inv_sc);
+      const __m512 gs = _mm512_mul_ps(g, surrogate_avx512(xhat, two_inv_b, four_scale));
+      _mm512_storeu_ps(dx + i, gs);
+      pos = _mm512_mask_add_ps(pos, _mm512_cmp_ps_mask(xhat, zero, _CMP_GE_OQ), pos, g);
+      b = _mm512_fmadd_ps(gs, xhat, b);
+      c = _mm512_add_ps(c, g);
+      d = _mm512_add_ps(d, gs);
+      e = _mm512_add_ps(e, xc);
+    }
+    const double sum_pos = _mm512_reduce_add_ps(pos), sum_g = _mm512_reduce_add_ps(c);
+    out.g_sign += 2.0 * sum_pos - sum_g, out.g += sum_g;
+    out.gs_xhat += _mm512_reduce_add_ps(b), out.gs += _mm512_reduce_add_ps(d), out.xc += _mm512_reduce_add_ps(e);
+  }
+  if (i < len) {  // the tail, by the portable loop
+    const GradSums t = grad_sums<true, float, float>(gp + i, xp + i, dx + i, len - i, mu, sc, inv_b, scale);
+    out.g_sign += t.g_sign, out.gs_xhat += t.gs_xhat, out.g += t.g, out.gs += t.gs, out.xc += t.xc;
+  }
+  return out;
+}
+
+// grad_sums, by grad_sums_avx512 where it applies.
+template <bool kStore, typename scalar_t, typename stat_t>
+GradSums grad_sums_best(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
+                        stat_t inv_b, stat_t scale) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) return grad_sums_avx512(gp, xp, dx, len, mu, sc, inv_b, scale);
+  }
+  return grad_sums<kStore, scalar_t, stat_t>(gp, xp, dx, len, mu, sc, inv_b, scale);
+}
+
 template <bool kStore, typename scalar_t, typename stat_t>
 void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
                 stat_t inv_b, stat_t scale, stat_t coef_xc, stat_t coef_1) {
@@ -222,8 +267,8 @@ at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::
       isa_call([&] {
         for (int64_t it = lo; it < hi; ++it) {
           const int64_t off = sb.sample(it) * D + sb.begin(it);
-          part[it] = grad_sums<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it),
-                                                         mu, sc, inv_b, scale);
+          part[it] = grad_sums_best<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it),
+                                                              mu, sc, inv_b, scale);
         }
       });
     });
