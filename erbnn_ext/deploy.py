@@ -16,6 +16,7 @@ BatchNorm and RPReLU behind it move into the producer's epilogue where they are 
 channel (BN scale > 0, RPReLU slope >= 0: they commute with the max exactly).
 """
 import copy
+import inspect
 import operator
 import types
 import warnings
@@ -362,7 +363,9 @@ def _monotone_rprelu(act):
 def _fold_through_pools(model, graph):
     """frozen conv -> MaxPool2d(2) -> BatchNorm2d -> RPReLU (each the only user of the one before) becomes
     conv (BN folded, RPReLU fused) -> MaxPool2d where the BN and RPReLU are non-decreasing per channel: a
-    non-decreasing function commutes with max exactly, so only the folded BN's rounding changes."""
+    non-decreasing function commutes with max exactly, so only the folded BN's rounding changes. Returns
+    the number of folds (their layers now expect the rewritten graph)."""
+    folds = 0
     for node in list(graph.nodes):
         conv = _module(model, node, FrozenBinaryConv2d)
         pool_node = _single_user(node) if conv is not None else None
@@ -380,6 +383,8 @@ def _fold_through_pools(model, graph):
         act_node.replace_all_uses_with(pool_node)
         graph.erase_node(act_node)
         graph.erase_node(bn_node)
+        folds += 1
+    return folds
 
 
 def _bitpool2x2(bits):
@@ -448,6 +453,10 @@ def _trace_own_forward(tracer, module):
 def _chain(model):
     """deploy.freeze's chaining over the whole model's graph; the model gets the generated forward (same
     submodules and state). A model that cannot be traced keeps its forward, unchained."""
+    # A forward taking more than the input could branch on the other arguments: tracing would keep the
+    # defaults' branch only.
+    if len(inspect.signature(model.forward).parameters) != 1:
+        return 0
     try:
         graph = _trace_own_forward(_ChainTracer(), model)
     except Exception:
@@ -459,8 +468,10 @@ def _chain(model):
                 and isinstance(node.args[0], torch.fx.Node)):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-    _fold_through_pools(model, graph)
+    folded = _fold_through_pools(model, graph)
     chained = _chain_graph(model, graph)
+    if not (folded or chained):
+        return 0  # the model keeps its own forward
     graph.lint()
     gm = torch.fx.GraphModule(model, graph)
     model.forward = types.MethodType(type(gm).forward, model)

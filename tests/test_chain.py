@@ -284,3 +284,39 @@ def test_deploy_rprelu_same_bits(channels):
         assert torch.equal(frozen(x[:, :, 0, 0]), act(x[:, :, 0, 0]))
     with pytest.raises(ValueError, match="expects"):
         frozen(torch.randn(2, channels + 1, 3))
+
+
+def test_forward_with_more_arguments_stays_unchained(native):
+    # Tracing would keep only the default branch of `double`: such a model keeps its own forward.
+    class TwoArgs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = enn.ERBinaryConv2d(8, 8, 3, padding=1)
+            self.b = enn.ERBinaryConv2d(8, 8, 3, padding=1)
+
+        def forward(self, x, double=False):
+            y = self.b(self.a(x))
+            return 2 * y if double else y
+
+    model = TwoArgs()
+    model(torch.randn(2, 8, 5, 5)).sum().backward()
+    model.eval()
+    with pytest.warns(UserWarning, match="could not trace"):  # the BatchNorm search (none here) cannot either
+        frozen = deploy.freeze(model)
+    assert all(m.next_shift is None for m in _convs(frozen))
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x, double=True), model(x, double=True), rtol=1e-4, atol=1e-4)
+    # the same layers under a one-argument forward chain
+
+    class OneArg(TwoArgs):
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    one = OneArg()
+    one.load_state_dict(model.state_dict())
+    one.eval()
+    chained = deploy.freeze(one)
+    assert sum(m.next_shift is not None for m in _convs(chained)) == 1
+    with torch.no_grad():
+        assert torch.equal(chained(x), frozen(x))
