@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -80,8 +81,10 @@ struct WriteOnly {
 // after_write() runs once the pass is done (the op's own checks). With a hint (the previous step's q),
 // the sink counts the values below a band around it and gathers those inside (band_select.h; float32 on
 // AVX-512 in the same loop as the write): no other pass is needed when the band holds the quantile, as it
-// almost always does. Otherwise the radix select runs over blocks(fn) (fn(xhat, len) on the standardised
-// values recomputed block by block). Exact either way: the hint only decides how fast.
+// almost always does for weights. Otherwise the radix select: without a hint its top-digit histogram is
+// built in the write pass and only its gather phase runs over blocks(fn) (fn(xhat, len) on the
+// standardised values recomputed block by block); after a missed band, both phases. Exact either way:
+// the hint only decides how fast.
 template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks>
 float train_quantile(double p, int64_t total, double hint, WritePass&& write_pass, AfterWrite&& after_write,
                      Blocks&& blocks, const char* nonfinite_message) {
@@ -98,11 +101,21 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
     TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
     float q = 0.f;
     if (bs.finish(&q)) return q;
-  } else {
-    write_pass(WriteOnly{});
-    after_write();
+    return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);  // the band missed
   }
-  return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
+  // No hint: the radix select's first phase (the top-digit histogram) in the write pass, so only its
+  // gather phase reads the values again.
+  RadixSelect<stat_t> rs(p);
+  std::vector<TopHistogram<stat_t>> tops(at::get_num_threads());
+  write_pass([&](const auto* x, auto* y, int64_t len, stat_t mu, stat_t sc, auto y_pos, auto y_neg, stat_t* buf) {
+    using X = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+    isa_call([&] { two_values_block<X, stat_t>(x, y, buf, len, mu, sc, y_pos, y_neg); });
+    tops[at::get_thread_num()].add(buf, len);
+  });
+  after_write();
+  for (auto& t : tops) rs.merge(t);
+  TORCH_CHECK_VALUE(!rs.nonfinite(), nonfinite_message);
+  return rs.template gather_and_finish<kQBlock>(blocks);
 }
 
 // Work items for the activation kernels: each sample's D elements split into blocks of at most
