@@ -18,6 +18,7 @@
 
 #include "common/quantile_math.h"
 #include "cpu_isa.h"
+#include "restore_blocks.h"
 #include "simd.h"
 
 namespace erbnn {
@@ -142,6 +143,23 @@ class BandSelect {
     }
     isa_call([&] { count(v, len, c); });
     gather<kBlock>(v, len);
+  }
+
+  // The restorations' output block y = (x - mu) / sc >= 0 ? y_pos : y_neg (len <= kBlock) and scan() of
+  // its standardised values. float32 on AVX-512 with one band for both halves (the training ops' hint)
+  // runs both in one loop without scratch (write_scan_avx512); otherwise through buf.
+  template <int64_t kBlock, typename X>
+  void write_and_scan(const X* x, X* y, int64_t len, scalar_t mu, scalar_t sc, X y_pos, X y_neg, scalar_t* buf,
+                      Counts& c) {
+    if constexpr (std::is_same_v<X, float> && std::is_same_v<scalar_t, float>) {
+      if (lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0 && active_cpu_isa() == CpuIsa::kAvx512) {
+        Key keys[kBlock + 16];
+        append(keys, write_scan_avx512(x, y, len, mu, sc, y_pos, y_neg, keys, c));
+        return;
+      }
+    }
+    isa_call([&] { two_values_block<X, scalar_t>(x, y, buf, len, mu, sc, y_pos, y_neg); });
+    scan<kBlock>(buf, len, c);
   }
 
   void merge(const Counts& c) {
@@ -341,6 +359,59 @@ class BandSelect {
     if (i < len) {  // the tail, by the plain loops
       count(v + i, len - i, c);
       k += gather_band_scalar(v + i, len - i, out + k);
+    }
+    return k;
+  }
+
+  // write_and_scan on AVX-512 for one band [lo, hi] (lo > 0) shared by both halves: v = (x - mu) / sc in
+  // registers (the division kept: the reference's bits), y from v >= 0, and the counts from v's bits by
+  // integer lane arithmetic (bit 31 of m - lo is m < lo, and so on) instead of mask registers, whose few
+  // ports bound the generic scan. Per lane it counts signs s, below-band, below-band negatives, zeros and
+  // negative zeros; the halves' counts follow (a zero is in both halves and below the band). out needs 16
+  // slots of slack.
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t write_scan_avx512(
+      const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
+      Counts& c) const {
+    const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
+                 yneg = _mm512_set1_ps(y_neg), zero_ps = _mm512_setzero_ps();
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
+                  hi = _mm512_set1_epi32(int(hi_[0])), one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+    __m512i n_s = zero, n_below = zero, n_below_s = zero, n_z = zero, n_z_s = zero, m_max = zero;
+    __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
+    int64_t i = 0, k = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
+      _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
+      const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
+      const __m512i below = _mm512_srli_epi32(_mm512_sub_epi32(m, lo), 31);
+      const __m512i above = _mm512_srli_epi32(_mm512_sub_epi32(hi, m), 31);
+      const __m512i z = _mm512_srli_epi32(_mm512_sub_epi32(m, one), 31);
+      n_s = _mm512_add_epi32(n_s, s);
+      n_below = _mm512_add_epi32(n_below, below);
+      n_below_s = _mm512_add_epi32(n_below_s, _mm512_and_si512(below, s));
+      n_z = _mm512_add_epi32(n_z, z);
+      n_z_s = _mm512_add_epi32(n_z_s, _mm512_and_si512(z, s));
+      m_max = _mm512_max_epu32(m_max, m);
+      const __m512i cand = _mm512_or_si512(m, _mm512_sub_epi32(above, one));  // m above the band, else ~0
+      amin0 = _mm512_min_epu32(amin0, _mm512_or_si512(cand, _mm512_sub_epi32(zero, s)));
+      amin1 = _mm512_min_epu32(amin1, _mm512_or_si512(cand, _mm512_sub_epi32(s, one)));
+      const __mmask16 take = _mm512_testn_epi32_mask(_mm512_or_si512(below, above), one);
+      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
+      k += __builtin_popcount(take);
+    }
+    const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
+                  nbs = _mm512_reduce_add_epi32(n_below_s), nz = _mm512_reduce_add_epi32(n_z),
+                  nzs = _mm512_reduce_add_epi32(n_z_s);
+    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
+    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
+    c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
+    c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
+    c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
+    if (i < len) {  // the tail, by the plain loops
+      float tail[16];
+      two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
+      count(tail, len - i, c);
+      k += gather_band_scalar(tail, len - i, out + k);
     }
     return k;
   }

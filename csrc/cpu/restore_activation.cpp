@@ -102,11 +102,8 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
       for (int64_t b = lo; b < hi; b += kQBlock) fn(b, std::min(kQBlock, hi - b), buf);
     });
   };
-  const auto write_pass = [&](auto&& fn) {
-    x_blocks([&](int64_t b, int64_t len, stat_t* buf) {
-      isa_call([&] { two_values_block<scalar_t, stat_t>(xp + b, yp + b, buf, len, mu_s, sc, y_pos, y_neg); });
-      fn(static_cast<const stat_t*>(buf), len);
-    });
+  const auto write_pass = [&](auto&& sink) {
+    x_blocks([&](int64_t b, int64_t len, stat_t* buf) { sink(xp + b, yp + b, len, mu_s, sc, y_pos, y_neg, buf); });
   };
   const auto blocks = [&](auto&& fn) {
     x_blocks([&](int64_t b, int64_t len, stat_t* buf) {

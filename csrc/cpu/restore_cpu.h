@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/restore_math.h"
 #include "band_select.h"
+#include "restore_blocks.h"
 #include "radix_select.h"
 #include "simd.h"
 
@@ -39,32 +41,6 @@ inline at::Tensor as_stat(const at::Tensor& t, at::ScalarType st, const char* na
   return t.to(t.device(), st).contiguous();
 }
 
-// Standardised values (x - mu) / sc of x[0, len) into xhat: the division kept (no reciprocal) so that
-// they equal the reference's bit for bit.
-template <typename scalar_t, typename stat_t>
-void standardise_block(const scalar_t* x, stat_t* xhat, int64_t len, stat_t mu, stat_t sc) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) xhat[i] = (static_cast<stat_t>(x[i]) - mu) / sc;
-}
-
-// y = (x - mu) / sc >= 0 ? y_pos : y_neg over x[0, len) (the restorations' two-valued outputs); with
-// xhat, the standardised values themselves too (for q).
-template <typename scalar_t, typename stat_t>
-void two_values_block(const scalar_t* x, scalar_t* y, stat_t* xhat, int64_t len, stat_t mu, stat_t sc,
-                      scalar_t y_pos, scalar_t y_neg) {
-  if (xhat) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const stat_t v = (static_cast<stat_t>(x[i]) - mu) / sc;
-      xhat[i] = v;
-      y[i] = v >= stat_t(0) ? y_pos : y_neg;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) y[i] = (static_cast<stat_t>(x[i]) - mu) / sc >= stat_t(0) ? y_pos : y_neg;
-  }
-}
-
 // Standardised values per histogram / gather block of the training ops: a block stays in L1.
 constexpr int64_t kQBlock = 2048;
 
@@ -89,13 +65,26 @@ bool hint_band(double hint, int64_t total, typename QuantileKey<stat_t>::Key& lo
   return true;
 }
 
+// The block writers of the restorations' output passes: sink(x, y, len, mu, sc, y_pos, y_neg, buf)
+// writes y = (x - mu) / sc >= 0 ? y_pos : y_neg over x[0, len) (len <= kQBlock; buf: a per-task scratch
+// of kQBlock stat_t values) and, for q, hands the standardised values to the quantile.
+struct WriteOnly {
+  template <typename scalar_t, typename stat_t>
+  void operator()(const scalar_t* x, scalar_t* y, int64_t len, stat_t mu, stat_t sc, scalar_t y_pos, scalar_t y_neg,
+                  stat_t*) const {
+    isa_call([&] { two_values_block<scalar_t, stat_t>(x, y, nullptr, len, mu, sc, y_pos, y_neg); });
+  }
+};
+
 // q of the training ops: two_sided_quantile at p of the `total` standardised values, measured while
-// write_pass(fn) writes the op's output (it calls fn(xhat, len) on each block of standardised values it
-// computes, from any thread); after_write() runs once the pass is done (the op's own checks). With a
-// hint (the previous step's q), fn counts the values below a band around it and gathers those inside
-// (band_select.h): no other pass is needed when the band holds the quantile, as it almost always does.
-// Otherwise the radix select runs over blocks(fn) (the standardised values recomputed block by block).
-// Exact either way: the hint only decides how fast.
+// write_pass(sink) writes the op's output block by block (from any thread; see WriteOnly);
+// after_write() runs once the pass is done (the op's own checks). With a hint (the previous step's q),
+// the sink counts the values below a band around it and gathers those inside (band_select.h; float32 on
+// AVX-512 in the same loop as the write): no other pass is needed when the band holds the quantile, as it
+// almost always does for weights. Otherwise the radix select: without a hint its top-digit histogram is
+// built in the write pass and only its gather phase runs over blocks(fn) (fn(xhat, len) on the
+// standardised values recomputed block by block); after a missed band, both phases. Exact either way:
+// the hint only decides how fast.
 template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks>
 float train_quantile(double p, int64_t total, double hint, WritePass&& write_pass, AfterWrite&& after_write,
                      Blocks&& blocks, const char* nonfinite_message) {
@@ -104,19 +93,29 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
   if (hint_band<stat_t>(hint, total, lo, hi)) {
     BS bs(p, total, lo, hi);
     std::vector<typename BS::Counts> counts(at::get_num_threads());
-    write_pass([&](const stat_t* v, int64_t len) {
-      bs.template scan<kQBlock>(v, len, counts[at::get_thread_num()]);
+    write_pass([&](const auto* x, auto* y, int64_t len, stat_t mu, stat_t sc, auto y_pos, auto y_neg, stat_t* buf) {
+      bs.template write_and_scan<kQBlock>(x, y, len, mu, sc, y_pos, y_neg, buf, counts[at::get_thread_num()]);
     });
     after_write();
     for (const auto& c : counts) bs.merge(c);
     TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
     float q = 0.f;
     if (bs.finish(&q)) return q;
-  } else {
-    write_pass([](const stat_t*, int64_t) {});
-    after_write();
+    return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);  // the band missed
   }
-  return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);
+  // No hint: the radix select's first phase (the top-digit histogram) in the write pass, so only its
+  // gather phase reads the values again.
+  RadixSelect<stat_t> rs(p);
+  std::vector<TopHistogram<stat_t>> tops(at::get_num_threads());
+  write_pass([&](const auto* x, auto* y, int64_t len, stat_t mu, stat_t sc, auto y_pos, auto y_neg, stat_t* buf) {
+    using X = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+    isa_call([&] { two_values_block<X, stat_t>(x, y, buf, len, mu, sc, y_pos, y_neg); });
+    tops[at::get_thread_num()].add(buf, len);
+  });
+  after_write();
+  for (auto& t : tops) rs.merge(t);
+  TORCH_CHECK_VALUE(!rs.nonfinite(), nonfinite_message);
+  return rs.template gather_and_finish<kQBlock>(blocks);
 }
 
 // Work items for the activation kernels: each sample's D elements split into blocks of at most

@@ -52,8 +52,8 @@ void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp,
   using stat_t = stat_type<scalar_t>;
   const scalar_t pos(1), neg(-1);
   std::atomic<bool> finite{true};
-  // fn(xhat, len) on the standardised values of each block (q), or nullptr (signs only).
-  const auto write_pass = [&](auto&& fn) {
+  // Each channel's statistics, then its blocks through sink (WriteOnly, or the quantile's writer).
+  const auto write_pass = [&](auto&& sink) {
     at::parallel_for(0, O, channel_grain(n), [&](int64_t lo, int64_t hi) {
       stat_t buf[kQBlock];
       for (int64_t o = lo; o < hi; ++o) {
@@ -69,13 +69,7 @@ void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp,
         ap[o] = al;
         // sign((w - mu) / a), the division kept so that the signs equal the reference's bit for bit
         const stat_t a = clamp_eps(al);
-        for (int64_t b = 0; b < n; b += kQBlock) {
-          const int64_t len = std::min(kQBlock, n - b);
-          isa_call([&] {
-            two_values_block<scalar_t, stat_t>(row + b, dst + o * n + b, q ? buf : nullptr, len, mu, a, pos, neg);
-          });
-          if (q) fn(static_cast<const stat_t*>(buf), len);
-        }
+        for (int64_t b = 0; b < n; b += kQBlock) sink(row + b, dst + o * n + b, std::min(kQBlock, n - b), mu, a, pos, neg, buf);
       }
     });
   };
@@ -83,7 +77,7 @@ void weight_forward(const scalar_t* src, scalar_t* dst, stat_type<scalar_t>* mp,
     TORCH_CHECK_VALUE(finite.load(), "w contains NaN or Inf: restore_weight needs finite weights");
   };
   if (!q) {
-    write_pass([](const stat_t*, int64_t) {});
+    write_pass(WriteOnly{});
     check_finite();
     return;
   }
