@@ -65,7 +65,7 @@ float select_quantile(const scalar_t* x, int64_t n, double p) {
   TORCH_CHECK_VALUE(!rs.nonfinite(), "x contains NaN or Inf");
   rs.plan();
   at::parallel_for(0, n, kTaskGrain, [&](int64_t begin, int64_t end) {
-    std::vector<Key> keys(std::min(kGatherBlock, end - begin) + 1);
+    std::vector<Key> keys(std::min(kGatherBlock, end - begin) + 16);  // gather_block's slack
     for (int64_t b = begin; b < end; b += kGatherBlock) {
       const int64_t len = std::min(kGatherBlock, end - b);
       rs.append(keys.data(), gather_block(x + b, len, rs.filter(), keys.data()));
