@@ -98,6 +98,8 @@ class _FrozenBinary(torch.nn.Module):
         self.register_buffer("next_shift", None)
         self.float_out = True
         self.folded_bn = bn is not None
+        # The model's dtype: a chained consumer (packed-sign input, no float x) returns its output in it.
+        self.out_dtype = weight4d.dtype
 
     def fold_affine(self, a, c):
         """Take over a per-channel affine a * z + c applied to this layer's output (a BatchNorm)."""
@@ -126,8 +128,9 @@ class _FrozenBinary(torch.nn.Module):
                 x_bits if packed else x4d, self.w_packed, *geom, self.channels if packed else -1,
                 None if packed else self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act,
                 self.next_shift, self.float_out)
-            if x4d is not None and x4d.dtype != out.dtype and self.float_out:
-                out = out.to(x4d.dtype)
+            want = x4d.dtype if x4d is not None else self.out_dtype  # the op returns float32
+            if self.float_out and want != out.dtype:
+                out = out.to(want)
             return out if self.next_shift is None else (out, bits)
         out = ops._impl("binary_conv2d_packed", dev)(
             x4d, self.w_packed, *geom, self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act)

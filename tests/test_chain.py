@@ -320,3 +320,24 @@ def test_forward_with_more_arguments_stays_unchained(native):
     assert sum(m.next_shift is not None for m in _convs(chained)) == 1
     with torch.no_grad():
         assert torch.equal(chained(x), frozen(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a"])
+def test_chained_model_keeps_the_model_dtype(native, name, dtype):
+    """A frozen float64 / bfloat16 model runs chained: the convs fed packed signs return the model's dtype
+    (the BatchNorms and convs after them are in it). float64 equals the unchained freeze (the kernels
+    work in float32 either way; VGG to its BatchNorm folding's rounding); in bfloat16 the unchained freeze rounds each conv output to bfloat16
+    before the next layer takes its sign, the chained one signs the float32 value, so values near the
+    next layer's mu may take other signs: only dtype and finiteness are checked there."""
+    model = _trained(name, steps=1).to(dtype)
+    frozen, plain = deploy.freeze(model), deploy.freeze(model, chain=False)
+    assert any(m.next_shift is not None for m in _convs(frozen))
+    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    with torch.no_grad():
+        out = frozen(x)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        if dtype == torch.float64 and name.startswith("resnet"):
+            assert torch.equal(out, plain(x))
+        elif dtype == torch.float64:  # VGG's BatchNorms behind the bit pools fold into the epilogue
+            torch.testing.assert_close(out, plain(x), rtol=1e-3, atol=1e-3)
