@@ -341,3 +341,42 @@ def test_chained_model_keeps_the_model_dtype(native, name, dtype):
             assert torch.equal(out, plain(x))
         elif dtype == torch.float64:  # VGG's BatchNorms behind the bit pools fold into the epilogue
             torch.testing.assert_close(out, plain(x), rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- CUDA
+def _bits_on(dev, case, seed=1):
+    """binary_conv2d_bits of `case` on `dev`, float and packed input: (out, bits as 64-bit words, out from
+    the packed input), on the CPU."""
+    n, c, o, k, s, p, h, w = case
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(n, c, h, w, generator=g), torch.randn(o, c, k, k, generator=g)
+    shift, nxt = torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.05])
+    out_shape = ops.binary_conv2d_packed(x, ops.pack_conv_weight(wt), s, p, 1, x_shift=shift).shape
+    kw = {key: v.to(dev) for key, v in _epilogue(o, out_shape, seed).items()}
+    wp = ops.pack_conv_weight(wt.to(dev))
+    out, bits = ops.binary_conv2d_bits(x.to(dev), wp, s, p, 1, x_shift=shift.to(dev), next_shift=nxt.to(dev), **kw)
+    xb = deploy.repack_words(_packed_signs(x, 0.1), c, deploy.word_bits(torch.device(dev))).to(dev)
+    out_b, _ = ops.binary_conv2d_bits(xb, wp, s, p, 1, in_channels=c, next_shift=nxt.to(dev), **kw)
+    return out.cpu(), deploy.repack_words(bits.cpu(), o, 64), out_b.cpu()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_bits_cuda_matches_cpu(case):
+    """On CUDA: the packed output is exactly the signs of the float output against next_shift, the packed
+    input gives the float input's result bit for bit, and the floats equal the CPU kernel's to rounding
+    (the epilogue's float arithmetic may contract differently)."""
+    out, bits, out_b = _bits_on("cuda", case)
+    assert torch.equal(bits, _packed_signs(out, 0.05)) and torch.equal(out_b, out)
+    torch.testing.assert_close(out, _bits_on("cpu", case)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a"])
+def test_chained_model_on_cuda(name):
+    model = _trained(name, steps=1).cuda()
+    frozen, plain = deploy.freeze(model), deploy.freeze(model, chain=False)
+    assert any(m.next_shift is not None for m in _convs(frozen))
+    x = torch.randn(3, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), plain(x), rtol=1e-3, atol=1e-3)
