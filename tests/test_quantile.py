@@ -214,3 +214,28 @@ def test_periodic_outliers(native, isa, dtype, period, monkeypatch):
     x[::period] = 100.0
     x[1::period] = -50.0
     check(x.to(dtype), [0.8, 0.5, 0.999, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["skewed", "mirror", "close", "ties", "one_signed", "zeros"])
+@pytest.mark.parametrize("p", [0.8, 0.5, 0.999, 0.0, 1.0])
+def test_band_select_shared_band(native, isa, kind, p, monkeypatch):
+    """The band select (forced on) scans with the band of the half whose sampled quantile is larger, for
+    both halves: halves far apart (the other resolved below the band), mirror images and nearly equal
+    halves (both in it, or the sample picking the wrong one: the fallback), ties, one-signed and mostly
+    zero data all give the exact quantile."""
+    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(600_000, generator=g)
+    if kind == "skewed":
+        x = torch.where(x > 0, x * 5.0, x * 0.2)
+    elif kind == "mirror":
+        x = torch.cat([x[:300_000].abs(), -x[:300_000].abs()])
+    elif kind == "close":
+        x = torch.where(x > 0, x * 1.0005, x)
+    elif kind == "ties":
+        x = torch.randint(-5, 6, (600_000,), generator=g).float()
+    elif kind == "one_signed":
+        x = -x.abs() - 1.0
+    else:
+        x = torch.where(torch.rand(600_000, generator=g) < 0.95, torch.zeros(()), x)
+    check(x, [p])

@@ -30,15 +30,15 @@ namespace erbnn {
 // show that each band holds its ranks (almost always), the quantile is selected from the gathered keys;
 // otherwise (an unlucky sample, or more candidates than the buffer takes) the caller falls back to the
 // radix select. Both are exact, so the result is the same bits either way.
-// Values from which the band select runs instead of the radix select (radix_select.h). Measured on the
-// 2-core Zen 5 (2026-11-27, 1 and 2 threads): the radix select was faster at every size tried, 2^18 to
-// 2^25 values (2^18: 0.25 vs 1.47 ms; 2^24: 16.4 vs 23.2 ms; 2^25 on 2 threads: 34.8 vs 45.1 ms), so by
-// default the band select only runs beyond that range. ERBNN_BAND_SELECT_MIN overrides the bound (the
-// tests run the band select on inputs of a few 2^18 values with it); it never goes below the 4 samples'
-// worth the band select needs.
+// Values from which the plain op's band select runs instead of the radix select (radix_select.h).
+// Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, after the band
+// select's shared-band scan and branch-free finish): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms
+// at 2^22, 2.67 / 4.20 ms at 2^23, 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
+// ERBNN_BAND_SELECT_MIN overrides the bound (the tests run the band select on inputs of a few 2^18 values
+// with it); it never goes below the 4 samples' worth the band select needs.
 inline int64_t band_select_min() {
   const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
-  return s != nullptr ? std::atoll(s) : int64_t(1) << 27;
+  return s != nullptr ? std::atoll(s) : int64_t(1) << 23;
 }
 
 template <typename scalar_t>
@@ -135,6 +135,11 @@ class BandSelect {
   template <int64_t kBlock>
   void scan(const scalar_t* v, int64_t len, Counts& c) {
     if constexpr (std::is_same_v<scalar_t, float>) {
+      if (shared_band() && active_cpu_isa() == CpuIsa::kAvx512) {
+        Key keys[kBlock + 16];
+        append(keys, shared_scan_avx512<false>(v, nullptr, len, 0.f, 1.f, 0.f, 0.f, keys, c));
+        return;
+      }
       if (active_cpu_isa() == CpuIsa::kAvx512) {
         Key keys[kBlock + 16];  // scan_avx512 stores whole vectors: 16 slots of slack
         append(keys, scan_avx512(v, len, keys, c));
@@ -145,16 +150,28 @@ class BandSelect {
     gather<kBlock>(v, len);
   }
 
+  // One band for both halves: the band of the half whose sampled quantile is larger (only the larger of
+  // the two halves' quantiles is the result; finish() resolves a half whose quantile falls below the
+  // band, and a miss falls back as any other). Lets scan() take the shared-band loop. False (bands kept)
+  // when a half had no sample.
+  bool share_band() {
+    for (int h = 0; h < 2; ++h)
+      if (lo_[h] == 0 && hi_[h] == kMag) return false;
+    const int h = lo_[0] >= lo_[1] ? 0 : 1;
+    lo_[1 - h] = lo_[h], hi_[1 - h] = hi_[h];
+    return lo_[h] > 0;
+  }
+
   // The restorations' output block y = (x - mu) / sc >= 0 ? y_pos : y_neg (len <= kBlock) and scan() of
   // its standardised values. float32 on AVX-512 with one band for both halves (the training ops' hint)
-  // runs both in one loop without scratch (write_scan_avx512); otherwise through buf.
+  // runs both in one loop without scratch (shared_scan_avx512); otherwise through buf.
   template <int64_t kBlock, typename X>
   void write_and_scan(const X* x, X* y, int64_t len, scalar_t mu, scalar_t sc, X y_pos, X y_neg, scalar_t* buf,
                       Counts& c) {
     if constexpr (std::is_same_v<X, float> && std::is_same_v<scalar_t, float>) {
-      if (lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0 && active_cpu_isa() == CpuIsa::kAvx512) {
+      if (shared_band() && active_cpu_isa() == CpuIsa::kAvx512) {
         Key keys[kBlock + 16];
-        append(keys, write_scan_avx512(x, y, len, mu, sc, y_pos, y_neg, keys, c));
+        append(keys, shared_scan_avx512<true>(x, y, len, mu, sc, y_pos, y_neg, keys, c));
         return;
       }
     }
@@ -190,12 +207,15 @@ class BandSelect {
         below_bound = std::max(below_bound, QK::value(lo_[h]));
         continue;
       }
-      std::vector<Key> g;  // the half's gathered magnitudes
-      g.reserve(size);
+      std::vector<Key> g(size + 1);  // the half's gathered magnitudes (branch-free: one spare slot)
+      int64_t m_h = 0;
+      const Key lo = lo_[h], hi = hi_[h];
       for (int64_t i = 0; i < size; ++i) {
         const Key r = keys[i], mag = r & kMag;
-        if ((int((r >> kBits) != 0) == h || mag == 0) && mag >= lo_[h] && mag <= hi_[h]) g.push_back(mag);
+        g[m_h] = mag;
+        m_h += ((int((r >> kBits) != 0) == h) | (mag == 0)) & (mag >= lo) & (mag <= hi);
       }
+      g.resize(m_h);
       const int64_t k = qr.lo - counts_.below[h], m = int64_t(g.size());
       if (k < 0 || k >= m) return false;
       Key key_lo, next;
@@ -261,10 +281,13 @@ class BandSelect {
       const int64_t kk = k - below, inside = m - below - above;
       // the band must hold rank k, and rank k+1 too unless it is g's last
       if (kk >= 0 && (kk + 1 < inside || (kk < inside && k + 1 == m))) {
-        std::vector<Key> band;
-        band.reserve(inside);
-        for (int64_t i = 0; i < m; ++i)
-          if (g[i] >= lo && g[i] <= hi) band.push_back(g[i]);
+        std::vector<Key> band(inside + 1);  // branch-free copy: one spare slot
+        int64_t j = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          band[j] = g[i];
+          j += (g[i] >= lo) & (g[i] <= hi);
+        }
+        band.resize(j);
         g.swap(band);
         k = kk;
       }
@@ -363,13 +386,14 @@ class BandSelect {
     return k;
   }
 
-  // write_and_scan on AVX-512 for one band [lo, hi] (lo > 0) shared by both halves: v = (x - mu) / sc in
-  // registers (the division kept: the reference's bits), y from v >= 0, and the counts from v's bits by
-  // integer lane arithmetic (bit 31 of m - lo is m < lo, and so on) instead of mask registers, whose few
+  // scan (kWrite false: v = x) or write_and_scan (kWrite: v = (x - mu) / sc in registers, the division
+  // kept for the reference's bits, and y from v >= 0) on AVX-512 for one band [lo, hi] (lo > 0) shared by
+  // both halves. The counts come from v's bits by integer lane arithmetic (bit 31 of m - lo is m < lo, and so on) instead of mask registers, whose few
   // ports bound the generic scan. Per lane it counts signs s, below-band, below-band negatives, zeros and
   // negative zeros; the halves' counts follow (a zero is in both halves and below the band). out needs 16
   // slots of slack.
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t write_scan_avx512(
+  template <bool kWrite>
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t shared_scan_avx512(
       const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
       Counts& c) const {
     const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
@@ -380,8 +404,13 @@ class BandSelect {
     __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
     int64_t i = 0, k = 0;
     for (; i + 16 <= len; i += 16) {
-      const __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
-      _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
+      __m512 v;
+      if constexpr (kWrite) {
+        v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
+        _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
+      } else {
+        v = _mm512_loadu_ps(x + i);  // the values themselves (scan)
+      }
       const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
       const __m512i below = _mm512_srli_epi32(_mm512_sub_epi32(m, lo), 31);
       const __m512i above = _mm512_srli_epi32(_mm512_sub_epi32(hi, m), 31);
@@ -408,13 +437,19 @@ class BandSelect {
     c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
     c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
     if (i < len) {  // the tail, by the plain loops
+      const float* v = x + i;
       float tail[16];
-      two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
-      count(tail, len - i, c);
-      k += gather_band_scalar(tail, len - i, out + k);
+      if constexpr (kWrite) {
+        two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
+        v = tail;
+      }
+      count(v, len - i, c);
+      k += gather_band_scalar(v, len - i, out + k);
     }
     return k;
   }
+
+  bool shared_band() const { return lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0; }
 
   double p_;
   Key lo_[2], hi_[2];

@@ -36,6 +36,7 @@ bool band_quantile(const scalar_t* x, int64_t n, double p, float* q) {
     std::vector<scalar_t> sample(BS::kSample);
     for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = x[BS::sample_index(i, n)];
     BS bs(p, n, sample.data(), BS::kSample);
+    bs.share_band();  // the shared-band scan (a half below the band is resolved, a miss falls back)
     constexpr int64_t kBlock = 2048;
     at::parallel_for(0, n, kTaskGrain, [&](int64_t begin, int64_t end) {
       typename BS::Counts c;
