@@ -288,6 +288,28 @@ def test_large_special_data(native, isa, kind, dtype):
     check_activation_steps([x.to(dtype)], "cpu", p=0.9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "one_signed", "periodic", "skewed"])
+def test_activation_sampled_band(native, isa, kind, dtype, monkeypatch):
+    """Large activations take the sampled band (shared by both halves) in their write pass, from
+    band_select_min() values (forced on here; 2^23 by default): special data equals the oracle too."""
+    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 16, 48, 48, generator=g)  # > 4 x 65536 values: the band select's sample
+    if kind == "ties":
+        x = torch.randint(-3, 4, x.shape, generator=g).float()
+    elif kind == "zeros":
+        x = torch.where(torch.rand(x.shape, generator=g) < 0.97, torch.zeros(()), x)
+    elif kind == "one_signed":
+        x = x.abs() + 3.0
+    elif kind == "periodic":
+        x.view(-1)[::4096] = 80.0
+    elif kind == "skewed":
+        x = torch.where(x > 0, x * 4.0, x * 0.3)
+    for p in (0.9, 0.5, 0.0, 1.0):
+        check_activation_steps([x.to(dtype)], "cpu", p=p)
+
+
 # ---- the previous step's q as the quantile's hint (a band around it; a miss falls back to the radix
 # select): the result must not depend on the hint.
 def exact_q(x, per_channel, p):

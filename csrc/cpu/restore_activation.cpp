@@ -111,8 +111,9 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
       fn(static_cast<const stat_t*>(buf), len);
     });
   };
+  const auto sample_at = [&](int64_t i) { return (static_cast<stat_t>(xp[i]) - mu_s) / sc; };
   *q = train_quantile<stat_t>(p, total, hint, write_pass, [] {}, blocks,
-                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined");
+                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_at);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -85,13 +86,12 @@ struct WriteOnly {
 // built in the write pass and only its gather phase runs over blocks(fn) (fn(xhat, len) on the
 // standardised values recomputed block by block); after a missed band, both phases. Exact either way:
 // the hint only decides how fast.
-template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks>
+template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks, typename SampleAt = std::nullptr_t>
 float train_quantile(double p, int64_t total, double hint, WritePass&& write_pass, AfterWrite&& after_write,
-                     Blocks&& blocks, const char* nonfinite_message) {
+                     Blocks&& blocks, const char* nonfinite_message, SampleAt&& sample_at = nullptr) {
   using BS = BandSelect<stat_t>;
-  typename BS::Key lo, hi;
-  if (hint_band<stat_t>(hint, total, lo, hi)) {
-    BS bs(p, total, lo, hi);
+  // The write pass scanning around bs's band; q from the band, or the radix select when it missed.
+  const auto with_band = [&](BS& bs) {
     std::vector<typename BS::Counts> counts(at::get_num_threads());
     write_pass([&](const auto* x, auto* y, int64_t len, stat_t mu, stat_t sc, auto y_pos, auto y_neg, stat_t* buf) {
       bs.template write_and_scan<kQBlock>(x, y, len, mu, sc, y_pos, y_neg, buf, counts[at::get_thread_num()]);
@@ -102,8 +102,24 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
     float q = 0.f;
     if (bs.finish(&q)) return q;
     return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);  // the band missed
+  };
+  typename BS::Key lo, hi;
+  if (hint_band<stat_t>(hint, total, lo, hi)) {
+    BS bs(p, total, lo, hi);
+    return with_band(bs);
   }
-  // No hint: the radix select's first phase (the top-digit histogram) in the write pass, so only its
+  // Large inputs with a sampler (sample_at(i): the i-th standardised value, the statistics known before
+  // the write pass): the plain op's sampled band, shared by both halves, from the same bound on.
+  if constexpr (!std::is_same_v<std::decay_t<SampleAt>, std::nullptr_t>) {
+    if (total >= std::max(band_select_min(), 4 * BS::kSample)) {
+      std::vector<stat_t> sample(BS::kSample);
+      for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = sample_at(BS::sample_index(i, total));
+      BS bs(p, total, sample.data(), BS::kSample);
+      bs.share_band();
+      return with_band(bs);
+    }
+  }
+  // Otherwise: the radix select's first phase (the top-digit histogram) in the write pass, so only its
   // gather phase reads the values again.
   RadixSelect<stat_t> rs(p);
   std::vector<TopHistogram<stat_t>> tops(at::get_num_threads());
