@@ -204,23 +204,12 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cpu(
     const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
     const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
-  TORCH_CHECK_VALUE(in_channels == -1 || in_channels >= 1, "in_channels must be -1 (x is float) or >= 1 (x is "
-                    "packed), got ", in_channels);
-  const bool packed_x = in_channels >= 1;
-  TORCH_CHECK_VALUE(!(packed_x && x_shift.has_value() && x_shift->defined()),
-                    "x_shift must be None with a packed x (its signs already hold the shift)");
+  const bool packed_x = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
   ChainIO io;
   io.in_channels = packed_x ? in_channels : -1;
   io.emit_bits = next_shift.has_value() && next_shift->defined();
   io.float_out = float_out;
-  TORCH_CHECK_VALUE(io.emit_bits || float_out, "float_out=False needs next_shift (the op would compute nothing)");
-  if (io.emit_bits) {
-    check_cpu(*next_shift, "next_shift");
-    TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
-                     next_shift->scalar_type());
-    TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
-    io.next_shift = scalar_value(*next_shift);
-  }
+  if (io.emit_bits) io.next_shift = scalar_value(*next_shift);
   return conv_packed_impl(x, w_packed, stride, padding, dilation, packed_x ? 0.0 : read_shift(x_shift, x), out_scale,
                           out_bias, ones_scale, residual, act, io);
 }

@@ -384,24 +384,12 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cuda(
     const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
   check_cuda_input(x, "x");
-  TORCH_CHECK_VALUE(in_channels == -1 || in_channels >= 1, "in_channels must be -1 (x is float) or >= 1 (x is "
-                    "packed), got ", in_channels);
-  const bool packed_x = in_channels >= 1;
+  const bool packed_x = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
   if (!packed_x) check_float_input(x, "x");
-  TORCH_CHECK_VALUE(!(packed_x && x_shift.has_value() && x_shift->defined()),
-                    "x_shift must be None with a packed x (its signs already hold the shift)");
   ChainIO io;
   io.in_channels = packed_x ? in_channels : -1;
   io.float_out = float_out;
-  if (next_shift.has_value() && next_shift->defined()) {
-    check_on_x_device(*next_shift, "next_shift", x);
-    TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
-                     next_shift->scalar_type());
-    TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
-    io.next_shift = *next_shift;
-  }
-  TORCH_CHECK_VALUE(io.next_shift.defined() || float_out,
-                    "float_out=False needs next_shift (the op would compute nothing)");
+  if (next_shift.has_value() && next_shift->defined()) io.next_shift = *next_shift;
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   return conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,
