@@ -43,7 +43,7 @@ void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, doub
 // pass (train_quantile in restore_cpu.h).
 template <typename scalar_t>
 void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
-                        at::Tensor& sigma, at::Tensor& rms, double p, float* q, double hint) {
+                        at::Tensor& sigma, at::Tensor& rms, double p, float* q) {
   using stat_t = stat_type<scalar_t>;
   const SampleBlocks sb(N, D);
   std::vector<double> s1(sb.items()), s2(sb.items());
@@ -112,15 +112,15 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
     });
   };
   const auto sample_at = [&](int64_t i) { return (static_cast<stat_t>(xp[i]) - mu_s) / sc; };
-  *q = train_quantile<stat_t>(p, total, hint, write_pass, [] {}, blocks,
+  // No hint (restore_train.cpp says why): the sampled band for large x, else the radix select.
+  *q = train_quantile<stat_t>(p, total, /*hint=*/0.0, write_pass, [] {}, blocks,
                               "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_at);
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x_in,
-                                                                                     double p, float* q,
-                                                                                     double hint) {
+                                                                                     double p, float* q) {
   check_activation(x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_wi
   if (x.numel() == 0) return {y, mean, sigma, rms};
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
     activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, D, mean, sigma,
-                                 rms, p, q, hint);
+                                 rms, p, q);
   });
   return {y, mean, sigma, rms};
 }

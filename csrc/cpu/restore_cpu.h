@@ -20,15 +20,14 @@
 namespace erbnn {
 
 // The forward restorations; the _with_q forms (q non-null) also measure *q = two_sided_quantile of
-// the standardised values at p inside the same passes (the training ops, restore_train.cpp), faster
-// when `hint` (the previous step's q; 0: none) is close (train_quantile).
+// the standardised values at p inside the same passes (the training ops, restore_train.cpp); the
+// weights' form is faster when `hint` (the previous step's q; 0: none) is close (train_quantile).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tensor& w);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w, double p, float* q,
                                                                          double hint = 0.0);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x,
-                                                                                     double p, float* q,
-                                                                                     double hint = 0.0);
+                                                                                     double p, float* q);
 at::Tensor two_sided_quantile_cpu(const at::Tensor& x, double p);
 
 // ER-BNN's surrogate d sign(x)/dx (method.md section 3) with inv_b = 1/b, scale = max(b,1)/b.

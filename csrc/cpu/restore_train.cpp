@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_a
     return {y, mean, sigma, rms, width_step(width, x)};
   }
   float q = 0.f;
-  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, 0.0);  // no hint (see last_q)
+  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q);  // no hint (see last_q)
   ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
             mean.item<double>());
   ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),

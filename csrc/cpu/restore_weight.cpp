@@ -126,12 +126,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tens
 
 namespace {
 
-// Channels [lo, hi) of the backward: g = grad * surrogate'(What) and its two channel means in one
-// pass (g kept in `scratch`, n values, cache-resident), then dW in a second pass over the channel.
-// What is (w - mean) * (1 / alpha) here, not the forward's division: a gradient needs no bit-exact What
-// (within an ulp of it), and vector divisions were most of this kernel's time.
-// The first pass of weight_backward_rows for a float32 row on AVX-512 (surrogate_avx512.h): g into
-// scratch, its sums (g, g * What) per run of kRun values in float lanes, then in double.
+// The first pass over one channel's row: g = grad * surrogate'(What) into scratch (n values,
+// cache-resident) and the sums of g and g * What added to sg, sgw. What is (w - mean) * (1 / alpha) here,
+// not the forward's division: a gradient needs no bit-exact What (within an ulp of it), and vector
+// divisions were most of this kernel's time. Runs summed in stat_t, then into double: a simd reduction
+// converting each element to double next to the surrogate does not vectorise with GCC here (measured
+// 2.5x slower for this loop).
+template <typename scalar_t, typename stat_t>
+void weight_grad_pass(const scalar_t* grow, const scalar_t* row, stat_t* scratch, int64_t n, stat_t mu, stat_t inv_a,
+                      stat_t inv_b, stat_t scale, double& sg, double& sgw) {
+  constexpr int64_t kRun = 512;
+  for (int64_t r0 = 0; r0 < n; r0 += kRun) {
+    const int64_t r1 = std::min(n, r0 + kRun);
+    stat_t rg = 0, rgw = 0;
+#pragma omp simd reduction(+ : rg, rgw)
+    for (int64_t i = r0; i < r1; ++i) {
+      const stat_t what = (static_cast<stat_t>(row[i]) - mu) * inv_a;
+      const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
+      scratch[i] = g;
+      rg += g;
+      rgw += g * what;
+    }
+    sg += static_cast<double>(rg);
+    sgw += static_cast<double>(rgw);
+  }
+}
+
+// weight_grad_pass for float32 on AVX-512 (surrogate_avx512.h); the tail by the portable loop.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) void weight_grad_pass_avx512(
     const float* grow, const float* row, float* scratch, int64_t n, float mu, float inv_a, float inv_b, float scale,
     double& sg, double& sgw) {
@@ -152,15 +173,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) void weight
     sg += _mm512_reduce_add_ps(rg);
     sgw += _mm512_reduce_add_ps(rgw);
   }
-  for (; i < n; ++i) {  // the tail
-    const float what = (row[i] - mu) * inv_a;
-    const float g = grow[i] * surrogate_cpu(what, inv_b, scale);
-    scratch[i] = g;
-    sg += g;
-    sgw += static_cast<double>(g) * what;
-  }
+  if (i < n) weight_grad_pass<float, float>(grow + i, row + i, scratch + i, n - i, mu, inv_a, inv_b, scale, sg, sgw);
 }
 
+// weight_grad_pass, by weight_grad_pass_avx512 where it applies.
+template <typename scalar_t, typename stat_t>
+void weight_grad_pass_best(const scalar_t* grow, const scalar_t* row, stat_t* scratch, int64_t n, stat_t mu,
+                           stat_t inv_a, stat_t inv_b, stat_t scale, double& sg, double& sgw) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512)
+      return weight_grad_pass_avx512(grow, row, scratch, n, mu, inv_a, inv_b, scale, sg, sgw);
+  }
+  weight_grad_pass<scalar_t, stat_t>(grow, row, scratch, n, mu, inv_a, inv_b, scale, sg, sgw);
+}
+
+// Channels [lo, hi) of the backward: weight_grad_pass, then dW in a second pass over the channel.
 template <typename scalar_t, typename stat_t>
 void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t* mean, const stat_t* alpha,
                           scalar_t* dw, stat_t* scratch, int64_t n, stat_t inv_b, stat_t scale, int64_t lo,
@@ -170,30 +197,7 @@ void weight_backward_rows(const scalar_t* grad, const scalar_t* w, const stat_t*
     const scalar_t* grow = grad + o * n;
     const stat_t mu = mean[o], a = clamp_eps(alpha[o]), inv_a = stat_t(1) / a;
     double sg = 0.0, sgw = 0.0;
-    bool done = false;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (active_cpu_isa() == CpuIsa::kAvx512) {
-        weight_grad_pass_avx512(grow, row, scratch, n, mu, inv_a, inv_b, scale, sg, sgw);
-        done = true;
-      }
-    }
-    // Runs summed in stat_t, then into double: a simd reduction converting each element to double
-    // next to the surrogate does not vectorise with GCC here (measured 2.5x slower for this loop).
-    constexpr int64_t kRun = 512;
-    for (int64_t r0 = 0; r0 < (done ? 0 : n); r0 += kRun) {
-      const int64_t r1 = std::min(n, r0 + kRun);
-      stat_t rg = 0, rgw = 0;
-#pragma omp simd reduction(+ : rg, rgw)
-      for (int64_t i = r0; i < r1; ++i) {
-        const stat_t what = (static_cast<stat_t>(row[i]) - mu) * inv_a;
-        const stat_t g = static_cast<stat_t>(grow[i]) * surrogate_cpu(what, inv_b, scale);
-        scratch[i] = g;
-        rg += g;
-        rgw += g * what;
-      }
-      sg += static_cast<double>(rg);
-      sgw += static_cast<double>(rgw);
-    }
+    weight_grad_pass_best<scalar_t, stat_t>(grow, row, scratch, n, mu, inv_a, inv_b, scale, sg, sgw);
     const stat_t mg = static_cast<stat_t>(sg / double(n)), mgw = static_cast<stat_t>(sgw / double(n));
     scalar_t* dst = dw + o * n;
 #pragma omp simd

@@ -7,12 +7,12 @@
 
 #include <immintrin.h>
 
+#include "simd.h"
+
 namespace erbnn {
 
-#define ERBNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
-
 // exp(x) for x <= 0 (simd.h exp_nonpos: Cody-Waite reduction, degree-7 Taylor polynomial).
-ERBNN_AVX512 inline __m512 exp_nonpos_avx512(__m512 x) {
+ERBNN_TARGET_AVX512 inline __m512 exp_nonpos_avx512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -31,14 +31,12 @@ ERBNN_AVX512 inline __m512 exp_nonpos_avx512(__m512 x) {
 
 // scale * sech^2(z * inv_b) = scale * 4t / (1 + t)^2, t = exp(-2 |z inv_b|); two_inv_b = 2 / b and
 // four_scale = 4 h / b precomputed.
-ERBNN_AVX512 inline __m512 surrogate_avx512(__m512 z, __m512 two_inv_b, __m512 four_scale) {
+ERBNN_TARGET_AVX512 inline __m512 surrogate_avx512(__m512 z, __m512 two_inv_b, __m512 four_scale) {
   const __m512 neg2a = _mm512_castsi512_ps(  // -|2 z / b|: the sign bit set
       _mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(z, two_inv_b)), _mm512_set1_epi32(int(0x80000000u))));
   const __m512 t = exp_nonpos_avx512(neg2a);
   const __m512 u = _mm512_add_ps(_mm512_set1_ps(1.0f), t);
   return _mm512_div_ps(_mm512_mul_ps(four_scale, t), _mm512_mul_ps(u, u));
 }
-
-#undef ERBNN_AVX512
 
 }  // namespace erbnn

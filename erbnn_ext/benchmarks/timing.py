@@ -56,9 +56,9 @@ def measure_side_by_side(fns, *, rounds=5, repeat=None, min_run_time=0.2, thread
     """Time several fns in alternation: `rounds` rounds, each running measure() on every fn in turn with
     min_run_time / rounds; per fn, time_s is the median of its rounds' medians. Slow drifts of the machine
     (frequency, other processes, cache state) then hit every fn alike, so their ratios stay fair. With
-    repeat (the fixed small counts of --quick), one measure(repeat=...) per fn instead."""
-    if repeat is not None:
-        return [measure(fn, repeat=repeat, threads=threads, clock=clock) for fn in fns]
+    repeat (the fixed small counts of --quick), or for a single fn, one measure() per fn instead."""
+    if repeat is not None or len(fns) == 1:
+        return [measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads, clock=clock) for fn in fns]
     per = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):

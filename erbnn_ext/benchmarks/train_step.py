@@ -191,7 +191,7 @@ def pairs(built):
 
 def measure_group(group, **kw):
     """Time a pairs() group side by side (timing.measure_side_by_side); returns its rows."""
-    results = measure_side_by_side([fn for _, fn in group], rounds=5 if len(group) > 1 else 1, **kw)
+    results = measure_side_by_side([fn for _, fn in group], **kw)
     return [{**row, **res} for (row, _), res in zip(group, results)]
 
 
