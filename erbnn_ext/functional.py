@@ -16,6 +16,7 @@ __all__ = [
     "ApproxSign", "RestoreWeight", "RestoreActivation", "RestoreActivationFixed",
     "approx_sign", "restore_weight", "restore_activation", "restore_weight_train", "restore_activation_train",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
+    "RestoredConv2d", "restored_conv2d",
 ]
 
 
@@ -88,6 +89,59 @@ class RestoreActivationFixed(torch.autograd.Function):
         x, mean, sigma, b = ctx.saved_tensors
         dx = ops.restore_activation_fixed_backward(grad_y.contiguous(), x, mean, sigma, b, native=ctx.native)
         return dx, None, None, None, None, None
+
+
+class RestoredConv2d(torch.autograd.Function):
+    """apply(y, w_b, mean, sigma, bias, stride, padding, dilation) -> F.conv2d(y, w_b, bias, ...) for a
+    restored input y = sigma * s + mean (s = +-1) and w_b = +-1, the forward by the packed XNOR-popcount
+    conv: sigma * bconv(sign(y - mean), w_b) + mean * conv(1, w_b) + bias, integer-exact popcounts
+    scaled once, so equal to the float conv up to its rounding. mean and sigma only name y's two values
+    (no gradient: y already depends on them). The backward is F.conv2d's (aten.convolution_backward on
+    y and w_b), so the gradients equal the float conv's for the same upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, y, w_b, mean, sigma, bias, stride, padding, dilation):
+        ctx.save_for_backward(y, w_b)
+        ctx.conv = (stride, padding, dilation, None if bias is None else [bias.shape[0]])
+        shift, scale = mean.detach().float().reshape(1), sigma.detach().float().reshape(1)
+        out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation,
+                                       x_shift=shift, out_scale=scale, ones_scale=shift,
+                                       out_bias=None if bias is None else bias.detach().float())
+        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)  # F.conv2d's output layout
+        return out.to(y.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        y, w_b = ctx.saved_tensors
+        stride, padding, dilation, bias_sizes = ctx.conv
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[4]]
+        gy, gw, gb = torch.ops.aten.convolution_backward(grad, y, w_b, bias_sizes, list(stride), list(padding),
+                                                         list(dilation), False, [0, 0], 1, mask)
+        return gy, gw, None, None, gb, None, None, None
+
+
+def xnor_trains(y: torch.Tensor) -> bool:
+    """Whether restored_conv2d runs its forward on the packed XNOR-popcount kernel: native backend, a
+    float32 CPU input outside autocast (float64 keeps exact float semantics, autocast its conv dtype; the
+    CUDA binary conv has not been measured against cuDNN, so CUDA keeps the float conv)."""
+    return (y.dtype == torch.float32 and y.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and ops.native_now() and ops.kernel_runs_on("binary_conv2d_packed", y.device))
+
+
+def restored_conv2d(y, w_b, mean, sigma, bias=None, stride=1, padding=0, dilation=1, xnor=None):
+    """F.conv2d(y, w_b, bias, stride, padding, dilation) for ER-BNN's restored input y (restore_activation's
+    output with batch statistics mean, sigma) and restored weights w_b = +-1 (groups 1, zero padding).
+    With xnor (default: xnor_trains(y)) the forward runs the packed XNOR-popcount kernel (RestoredConv2d:
+    the float conv up to rounding, several times faster); the gradients are F.conv2d's either way."""
+    stride, padding, dilation = (pair(v, n) for v, n in ((stride, "stride"), (padding, "padding"),
+                                                         (dilation, "dilation")))
+    if xnor is None:
+        xnor = xnor_trains(y)
+    if not xnor:
+        return torch.nn.functional.conv2d(y, w_b, bias, stride, padding, dilation)
+    return RestoredConv2d.apply(y, w_b, mean, sigma, bias, stride, padding, dilation)
 
 
 def approx_sign(x, b=1.0):

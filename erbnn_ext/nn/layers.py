@@ -59,14 +59,18 @@ class _Restoration:
     def restored_input(self, x: torch.Tensor, measure: bool = False) -> torch.Tensor:
         """y = sigma * sign((x - mu) / sigma) + mu: batch statistics in training (with `measure`, pushed
         into the rings together with this step's q), their running means in eval."""
+        return self._restore_input(x, measure)[0]
+
+    def _restore_input(self, x, measure):
+        """(y, mu, sigma) of restored_input."""
         s = self.act_sign
         if measure:
             return EF.restore_activation_train(x, s.p, s.q.values, s.q.count, s.b, self.act_mean.values,
                                                self.act_mean.count, self.act_sigma.values, self.act_sigma.count,
-                                               s.min_width)[0]
+                                               s.min_width)
         if self.training:  # no grad, or an empty batch: batch statistics, no state change
-            return EF.restore_activation(x, s.b)[0]
-        return EF.restore_activation(x, s.b, stats=self.running_stats())[0]
+            return EF.restore_activation(x, s.b)
+        return EF.restore_activation(x, s.b, stats=self.running_stats())
 
     def _use_xnor(self, x: torch.Tensor) -> bool:
         """Eval inference (no grad) on the native backend runs the packed XNOR-popcount kernel instead of
@@ -104,6 +108,10 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     kernel (output in the input's dtype, equal to the float path up to rounding).
     """
 
+    # A training step's forward conv on the packed XNOR-popcount kernel (float32 CPU, native backend);
+    # False: F.conv2d. Gradients are F.conv2d's either way.
+    xnor_train = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
@@ -124,7 +132,10 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
         measure = self._measuring(x)
         w_b = self.restored_weight(measure)
-        return F.conv2d(self.restored_input(x, measure), w_b, self.bias, self.stride, self.padding, self.dilation)
+        y, mu, sigma = self._restore_input(x, measure)
+        # A training step runs the forward conv on the packed XNOR-popcount kernel (EF.restored_conv2d)
+        return EF.restored_conv2d(y, w_b, mu, sigma, self.bias, self.stride, self.padding, self.dilation,
+                                  xnor=self.xnor_train and measure and EF.xnor_trains(y))
 
 
 class ERBinaryLinear(torch.nn.Linear, _Restoration):
