@@ -269,3 +269,20 @@ def test_layer_input_validation():
         enn.ERBinaryLinear(3, 4)(torch.randn(2, 5))
     with pytest.raises(ValueError, match="NaN"):
         enn.ERBinaryConv2d(3, 4, 3)(torch.full((1, 3, 5, 5), float("nan")))
+
+
+def test_to_dtype_keeps_float64_state():
+    """Casting a model to bfloat16 casts its weights, not the ER state (p, widths, rings stay float64 with
+    their bits), and the cast layer still trains."""
+    layer = enn.ERBinaryConv2d(4, 3, 3, padding=1)
+    layer.act_sign.set_percentile(0.8)
+    layer.bfloat16()
+    assert layer.weight.dtype == torch.bfloat16
+    for name, buf in layer.named_buffers():
+        assert buf.dtype in (torch.float64, torch.int64), name
+    assert float(layer.act_sign.p) == 0.8
+    out = layer(torch.randn(2, 4, 5, 5, dtype=torch.bfloat16, requires_grad=True))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and int(layer.act_sign.q.count) == 1
+    layer.double()
+    assert layer.weight.dtype == torch.float64 and layer.act_sign.p.dtype == torch.float64

@@ -3,9 +3,10 @@ import torch
 
 from .. import functional as EF
 from .ring import RingMean
+from .state import Float64State
 
 
-class ApproxSign(torch.nn.Module):
+class ApproxSign(Float64State):
     """sign(x) forward; tanh surrogate backward whose width follows the data.
 
     Forward: sign(x) (+1 for x >= 0). Backward: dL/dx = g * (h / b) * (1 - tanh(x / b)^2), h = max(b, 1).
@@ -15,7 +16,8 @@ class ApproxSign(torch.nn.Module):
     activation signs and measure q inside their fused training ops instead.
 
     State lives in buffers only: p (float64), b (float64, the current width) and the q ring; editing them
-    in place (``s.p.fill_(0.8)``), load_state_dict and .to(device) all take effect.
+    in place (``s.p.fill_(0.8)``), load_state_dict and .to(device) all take effect; .to(dtype) leaves
+    them float64 (nn.state.Float64State).
 
     Args: buffer_size: q values averaged (100 in the paper); p: the percentile (set per epoch with
     set_percentile / PercentileSchedule); min_width: the floor of b (0.1 in the paper).

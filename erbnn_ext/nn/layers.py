@@ -2,7 +2,8 @@
 
 A training step runs one fused op per layer side (ops.restore_weight_train / restore_activation_train:
 restoration, this step's quantile, ring pushes and the width update, all on the module's buffers);
-eval under no_grad on the native backend runs the packed XNOR-popcount conv.
+eval under no_grad on the native backend, and a training step's forward conv, run the packed
+XNOR-popcount conv.
 """
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,9 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
 
     Same `weight` Parameter and state_dict keys as nn.Conv2d, plus the buffers of weight_sign, act_sign,
     act_mean and act_sigma. In eval mode under no_grad with the native backend it runs the XNOR-popcount
-    kernel (output in the input's dtype, equal to the float path up to rounding).
+    kernel (output in the input's dtype, equal to the float path up to rounding); so does a training
+    step's forward conv (EF.restored_conv2d: float32 on the CPU; `xnor_train = False` turns it off), whose
+    backward is F.conv2d's.
     """
 
     # A training step's forward conv on the packed XNOR-popcount kernel (float32 CPU, native backend);

@@ -7,9 +7,10 @@ the fill count.
 import torch
 
 from .._common import ring_mean, ring_push
+from .state import Float64State
 
 
-class RingMean(torch.nn.Module):
+class RingMean(Float64State):
     def __init__(self, size: int, dtype=torch.float64):
         super().__init__()
         if size < 1:

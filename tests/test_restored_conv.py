@@ -1,0 +1,135 @@
+"""The ER layer's training-step conv (functional.restored_conv2d): the forward on the packed XNOR-popcount
+kernel equals F.conv2d of the restored values up to float rounding, and the gradients equal F.conv2d's
+exactly (the same aten.convolution_backward on the same tensors)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from erbnn_ext import functional as EF, nn as enn, ops
+from erbnn_ext._backend import use_backend
+
+pytestmark = pytest.mark.skipif(not ops.has_kernel("binary_conv2d_packed", "cpu"),
+                                reason="needs the compiled CPU kernels")
+
+
+def _pair(seed=0, **kw):
+    torch.manual_seed(seed)
+    layer = enn.ERBinaryConv2d(**kw).train()
+    twin = copy.deepcopy(layer)
+    twin.xnor_train = False
+    return layer, twin
+
+
+def _step(layer, x, g):
+    x = x.detach().clone().requires_grad_()
+    out = layer(x)
+    out.backward(g)
+    return out, x.grad
+
+
+def _close(a, b):
+    """Equal up to float32 rounding of sums of up to C*k*k terms of magnitude max|y|."""
+    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+CONFIGS = [
+    dict(in_channels=20, out_channels=24, kernel_size=3, stride=1, padding=1),
+    dict(in_channels=16, out_channels=32, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=70, out_channels=5, kernel_size=3, stride=1, padding=2, dilation=2),
+    dict(in_channels=8, out_channels=6, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1), bias=True),
+    dict(in_channels=130, out_channels=7, kernel_size=1),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_xnor_step_matches_float_conv_step(cfg, layout):
+    layer, twin = _pair(**cfg)
+    x = torch.randn(3, cfg["in_channels"], 9, 11) * 1.5 + 0.4
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(3, cfg["in_channels"], 9, 22)[..., ::2]
+    for step in range(2):  # the second step uses the first step's ring state
+        if step == 0:
+            with torch.no_grad():  # no state change
+                g = torch.randn_like(twin(x))
+        out, gx = _step(layer, x, g)
+        ref, gx_ref = _step(twin, x, g)
+        assert out.grad_fn.name() == "RestoredConv2dBackward"
+        assert ref.grad_fn.name() != "RestoredConv2dBackward"
+        assert out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride()
+        assert _close(out, ref)
+        assert torch.equal(gx, gx_ref)
+        assert torch.equal(layer.weight.grad, twin.weight.grad)
+        if layer.bias is not None:
+            assert torch.equal(layer.bias.grad, twin.bias.grad)
+        for (name, a), (_, b) in zip(layer.named_buffers(), twin.named_buffers()):
+            assert torch.equal(a, b), name
+        layer.weight.grad = twin.weight.grad = None
+
+
+def test_constant_input_sigma_zero():
+    """A constant batch: sigma = 0, y = mu everywhere (sign(0) = +1); the popcount form still gives mu *
+    conv(1, W_b) with its zero-padding borders."""
+    layer, twin = _pair(in_channels=4, out_channels=3, kernel_size=3, padding=1)
+    x = torch.full((2, 4, 5, 5), 0.75)
+    g = torch.randn(2, 3, 5, 5)
+    out, gx = _step(layer, x, g)
+    ref, gx_ref = _step(twin, x, g)
+    assert _close(out, ref)
+    assert torch.equal(gx, gx_ref)
+
+
+def test_functional_matches_conv2d_and_its_gradients():
+    torch.manual_seed(3)
+    x = torch.randn(2, 12, 7, 7)
+    y, mu, sigma = EF.restore_activation(x)
+    w = torch.randn(5, 12, 3, 3)
+    w_b = torch.where(w >= 0, 1.0, -1.0).requires_grad_()
+    bias = torch.randn(5, requires_grad=True)
+    y1 = y.detach().requires_grad_()
+    y2 = y.detach().requires_grad_()
+    out = EF.restored_conv2d(y1, w_b, mu, sigma, bias, 2, 1, 1, xnor=True)
+    ref = F.conv2d(y2, w_b, bias, 2, 1, 1)
+    assert _close(out, ref)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (y1, w_b, bias), g)
+    grads_ref = torch.autograd.grad(ref, (y2, w_b, bias), g)
+    for a, b in zip(grads, grads_ref):
+        assert torch.equal(a, b)
+
+
+def test_when_the_popcount_forward_runs():
+    y = torch.randn(1, 3, 4, 4)
+    assert EF.xnor_trains(y)
+    assert not EF.xnor_trains(y.double())
+    assert not EF.xnor_trains(y.bfloat16())
+    with use_backend("reference"):
+        assert not EF.xnor_trains(y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not EF.xnor_trains(y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes_keep_the_float_conv(dtype):
+    layer, _ = _pair(in_channels=4, out_channels=3, kernel_size=3, padding=1)
+    layer.to(dtype)
+    out = layer(torch.randn(2, 4, 5, 5, dtype=dtype, requires_grad=True))
+    assert out.dtype == dtype and out.grad_fn.name() != "RestoredConv2dBackward"
+
+
+def test_eval_and_no_grad_paths_unchanged():
+    """The popcount training forward only runs in a measuring step (train mode, grad enabled, non-empty
+    batch); no-grad training and empty batches keep the float conv and change no state."""
+    layer, _ = _pair(in_channels=4, out_channels=3, kernel_size=3, padding=1)
+    with torch.no_grad():
+        out = layer(torch.randn(2, 4, 5, 5))
+    assert out.grad_fn is None
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    out = layer(torch.randn(0, 4, 5, 5, requires_grad=True))
+    assert out.shape == (0, 3, 5, 5)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
