@@ -16,7 +16,7 @@ __all__ = [
     "ApproxSign", "RestoreWeight", "RestoreActivation", "RestoreActivationFixed",
     "approx_sign", "restore_weight", "restore_activation", "restore_weight_train", "restore_activation_train",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
-    "RestoredConv2d", "restored_conv2d",
+    "RestoredConv2d", "restored_conv2d", "ERConv2dStep",
 ]
 
 
@@ -103,23 +103,64 @@ class RestoredConv2d(torch.autograd.Function):
     def forward(ctx, y, w_b, mean, sigma, bias, stride, padding, dilation):
         ctx.save_for_backward(y, w_b)
         ctx.conv = (stride, padding, dilation, None if bias is None else [bias.shape[0]])
-        shift, scale = mean.detach().float().reshape(1), sigma.detach().float().reshape(1)
-        out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation,
-                                       x_shift=shift, out_scale=scale, ones_scale=shift,
-                                       out_bias=None if bias is None else bias.detach().float())
-        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)  # F.conv2d's output layout
-        return out.to(y.dtype)
+        return _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         y, w_b = ctx.saved_tensors
-        stride, padding, dilation, bias_sizes = ctx.conv
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[4]]
-        gy, gw, gb = torch.ops.aten.convolution_backward(grad, y, w_b, bias_sizes, list(stride), list(padding),
-                                                         list(dilation), False, [0, 0], 1, mask)
+        need = ctx.needs_input_grad
+        gy, gw, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[4])
         return gy, gw, None, None, gb, None, None, None
+
+
+def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation):
+    """RestoredConv2d's forward value: F.conv2d(y, w_b, bias, ...) by the packed popcount kernel, in F.conv2d's
+    output dtype and layout."""
+    shift, scale = mean.detach().float().reshape(1), sigma.detach().float().reshape(1)
+    out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation, x_shift=shift,
+                                   out_scale=scale, ones_scale=shift,
+                                   out_bias=None if bias is None else bias.detach().float())
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.to(y.dtype)
+
+
+def _conv_backward(grad, y, w_b, conv, need_y, need_w, need_bias):
+    """F.conv2d's backward (aten.convolution_backward) for conv = (stride, padding, dilation, bias_sizes)."""
+    stride, padding, dilation, bias_sizes = conv
+    mask = [need_y, need_w, bias_sizes is not None and need_bias]
+    return torch.ops.aten.convolution_backward(grad, y, w_b, bias_sizes, list(stride), list(padding),
+                                               list(dilation), False, [0, 0], 1, mask)
+
+
+class ERConv2dStep(torch.autograd.Function):
+    """apply(x, w, bias, weight_state, act_state, conv) -> an ERBinaryConv2d training step as ONE autograd
+    node: restore_weight_train and restore_activation_train (state: their ring and width buffers, updated
+    in place), the popcount forward conv, and in the backward the conv's backward followed by the two
+    restorations' backward ops. The same ops and values as the composition RestoreWeight +
+    RestoreActivation + RestoredConv2d (the same gradients), without two autograd nodes and their Python
+    glue per step. conv = (stride, padding, dilation). Eager native CPU only (ERBinaryConv2d decides)."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias, weight_state, act_state, conv):
+        w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
+        y, mean, sigma, rms, x_width = ops.restore_activation_train(x.detach(), *act_state, native=True)
+        ctx.save_for_backward(x, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
+        ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
+        return _popcount_conv(y, w_b, mean, sigma, bias, *conv)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
+        dx = None if gy is None else ops.restore_activation_backward(gy.contiguous(), x, mean, sigma, rms, x_width,
+                                                                     native=True)
+        dw = None if gwb is None else ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width,
+                                                                  native=True)
+        return dx, dw, gb, None, None, None
 
 
 def xnor_trains(y: torch.Tensor) -> bool:

@@ -58,8 +58,8 @@ def test_xnor_step_matches_float_conv_step(cfg, layout):
                 g = torch.randn_like(twin(x))
         out, gx = _step(layer, x, g)
         ref, gx_ref = _step(twin, x, g)
-        assert out.grad_fn.name() == "RestoredConv2dBackward"
-        assert ref.grad_fn.name() != "RestoredConv2dBackward"
+        assert out.grad_fn.name() == "ERConv2dStepBackward"
+        assert ref.grad_fn.name() == "ConvolutionBackward0"
         assert out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride()
         assert _close(out, ref)
         assert torch.equal(gx, gx_ref)
@@ -69,6 +69,41 @@ def test_xnor_step_matches_float_conv_step(cfg, layout):
         for (name, a), (_, b) in zip(layer.named_buffers(), twin.named_buffers()):
             assert torch.equal(a, b), name
         layer.weight.grad = twin.weight.grad = None
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2] + CONFIGS[3:4])
+def test_fused_step_equals_composed_functions(cfg):
+    """ERConv2dStep (one autograd node, eager) against the composition that torch.compile traces
+    (RestoreWeight + RestoreActivation + RestoredConv2d): the same ops, so the same bits everywhere."""
+    layer, composed = _pair(**cfg)
+    composed.xnor_train = True
+    composed._fused_step = lambda x: False
+    x = torch.randn(4, cfg["in_channels"], 8, 8) * 0.9 - 0.3
+    for _ in range(3):
+        xa = x.detach().clone().requires_grad_()
+        xb = x.detach().clone().requires_grad_()
+        oa, ob = layer(xa), composed(xb)
+        assert oa.grad_fn.name() == "ERConv2dStepBackward" and ob.grad_fn.name() == "RestoredConv2dBackward"
+        assert torch.equal(oa, ob)
+        g = torch.randn_like(oa)
+        oa.backward(g)
+        ob.backward(g)
+        assert torch.equal(xa.grad, xb.grad)
+        assert torch.equal(layer.weight.grad, composed.weight.grad)
+        if layer.bias is not None:
+            assert torch.equal(layer.bias.grad, composed.bias.grad)
+        for (name, a), (_, b) in zip(layer.named_buffers(), composed.named_buffers()):
+            assert torch.equal(a, b), name
+        layer.weight.grad = composed.weight.grad = None
+
+
+def test_fused_step_without_input_grad():
+    """x without requires_grad (a first layer fed data): only the weight's gradient."""
+    layer, twin = _pair(in_channels=6, out_channels=4, kernel_size=3, padding=1)
+    x = torch.randn(2, 6, 5, 5)
+    layer(x).sum().backward()
+    twin(x).sum().backward()
+    assert torch.equal(layer.weight.grad, twin.weight.grad)
 
 
 def test_constant_input_sigma_zero():

@@ -126,6 +126,12 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     def _check_config(self):
         check_binary_conv_config(self)
 
+    def _fused_step(self, x):
+        """A training step as one autograd node (EF.ERConv2dStep): the popcount forward in eager mode (under
+        torch.compile the composed functions trace the same ops), weights of x's dtype, native kernels."""
+        return (self.xnor_train and EF.xnor_trains(x) and x.dtype == self.weight.dtype
+                and ops.kernel_runs_on("restore_activation_train", x.device) and not torch.compiler.is_compiling())
+
     def forward(self, x):
         self._check_config()
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -134,11 +140,18 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
         if self._use_xnor(x):
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
         measure = self._measuring(x)
+        if measure and self._fused_step(x):
+            ws, xs = self.weight_sign, self.act_sign
+            return EF.ERConv2dStep.apply(
+                x, self.weight, self.bias, (ws.p, ws.q.values, ws.q.count, ws.b, ws.min_width),
+                (xs.p, xs.q.values, xs.q.count, xs.b, self.act_mean.values, self.act_mean.count,
+                 self.act_sigma.values, self.act_sigma.count, xs.min_width),
+                (self.stride, self.padding, self.dilation))
         w_b = self.restored_weight(measure)
         y, mu, sigma = self._restore_input(x, measure)
         # A training step runs the forward conv on the packed XNOR-popcount kernel (EF.restored_conv2d)
         return EF.restored_conv2d(y, w_b, mu, sigma, self.bias, self.stride, self.padding, self.dilation,
-                                  xnor=self.xnor_train and measure and EF.xnor_trains(y))
+                                  xnor=self.xnor_train and measure and EF.xnor_trains(y) and w_b.dtype == y.dtype)
 
 
 class ERBinaryLinear(torch.nn.Linear, _Restoration):
