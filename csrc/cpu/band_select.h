@@ -34,6 +34,8 @@ namespace erbnn {
 // Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, after the band
 // select's shared-band scan and branch-free finish): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms
 // at 2^22, 2.67 / 4.20 ms at 2^23, 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
+// This bound is the plain op's (its scan is a pass of its own); the training activation op, whose scan
+// rides on its write pass, brackets from a sample of n / 32 from train_band_select_min() values on.
 // ERBNN_BAND_SELECT_MIN overrides the bound (the tests run the band select on inputs of a few 2^18 values
 // with it); it never goes below the 4 samples' worth the band select needs.
 inline int64_t band_select_min() {
@@ -151,6 +153,11 @@ class BandSelect {
         while (cum + hh[bin] <= a) cum += hh[bin++];
         lo_[h] = std::max<Key>(floor_of(bin), 1);
       }
+      for (int64_t c = cum, i = bin; i < kHistBins; c += hh[i++])  // the bucket of rank j: the estimate
+        if (c + hh[i] > int64_t(j)) {
+          est_[h] = floor_of(i);
+          break;
+        }
       if (b < ms) {
         while (cum + hh[bin] <= b) cum += hh[bin++];
         hi_[h] = std::min(ceil_of(bin), kMag);
@@ -254,7 +261,13 @@ class BandSelect {
   bool share_band() {
     for (int h = 0; h < 2; ++h)
       if (lo_[h] == 0 && hi_[h] == kMag) return false;
-    const int h = lo_[0] >= lo_[1] ? 0 : 1;
+    // by the sampled quantiles' buckets where known (a band's low end can mislead: a half whose ranks
+    // fall on one heavily tied value has a narrow band above the other half's low end)
+    // fall on one heavily tied value has a narrow band above the other half's low end); there, the band
+    // also reaches the other half's high end, in case the sample misjudged which quantile is larger
+    const Key* by = est_[0] != kNone ? est_ : lo_;
+    const int h = by[0] >= by[1] ? 0 : 1;
+    if (est_[0] != kNone) hi_[h] = std::max(hi_[h], hi_[1 - h]);
     lo_[1 - h] = lo_[h], hi_[1 - h] = hi_[h];
     first_ = h;
     return lo_[h] > 0;
@@ -691,6 +704,7 @@ class BandSelect {
   bool shared_band() const { return lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0; }
 
   double p_;
+  Key est_[2] = {kNone, kNone};  // the histogram constructor's sampled quantiles (bucket floors)
   int first_ = 0;      // the half whose band is shared (its sampled quantile the larger)
   bool lean_ = false;  // built from a histogram: lean_scan_avx512, no smallest key above the band
   Key lo_[2], hi_[2];
