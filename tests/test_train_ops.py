@@ -428,3 +428,67 @@ def test_hint_property(native, case):
         x = x.reshape(x.shape[0], 1, -1)
     q = exact_q(x, per_channel, p)
     check_with_hint(x, q * factor, per_channel, p=p)
+
+
+# ---- the activation op's histogram-bracketed band (from 2^16 values by default; ERBNN_BAND_SELECT_MIN
+# forces it down to 4 x 2048 values): a sample of about n / 32 values in runs of 8 neighbours brackets the
+# rank by a histogram of its keys; a miss falls back to the radix select. Exact either way.
+def band_data(kind, shape, g):
+    x = torch.randn(shape, generator=g) * 0.7 + 0.2
+    n = x.numel()
+    if kind == "relu":  # many exact zeros before standardising: one heavily tied standardised value
+        x = x.clamp_min(0)
+    elif kind == "ties":
+        x = torch.randint(-3, 4, shape, generator=g).float()
+    elif kind == "few_values":
+        x = (x * 2).round() / 2
+    elif kind == "exact_zeros":  # balanced +-1: the mean is exactly 0, so the zeros stay exact zeros
+        v = torch.zeros(n)
+        v[: n // 8], v[n // 8: n // 4] = 1.0, -1.0
+        x = v[torch.randperm(n, generator=g)].reshape(shape)
+    elif kind == "one_signed":
+        x = x.abs() + 3.0
+    elif kind == "skewed":
+        x = torch.where(x > 0, x * 4.0, x * 0.3)
+    elif kind == "smooth":  # neighbours correlated (the sample's runs see alike values)
+        x = torch.nn.functional.avg_pool2d(torch.randn(shape[0], shape[1], shape[2] + 4, shape[3] + 4, generator=g),
+                                           5, 1).clamp_min(0)
+    return x
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 32, 32), (16, 64, 8, 8), (16, 32, 16, 16)])
+@pytest.mark.parametrize("kind", ["normal", "relu", "ties", "few_values", "exact_zeros", "one_signed", "skewed",
+                                  "smooth"])
+def test_activation_histogram_band(native, isa, kind, shape, monkeypatch):
+    """The histogram band (forced on from the smallest size it takes) on special data and percentiles,
+    float32 (the fused AVX-512 scan) and float64 (the portable scan), equals the oracle."""
+    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    x = band_data(kind, shape, torch.Generator().manual_seed(11))
+    for dtype in (torch.float32, torch.float64):
+        for p in (0.8, 0.5, 0.1, 0.0, 0.999, 1.0):
+            check_activation_steps([x.to(dtype)], "cpu", p=p)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("p", [0.8, 0.0, 0.5])
+def test_activation_histogram_band_unrepresentative_sample(native, isa, sign, p):
+    """Outliers exactly at the sample's positions (runs of 8 every n / 256 values at 65536 values, the
+    smallest sample of 2048): the band lies around the outliers, misses the ranks, and the radix select
+    gives the exact q. Default bound (2^16): the path runs without forcing."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 64, 8, 8, generator=g)
+    flat = x.view(-1)
+    idx = (torch.arange(256) * 256).repeat_interleave(8) + torch.arange(8).repeat(256)
+    flat[idx] = sign * 100.0 + torch.randn(idx.numel(), generator=g)
+    check_activation_steps([x], "cpu", p=p)
+    check_activation_steps([-x], "cpu", p=p)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(8192, 70000), st.sampled_from([0.0, 0.1, 0.5, 0.8, 0.95, 1.0]),
+       st.sampled_from(["normal", "relu", "ties", "skewed", "few_values"]), st.integers(0, 2**31 - 1))
+def test_activation_histogram_band_property(native, monkeypatch, n, p, kind, seed):
+    """Any size from the histogram band's smallest, percentile and data kind: q equals the oracle's."""
+    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    x = band_data(kind, (1, 1, 1, n), torch.Generator().manual_seed(seed)).reshape(1, n)
+    check_activation_steps([x], "cpu", p=p)

@@ -34,11 +34,22 @@ namespace erbnn {
 // Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, after the band
 // select's shared-band scan and branch-free finish): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms
 // at 2^22, 2.67 / 4.20 ms at 2^23, 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
+// This bound is the plain op's (its scan is a pass of its own); the training activation op, whose scan
+// rides on its write pass, brackets from a sample of n / 32 from train_band_select_min() values on.
 // ERBNN_BAND_SELECT_MIN overrides the bound (the tests run the band select on inputs of a few 2^18 values
 // with it); it never goes below the 4 samples' worth the band select needs.
 inline int64_t band_select_min() {
   const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
   return s != nullptr ? std::atoll(s) : int64_t(1) << 23;
+}
+
+// Values from which the training activation op (train_quantile, restore_cpu.h) brackets its band from a
+// sample of about n / 32 values (BandSelect's histogram constructor) instead of building the radix
+// select's histogram in its write pass: 2^16 by default (measured in docs/kernels.md), or
+// ERBNN_BAND_SELECT_MIN when set (the tests force it on small inputs, or off with a large value).
+inline int64_t train_band_select_min() {
+  const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
+  return s != nullptr ? std::atoll(s) : int64_t(1) << 16;
 }
 
 template <typename scalar_t>
@@ -52,6 +63,9 @@ class BandSelect {
   // Sample: kSample values in runs of kRun neighbours (few cache misses; a larger sample narrows the
   // bands and so the gathered set). Inputs under max(band_select_min(), 4 kSample) go to the radix select.
   static constexpr int64_t kSample = 65536, kRun = 8;
+  // The histogram-bracketed band's buckets: mantissa bits per exponent, and buckets per half.
+  static constexpr int kSubBits = 6;
+  static constexpr int64_t kHistBins = 1024;
   // Flat index of the i-th sample value among n values.
   static int64_t sample_index(int64_t i, int64_t n) { return (i / kRun) * (n / (kSample / kRun)) + i % kRun; }
 
@@ -89,6 +103,95 @@ class BandSelect {
       }
     }
     alloc(n);
+  }
+
+  // The sample size of the histogram-bracketed band (the training activation op): about n / 32 values,
+  // within [kMinSample, kSample], whole runs of kRun neighbours; n >= 4 kMinSample.
+  static constexpr int64_t kMinSample = 2048;
+  static int64_t sample_size(int64_t n) {
+    return std::clamp<int64_t>(n / 32, kMinSample, kSample) / kRun * kRun;
+  }
+  // Flat index of the first value of the r-th run of a sample of m values among n.
+  static int64_t run_start(int64_t r, int64_t n, int64_t m) { return r * (n / (m / kRun)); }
+
+  struct FromHistogram {};
+  // The band from a sample of m values through a histogram of its keys (no nth_element, whose cost at
+  // thousands of keys would outweigh the pass on inputs of 2^16 .. 2^22 values): buckets of an exponent
+  // and kSubBits mantissa bits (1.6% apart in value), kHistBins of them below the sample's largest key
+  // (smaller keys share the first bucket). Each half's band runs from the floor of the bucket holding
+  // the sample's rank a to the ceiling of the one holding rank b (ranks as in the constructor above); a
+  // band starting at 0 starts at key 1 instead (the zeros below it, so that the band can be shared).
+  // Then the shared band (share_band) and a buffer sized for the sample's share of gathered keys.
+  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m, FromHistogram) : p_(p) {
+    constexpr int kShift = std::numeric_limits<scalar_t>::digits - 1 - kSubBits;
+    const Key top = max_magnitude(sample, m);
+    const Key base = std::max<Key>(top >> kShift, kHistBins - 1) - (kHistBins - 1);
+    std::vector<uint32_t> hist(2 * kHistBins, 0);
+    int64_t zeros[2] = {0, 0}, neg = 0;  // zeros per sign, negatives
+    for (int64_t i = 0; i < m; ++i) {
+      const Key r = QK::raw(sample[i]), mag = r & kMag, b = mag >> kShift;
+      const int h = int(r >> kBits);
+      ++hist[h * kHistBins + (b > base ? size_t(b - base) : 0)];
+      zeros[h] += mag == 0;
+      neg += h;
+    }
+    hist[0] += uint32_t(zeros[1]), hist[kHistBins] += uint32_t(zeros[0]);  // a zero is in both halves
+    const int64_t ms_half[2] = {m - neg + zeros[1], neg + zeros[0]};
+    const auto floor_of = [&](int64_t bin) { return bin == 0 ? Key(0) : Key((base + Key(bin)) << kShift); };
+    const auto ceil_of = [&](int64_t bin) { return Key(((base + Key(bin) + 1) << kShift) - 1); };
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t* hh = hist.data() + h * kHistBins;
+      const int64_t ms = ms_half[h];
+      lo_[h] = 0, hi_[h] = kMag;  // no sample of the half: take all of it
+      if (ms == 0) continue;
+      const double j = p * double(ms - 1);
+      const int64_t d = int64_t(5.0 * std::sqrt(double(ms) * p * (1.0 - p))) + 16;
+      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
+      lo_[h] = 1;
+      int64_t cum = 0, bin = 0;
+      if (a >= 0) {
+        while (cum + hh[bin] <= a) cum += hh[bin++];
+        lo_[h] = std::max<Key>(floor_of(bin), 1);
+      }
+      for (int64_t c = cum, i = bin; i < kHistBins; c += hh[i++])  // the bucket of rank j: the estimate
+        if (c + hh[i] > int64_t(j)) {
+          est_[h] = floor_of(i);
+          break;
+        }
+      if (b < ms) {
+        while (cum + hh[bin] <= b) cum += hh[bin++];
+        hi_[h] = std::min(ceil_of(bin), kMag);
+      }
+    }
+    share_band();
+    lean_ = true;
+    // The buffer: the sample's share in the bands' buckets (a zero counted twice), with 6 sigma and some
+    // slack (an overflow falls back).
+    const auto bin_of = [&](Key k) { return std::min<int64_t>(k >> kShift > base ? int64_t((k >> kShift) - base) : 0, kHistBins - 1); };
+    int64_t in = 0;
+    for (int h = 0; h < 2; ++h)
+      for (int64_t i = bin_of(lo_[h]); i <= bin_of(hi_[h]); ++i) in += hist[h * kHistBins + i];
+    const double frac = (double(in) + 6.0 * std::sqrt(double(in)) + 16.0) / double(m);
+    alloc_keys(std::min<int64_t>(n, int64_t(frac * double(n)) + 1024));
+  }
+
+  // The largest magnitude key of v[0, m).
+  static Key max_magnitude(const scalar_t* v, int64_t m) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) return max_magnitude_avx512(v, m);
+    }
+    Key top = 0;
+    for (int64_t i = 0; i < m; ++i) top = std::max<Key>(top, QK::raw(v[i]) & kMag);
+    return top;
+  }
+  __attribute__((target("avx512f"))) static uint32_t max_magnitude_avx512(const float* v, int64_t m) {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff);
+    __m512i top = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_loadu_si512(v + i), mag));
+    uint32_t t = _mm512_reduce_max_epu32(top);
+    for (; i < m; ++i) t = std::max<uint32_t>(t, QK::raw(v[i]) & kMag);
+    return t;
   }
 
   // The band [lo, hi] (magnitude keys) for both halves, e.g. around a previous step's quantile.
@@ -137,7 +240,8 @@ class BandSelect {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (shared_band() && active_cpu_isa() == CpuIsa::kAvx512) {
         Key keys[kBlock + 16];
-        append(keys, shared_scan_avx512<false>(v, nullptr, len, 0.f, 1.f, 0.f, 0.f, keys, c));
+        append(keys, lean_ ? lean_scan_avx512<false>(v, nullptr, len, 0.f, 1.f, 0.f, 0.f, keys, c)
+                           : shared_scan_avx512<false>(v, nullptr, len, 0.f, 1.f, 0.f, 0.f, keys, c));
         return;
       }
       if (active_cpu_isa() == CpuIsa::kAvx512) {
@@ -157,8 +261,15 @@ class BandSelect {
   bool share_band() {
     for (int h = 0; h < 2; ++h)
       if (lo_[h] == 0 && hi_[h] == kMag) return false;
-    const int h = lo_[0] >= lo_[1] ? 0 : 1;
+    // by the sampled quantiles' buckets where known (a band's low end can mislead: a half whose ranks
+    // fall on one heavily tied value has a narrow band above the other half's low end)
+    // fall on one heavily tied value has a narrow band above the other half's low end); there, the band
+    // also reaches the other half's high end, in case the sample misjudged which quantile is larger
+    const Key* by = est_[0] != kNone ? est_ : lo_;
+    const int h = by[0] >= by[1] ? 0 : 1;
+    if (est_[0] != kNone) hi_[h] = std::max(hi_[h], hi_[1 - h]);
     lo_[1 - h] = lo_[h], hi_[1 - h] = hi_[h];
+    first_ = h;
     return lo_[h] > 0;
   }
 
@@ -171,7 +282,8 @@ class BandSelect {
     if constexpr (std::is_same_v<X, float> && std::is_same_v<scalar_t, float>) {
       if (shared_band() && active_cpu_isa() == CpuIsa::kAvx512) {
         Key keys[kBlock + 16];
-        append(keys, shared_scan_avx512<true>(x, y, len, mu, sc, y_pos, y_neg, keys, c));
+        append(keys, lean_ ? lean_scan_avx512<true>(x, y, len, mu, sc, y_pos, y_neg, keys, c)
+                           : shared_scan_avx512<true>(x, y, len, mu, sc, y_pos, y_neg, keys, c));
         return;
       }
     }
@@ -194,12 +306,14 @@ class BandSelect {
   // the maximum when another half's quantile reaches that low end, so it is resolved without its value.
   bool finish(float* q) {
     if (overflow_) return false;
-    const int64_t size = size_.load();
-    const Key* keys = keys_ptr_;
+    if (lean_) counts_.above[0] = counts_.above[1] = kNone;  // not tracked by every block's scan
+    const at::Tensor scratch_t = at::empty({cap_ + 16}, keys_.options());  // the filters' slack
+    Key* scratch = reinterpret_cast<Key*>(scratch_t.template mutable_data_ptr<SignedKey>());
     double result = 0.0;
     bool any = false;
     double below_bound = -1.0;  // the largest low end of a band that a half's quantile lies under
-    for (int h = 0; h < 2; ++h) {
+    for (int t = 0; t < 2; ++t) {
+      const int h = t == 0 ? first_ : 1 - first_;  // first the half whose sampled quantile is larger
       const int64_t n = counts_.total[h];
       if (n == 0) continue;
       const QuantileRank qr = quantile_rank(n, p_);
@@ -207,22 +321,12 @@ class BandSelect {
         below_bound = std::max(below_bound, QK::value(lo_[h]));
         continue;
       }
-      std::vector<Key> g(size + 1);  // the half's gathered magnitudes (branch-free: one spare slot)
-      int64_t m_h = 0;
-      const Key lo = lo_[h], hi = hi_[h];
-      for (int64_t i = 0; i < size; ++i) {
-        const Key r = keys[i], mag = r & kMag;
-        g[m_h] = mag;
-        m_h += ((int((r >> kBits) != 0) == h) | (mag == 0)) & (mag >= lo) & (mag <= hi);
-      }
-      g.resize(m_h);
-      const int64_t k = qr.lo - counts_.below[h], m = int64_t(g.size());
-      if (k < 0 || k >= m) return false;
+      if (any && at_most(h, qr.hi, result)) continue;  // cannot raise the maximum: no selection
       Key key_lo, next;
-      select_kth(g, k, key_lo, next);
+      if (!select_in_band(h, qr.lo - counts_.below[h], scratch, key_lo, next)) return false;
       Key key_hi = key_lo;
       if (qr.hi != qr.lo) {
-        key_hi = next != kNone ? next : counts_.above[h];
+        key_hi = next;
         if (key_hi == kNone) return false;
       }
       result = std::max(result, quantile_lerp(QK::value(key_lo), QK::value(key_hi), qr.frac));
@@ -245,56 +349,197 @@ class BandSelect {
   }
 
   // The gathered keys' buffer, from PyTorch's allocator (as a signed integer tensor of the key's width).
-  void alloc(int64_t n) {
-    cap_ = std::max<int64_t>(int64_t(1) << 14, n / 8);
+  void alloc(int64_t n) { alloc_keys(std::max<int64_t>(int64_t(1) << 14, n / 8)); }
+  void alloc_keys(int64_t cap) {
+    cap_ = cap;
     keys_ = at::empty({cap_}, at::TensorOptions().dtype(sizeof(Key) == 4 ? at::kInt : at::kLong));
     keys_ptr_ = reinterpret_cast<Key*>(keys_.template mutable_data_ptr<SignedKey>());
   }
 
-  // The k-th smallest of g and the (k+1)-th (kNone when g has no more). A large g is first narrowed the
-  // same way as the values: a sample sets a band around rank k, one count-and-gather over g keeps it.
-  static void select_kth(std::vector<Key>& g, int64_t k, Key& kth, Key& next) {
-    constexpr int64_t kSub = 4096;
-    const int64_t m = int64_t(g.size());
-    if (m > 16 * kSub) {
-      std::vector<Key> s(kSub);
-      const int64_t stride = m / kSub;
-      for (int64_t i = 0; i < kSub; ++i) s[i] = g[i * stride];
-      const double f = double(k) / double(m), j = f * double(kSub - 1);
-      const int64_t d = int64_t(5.0 * std::sqrt(double(kSub) * f * (1.0 - f))) + 16;
-      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
-      Key lo = 0, hi = kNone;
-      if (a >= 0) {
-        std::nth_element(s.begin(), s.begin() + a, s.end());
-        lo = s[a];
+  // The k-th smallest magnitude of half h's gathered keys (those inside its band) and the (k+1)-th (the
+  // half's smallest key above the band when the band has no more; kNone when the half has none), or
+  // false when the band holds fewer than k + 1 keys (scratch: size_ + 1 keys). A radix select restricted to the band: a histogram
+  // of kSelectBins buckets over the key range left, then only the bucket holding rank k again, until it
+  // is one key or few enough for nth_element (no sort of the whole gathered set).
+  bool select_in_band(int h, int64_t k, Key* scratch, Key& kth, Key& next) const {
+    constexpr int64_t kSelectBins = 2048, kSmall = 64;
+    if (k < 0) return false;
+    Key rlo = lo_[h], rhi = hi_[h];
+    next = counts_.above[h];
+    std::vector<uint32_t> hist(kSelectBins);
+    // the half's keys inside its band (branch-free: one spare slot; the halves' keys alternate at random)
+    Key* cur = scratch;
+    int64_t n_cur = filter(keys_ptr_, size_.load(), h, rlo, rhi, cur);
+    for (;;) {
+      if (k >= n_cur) return false;
+      // about 8 keys a bucket (fewer buckets to clear and walk for few keys)
+      int64_t bins = 16;
+      while (bins < kSelectBins && bins * 8 < n_cur) bins *= 2;
+      int shift = 0;
+      while (((rhi - rlo) >> shift) >= Key(bins)) ++shift;
+      std::fill(hist.begin(), hist.begin() + bins, 0u);
+      for (int64_t i = 0; i < n_cur; ++i) ++hist[(cur[i] - rlo) >> shift];
+      int64_t bin = 0, cum = 0;
+      while (cum + hist[bin] <= k) cum += hist[bin++];
+      const int64_t cnt = hist[bin];
+      k -= cum;
+      const Key blo = rlo + (Key(bin) << shift), bhi = std::min<Key>(rhi, blo + ((Key(1) << shift) - 1));
+      // the smallest key above the bucket, if rank k + 1 lies beyond it (else it is in the bucket)
+      if (k + 1 == cnt && bhi < rhi) {
+        Key mn = kNone;
+        for (int64_t i = 0; i < n_cur; ++i) mn = cur[i] > bhi && cur[i] < mn ? cur[i] : mn;
+        if (mn != kNone) next = mn;
       }
-      if (b < kSub) {
-        std::nth_element(s.begin() + std::max<int64_t>(a + 1, 0), s.begin() + b, s.end());
-        hi = s[b];
+      if (blo == bhi) {
+        kth = blo;
+        if (k + 1 < cnt) next = blo;
+        return true;
       }
-      int64_t below = 0, above = 0;
-#pragma omp simd reduction(+ : below, above)
-      for (int64_t i = 0; i < m; ++i) {
-        below += g[i] < lo;
-        above += g[i] > hi;
-      }
-      const int64_t kk = k - below, inside = m - below - above;
-      // the band must hold rank k, and rank k+1 too unless it is g's last
-      if (kk >= 0 && (kk + 1 < inside || (kk < inside && k + 1 == m))) {
-        std::vector<Key> band(inside + 1);  // branch-free copy: one spare slot
-        int64_t j = 0;
-        for (int64_t i = 0; i < m; ++i) {
-          band[j] = g[i];
-          j += (g[i] >= lo) & (g[i] <= hi);
-        }
-        band.resize(j);
-        g.swap(band);
-        k = kk;
+      // the bucket's keys, in place (branch-free)
+      filter(cur, n_cur, -1, blo, bhi, cur);
+      n_cur = cnt;
+      rlo = blo, rhi = bhi;
+      if (cnt <= kSmall) {
+        std::nth_element(cur, cur + k, cur + cnt);
+        kth = cur[k];
+        if (k + 1 < cnt) next = *std::min_element(cur + k + 1, cur + cnt);
+        return true;
       }
     }
-    std::nth_element(g.begin(), g.begin() + k, g.end());
-    kth = g[k];
-    next = k + 1 < int64_t(g.size()) ? *std::min_element(g.begin() + k + 1, g.end()) : kNone;
+  }
+
+  // Whether half h's quantile is at most r: its rank-hi value is (the interpolation lies between the
+  // values at ranks lo <= hi), i.e. at least hi + 1 of its keys are <= the largest key of value <= r.
+  bool at_most(int h, int64_t hi, double r) const {
+    Key k = QK::raw(static_cast<scalar_t>(r)) & kMag;
+    if (QK::value(k) > r) {
+      if (k == 0) return false;
+      --k;
+    }
+    if (k < lo_[h]) return false;  // the keys below the band are not told apart
+    return counts_.below[h] + count_band(keys_ptr_, size_.load(), h, lo_[h], std::min(k, hi_[h])) >= hi + 1;
+  }
+
+  // The number of keys of half h with a magnitude in [lo, hi].
+  static int64_t count_band(const Key* keys, int64_t size, int h, Key lo, Key hi) {
+    if constexpr (std::is_same_v<Key, uint32_t>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) return count_band_avx512(keys, size, h, lo, hi);
+    }
+    return count_band_scalar(keys, size, h, lo, hi);
+  }
+  static int64_t count_band_scalar(const Key* keys, int64_t size, int h, Key lo, Key hi) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < size; ++i) {
+      const Key r = keys[i], mag = r & kMag;
+      c += ((Key(h) == (r >> kBits)) | (mag == 0)) & (mag >= lo) & (mag <= hi);
+    }
+    return c;
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) static int64_t count_band_avx512(
+      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi) {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(int(lo)),
+                  width = _mm512_set1_epi32(int(hi - lo)), sign = _mm512_set1_epi32(h > 0 ? -1 : 0);
+    int64_t i = 0, c = 0;
+    for (; i + 16 <= size; i += 16) {
+      const __m512i r = _mm512_loadu_si512(keys + i), m = _mm512_and_si512(r, mag);
+      const __mmask16 half = _mm512_cmpeq_epi32_mask(_mm512_srai_epi32(r, 31), sign) | _mm512_testn_epi32_mask(r, mag);
+      c += __builtin_popcount(half & _mm512_cmple_epu32_mask(_mm512_sub_epi32(m, vlo), width));
+    }
+    return c + count_band_scalar(keys + i, size - i, h, lo, hi);
+  }
+
+  // The magnitudes in [lo, hi] of the keys of half h (any half: h < 0) into out (out may be keys; 16
+  // slots of slack).
+  static int64_t filter(const Key* keys, int64_t size, int h, Key lo, Key hi, Key* out) {
+    if constexpr (std::is_same_v<Key, uint32_t>) {
+      if (active_cpu_isa() == CpuIsa::kAvx512) return filter_avx512(keys, size, h, lo, hi, out);
+    }
+    return filter_scalar(keys, size, h, lo, hi, out);
+  }
+  static int64_t filter_scalar(const Key* keys, int64_t size, int h, Key lo, Key hi, Key* out) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < size; ++i) {
+      const Key r = keys[i], mag = r & kMag;
+      out[k] = mag;  // branch-free (the halves' keys alternate at random): overwritten unless taken
+      k += ((h < 0) | (Key(h) == (r >> kBits)) | (mag == 0)) & (mag >= lo) & (mag <= hi);
+    }
+    return k;
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) static int64_t filter_avx512(
+      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi, uint32_t* out) {
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(int(lo)),
+                  width = _mm512_set1_epi32(int(hi - lo)), sign = _mm512_set1_epi32(h > 0 ? -1 : 0);
+    const __mmask16 any = h < 0 ? 0xffff : 0;
+    int64_t i = 0, k = 0;
+    for (; i + 16 <= size; i += 16) {
+      const __m512i r = _mm512_loadu_si512(keys + i), m = _mm512_and_si512(r, mag);
+      const __mmask16 half = any | _mm512_cmpeq_epi32_mask(_mm512_srai_epi32(r, 31), sign) |
+                             _mm512_testn_epi32_mask(r, mag);
+      const __mmask16 take = half & _mm512_cmple_epu32_mask(_mm512_sub_epi32(m, vlo), width);
+      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, m));
+      k += __builtin_popcount(take);
+    }
+    return k + filter_scalar(keys + i, size - i, h, lo, hi, out + k);
+  }
+
+  // The histogram band's scan (lean_): shared_scan_avx512 without the smallest key above the band (only
+  // needed when a rank is the band's last key: finish() then falls back) and with the zeros counted
+  // only in the blocks that have one; about half the integer work per vector.
+  template <bool kWrite>
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t lean_scan_avx512(
+      const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
+      Counts& c) const {
+    const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
+                 yneg = _mm512_set1_ps(y_neg), zero_ps = _mm512_setzero_ps();
+    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
+                  width = _mm512_set1_epi32(int(hi_[0] - lo_[0])), zero = _mm512_setzero_si512();
+    __m512i n_s = zero, n_below = zero, n_below_s = zero, m_max = zero, m_min = _mm512_set1_epi32(-1);
+    int64_t i = 0, k = 0;
+    for (; i + 16 <= len; i += 16) {
+      __m512 v;
+      if constexpr (kWrite) {
+        v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
+        _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
+      } else {
+        v = _mm512_loadu_ps(x + i);
+      }
+      const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
+      const __m512i d = _mm512_sub_epi32(m, lo), below = _mm512_srli_epi32(d, 31);  // m < lo (both < 2^31)
+      n_s = _mm512_add_epi32(n_s, s);
+      n_below = _mm512_add_epi32(n_below, below);
+      n_below_s = _mm512_add_epi32(n_below_s, _mm512_and_si512(below, s));
+      m_min = _mm512_min_epu32(m_min, m);
+      m_max = _mm512_max_epu32(m_max, m);
+      const __mmask16 take = _mm512_cmple_epu32_mask(d, width);  // lo <= m <= hi
+      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
+      k += __builtin_popcount(take);
+    }
+    int64_t nz = 0, nzs = 0;  // zeros and negative zeros (both halves'), from the values again
+    if (i > 0 && _mm512_reduce_min_epu32(m_min) == 0) {
+      for (int64_t j = 0; j < i; ++j) {
+        const float v = kWrite ? (x[j] - mu) / sc : x[j];
+        uint32_t r;
+        std::memcpy(&r, &v, 4);
+        nz += (r & 0x7fffffffu) == 0;
+        nzs += r == 0x80000000u;
+      }
+    }
+    const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
+                  nbs = _mm512_reduce_add_epi32(n_below_s);
+    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
+    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
+    c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
+    if (i < len) {  // the tail, by the plain loops (their smallest key above is ignored: lean_)
+      const float* v = x + i;
+      float tail[16];
+      if constexpr (kWrite) {
+        two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
+        v = tail;
+      }
+      count(v, len - i, c);
+      k += gather_band_scalar(v, len - i, out + k);
+    }
+    return k;
   }
 
   int64_t gather_band(const scalar_t* v, int64_t len, Key* out) const {
@@ -304,13 +549,20 @@ class BandSelect {
     return gather_band_scalar(v, len, out);
   }
 
+  // Whether the raw key r is gathered: inside the band of a half it belongs to.
+  bool in_band(Key r) const {
+    const Key mag = r & kMag;
+    const bool zero = mag == 0, neg = (r >> kBits) != 0;
+    // bitwise, not short-circuit: the signs alternate at random
+    return ((!neg | zero) & (mag >= lo_[0]) & (mag <= hi_[0])) | ((neg | zero) & (mag >= lo_[1]) & (mag <= hi_[1]));
+  }
+
   int64_t gather_band_scalar(const scalar_t* v, int64_t len, Key* out) const {
     int64_t k = 0;
     for (int64_t i = 0; i < len; ++i) {
-      const Key r = QK::raw(v[i]), mag = r & kMag;
-      const bool zero = mag == 0, neg = (r >> kBits) != 0;
+      const Key r = QK::raw(v[i]);
       out[k] = r;  // branch-free: the slot is overwritten unless the key is taken (out has one spare)
-      k += ((!neg || zero) && mag >= lo_[0] && mag <= hi_[0]) || ((neg || zero) && mag >= lo_[1] && mag <= hi_[1]);
+      k += in_band(r);
     }
     return k;
   }
@@ -452,6 +704,9 @@ class BandSelect {
   bool shared_band() const { return lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0; }
 
   double p_;
+  Key est_[2] = {kNone, kNone};  // the histogram constructor's sampled quantiles (bucket floors)
+  int first_ = 0;      // the half whose band is shared (its sampled quantile the larger)
+  bool lean_ = false;  // built from a histogram: lean_scan_avx512, no smallest key above the band
   Key lo_[2], hi_[2];
   int64_t cap_;
   at::Tensor keys_;

@@ -111,10 +111,16 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
       fn(static_cast<const stat_t*>(buf), len);
     });
   };
-  const auto sample_at = [&](int64_t i) { return (static_cast<stat_t>(xp[i]) - mu_s) / sc; };
-  // No hint (restore_train.cpp says why): the sampled band for large x, else the radix select.
+  const auto sample_runs = [&](int64_t m, stat_t* out) {
+    using BS = BandSelect<stat_t>;
+    isa_call([&] {
+      for (int64_t r = 0; r < m / BS::kRun; ++r)
+        standardise_block<scalar_t, stat_t>(xp + BS::run_start(r, total, m), out + r * BS::kRun, BS::kRun, mu_s, sc);
+    });
+  };
+  // No hint (restore_train.cpp says why): the sampled band, else (small x) the radix select.
   *q = train_quantile<stat_t>(p, total, /*hint=*/0.0, write_pass, [] {}, blocks,
-                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_at);
+                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_runs);
 }
 
 }  // namespace

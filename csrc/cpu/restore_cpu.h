@@ -81,13 +81,13 @@ struct WriteOnly {
 // after_write() runs once the pass is done (the op's own checks). With a hint (the previous step's q),
 // the sink counts the values below a band around it and gathers those inside (band_select.h; float32 on
 // AVX-512 in the same loop as the write): no other pass is needed when the band holds the quantile, as it
-// almost always does for weights. Otherwise the radix select: without a hint its top-digit histogram is
-// built in the write pass and only its gather phase runs over blocks(fn) (fn(xhat, len) on the
-// standardised values recomputed block by block); after a missed band, both phases. Exact either way:
-// the hint only decides how fast.
-template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks, typename SampleAt = std::nullptr_t>
+// almost always does for weights. Without a hint but with a sampler (the activations), a band bracketed
+// by a sample instead. Otherwise the radix select: its top-digit histogram is built in the write pass and
+// only its gather phase runs over blocks(fn) (fn(xhat, len) on the standardised values recomputed block
+// by block); after a missed band, both phases. Exact either way: the hint or sample only decides how fast.
+template <typename stat_t, typename WritePass, typename AfterWrite, typename Blocks, typename SampleRuns = std::nullptr_t>
 float train_quantile(double p, int64_t total, double hint, WritePass&& write_pass, AfterWrite&& after_write,
-                     Blocks&& blocks, const char* nonfinite_message, SampleAt&& sample_at = nullptr) {
+                     Blocks&& blocks, const char* nonfinite_message, SampleRuns&& sample_runs = nullptr) {
   using BS = BandSelect<stat_t>;
   // The write pass scanning around bs's band; q from the band, or the radix select when it missed.
   const auto with_band = [&](BS& bs) {
@@ -107,14 +107,16 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
     BS bs(p, total, lo, hi);
     return with_band(bs);
   }
-  // Large inputs with a sampler (sample_at(i): the i-th standardised value, the statistics known before
-  // the write pass): the plain op's sampled band, shared by both halves, from the same bound on.
-  if constexpr (!std::is_same_v<std::decay_t<SampleAt>, std::nullptr_t>) {
-    if (total >= std::max(band_select_min(), 4 * BS::kSample)) {
-      std::vector<stat_t> sample(BS::kSample);
-      for (int64_t i = 0; i < BS::kSample; ++i) sample[i] = sample_at(BS::sample_index(i, total));
-      BS bs(p, total, sample.data(), BS::kSample);
-      bs.share_band();
+  // With a sampler (sample_runs(m, out): the m standardised values of BS::run_start's runs into out, the
+  // statistics known before the write pass), from train_band_select_min() values: a band bracketed by a
+  // sample of about total / 32 values (BandSelect's histogram constructor), shared by both halves and
+  // scanned in the write pass; the radix select only when it missed.
+  if constexpr (!std::is_same_v<std::decay_t<SampleRuns>, std::nullptr_t>) {
+    if (total >= std::max(train_band_select_min(), 4 * BS::kMinSample)) {
+      const int64_t m = BS::sample_size(total);
+      std::vector<stat_t> sample(m);
+      sample_runs(m, sample.data());
+      BS bs(p, total, sample.data(), m, typename BS::FromHistogram{});
       return with_band(bs);
     }
   }
