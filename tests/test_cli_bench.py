@@ -162,6 +162,24 @@ def test_train_step_module_runs_standalone(capsys):
     assert out.count("resnet20 ") == len(MODELS["resnet20"])
 
 
+def test_train_step_float_conv_flag_restores_the_default(capsys, monkeypatch):
+    """--float-conv times the ER layers with F.conv2d as their forward (the restoration's own cost): the
+    steps it builds must take that path, and the class default comes back afterwards."""
+    from erbnn_ext.nn import ERBinaryConv2d
+    seen = []
+    real = train_step.layer_step
+
+    def spy(shape, batch, method="er_layer", *a, **k):
+        seen.append(ERBinaryConv2d.xnor_train)
+        return real(shape, batch, method, *a, **k)
+    monkeypatch.setattr(train_step, "layer_step", spy)
+    train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
+                     "--no-models", "--float-conv"])
+    assert "forward conv: F.conv2d" in capsys.readouterr().out
+    assert seen and not any(seen)
+    assert ERBinaryConv2d.xnor_train is True
+
+
 def test_thread_clock_needs_one_thread(tmp_path, capsys):
     from erbnn_ext.cli import main
     assert main(["bench", "--clock", "thread", "--threads", "2", "--quick", "--out", str(tmp_path)]) == 2

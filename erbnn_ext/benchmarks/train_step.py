@@ -7,7 +7,7 @@
   against its float twin (float_twin: the same network with nn.Conv2d / nn.Linear in place of each ER layer).
 Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
-    python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1]
+    python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
 """
 import argparse
 import copy
@@ -215,12 +215,22 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: CPU time of the calling thread (needs --threads 1; robust on a busy machine)")
+    ap.add_argument("--float-conv", action="store_true",
+                    help="ER layers run their forward conv as F.conv2d (ERBinaryConv2d.xnor_train = False) instead "
+                         "of the packed popcount kernel: the restoration's own cost against float")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
-    print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}", a.device))
-    rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
+    conv = "F.conv2d" if a.float_conv else "popcount"
+    print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}",
+                 a.device))
+    saved = enn.ERBinaryConv2d.xnor_train
+    enn.ERBinaryConv2d.xnor_train = not a.float_conv
+    try:
+        rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
+    finally:
+        enn.ERBinaryConv2d.xnor_train = saved
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 
