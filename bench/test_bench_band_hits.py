@@ -24,12 +24,16 @@ def activation():
 
 @pytest.mark.parametrize("select", ["band", "radix"])
 def test_activation_train_op(benchmark, activation, select, monkeypatch):
+    env = "ERBNN_TRAIN_BAND_SELECT_MIN"
+    radix = str(1 << 62)
     if select == "radix":
-        monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", str(1 << 62))
+        monkeypatch.setenv(env, radix)
     else:
-        monkeypatch.delenv("ERBNN_BAND_SELECT_MIN", raising=False)
+        monkeypatch.delenv(env, raising=False)
     benchmark.group = f"restore_activation_train on a recorded activation, {tuple(activation.shape)}"
     benchmark(H.train_op(activation, P))
-    width = H.train_op(activation, P)()[4]  # fresh rings: the width is this call's q
-    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", str(1 << 62))
-    assert torch.equal(width, H.train_op(activation, P)()[4])
+    # fresh rings: the width is one call's q; the band's and the radix select's must be the same bits
+    monkeypatch.delenv(env, raising=False)
+    band_width = H.train_op(activation, P)()[4]
+    monkeypatch.setenv(env, radix)
+    assert torch.equal(band_width, H.train_op(activation, P)()[4])

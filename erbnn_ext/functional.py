@@ -117,7 +117,9 @@ class RestoredConv2d(torch.autograd.Function):
 def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation):
     """RestoredConv2d's forward value: F.conv2d(y, w_b, bias, ...) by the packed popcount kernel, in F.conv2d's
     output dtype and layout."""
-    shift, scale = mean.detach().float().reshape(1), sigma.detach().float().reshape(1)
+    # |sigma|: with a negative sigma (fixed statistics) sign(y - mean) = -s, and |sigma| * bconv(-s) is
+    # sigma * bconv(s)
+    shift, scale = mean.detach().float().reshape(1), sigma.detach().float().abs().reshape(1)
     out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation, x_shift=shift,
                                    out_scale=scale, ones_scale=shift,
                                    out_bias=None if bias is None else bias.detach().float())
@@ -178,10 +180,14 @@ def restored_conv2d(y, w_b, mean, sigma, bias=None, stride=1, padding=0, dilatio
     the float conv up to rounding, several times faster); the gradients are F.conv2d's either way."""
     stride, padding, dilation = (pair(v, n) for v, n in ((stride, "stride"), (padding, "padding"),
                                                          (dilation, "dilation")))
+    same_dtype = w_b.dtype == y.dtype and (bias is None or bias.dtype == y.dtype)
     if xnor is None:
-        xnor = xnor_trains(y)
+        xnor = same_dtype and xnor_trains(y)
     if not xnor:
         return torch.nn.functional.conv2d(y, w_b, bias, stride, padding, dilation)
+    if not same_dtype:  # as F.conv2d, which the backward runs, would refuse it
+        raise ValueError(f"restored_conv2d: w_b ({w_b.dtype}) and bias "
+                         f"({None if bias is None else bias.dtype}) must have y's dtype ({y.dtype})")
     return RestoredConv2d.apply(y, w_b, mean, sigma, bias, stride, padding, dilation)
 
 

@@ -286,3 +286,14 @@ def test_to_dtype_keeps_float64_state():
     assert out.dtype == torch.bfloat16 and int(layer.act_sign.q.count) == 1
     layer.double()
     assert layer.weight.dtype == torch.float64 and layer.act_sign.p.dtype == torch.float64
+
+
+def test_meta_construction_then_to_empty():
+    """A layer built on the meta device materialises with Module.to_empty: the ER buffers land on the
+    target device as float64 (uninitialised, as to_empty promises), the weight in its own dtype."""
+    with torch.device("meta"):
+        layer = enn.ERBinaryConv2d(4, 3, 3)
+    layer = layer.to_empty(device="cpu")
+    assert layer.weight.device.type == "cpu"
+    for name, buf in layer.named_buffers():
+        assert buf.device.type == "cpu" and buf.dtype in (torch.float64, torch.int64), name

@@ -156,15 +156,35 @@ def test_other_dtypes_keep_the_float_conv(dtype):
     assert out.dtype == dtype and out.grad_fn.name() != "RestoredConv2dBackward"
 
 
-def test_eval_and_no_grad_paths_unchanged():
+def test_no_grad_and_empty_batches_keep_the_float_conv():
     """The popcount training forward only runs in a measuring step (train mode, grad enabled, non-empty
-    batch); no-grad training and empty batches keep the float conv and change no state."""
-    layer, _ = _pair(in_channels=4, out_channels=3, kernel_size=3, padding=1)
-    with torch.no_grad():
-        out = layer(torch.randn(2, 4, 5, 5))
-    assert out.grad_fn is None
+    batch). No-grad training takes F.conv2d with batch statistics (bit-equal to the float-conv twin) and
+    changes no state; an empty batch changes no state either."""
+    layer, twin = _pair(in_channels=4, out_channels=3, kernel_size=3, padding=1)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        out = layer(x)
+        assert torch.equal(out, twin(x))
     out = layer(torch.randn(0, 4, 5, 5, requires_grad=True))
     assert out.shape == (0, 3, 5, 5)
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_restored_conv2d_negative_sigma_and_dtype_checks():
+    """Fixed statistics may give a negative sigma (y = sigma * s + mean, sign(y - mean) = -s): the popcount
+    form still equals F.conv2d. Mixed dtypes are refused up front, as F.conv2d (the backward) would."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 6, 6, 6)
+    y, mu, sigma = EF.restore_activation(x, stats=(0.1, -0.5))
+    assert float(sigma) < 0
+    w_b = torch.where(torch.randn(3, 6, 3, 3) >= 0, 1.0, -1.0)
+    assert _close(EF.restored_conv2d(y, w_b, mu, sigma, None, 1, 1, xnor=True), F.conv2d(y, w_b, None, 1, 1))
+    with pytest.raises(ValueError, match="w_b"):
+        EF.restored_conv2d(y, w_b.double(), mu, sigma, None, 1, 1, xnor=True)
+    with pytest.raises(ValueError, match="bias"):
+        EF.restored_conv2d(y, w_b, mu, sigma, torch.zeros(3, dtype=torch.float64), 1, 1, xnor=True)
+    # the default decision falls back to F.conv2d (which raises its own error) instead
+    with pytest.raises(RuntimeError):
+        EF.restored_conv2d(y, w_b.double(), mu, sigma, None, 1, 1)

@@ -292,8 +292,8 @@ def test_large_special_data(native, isa, kind, dtype):
 @pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "one_signed", "periodic", "skewed"])
 def test_activation_sampled_band(native, isa, kind, dtype, monkeypatch):
     """Large activations take the sampled band (shared by both halves) in their write pass, from
-    band_select_min() values (forced on here; 2^23 by default): special data equals the oracle too."""
-    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    train_band_select_min() values (forced on here; 2^16 by default): special data equals the oracle too."""
+    monkeypatch.setenv("ERBNN_TRAIN_BAND_SELECT_MIN", "0")
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 16, 48, 48, generator=g)  # > 4 x 65536 values: the band select's sample
     if kind == "ties":
@@ -430,7 +430,7 @@ def test_hint_property(native, case):
     check_with_hint(x, q * factor, per_channel, p=p)
 
 
-# ---- the activation op's histogram-bracketed band (from 2^16 values by default; ERBNN_BAND_SELECT_MIN
+# ---- the activation op's histogram-bracketed band (from 2^16 values by default; ERBNN_TRAIN_BAND_SELECT_MIN
 # forces it down to 4 x 2048 values): a sample of about n / 32 values in runs of 8 neighbours brackets the
 # rank by a histogram of its keys; a miss falls back to the radix select. Exact either way.
 def band_data(kind, shape, g):
@@ -462,23 +462,49 @@ def band_data(kind, shape, g):
 def test_activation_histogram_band(native, isa, kind, shape, monkeypatch):
     """The histogram band (forced on from the smallest size it takes) on special data and percentiles,
     float32 (the fused AVX-512 scan) and float64 (the portable scan), equals the oracle."""
-    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    monkeypatch.setenv("ERBNN_TRAIN_BAND_SELECT_MIN", "0")
     x = band_data(kind, shape, torch.Generator().manual_seed(11))
     for dtype in (torch.float32, torch.float64):
         for p in (0.8, 0.5, 0.1, 0.0, 0.999, 1.0):
             check_activation_steps([x.to(dtype)], "cpu", p=p)
 
 
+def sample_runs(n, m, run=8):
+    """The flat indices of band_select.h's sample of m values among n (BandSelect::run_start): run r in
+    the r-th of m / run equal strides, at the offset floor(h / 2^32 * room), h the top 32 bits of the
+    64-bit product r * 0x9E3779B97F4A7C15."""
+    stride = n // (m // run)
+    room = stride - run + 1
+    starts = [r * stride + ((((r * 0x9E3779B97F4A7C15) % 2 ** 64) >> 32) * room >> 32) for r in range(m // run)]
+    return torch.tensor([s + i for s in starts for i in range(run)])
+
+
+def test_sample_runs_model_is_the_kernels(native, isa, monkeypatch):
+    """sample_runs (above) is the kernel's sample, and the band hits on ordinary data: under
+    ERBNN_BAND_SELECT_STRICT=1 (a miss raises instead of falling back) normal values pass, and outliers
+    on exactly sample_runs' positions make the band miss. Runs at equal offsets of equal strides once
+    followed the rows of feature maps and missed on almost every real activation."""
+    monkeypatch.setenv("ERBNN_BAND_SELECT_STRICT", "1")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 64, 8, 8, generator=g)
+    check_activation_steps([x], "cpu", p=0.8)  # the band holds the ranks: no error
+    idx = sample_runs(x.numel(), 2048)
+    assert idx.numel() == 2048 and idx.unique().numel() == 2048 and int(idx.max()) < x.numel()
+    x.view(-1)[idx] = 100.0 + torch.rand(idx.numel(), generator=g)
+    with pytest.raises(RuntimeError, match="band select missed"):
+        check_activation_steps([x], "cpu", p=0.8)
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 @pytest.mark.parametrize("p", [0.8, 0.0, 0.5])
 def test_activation_histogram_band_unrepresentative_sample(native, isa, sign, p):
-    """Outliers exactly at the sample's positions (runs of 8 every n / 256 values at 65536 values, the
-    smallest sample of 2048): the band lies around the outliers, misses the ranks, and the radix select
-    gives the exact q. Default bound (2^16): the path runs without forcing."""
+    """Outliers exactly at the sample's positions (sample_runs below: band_select.h's run_start, 256 runs
+    of 8 at 65536 values, the smallest sample of 2048): the band lies around the outliers, misses the
+    ranks, and the radix select gives the exact q. Default bound (2^16): the path runs without forcing."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 64, 8, 8, generator=g)
     flat = x.view(-1)
-    idx = (torch.arange(256) * 256).repeat_interleave(8) + torch.arange(8).repeat(256)
+    idx = sample_runs(flat.numel(), 2048)
     flat[idx] = sign * 100.0 + torch.randn(idx.numel(), generator=g)
     check_activation_steps([x], "cpu", p=p)
     check_activation_steps([-x], "cpu", p=p)
@@ -489,6 +515,6 @@ def test_activation_histogram_band_unrepresentative_sample(native, isa, sign, p)
        st.sampled_from(["normal", "relu", "ties", "skewed", "few_values"]), st.integers(0, 2**31 - 1))
 def test_activation_histogram_band_property(native, monkeypatch, n, p, kind, seed):
     """Any size from the histogram band's smallest, percentile and data kind: q equals the oracle's."""
-    monkeypatch.setenv("ERBNN_BAND_SELECT_MIN", "0")
+    monkeypatch.setenv("ERBNN_TRAIN_BAND_SELECT_MIN", "0")
     x = band_data(kind, (1, 1, 1, n), torch.Generator().manual_seed(seed)).reshape(1, n)
     check_activation_steps([x], "cpu", p=p)

@@ -31,9 +31,10 @@ namespace erbnn {
 // otherwise (an unlucky sample, or more candidates than the buffer takes) the caller falls back to the
 // radix select. Both are exact, so the result is the same bits either way.
 // Values from which the plain op's band select runs instead of the radix select (radix_select.h).
-// Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, after the band
-// select's shared-band scan and branch-free finish): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms
-// at 2^22, 2.67 / 4.20 ms at 2^23, 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
+// Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, with the
+// shared-band scan and the earlier branch-free nth_element finish, since replaced by the band-restricted
+// radix select): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms at 2^22, 2.67 / 4.20 ms at 2^23,
+// 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
 // This bound is the plain op's (its scan is a pass of its own); the training activation op, whose scan
 // rides on its write pass, brackets from a sample of n / 32 from train_band_select_min() values on.
 // ERBNN_BAND_SELECT_MIN overrides the bound (the tests run the band select on inputs of a few 2^18 values
@@ -46,9 +47,10 @@ inline int64_t band_select_min() {
 // Values from which the training activation op (train_quantile, restore_cpu.h) brackets its band from a
 // sample of about n / 32 values (BandSelect's histogram constructor) instead of building the radix
 // select's histogram in its write pass: 2^16 by default (measured in docs/kernels.md), or
-// ERBNN_BAND_SELECT_MIN when set (the tests force it on small inputs, or off with a large value).
+// ERBNN_TRAIN_BAND_SELECT_MIN when set (the tests force it on small inputs, benchmarks.band_hits off with
+// a large value). A variable of its own: tuning the plain op's bound must not move this one.
 inline int64_t train_band_select_min() {
-  const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
+  const char* s = std::getenv("ERBNN_TRAIN_BAND_SELECT_MIN");
   return s != nullptr ? std::atoll(s) : int64_t(1) << 16;
 }
 
@@ -119,7 +121,8 @@ class BandSelect {
   static int64_t run_start(int64_t r, int64_t n, int64_t m) {
     const int64_t stride = n / (m / kRun), room = stride - kRun + 1;  // room >= 1: n >= m
     const uint64_t h = (uint64_t(r) * 0x9E3779B97F4A7C15ull) >> 32;    // 32 well-mixed bits
-    return r * stride + int64_t((h * uint64_t(room)) >> 32);
+    // h / 2^32 * room in [0, room): a 128-bit product, exact for any room
+    return r * stride + int64_t((static_cast<unsigned __int128>(h) * uint64_t(room)) >> 32);
   }
 
   struct FromHistogram {};
@@ -270,7 +273,6 @@ class BandSelect {
     for (int h = 0; h < 2; ++h)
       if (lo_[h] == 0 && hi_[h] == kMag) return false;
     // by the sampled quantiles' buckets where known (a band's low end can mislead: a half whose ranks
-    // fall on one heavily tied value has a narrow band above the other half's low end)
     // fall on one heavily tied value has a narrow band above the other half's low end); there, the band
     // also reaches the other half's high end, in case the sample misjudged which quantile is larger
     const Key* by = est_[0] != kNone ? est_ : lo_;
@@ -366,9 +368,10 @@ class BandSelect {
 
   // The k-th smallest magnitude of half h's gathered keys (those inside its band) and the (k+1)-th (the
   // half's smallest key above the band when the band has no more; kNone when the half has none), or
-  // false when the band holds fewer than k + 1 keys (scratch: size_ + 1 keys). A radix select restricted to the band: a histogram
-  // of kSelectBins buckets over the key range left, then only the bucket holding rank k again, until it
-  // is one key or few enough for nth_element (no sort of the whole gathered set).
+  // false when the band holds fewer than k + 1 keys (scratch: size_ + 16 keys, the compress filters
+  // store whole vectors). A radix select restricted to the band: a histogram of kSelectBins buckets over
+  // the key range left, then only the bucket holding rank k again, until it is one key or few enough for
+  // nth_element (no sort of the whole gathered set).
   bool select_in_band(int h, int64_t k, Key* scratch, Key& kth, Key& next) const {
     constexpr int64_t kSelectBins = 2048, kSmall = 64;
     if (k < 0) return false;

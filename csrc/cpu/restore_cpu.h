@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -100,6 +101,10 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
     TORCH_CHECK_VALUE(!bs.nonfinite(), nonfinite_message);
     float q = 0.f;
     if (bs.finish(&q)) return q;
+    // ERBNN_BAND_SELECT_STRICT=1 (tests only): a miss raises instead of falling back, so that tests can
+    // tell which path ran without timing it
+    const char* strict = std::getenv("ERBNN_BAND_SELECT_STRICT");
+    TORCH_CHECK(strict == nullptr || strict[0] != '1', "band select missed its ranks (ERBNN_BAND_SELECT_STRICT=1)");
     return radix_select_blocks<stat_t, kQBlock>(p, blocks, nonfinite_message);  // the band missed
   };
   typename BS::Key lo, hi;
@@ -113,10 +118,11 @@ float train_quantile(double p, int64_t total, double hint, WritePass&& write_pas
   // scanned in the write pass; the radix select only when it missed.
   if constexpr (!std::is_same_v<std::decay_t<SampleRuns>, std::nullptr_t>) {
     if (total >= std::max(train_band_select_min(), 4 * BS::kMinSample)) {
-      const int64_t m = BS::sample_size(total);
-      std::vector<stat_t> sample(m);
-      sample_runs(m, sample.data());
-      BS bs(p, total, sample.data(), m, typename BS::FromHistogram{});
+      const int64_t m = BS::sample_size(total);  // up to n / 32 values: from PyTorch's allocator
+      const at::Tensor sample_t = at::empty({m}, at::TensorOptions().dtype(c10::CppTypeToScalarType<stat_t>::value));
+      stat_t* sample = sample_t.mutable_data_ptr<stat_t>();
+      sample_runs(m, sample);
+      BS bs(p, total, sample, m, typename BS::FromHistogram{});
       return with_band(bs);
     }
   }

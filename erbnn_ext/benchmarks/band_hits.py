@@ -5,7 +5,7 @@ the radix select and costs more than the radix select alone. Random test tensors
 follows the data's layout (it once did: every run sat on the image borders of 32x32 maps), so this trains
 resnet20_1w1a for a few SGD steps on the embedded digits, records the input of every ER layer over the last
 steps, and times the op on each recorded tensor with the band (default) and with the radix select forced
-(ERBNN_BAND_SELECT_MIN above the size). A ratio band / radix above 1 is a miss.
+(ERBNN_TRAIN_BAND_SELECT_MIN above the size). A ratio band / radix above 1 is a miss.
 
     python -m erbnn_ext.benchmarks.band_hits [--batch 16] [--p 0.8] [--steps 30] [--record 5]
 """
@@ -19,7 +19,7 @@ from .. import models as zoo, nn as enn
 from ..data import load_digits, to_float
 from .timing import header
 
-_ENV = "ERBNN_BAND_SELECT_MIN"
+_ENV = "ERBNN_TRAIN_BAND_SELECT_MIN"
 
 
 def record_inputs(batch: int, p: float, steps: int, record: int, seed: int = 0):

@@ -151,7 +151,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
         y, mu, sigma = self._restore_input(x, measure)
         # A training step runs the forward conv on the packed XNOR-popcount kernel (EF.restored_conv2d)
         return EF.restored_conv2d(y, w_b, mu, sigma, self.bias, self.stride, self.padding, self.dilation,
-                                  xnor=self.xnor_train and measure and EF.xnor_trains(y) and w_b.dtype == y.dtype)
+                                  xnor=None if self.xnor_train and measure else False)
 
 
 class ERBinaryLinear(torch.nn.Linear, _Restoration):

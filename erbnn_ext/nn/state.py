@@ -9,10 +9,18 @@ import torch
 
 
 class Float64State(torch.nn.Module):
+    """Its floating-point buffers keep their dtype (float64 for the ER state) through any Module._apply
+    (.to, .half, .cuda, ...): a dtype change of fn is dropped, a device change kept."""
+
     def _apply(self, fn, recurse=True):
         def keep_dtype(t):
-            out = fn(t)
-            if t.is_floating_point() and out.dtype != t.dtype:
-                return t.to(out.device)
-            return out
+            if not t.is_floating_point():
+                return fn(t)
+            # fn applied to an empty tensor of t's kind tells where fn sends t, without moving t's data
+            probe = fn(t.new_empty(0))
+            if probe.device == t.device:
+                return t
+            if t.is_meta:  # Module.to_empty(): storage without data, in t's dtype
+                return torch.empty_like(t, device=probe.device)
+            return t.to(probe.device)
         return super()._apply(keep_dtype, recurse)
