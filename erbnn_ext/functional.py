@@ -167,10 +167,13 @@ class ERConv2dStep(torch.autograd.Function):
 
 def xnor_trains(y: torch.Tensor) -> bool:
     """Whether restored_conv2d runs its forward on the packed XNOR-popcount kernel: native backend, a
-    float32 CPU input outside autocast (float64 keeps exact float semantics, autocast its conv dtype; the
-    CUDA binary conv has not been measured against cuDNN, so CUDA keeps the float conv)."""
+    float32 CPU input outside autocast and outside torch.compile (float64 keeps exact float semantics,
+    autocast its conv dtype; torch 2.11's compiler drops the gradient of RestoredConv2d, zero for the
+    input and the weight; the CUDA binary conv has not been measured against cuDNN, so CUDA keeps the
+    float conv)."""
     return (y.dtype == torch.float32 and y.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and ops.native_now() and ops.kernel_runs_on("binary_conv2d_packed", y.device))
+            and not torch.compiler.is_compiling() and ops.native_now()
+            and ops.kernel_runs_on("binary_conv2d_packed", y.device))
 
 
 def restored_conv2d(y, w_b, mean, sigma, bias=None, stride=1, padding=0, dilation=1, xnor=None):

@@ -188,3 +188,23 @@ def test_restored_conv2d_negative_sigma_and_dtype_checks():
     # the default decision falls back to F.conv2d (which raises its own error) instead
     with pytest.raises(RuntimeError):
         EF.restored_conv2d(y, w_b.double(), mu, sigma, None, 1, 1)
+
+
+def test_compiled_training_uses_the_float_conv(native):
+    """Under torch.compile the layer takes F.conv2d (torch 2.11's compiler drops RestoredConv2d's
+    gradient): xnor_trains says no while compiling, and a compiled step's gradients match eager's."""
+    layer, _ = _pair(in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    compiled_src = copy.deepcopy(layer)
+    seen = []
+
+    def probe(y):
+        seen.append(EF.xnor_trains(y))
+        return y * 1
+    torch.compile(probe, backend="eager")(torch.randn(2, 3))
+    assert seen == [False]
+    x = torch.randn(2, 3, 6, 6)
+    g = torch.randn(2, 4, 6, 6)  # a fixed upstream gradient: the forwards differ by rounding only
+    layer(x).backward(g)
+    torch.compile(compiled_src, backend="aot_eager")(x).backward(g)
+    assert compiled_src.weight.grad.abs().max() > 0
+    torch.testing.assert_close(compiled_src.weight.grad, layer.weight.grad, rtol=1e-5, atol=1e-5)

@@ -128,9 +128,10 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
 
     def _fused_step(self, x):
         """A training step as one autograd node (EF.ERConv2dStep): the popcount forward in eager mode (under
-        torch.compile the composed functions trace the same ops), weights of x's dtype, native kernels."""
+        torch.compile the composed functions with F.conv2d, see EF.xnor_trains), weights of x's dtype,
+        native kernels."""
         return (self.xnor_train and EF.xnor_trains(x) and x.dtype == self.weight.dtype
-                and ops.kernel_runs_on("restore_activation_train", x.device) and not torch.compiler.is_compiling())
+                and ops.kernel_runs_on("restore_activation_train", x.device))
 
     def forward(self, x):
         self._check_config()
