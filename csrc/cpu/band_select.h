@@ -501,19 +501,13 @@ class BandSelect {
       const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
       Counts& c) const {
     const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
-                 yneg = _mm512_set1_ps(y_neg), zero_ps = _mm512_setzero_ps();
+                 yneg = _mm512_set1_ps(y_neg);
     const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
                   width = _mm512_set1_epi32(int(hi_[0] - lo_[0])), zero = _mm512_setzero_si512();
     __m512i n_s = zero, n_below = zero, n_below_s = zero, m_max = zero, m_min = _mm512_set1_epi32(-1);
     int64_t i = 0, k = 0;
     for (; i + 16 <= len; i += 16) {
-      __m512 v;
-      if constexpr (kWrite) {
-        v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
-        _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
-      } else {
-        v = _mm512_loadu_ps(x + i);
-      }
+      const __m512 v = scan_values<kWrite>(x, y, i, vmu, vsc, ypos, yneg);
       const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
       const __m512i d = _mm512_sub_epi32(m, lo), below = _mm512_srli_epi32(d, 31);  // m < lo (both < 2^31)
       n_s = _mm512_add_epi32(n_s, s);
@@ -537,20 +531,9 @@ class BandSelect {
     }
     const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
                   nbs = _mm512_reduce_add_epi32(n_below_s);
-    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
-    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
-    c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
-    if (i < len) {  // the tail, by the plain loops (their smallest key above is ignored: lean_)
-      const float* v = x + i;
-      float tail[16];
-      if constexpr (kWrite) {
-        two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
-        v = tail;
-      }
-      count(v, len - i, c);
-      k += gather_band_scalar(v, len - i, out + k);
-    }
-    return k;
+    add_lane_counts(c, i, ns, nb, nbs, nz, nzs, m_max);
+    // the tail, by the plain loops (their smallest key above is ignored: lean_)
+    return k + scan_tail<kWrite>(x, y, i, len, mu, sc, y_pos, y_neg, out + k, c);
   }
 
   int64_t gather_band(const scalar_t* v, int64_t len, Key* out) const {
@@ -660,20 +643,14 @@ class BandSelect {
       const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
       Counts& c) const {
     const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
-                 yneg = _mm512_set1_ps(y_neg), zero_ps = _mm512_setzero_ps();
+                 yneg = _mm512_set1_ps(y_neg);
     const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
                   hi = _mm512_set1_epi32(int(hi_[0])), one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
     __m512i n_s = zero, n_below = zero, n_below_s = zero, n_z = zero, n_z_s = zero, m_max = zero;
     __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
     int64_t i = 0, k = 0;
     for (; i + 16 <= len; i += 16) {
-      __m512 v;
-      if constexpr (kWrite) {
-        v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
-        _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero_ps, _CMP_GE_OQ), yneg, ypos));
-      } else {
-        v = _mm512_loadu_ps(x + i);  // the values themselves (scan)
-      }
+      const __m512 v = scan_values<kWrite>(x, y, i, vmu, vsc, ypos, yneg);
       const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
       const __m512i below = _mm512_srli_epi32(_mm512_sub_epi32(m, lo), 31);
       const __m512i above = _mm512_srli_epi32(_mm512_sub_epi32(hi, m), 31);
@@ -694,22 +671,46 @@ class BandSelect {
     const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
                   nbs = _mm512_reduce_add_epi32(n_below_s), nz = _mm512_reduce_add_epi32(n_z),
                   nzs = _mm512_reduce_add_epi32(n_z_s);
-    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
-    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
+    add_lane_counts(c, i, ns, nb, nbs, nz, nzs, m_max);
     c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
     c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
+    return k + scan_tail<kWrite>(x, y, i, len, mu, sc, y_pos, y_neg, out + k, c);
+  }
+
+  // The two shared-band scans' common pieces. The values of a vector: x itself (scan), or (kWrite)
+  // (x - mu) / sc with the division kept for the reference's bits, writing y from v >= 0.
+  template <bool kWrite>
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 scan_values(
+      const float* x, float* y, int64_t i, __m512 vmu, __m512 vsc, __m512 ypos, __m512 yneg) {
+    if constexpr (!kWrite) return _mm512_loadu_ps(x + i);
+    const __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
+    _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ), yneg, ypos));
+    return v;
+  }
+
+  // The halves' counts from the first i values' lane totals: signs ns, below the band nb (of which
+  // negative nbs), zeros nz (of which -0.0 nzs; a zero is in both halves and below the band).
+  __attribute__((target("avx512f"))) static void add_lane_counts(Counts& c, int64_t i, int64_t ns, int64_t nb,
+                                                                 int64_t nbs, int64_t nz, int64_t nzs, __m512i m_max) {
+    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
+    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
     c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
-    if (i < len) {  // the tail, by the plain loops
-      const float* v = x + i;
-      float tail[16];
-      if constexpr (kWrite) {
-        two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
-        v = tail;
-      }
-      count(v, len - i, c);
-      k += gather_band_scalar(v, len - i, out + k);
+  }
+
+  // The values [i, len) after the vector loop, by the plain loops (y written for kWrite); returns how many
+  // keys went to out.
+  template <bool kWrite>
+  int64_t scan_tail(const float* x, float* y, int64_t i, int64_t len, float mu, float sc, float y_pos, float y_neg,
+                    uint32_t* out, Counts& c) const {
+    if (i >= len) return 0;
+    const float* v = x + i;
+    float tail[16];
+    if constexpr (kWrite) {
+      two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
+      v = tail;
     }
-    return k;
+    count(v, len - i, c);
+    return gather_band_scalar(v, len - i, out);
   }
 
   bool shared_band() const { return lo_[0] == lo_[1] && hi_[0] == hi_[1] && lo_[0] > 0; }
