@@ -29,6 +29,16 @@ def _step(layer, x, g):
     return out, x.grad
 
 
+def _assert_same_grads_and_state(a, b):
+    """a and b: the same weight (and bias) gradients and buffers, bit for bit; then their grads cleared."""
+    assert torch.equal(a.weight.grad, b.weight.grad)
+    if a.bias is not None:
+        assert torch.equal(a.bias.grad, b.bias.grad)
+    for (name, u), (_, v) in zip(a.named_buffers(), b.named_buffers()):
+        assert torch.equal(u, v), name
+    a.weight.grad = b.weight.grad = None
+
+
 def _close(a, b):
     """Equal up to float32 rounding of sums of up to C*k*k terms of magnitude max|y|."""
     return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
@@ -52,10 +62,9 @@ def test_xnor_step_matches_float_conv_step(cfg, layout):
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
         x = torch.randn(3, cfg["in_channels"], 9, 22)[..., ::2]
-    for step in range(2):  # the second step uses the first step's ring state
-        if step == 0:
-            with torch.no_grad():  # no state change
-                g = torch.randn_like(twin(x))
+    with torch.no_grad():  # no state change
+        g = torch.randn_like(twin(x))
+    for _ in range(2):  # the second step uses the first step's ring state
         out, gx = _step(layer, x, g)
         ref, gx_ref = _step(twin, x, g)
         assert out.grad_fn.name() == "ERConv2dStepBackward"
@@ -63,12 +72,7 @@ def test_xnor_step_matches_float_conv_step(cfg, layout):
         assert out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride()
         assert _close(out, ref)
         assert torch.equal(gx, gx_ref)
-        assert torch.equal(layer.weight.grad, twin.weight.grad)
-        if layer.bias is not None:
-            assert torch.equal(layer.bias.grad, twin.bias.grad)
-        for (name, a), (_, b) in zip(layer.named_buffers(), twin.named_buffers()):
-            assert torch.equal(a, b), name
-        layer.weight.grad = twin.weight.grad = None
+        _assert_same_grads_and_state(layer, twin)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:2] + CONFIGS[3:4])
@@ -89,12 +93,7 @@ def test_fused_step_equals_composed_functions(cfg):
         oa.backward(g)
         ob.backward(g)
         assert torch.equal(xa.grad, xb.grad)
-        assert torch.equal(layer.weight.grad, composed.weight.grad)
-        if layer.bias is not None:
-            assert torch.equal(layer.bias.grad, composed.bias.grad)
-        for (name, a), (_, b) in zip(layer.named_buffers(), composed.named_buffers()):
-            assert torch.equal(a, b), name
-        layer.weight.grad = composed.weight.grad = None
+        _assert_same_grads_and_state(layer, composed)
 
 
 def test_fused_step_without_input_grad():
