@@ -15,6 +15,9 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("restore_activation(Tensor x) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms)");
   m.def("_restore_activation_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
         "Tensor sample_rms, Tensor b) -> Tensor");
+  // The same for x [N, C, P] (P = H*W) with grad_y given as its NHWC rows [N, P, C] (the ER step's order).
+  m.def("_restore_activation_backward_nhwc(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
+        "Tensor sample_rms, Tensor b) -> Tensor");
   // Fixed statistics (eval, or given by the caller): mean, sigma 0-dim.
   m.def("restore_activation_fixed(Tensor x, Tensor mean, Tensor sigma) -> Tensor");
   m.def("_restore_activation_fixed_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor sigma, "
@@ -29,9 +32,19 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("restore_activation_train(Tensor x, Tensor p, Tensor(a!) q_values, Tensor(b!) q_count, Tensor(c!) width, "
         "Tensor(d!) mean_values, Tensor(e!) mean_count, Tensor(f!) sigma_values, Tensor(g!) sigma_count, "
         "float min_width) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms, Tensor b_step)");
+  // The same for x [N, C, P] with y written as its NHWC rows [N, P, C] (the ER step's conv backward runs
+  // on channels_last tensors), the same values and state, and y_bits = pack_signs(y - mean, dim=2)
+  // [N, P, ceil(C / 64)] (int64 words, the popcount conv's packed input).
+  m.def("restore_activation_train_nhwc(Tensor x, Tensor p, Tensor(a!) q_values, Tensor(b!) q_count, "
+        "Tensor(c!) width, Tensor(d!) mean_values, Tensor(e!) mean_count, Tensor(f!) sigma_values, "
+        "Tensor(g!) sigma_count, float min_width) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms, "
+        "Tensor b_step, Tensor y_bits)");
   // Forward sign(x) (+1 for x >= 0); backward g * (max(b,1)/b) * (1 - tanh(x/b)^2).
   m.def("approx_sign(Tensor x) -> Tensor");
   m.def("_approx_sign_backward(Tensor grad, Tensor x, Tensor b) -> Tensor");
+  // x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R]: an ER layer's training step moves its
+  // activations between NCHW and NHWC with it (CPU kernel; other devices run the reference).
+  m.def("_batch_transpose(Tensor x) -> Tensor");
 
   // ---- adaptive percentile (method.md section 3) ----
   // max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation, exact, by selection. 0-dim float32.

@@ -9,7 +9,7 @@ ops do. Math: docs/method.md sections 1-3. "sign" is +1 for x >= 0 (also -0.0), 
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import ops
+from . import _nhwc, ops
 from ._common import acc_dtype, as_width, pair
 
 __all__ = [
@@ -114,17 +114,18 @@ class RestoredConv2d(torch.autograd.Function):
         return gy, gw, None, None, gb, None, None, None
 
 
-def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation):
+def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation, out_nhwc=None):
     """RestoredConv2d's forward value: F.conv2d(y, w_b, bias, ...) by the packed popcount kernel, in F.conv2d's
-    output dtype and layout."""
+    output dtype and layout (channels_last for a channels_last y; out_nhwc overrides: ERConv2dStep holds y
+    in NHWC order but returns what the composition does)."""
     # |sigma|: with a negative sigma (fixed statistics) sign(y - mean) = -s, and |sigma| * bconv(-s) is
     # sigma * bconv(s)
     shift, scale = mean.detach().float().reshape(1), sigma.detach().float().abs().reshape(1)
     out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation, x_shift=shift,
                                    out_scale=scale, ones_scale=shift,
                                    out_bias=None if bias is None else bias.detach().float())
-    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
+    if _nhwc.is_nhwc(y) if out_nhwc is None else out_nhwc:
+        out = _nhwc.channels_last(out)
     return out.to(y.dtype)
 
 
@@ -137,32 +138,67 @@ def _conv_backward(grad, y, w_b, conv, need_y, need_w, need_bias):
 
 
 class ERConv2dStep(torch.autograd.Function):
-    """apply(x, w, bias, weight_state, act_state, conv) -> an ERBinaryConv2d training step as ONE autograd
-    node: restore_weight_train and restore_activation_train (state: their ring and width buffers, updated
-    in place), the popcount forward conv, and in the backward the conv's backward followed by the two
-    restorations' backward ops. The same ops and values as the composition RestoreWeight +
-    RestoreActivation + RestoredConv2d (the same gradients), without two autograd nodes and their Python
-    glue per step. conv = (stride, padding, dilation). Eager native CPU only (ERBinaryConv2d decides)."""
+    """apply(x, w, bias, weight_state, act_state, conv, nhwc) -> an ERBinaryConv2d training step as ONE
+    autograd node: restore_weight_train and restore_activation_train (state: their ring and width buffers,
+    updated in place), the popcount forward conv, and in the backward the conv's backward followed by the
+    two restorations' backward ops. The same ops as the composition RestoreWeight + RestoreActivation +
+    RestoredConv2d, without two autograd nodes and their Python glue per step. conv = (stride, padding,
+    dilation). Eager native CPU only (ERBinaryConv2d decides).
+
+    nhwc: the restored y is held as NHWC rows (_nhwc.py), so the conv backward runs on channels_last
+    tensors (oneDNN's fast layout, no reorders): for NCHW x, restore_activation_train_nhwc writes y in
+    that order and _restore_activation_backward_nhwc reads grad_y in it (tiles transposed in cache, no
+    transpose pass); a channels_last x is restored as its rows. The forward values and the state are the
+    NCHW step's; the backward's float sums (the conv's, the restoration's) are taken in another order and
+    may round differently."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, weight_state, act_state, conv):
+    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
-        y, mean, sigma, rms, x_width = ops.restore_activation_train(x.detach(), *act_state, native=True)
-        ctx.save_for_backward(x, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
+        xs, x_nhwc = x.detach(), _nhwc.is_nhwc(x)
+        if nhwc and x_nhwc:  # channels_last x: its NHWC rows are a view, restored as they are
+            xs = _nhwc.rows(xs)
+            yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
+        elif nhwc:  # NCHW x: read as it is, y written as NHWC rows (and packed) by the op's write pass
+            xs = xs.reshape(x.shape[0], x.shape[1], -1)
+            yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(xs, *act_state, native=True)
+        else:
+            yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
+        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
+        ctx.save_for_backward(xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
-        return _popcount_conv(y, w_b, mean, sigma, bias, *conv)
+        ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
+        if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
+            n, c, h, wd = x.shape
+            shift = mean.float().reshape(1)  # sigma >= 0: batch statistics
+            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), ops.pack_conv_weight(w_b), *conv, in_channels=c,
+                                          out_scale=sigma.float().reshape(1), ones_scale=shift,
+                                          out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
+        # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
+        return _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
+        xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if ctx.x_layout is not None:
+            grad = _nhwc.channels_last(grad)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
-        dx = None if gy is None else ops.restore_activation_backward(gy.contiguous(), x, mean, sigma, rms, x_width,
-                                                                     native=True)
-        dw = None if gwb is None else ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width,
-                                                                  native=True)
-        return dx, dw, gb, None, None, None
+        dx = dw = None
+        if gy is not None and ctx.x_layout is None:
+            dx = ops.restore_activation_backward(gy.contiguous(), xs, mean, sigma, rms, x_width, native=True)
+        elif gy is not None:
+            shape, x_nhwc = ctx.x_layout
+            if x_nhwc:  # dx in x's channels_last layout: the rows as they are
+                dx = _nhwc.as_nchw(ops.restore_activation_backward(_nhwc.rows(gy), xs, mean, sigma, rms, x_width,
+                                                                   native=True), shape)
+            else:  # NCHW x, grad_y read as NHWC rows by the op's sums pass
+                dx = ops.restore_activation_backward_nhwc(_nhwc.rows(gy), xs, mean, sigma, rms, x_width,
+                                                          native=True).view(shape)
+        if gwb is not None:
+            dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
+        return dx, dw, gb, None, None, None, None
 
 
 def xnor_trains(y: torch.Tensor) -> bool:

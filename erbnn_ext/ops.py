@@ -23,7 +23,7 @@ _OP_NAMES = (
     "restore_activation_fixed", "_restore_activation_fixed_backward", "approx_sign", "_approx_sign_backward",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
     "pack_conv_weight", "binary_conv2d_packed", "restore_weight_train", "restore_activation_train",
-    "binary_conv2d_bits",
+    "binary_conv2d_bits", "_batch_transpose", "_restore_activation_backward_nhwc", "restore_activation_train_nhwc",
 )
 
 
@@ -112,9 +112,28 @@ def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b, *, native
     return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x, copy=False))
 
 
+def restore_activation_backward_nhwc(grad_y, x, mean, sigma, sample_rms, b, *, native=None):
+    """restore_activation_backward for x [N, C, P] with grad_y as its NHWC rows [N, P, C]; dx like x."""
+    fn = _impl("_restore_activation_backward_nhwc", x.device, native)
+    return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x, copy=False))
+
+
+def batch_transpose(x, *, native=None):
+    """x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R] (the NCHW <-> NHWC move of ERConv2dStep)."""
+    return _impl("_batch_transpose", x.device, native)(x)
+
+
 def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
                              sigma_count, min_width, *, native=None):
     return _impl("restore_activation_train", x.device, native)(
+        x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
+
+
+def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                                  sigma_count, min_width, *, native=None):
+    """restore_activation_train for x [N, C, P] with y out as its NHWC rows [N, P, C]; one more output,
+    y_bits = the packed signs of y - mean along C [N, P, Cw] (pack_signs' words)."""
+    return _impl("restore_activation_train_nhwc", x.device, native)(
         x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
 
 
@@ -257,6 +276,24 @@ def _register_fakes():
     @reg("erbnn::_restore_activation_backward")
     def _(grad_y, x, mean, sigma, sample_rms, b):
         return _like(x)
+
+    @reg("erbnn::_restore_activation_backward_nhwc")
+    def _(grad_y, x, mean, sigma, sample_rms, b):
+        torch._check(x.dim() == 3, lambda: "x must be [N, C, H*W]")
+        return _like(x)
+
+    @reg("erbnn::restore_activation_train_nhwc")
+    def _(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, min_width):
+        torch._check(x.dim() == 3, lambda: "x must be [N, C, H*W]")
+        y, mean, sigma, rms = activation_outputs(x)
+        n, c, p = x.shape
+        return (x.new_empty((n, p, c)), mean, sigma, rms, x.new_empty((), dtype=_stat_dtype(x.dtype)),
+                x.new_empty((n, p, (c + 63) // 64), dtype=torch.int64))
+
+    @reg("erbnn::_batch_transpose")
+    def _(x):
+        torch._check(x.dim() == 3, lambda: "x must be 3-D [B, R, S]")
+        return x.new_empty((x.shape[0], x.shape[2], x.shape[1]))
 
     @reg("erbnn::restore_activation_fixed")
     def _(x, mean, sigma):

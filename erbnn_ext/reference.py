@@ -123,6 +123,16 @@ def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b):
     return dx.reshape(x.shape).to(x.dtype)
 
 
+def restore_activation_backward_nhwc(grad_y, x, mean, sigma, sample_rms, b):
+    """restore_activation_backward for x [N, C, P] with grad_y as its NHWC rows [N, P, C]."""
+    if x.dim() != 3:
+        raise ValueError(f"x must be [N, C, H*W], got {x.dim()}-D")
+    if grad_y.shape != (x.shape[0], x.shape[2], x.shape[1]):
+        raise ValueError(f"grad_y must be x's NHWC rows {(x.shape[0], x.shape[2], x.shape[1])}, "
+                         f"got {tuple(grad_y.shape)}")
+    return restore_activation_backward(batch_transpose(grad_y), x, mean, sigma, sample_rms, b)
+
+
 def restore_activation_fixed(x, mean, sigma):
     """y = sigma * sign((x - mean) / sigma) + mean with given 0-dim statistics."""
     check_float(x, "x")
@@ -203,7 +213,27 @@ def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_c
     return y, mean, sigma, rms, width.to(mean.dtype).clone()
 
 
+def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                                  sigma_count, min_width):
+    """restore_activation_train for x [N, C, P], y returned as its NHWC rows [N, P, C], plus y_bits =
+    pack_signs(y - mean, dim=2)."""
+    if x.dim() != 3:
+        raise ValueError(f"x must be [N, C, H*W], got {x.dim()}-D")
+    y, mean, *rest = restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count,
+                                              sigma_values, sigma_count, min_width)
+    rows = batch_transpose(y)
+    bits = pack_signs(torch.where(rows.to(mean.dtype) >= mean, 1.0, -1.0), dim=2)
+    return (rows, mean, *rest, bits)
+
+
 # -------------------------------------------------------------------------------------------- packing
+def batch_transpose(x):
+    """x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R]."""
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [B, R, S], got {x.dim()}-D")
+    return x.transpose(1, 2).contiguous()
+
+
 def _word_bits(device):
     return 64 if device.type == "cpu" else 32
 

@@ -46,6 +46,10 @@ def _opcheck_samples(device, dtype):
         yield layout, "pack_signs", (x, 1)
         yield layout, "binary_conv2d", (x, torch.randn(2, 4, 3, 3, device=device).to(dtype), [1, 1], [1, 1], [1, 1])
         yield layout, "pack_conv_weight", (x,)
+        yield layout, "_batch_transpose", (x[1],)  # 3-D, with the 4-D layout's strides
+        x3 = x[..., 1]  # [3, 4, 5]: x of the NHWC step ops, with the layout's strides
+        y3, m3, s3, rms3 = R.restore_activation(x3)
+        yield layout, "_restore_activation_backward_nhwc", (g[..., 1].transpose(1, 2), x3, m3, s3, rms3, b)
 
 
 def _train_samples(device, dtype):
@@ -57,6 +61,8 @@ def _train_samples(device, dtype):
         yield layout, "restore_weight_train", (x, p, ring(5), count(), width(), 0.1)
         yield layout, "restore_activation_train", (x, p, ring(5), count(), width(), ring(7), count(), ring(7),
                                                    count(), 0.1)
+        yield layout, "restore_activation_train_nhwc", (x[..., 1], p, ring(5), count(), width(), ring(7), count(),
+                                                        ring(7), count(), 0.1)
 
 
 @pytest.mark.skipif(not NATIVE, reason="native extension not built")

@@ -14,11 +14,14 @@ pytestmark = pytest.mark.skipif(not ops.has_kernel("binary_conv2d_packed", "cpu"
                                 reason="needs the compiled CPU kernels")
 
 
-def _pair(seed=0, **kw):
+def _pair(seed=0, nhwc=False, **kw):
+    """An ER layer and its twin running F.conv2d (xnor_train False). nhwc: the layer's step in NHWC order
+    (nhwc_train; False keeps the NCHW step, whose gradients equal the twin's bit for bit)."""
     torch.manual_seed(seed)
     layer = enn.ERBinaryConv2d(**kw).train()
     twin = copy.deepcopy(layer)
     twin.xnor_train = False
+    layer.nhwc_train = nhwc
     return layer, twin
 
 
@@ -42,6 +45,20 @@ def _assert_same_grads_and_state(a, b):
 def _close(a, b):
     """Equal up to float32 rounding of sums of up to C*k*k terms of magnitude max|y|."""
     return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def _assert_close_grads_and_state(a, b):
+    """The NHWC step against the NCHW form: gradients equal up to float32 rounding of the conv backward's
+    and the restoration backward's sums (taken in another order), buffers (float64 sums) up to 1e-12;
+    then the grads are cleared."""
+    for u, v in [(a.weight.grad, b.weight.grad)] + ([(a.bias.grad, b.bias.grad)] if a.bias is not None else []):
+        assert (u - v).abs().max().item() <= 1e-5 * v.abs().max().item()
+    for (name, u), (_, v) in zip(a.named_buffers(), b.named_buffers()):
+        if u.is_floating_point():
+            assert torch.allclose(u, v, rtol=1e-12, atol=0), name
+        else:
+            assert torch.equal(u, v), name
+    a.weight.grad = b.weight.grad = None
 
 
 CONFIGS = [
@@ -75,11 +92,49 @@ def test_xnor_step_matches_float_conv_step(cfg, layout):
         _assert_same_grads_and_state(layer, twin)
 
 
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_nhwc_step_matches_float_conv_step(cfg, layout):
+    """The step in NHWC order (_nhwc.py) against F.conv2d of the restored values in NCHW: output up to
+    rounding in F.conv2d's layout, gradients up to float32 rounding, dx in x's layout, the same state."""
+    layer, twin = _pair(nhwc=True, **cfg)
+    x = torch.randn(3, cfg["in_channels"], 9, 11) * 1.5 + 0.4
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(3, cfg["in_channels"], 9, 22)[..., ::2]
+    with torch.no_grad():
+        g = torch.randn_like(twin(x))
+    for _ in range(2):
+        out, gx = _step(layer, x, g)
+        ref, gx_ref = _step(twin, x, g)
+        assert out.grad_fn.name() == "ERConv2dStepBackward"
+        assert out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride()
+        assert _close(out, ref)
+        assert (gx - gx_ref).abs().max().item() <= 1e-5 * gx_ref.abs().max().item()
+        assert gx.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                else torch.contiguous_format)
+        _assert_close_grads_and_state(layer, twin)
+
+
+def test_nhwc_step_choice():
+    """nhwc_train None: NHWC for channels_last input or out_channels <= 256 (the measured rule)."""
+    small, big = enn.ERBinaryConv2d(8, 256, 3), enn.ERBinaryConv2d(8, 512, 3)
+    x = torch.randn(2, 8, 5, 5)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    assert small._nhwc_step(x) and small._nhwc_step(xcl)
+    assert not big._nhwc_step(x) and big._nhwc_step(xcl)
+    big.nhwc_train, small.nhwc_train = True, False
+    assert big._nhwc_step(x) and not small._nhwc_step(xcl)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:2] + CONFIGS[3:4])
-def test_fused_step_equals_composed_functions(cfg):
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_fused_step_equals_composed_functions(cfg, nhwc):
     """ERConv2dStep (one autograd node, eager) against the composition that torch.compile traces
-    (RestoreWeight + RestoreActivation + RestoredConv2d): the same ops, so the same bits everywhere."""
-    layer, composed = _pair(**cfg)
+    (RestoreWeight + RestoreActivation + RestoredConv2d): the same ops, so the same bits everywhere in NCHW
+    order; in NHWC order the same forward, gradients and state up to the rounding of reordered sums."""
+    layer, composed = _pair(nhwc=nhwc, **cfg)
     composed.xnor_train = True
     composed._fused_step = lambda x: False
     x = torch.randn(4, cfg["in_channels"], 8, 8) * 0.9 - 0.3
@@ -92,8 +147,12 @@ def test_fused_step_equals_composed_functions(cfg):
         g = torch.randn_like(oa)
         oa.backward(g)
         ob.backward(g)
-        assert torch.equal(xa.grad, xb.grad)
-        _assert_same_grads_and_state(layer, composed)
+        if nhwc:
+            assert (xa.grad - xb.grad).abs().max().item() <= 1e-5 * xb.grad.abs().max().item()
+            _assert_close_grads_and_state(layer, composed)
+        else:
+            assert torch.equal(xa.grad, xb.grad)
+            _assert_same_grads_and_state(layer, composed)
 
 
 def test_fused_step_without_input_grad():

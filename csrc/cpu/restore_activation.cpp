@@ -16,6 +16,7 @@
 #include "radix_select.h"
 #include "restore_cpu.h"
 #include "surrogate_avx512.h"
+#include "transpose.h"
 
 namespace erbnn {
 namespace {
@@ -39,11 +40,106 @@ void shifted_sums(const scalar_t* p, int64_t len, double k, double& s1_out, doub
   s2_out = s2;
 }
 
+// Visits every block of [0, total): fn(b, len, buf) with a per-task buffer of kQBlock values.
+template <typename stat_t, typename Fn>
+void x_blocks(int64_t total, Fn&& fn) {
+  at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
+    stat_t buf[kQBlock];
+    for (int64_t b = lo; b < hi; b += kQBlock) fn(b, std::min(kQBlock, hi - b), buf);
+  });
+}
+
+// The NHWC passes of the ER step (x in NCHW [N, C, P], y or grad_y in NHWC rows [N, P, C]): pieces of
+// up to kRows channel rows x kCols pixels of one sample, which go through a tile in cache and out (or
+// in) transposed, so neither side needs a separate transpose pass.
+struct NhwcPieces {
+  static constexpr int64_t kRows = kTransposeTile, kCols = 1024;
+  struct Piece {
+    int64_t n, c0, p0, rows, cols;
+  };
+  int64_t N, C, P, cblocks, pchunks;
+  NhwcPieces(int64_t n, int64_t c, int64_t p)
+      : N(n), C(c), P(p), cblocks((c + kRows - 1) / kRows), pchunks((p + kCols - 1) / kCols) {}
+  int64_t items() const { return N * cblocks * pchunks; }
+  int64_t per_sample() const { return cblocks * pchunks; }
+  Piece piece(int64_t it) const {
+    const int64_t n = it / per_sample(), r = it % per_sample(), c0 = (r / pchunks) * kRows, p0 = (r % pchunks) * kCols;
+    return {n, c0, p0, std::min(kRows, C - c0), std::min(kCols, P - p0)};
+  }
+  int64_t nchw(const Piece& pc, int64_t r) const { return (pc.n * C + pc.c0 + r) * P + pc.p0; }  // row r's start
+  int64_t nhwc(const Piece& pc) const { return (pc.n * P + pc.p0) * C + pc.c0; }                // the piece's corner
+};
+
+// 16 channels' sign bits (y >= mu) of each of n pixels (rows of y at stride C), float32 on AVX-512: one
+// masked compare per pixel. lanes: the first pixel's 16-bit lane, `step` lanes per pixel.
+__attribute__((target("avx512f"))) void pack16_avx512(const float* y, int64_t C, int64_t n, int64_t rows, float mu,
+                                                       uint16_t* lanes, int64_t step) {
+  const __mmask16 valid = static_cast<__mmask16>((uint32_t(1) << rows) - 1);
+  const __m512 vmu = _mm512_set1_ps(mu);
+  for (int64_t p = 0; p < n; ++p)
+    lanes[p * step] = static_cast<uint16_t>(_mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, y + p * C), vmu,
+                                                                    _CMP_GE_OQ));
+}
+
+// The sign bits (y >= mu, as pack_signs(y - mu)) of one NhwcPieces piece of y's NHWC rows: its 16
+// channels are one 16-bit lane of each pixel's 64-bit words (pieces start at multiples of 16 channels, so
+// pieces on other threads write other lanes); the piece holding the last channels also zeroes the
+// lanes past them. out: the piece's first pixel's words.
+template <typename scalar_t, typename stat_t>
+void pack_piece(const scalar_t* y, int64_t C, const NhwcPieces::Piece& pc, stat_t mu, uint64_t* out) {
+  const int64_t words = (C + 63) / 64, w = pc.c0 / 64, lane = (pc.c0 % 64) / 16;
+  auto* lanes = reinterpret_cast<uint16_t*>(out) + w * 4;
+  bool done = false;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) {
+      pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes + lane, words * 4);
+      done = true;
+    }
+  }
+  if (!done) {
+    for (int64_t p = 0; p < pc.cols; ++p) {
+      uint32_t m = 0;
+      for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(y[p * C + r]) >= mu) << r;
+      lanes[p * words * 4 + lane] = static_cast<uint16_t>(m);
+    }
+  }
+  if (pc.c0 + pc.rows == C)
+    for (int64_t p = 0; p < pc.cols; ++p)
+      for (int64_t k = lane + 1; k < 4; ++k) lanes[p * words * 4 + k] = 0;
+}
+
+// q of the forward (train_quantile): the write pass given, the sample and the radix fallback reading x.
+template <typename scalar_t, typename stat_t, typename WritePass>
+void forward_quantile(const scalar_t* xp, int64_t total, stat_t mu_s, stat_t sc, double p, float* q,
+                      WritePass&& write_pass) {
+  const auto blocks = [&](auto&& fn) {
+    x_blocks<stat_t>(total, [&](int64_t b, int64_t len, stat_t* buf) {
+      isa_call([&] { standardise_block<scalar_t, stat_t>(xp + b, buf, len, mu_s, sc); });
+      fn(static_cast<const stat_t*>(buf), len);
+    });
+  };
+  const auto sample_runs = [&](int64_t m, stat_t* out) {
+    using BS = BandSelect<stat_t>;
+    isa_call([&] {
+      for (int64_t r = 0; r < m / BS::kRun; ++r)
+        standardise_block<scalar_t, stat_t>(xp + BS::run_start(r, total, m), out + r * BS::kRun, BS::kRun, mu_s, sc);
+    });
+  };
+  // No hint (restore_train.cpp says why): the sampled band, else (small x) the radix select.
+  *q = train_quantile<stat_t>(p, total, /*hint=*/0.0, write_pass, [] {}, blocks,
+                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_runs);
+}
+
+
 // The forward; with q, also q = two_sided_quantile of the standardised values, measured in the write
 // pass (train_quantile in restore_cpu.h).
+// With C > 0 (nhwc), x is [N, C, P] and y is written as NHWC rows [N, P, C] (NhwcPieces), and with bits
+// also the packed signs of y [N, P, ceil(C / 64)] (as pack_signs(y - mean, dim=2): what the popcount conv
+// reads, so it need not read y).
 template <typename scalar_t>
 void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
-                        at::Tensor& sigma, at::Tensor& rms, double p, float* q) {
+                        at::Tensor& sigma, at::Tensor& rms, double p, float* q, int64_t C = 0,
+                        uint64_t* bits = nullptr) {
   using stat_t = stat_type<scalar_t>;
   const SampleBlocks sb(N, D);
   std::vector<double> s1(sb.items()), s2(sb.items());
@@ -82,6 +178,29 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
   mean.fill_(mu_s);
   sigma.fill_(sig_s);
   const scalar_t y_pos = static_cast<scalar_t>(sig_s + mu_s), y_neg = static_cast<scalar_t>(mu_s - sig_s);
+  if (C > 0) {  // NHWC out: the write pass (and q's scan in it) per piece of channel rows
+    const NhwcPieces np(N, C, D / C);
+    const int64_t words = (C + 63) / 64;
+    const auto write_pass = [&](auto&& sink) {
+      at::parallel_for(0, np.items(), 1, [&](int64_t lo, int64_t hi) {
+        stat_t buf[kQBlock];
+        scalar_t tile[NhwcPieces::kRows * NhwcPieces::kCols];
+        for (int64_t it = lo; it < hi; ++it) {
+          const NhwcPieces::Piece pc = np.piece(it);
+          for (int64_t r = 0; r < pc.rows; ++r)
+            sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
+          transpose_block(static_cast<const scalar_t*>(tile), pc.cols, yp + np.nhwc(pc), C, pc.rows, pc.cols);
+          if (bits) pack_piece(yp + np.nhwc(pc), C, pc, mu_s, bits + (pc.n * np.P + pc.p0) * words);
+        }
+      });
+    };
+    if (!q) {
+      write_pass(WriteOnly{});
+      return;
+    }
+    forward_quantile<scalar_t, stat_t>(xp, N * D, mu_s, sc, p, q, write_pass);
+    return;
+  }
   if (!q) {
     at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
       isa_call([&] {
@@ -94,56 +213,39 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
     });
     return;
   }
-  const int64_t total = N * D;
-  // Visits every block of x: fn(b, len, buf) with a per-task buffer of kQBlock values.
-  const auto x_blocks = [&](auto&& fn) {
-    at::parallel_for(0, total, kElemGrain, [&](int64_t lo, int64_t hi) {
-      stat_t buf[kQBlock];
-      for (int64_t b = lo; b < hi; b += kQBlock) fn(b, std::min(kQBlock, hi - b), buf);
-    });
-  };
   const auto write_pass = [&](auto&& sink) {
-    x_blocks([&](int64_t b, int64_t len, stat_t* buf) { sink(xp + b, yp + b, len, mu_s, sc, y_pos, y_neg, buf); });
-  };
-  const auto blocks = [&](auto&& fn) {
-    x_blocks([&](int64_t b, int64_t len, stat_t* buf) {
-      isa_call([&] { standardise_block<scalar_t, stat_t>(xp + b, buf, len, mu_s, sc); });
-      fn(static_cast<const stat_t*>(buf), len);
+    x_blocks<stat_t>(N * D, [&](int64_t b, int64_t len, stat_t* buf) {
+      sink(xp + b, yp + b, len, mu_s, sc, y_pos, y_neg, buf);
     });
   };
-  const auto sample_runs = [&](int64_t m, stat_t* out) {
-    using BS = BandSelect<stat_t>;
-    isa_call([&] {
-      for (int64_t r = 0; r < m / BS::kRun; ++r)
-        standardise_block<scalar_t, stat_t>(xp + BS::run_start(r, total, m), out + r * BS::kRun, BS::kRun, mu_s, sc);
-    });
-  };
-  // No hint (restore_train.cpp says why): the sampled band, else (small x) the radix select.
-  *q = train_quantile<stat_t>(p, total, /*hint=*/0.0, write_pass, [] {}, blocks,
-                              "x gives non-finite standardised values (x - mean) / sigma: q is undefined", sample_runs);
+  forward_quantile<scalar_t, stat_t>(xp, N * D, mu_s, sc, p, q, write_pass);
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x_in,
-                                                                                     double p, float* q) {
+                                                                                     double p, float* q, bool nhwc,
+                                                                                     at::Tensor* bits) {
   check_activation(x_in);
+  if (nhwc) TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be [N, C, H*W] for NHWC rows out, got ", x_in.dim(), "-D");
   const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
+  const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N, C = nhwc ? x.size(1) : 0;
   const auto st = stat_dtype(x);
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor y = nhwc ? at::empty({N, x.size(2), C}, x.options()) : at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor mean = at::zeros({}, x.options().dtype(st)), sigma = at::zeros({}, x.options().dtype(st));
   at::Tensor rms = at::zeros({N}, x.options().dtype(st));
+  if (bits) *bits = at::empty({N, nhwc ? x.size(2) : 0, (C + 63) / 64}, x.options().dtype(at::kLong));
   if (x.numel() == 0) return {y, mean, sigma, rms};
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
     activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, D, mean, sigma,
-                                 rms, p, q);
+                                 rms, p, q, C,
+                                 bits ? reinterpret_cast<uint64_t*>(bits->mutable_data_ptr<int64_t>()) : nullptr);
   });
   return {y, mean, sigma, rms};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x) {
-  return restore_activation_with_q_cpu(x, 0.0, nullptr);
+  return restore_activation_with_q_cpu(x, 0.0, nullptr, /*nhwc=*/false);
 }
 
 namespace {
@@ -244,10 +346,20 @@ void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t le
   }
 }
 
-at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
-                                           const at::Tensor& sigma_in, const at::Tensor& rms_in, const at::Tensor& b) {
+// The backward; with nhwc, grad_y comes as NHWC rows [N, P, C] of x [N, C, P]: the sums pass reads it
+// through NhwcPieces tiles (so no transpose pass over it), the rest runs in x's order.
+at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+                               const at::Tensor& sigma_in, const at::Tensor& rms_in, const at::Tensor& b, bool nhwc) {
   check_activation(x_in);
-  check_same_shape(grad_in, "grad_y", x_in, "x");
+  if (nhwc) {
+    TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be [N, C, H*W], got ", x_in.dim(), "-D");
+    TORCH_CHECK_VALUE(grad_in.dim() == 3 && grad_in.size(0) == x_in.size(0) && grad_in.size(1) == x_in.size(2) &&
+                          grad_in.size(2) == x_in.size(1),
+                      "grad_y must be x's NHWC rows [N, H*W, C] = ", at::IntArrayRef({x_in.size(0), x_in.size(2), x_in.size(1)}),
+                      ", got ", grad_in.sizes());
+  } else {
+    check_same_shape(grad_in, "grad_y", x_in, "x");
+  }
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
   const auto st = stat_dtype(x);
@@ -256,8 +368,15 @@ at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::
   const double bw = read_width(b);
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return dx.zero_();
-  const at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
+  at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
+  // Half and bfloat16 recompute g * surrogate' in the write pass from g in x's order: transpose it first.
+  if (nhwc && stat_dtype(x) != x.scalar_type()) {
+    g = g.transpose(1, 2).contiguous();
+    nhwc = false;
+  }
   const SampleBlocks sb(N, D);
+  const NhwcPieces np(N, nhwc ? x.size(1) : 1, nhwc ? x.size(2) : 1);
+  const int64_t per_sample = nhwc ? np.per_sample() : sb.per_sample;
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_backward_cpu", [&] {
     using stat_t = stat_type<scalar_t>;
     constexpr bool kStore = std::is_same_v<scalar_t, stat_t>;
@@ -266,23 +385,45 @@ at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    std::vector<GradSums> part(sb.items());
-    at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
-      isa_call([&] {
-        for (int64_t it = lo; it < hi; ++it) {
-          const int64_t off = sb.sample(it) * D + sb.begin(it);
-          part[it] = grad_sums_best<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it),
-                                                              mu, sc, inv_b, scale);
-        }
+    std::vector<GradSums> part(N * per_sample);
+    if (nhwc) {
+      if constexpr (kStore) {  // gs into dx in x's order; grad_y's piece transposed into a tile first
+        at::parallel_for(0, np.items(), 1, [&](int64_t lo, int64_t hi) {
+          scalar_t tile[NhwcPieces::kRows * NhwcPieces::kCols];
+          for (int64_t it = lo; it < hi; ++it) {
+            const NhwcPieces::Piece pc = np.piece(it);
+            transpose_block(gp + np.nhwc(pc), np.C, tile, pc.cols, pc.cols, pc.rows);
+            GradSums sum;
+            isa_call([&] {
+              for (int64_t r = 0; r < pc.rows; ++r) {
+                const int64_t off = np.nchw(pc, r);
+                const GradSums t = grad_sums_best<kStore, scalar_t, stat_t>(tile + r * pc.cols, xp + off, dp + off,
+                                                                            pc.cols, mu, sc, inv_b, scale);
+                sum.g_sign += t.g_sign, sum.gs_xhat += t.gs_xhat, sum.g += t.g, sum.gs += t.gs, sum.xc += t.xc;
+              }
+            });
+            part[it] = sum;
+          }
+        });
+      }
+    } else {
+      at::parallel_for(0, sb.items(), 1, [&](int64_t lo, int64_t hi) {
+        isa_call([&] {
+          for (int64_t it = lo; it < hi; ++it) {
+            const int64_t off = sb.sample(it) * D + sb.begin(it);
+            part[it] = grad_sums_best<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off,
+                                                                sb.end(it) - sb.begin(it), mu, sc, inv_b, scale);
+          }
+        });
       });
-    });
+    }
     const stat_t* rp = rms.const_data_ptr<stat_t>();
     GradSums tot;
     double dsigma_dmu = 0.0;
     for (int64_t n = 0; n < N; ++n) {
       double xc_n = 0.0;
-      for (int64_t j = 0; j < sb.per_sample; ++j) {
-        const GradSums& p = part[n * sb.per_sample + j];
+      for (int64_t j = 0; j < per_sample; ++j) {
+        const GradSums& p = part[n * per_sample + j];
         tot.g_sign += p.g_sign, tot.gs_xhat += p.gs_xhat, tot.g += p.g, tot.gs += p.gs;
         xc_n += p.xc;
       }
@@ -297,13 +438,24 @@ at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_in, const at::
         for (int64_t it = lo; it < hi; ++it) {
           const int64_t n = sb.sample(it), off = n * D + sb.begin(it);
           const stat_t coef_xc = static_cast<stat_t>(cf.g_sigma / (nd * static_cast<double>(clamp_eps(rp[n]))));
-          grad_write<kStore, scalar_t, stat_t>(gp + off, xp + off, dp + off, sb.end(it) - sb.begin(it), mu, sc,
-                                               inv_b, scale, coef_xc, coef_1);
+          // with nhwc (kStore only) gp is not read: gs is in dx
+          grad_write<kStore, scalar_t, stat_t>((nhwc ? dp : gp) + off, xp + off, dp + off, sb.end(it) - sb.begin(it),
+                                               mu, sc, inv_b, scale, coef_xc, coef_1);
         }
       });
     });
   });
   return dx;
+}
+
+at::Tensor restore_activation_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
+                                           const at::Tensor& sigma, const at::Tensor& rms, const at::Tensor& b) {
+  return activation_backward(grad_y, x, mean, sigma, rms, b, /*nhwc=*/false);
+}
+
+at::Tensor restore_activation_backward_nhwc_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
+                                                const at::Tensor& sigma, const at::Tensor& rms, const at::Tensor& b) {
+  return activation_backward(grad_y, x, mean, sigma, rms, b, /*nhwc=*/true);
 }
 
 // ---------------------------------------------------------------------------------- fixed statistics
@@ -386,6 +538,7 @@ at::Tensor restore_activation_fixed_backward_cpu(const at::Tensor& grad_in, cons
 TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
   m.impl("restore_activation", &restore_activation_cpu);
   m.impl("_restore_activation_backward", &restore_activation_backward_cpu);
+  m.impl("_restore_activation_backward_nhwc", &restore_activation_backward_nhwc_cpu);
   m.impl("restore_activation_fixed", &restore_activation_fixed_cpu);
   m.impl("_restore_activation_fixed_backward", &restore_activation_fixed_backward_cpu);
 }

@@ -27,8 +27,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cpu(const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const at::Tensor& w, double p, float* q,
                                                                          double hint = 0.0);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x);
+// nhwc: x is [N, C, P] and y comes out as its NHWC rows [N, P, C] (the same values, transposed); with
+// bits (nhwc only), *bits = y's packed signs [N, P, ceil(C / 64)] int64 (pack_signs(y - mean, dim=2)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x,
-                                                                                     double p, float* q);
+                                                                                     double p, float* q,
+                                                                                     bool nhwc = false,
+                                                                                     at::Tensor* bits = nullptr);
 at::Tensor two_sided_quantile_cpu(const at::Tensor& x, double p);
 
 // ER-BNN's surrogate d sign(x)/dx (method.md section 3) with inv_b = 1/b, scale = max(b,1)/b.

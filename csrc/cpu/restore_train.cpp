@@ -61,21 +61,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_weight_train_
   return {w_b, mean, alpha, push_q(q_values, q_count, width, q, min_width, w)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_train_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> activation_train(
     const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
     const at::Tensor& width, const at::Tensor& mean_values, const at::Tensor& mean_count,
-    const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width) {
+    const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width, bool nhwc,
+    at::Tensor* bits = nullptr) {
   check_float_input(x, "x");
+  if (nhwc) TORCH_CHECK_VALUE(x.dim() == 3, "x must be [N, C, H*W] for NHWC rows out, got ", x.dim(), "-D");
   check_ring(q_values, "q_values", q_count, "q_count", x);
   check_ring(mean_values, "mean_values", mean_count, "mean_count", x);
   check_ring(sigma_values, "sigma_values", sigma_count, "sigma_count", x);
   check_width_and_p(width, p, x);
   if (x.numel() == 0) {
-    auto [y, mean, sigma, rms] = restore_activation_cpu(x);
+    auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, 0.0, nullptr, nhwc, bits);
     return {y, mean, sigma, rms, width_step(width, x)};
   }
   float q = 0.f;
-  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q);  // no hint (see last_q)
+  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, nhwc, bits);  // no hint (see last_q)
   ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
             mean.item<double>());
   ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),
@@ -83,11 +85,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_a
   return {y, mean, sigma, rms, push_q(q_values, q_count, width, q, min_width, x)};
 }
 
+using TrainOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+TrainOut restore_activation_train_cpu(const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values,
+                                      const at::Tensor& q_count, const at::Tensor& width, const at::Tensor& mean_values,
+                                      const at::Tensor& mean_count, const at::Tensor& sigma_values,
+                                      const at::Tensor& sigma_count, double min_width) {
+  return activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count,
+                          min_width, /*nhwc=*/false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_train_nhwc_cpu(
+    const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
+    const at::Tensor& width, const at::Tensor& mean_values, const at::Tensor& mean_count,
+    const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width) {
+  at::Tensor bits;
+  auto [y, mean, sigma, rms, b] = activation_train(x, p, q_values, q_count, width, mean_values, mean_count,
+                                                   sigma_values, sigma_count, min_width, /*nhwc=*/true, &bits);
+  return {y, mean, sigma, rms, b, bits};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
   m.impl("restore_weight_train", &restore_weight_train_cpu);
   m.impl("restore_activation_train", &restore_activation_train_cpu);
+  m.impl("restore_activation_train_nhwc", &restore_activation_train_nhwc_cpu);
 }
 
 }  // namespace erbnn

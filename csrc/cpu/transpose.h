@@ -1,0 +1,78 @@
+// Blocked 2-D transposes on the CPU: the NCHW <-> NHWC moves of an ER layer's training step
+// (_batch_transpose in transpose.cpp, and the NHWC activation backward writing dx in NCHW order).
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu_isa.h"
+
+namespace erbnn {
+
+constexpr int64_t kTransposeTile = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ERBNN_TRANSPOSE_AVX512 __attribute__((target("avx512f")))
+
+ERBNN_TRANSPOSE_AVX512 inline __m512d transpose_pd(__m512 v) { return _mm512_castps_pd(v); }
+
+// One 16x16 tile of 4-byte elements, dst[c * ld + r] = src[r * ls + c]: 16 row loads, the unpack and
+// 128-bit-lane shuffle network, 16 stores.
+ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16(const float* src, int64_t ls, float* dst, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 16; i += 2) {  // 32-bit interleave of row pairs
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 64-bit interleave: each 128-bit lane now holds a 4x4 block
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(transpose_pd(t[i]), transpose_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(transpose_pd(t[i]), transpose_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(transpose_pd(t[i + 1]), transpose_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(transpose_pd(t[i + 1]), transpose_pd(t[i + 3])));
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: gather the 4x4 blocks of one output row
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm512_storeu_ps(dst + i * ld, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
+    _mm512_storeu_ps(dst + (i + 8) * ld, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+    _mm512_storeu_ps(dst + (i + 4) * ld, _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88));
+    _mm512_storeu_ps(dst + (i + 12) * ld, _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd));
+  }
+}
+#endif
+
+// dst[c * ld + r] = src[r * ls + c] for r < rows, c < cols: 16x16 register tiles for 4-byte types on
+// AVX-512, element loops blocked by 16 columns otherwise and for the tails.
+template <typename T>
+void transpose_block(const T* src, int64_t ls, T* dst, int64_t ld, int64_t rows, int64_t cols) {
+  constexpr int64_t K = kTransposeTile;
+  int64_t r0 = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (sizeof(T) == 4) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) {
+      const auto* s = reinterpret_cast<const float*>(src);
+      auto* d = reinterpret_cast<float*>(dst);
+      for (; r0 + K <= rows; r0 += K) {
+        int64_t c = 0;
+        for (; c + K <= cols; c += K) transpose_tile16(s + r0 * ls + c, ls, d + c * ld + r0, ld);
+        for (; c < cols; ++c)
+          for (int64_t i = 0; i < K; ++i) d[c * ld + r0 + i] = s[(r0 + i) * ls + c];
+      }
+    }
+  }
+#endif
+  for (int64_t c0 = 0; c0 < cols; c0 += K) {
+    const int64_t c1 = std::min(c0 + K, cols);
+    for (int64_t r = r0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) dst[c * ld + r] = src[r * ls + c];
+  }
+}
+
+}  // namespace erbnn

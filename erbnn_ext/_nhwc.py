@@ -1,0 +1,41 @@
+"""NCHW <-> NHWC moves of an ER layer's training step (functional.ERConv2dStep).
+
+oneDNN runs a conv's backward on channels_last tensors without reordering them; given NCHW tensors it
+reorders the upstream gradient and the input in, and the input's gradient back out through ATen's strided
+copy, which on small channel counts runs at about a fifth of copy bandwidth (measured on the 2-core Zen 5:
+107 us for a 16x16x32x32 tensor, against 20 us for clone). The ER step therefore holds its restored y as
+NHWC rows [N, H*W, C] (a channels_last view for the conv): restore_activation_train_nhwc writes them from
+NCHW x, _restore_activation_backward_nhwc reads the conv's channels_last grad_y in that order, and only
+the upstream gradient crosses layouts, by ops.batch_transpose at copy bandwidth. A channels_last x needs
+no move at all: its rows are a view, restored as they are.
+"""
+import torch
+
+from . import ops
+
+CL = torch.channels_last
+
+
+def is_nhwc(t: torch.Tensor) -> bool:
+    """t is 4-D channels_last memory that is not also plain contiguous (C == 1 or H == W == 1)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=CL) and not t.is_contiguous()
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> its NHWC rows [N, H*W, C], contiguous: a view of channels_last memory, else one
+    transpose."""
+    n, c, h, w = t.shape
+    if t.is_contiguous(memory_format=CL):
+        return t.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    return ops.batch_transpose(t.reshape(n, c, h * w))
+
+
+def as_nchw(r: torch.Tensor, shape) -> torch.Tensor:
+    """NHWC rows [N, H*W, C] as the [N, C, H, W] tensor of `shape` in channels_last memory (a view)."""
+    n, c, h, w = shape
+    return r.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """t.contiguous(memory_format=torch.channels_last), by one ops.batch_transpose when t is not already."""
+    return t if t.is_contiguous(memory_format=CL) else as_nchw(rows(t), t.shape)
