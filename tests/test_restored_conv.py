@@ -118,14 +118,13 @@ def test_nhwc_step_matches_float_conv_step(cfg, layout):
 
 
 def test_nhwc_step_choice():
-    """nhwc_train None: NHWC for channels_last input or out_channels <= 256 (the measured rule)."""
-    small, big = enn.ERBinaryConv2d(8, 256, 3), enn.ERBinaryConv2d(8, 512, 3)
-    x = torch.randn(2, 8, 5, 5)
-    xcl = x.contiguous(memory_format=torch.channels_last)
-    assert small._nhwc_step(x) and small._nhwc_step(xcl)
-    assert not big._nhwc_step(x) and big._nhwc_step(xcl)
+    """nhwc_train None: NHWC for channels_last input or in_channels <= 128 (the measured rule)."""
+    small, big = enn.ERBinaryConv2d(128, 8, 3), enn.ERBinaryConv2d(256, 8, 3)
+    x, xb = torch.randn(2, 128, 5, 5), torch.randn(2, 256, 5, 5)
+    assert small._nhwc_step(x) and small._nhwc_step(x.contiguous(memory_format=torch.channels_last))
+    assert not big._nhwc_step(xb) and big._nhwc_step(xb.contiguous(memory_format=torch.channels_last))
     big.nhwc_train, small.nhwc_train = True, False
-    assert big._nhwc_step(x) and not small._nhwc_step(xcl)
+    assert big._nhwc_step(xb) and not small._nhwc_step(x.contiguous(memory_format=torch.channels_last))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:2] + CONFIGS[3:4])

@@ -15,8 +15,17 @@
 namespace erbnn {
 namespace {
 
+// A 0-dim CPU tensor's value as double, read directly (item() is a dispatched op).
+double value_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kDouble: return *t.const_data_ptr<double>();
+    case at::kFloat: return *t.const_data_ptr<float>();
+    default: return t.item<double>();
+  }
+}
+
 double read_p(const at::Tensor& p) {
-  const double v = p.item<double>();
+  const double v = value_of(p);
   TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0, "p must be in [0, 1], got ", v);
   return v;
 }
@@ -79,9 +88,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> activatio
   float q = 0.f;
   auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, nhwc, bits);  // no hint (see last_q)
   ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
-            mean.item<double>());
+            value_of(mean));
   ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),
-            sigma_count.mutable_data_ptr<int64_t>(), sigma.item<double>());
+            sigma_count.mutable_data_ptr<int64_t>(), value_of(sigma));
   return {y, mean, sigma, rms, push_q(q_values, q_count, width, q, min_width, x)};
 }
 

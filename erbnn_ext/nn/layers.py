@@ -41,6 +41,22 @@ class _Restoration:
         self.act_mean = RingMean(stat_buffer)
         self.act_sigma = RingMean(stat_buffer)
 
+    def _weight_state(self):
+        """weight_sign's (p, q values, q count, width, min_width): the state arguments of the weights'
+        training op, read from the buffer dicts (nn.Module.__getattr__ costs about 0.5 us per lookup, 10 us
+        per step over both sides' tuples)."""
+        s = self._modules["weight_sign"]
+        b, q = s._buffers, s._modules["q"]._buffers
+        return b["p"], q["values"], q["count"], b["b"], s.min_width
+
+    def _act_state(self):
+        """act_sign's (p, q values, q count, width) and the statistics rings, then min_width: the state
+        arguments of the activations' training op (as _weight_state)."""
+        s = self._modules["act_sign"]
+        b, q = s._buffers, s._modules["q"]._buffers
+        m, v = self._modules["act_mean"]._buffers, self._modules["act_sigma"]._buffers
+        return b["p"], q["values"], q["count"], b["b"], m["values"], m["count"], v["values"], v["count"], s.min_width
+
     def _measuring(self, x: torch.Tensor) -> bool:
         # An empty batch changes no state (no quantile, no statistics push).
         return self.training and torch.is_grad_enabled() and x.numel() > 0
@@ -48,10 +64,9 @@ class _Restoration:
     def restored_weight(self, measure: bool = False) -> torch.Tensor:
         """W_b = sign((W - mean) / alpha) per output channel with the surrogate gradient; with `measure`
         (a training step) this step's q on What enters weight_sign's ring and width first."""
-        s = self.weight_sign
         if measure:
-            return EF.restore_weight_train(self.weight, s.p, s.q.values, s.q.count, s.b, s.min_width)[0]
-        return EF.restore_weight(self.weight, s.b)[0]
+            return EF.restore_weight_train(self.weight, *self._weight_state())[0]
+        return EF.restore_weight(self.weight, self.weight_sign.b)[0]
 
     def running_stats(self):
         """(mean, sigma) averaged over the recorded training steps (see running_stats below)."""
@@ -64,14 +79,12 @@ class _Restoration:
 
     def _restore_input(self, x, measure):
         """(y, mu, sigma) of restored_input."""
-        s = self.act_sign
         if measure:
-            return EF.restore_activation_train(x, s.p, s.q.values, s.q.count, s.b, self.act_mean.values,
-                                               self.act_mean.count, self.act_sigma.values, self.act_sigma.count,
-                                               s.min_width)
+            return EF.restore_activation_train(x, *self._act_state())
+        b = self.act_sign.b
         if self.training:  # no grad, or an empty batch: batch statistics, no state change
-            return EF.restore_activation(x, s.b)
-        return EF.restore_activation(x, s.b, stats=self.running_stats())
+            return EF.restore_activation(x, b)
+        return EF.restore_activation(x, b, stats=self.running_stats())
 
     def _use_xnor(self, x: torch.Tensor) -> bool:
         """Eval inference (no grad) on the native backend runs the packed XNOR-popcount kernel instead of
@@ -114,9 +127,11 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     # A training step's forward conv on the packed XNOR-popcount kernel (float32 CPU, native backend);
     # False: F.conv2d. Gradients are F.conv2d's either way.
     xnor_train = True
-    # A training step's activations in NHWC order (EF.ERConv2dStep: oneDNN's conv backward without layout
-    # reorders). None = when the input is channels_last or out_channels <= 256: on the 2-core Zen 5 it
-    # cut ResNet-20's stride-2 layer steps by 9-13% and lost on ResNet-18's 512-channel layers.
+    # A training step's restored input in NHWC order (EF.ERConv2dStep: oneDNN's conv backward without
+    # layout reorders). None = when the input is channels_last or in_channels <= 128: on the 2-core Zen 5
+    # it cut the steps of ResNet-20's stride-2 layers by 10-20% and of ResNet-18's 64-128-channel inputs
+    # by up to 12%, and lost up to 20% on ResNet-18's 256- and 512-channel inputs (oneDNN's channels_last
+    # weight gradient is slower there).
     nhwc_train = None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -140,7 +155,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     def _nhwc_step(self, x):
         if self.nhwc_train is not None:
             return bool(self.nhwc_train)
-        return _nhwc.is_nhwc(x) or self.out_channels <= 256
+        return self.in_channels <= 128 or _nhwc.is_nhwc(x)
 
     def forward(self, x):
         self._check_config()
@@ -151,12 +166,8 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
         measure = self._measuring(x)
         if measure and self._fused_step(x):
-            ws, xs = self.weight_sign, self.act_sign
-            return EF.ERConv2dStep.apply(
-                x, self.weight, self.bias, (ws.p, ws.q.values, ws.q.count, ws.b, ws.min_width),
-                (xs.p, xs.q.values, xs.q.count, xs.b, self.act_mean.values, self.act_mean.count,
-                 self.act_sigma.values, self.act_sigma.count, xs.min_width),
-                (self.stride, self.padding, self.dilation), self._nhwc_step(x))
+            return EF.ERConv2dStep.apply(x, self.weight, self.bias, self._weight_state(), self._act_state(),
+                                         (self.stride, self.padding, self.dilation), self._nhwc_step(x))
         w_b = self.restored_weight(measure)
         y, mu, sigma = self._restore_input(x, measure)
         # A training step runs the forward conv on the packed XNOR-popcount kernel (EF.restored_conv2d)
