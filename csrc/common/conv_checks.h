@@ -97,6 +97,14 @@ inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t O, con
                     t->numel());
   // Already float32 [O]-sized and contiguous: used as is (the kernels read O floats).
   if (t->scalar_type() == at::kFloat && t->numel() == O && t->is_contiguous()) return *t;
+  // One float32 value on the CPU (the ER step's scalars): broadcast by a direct fill, not four ops.
+  if (t->scalar_type() == at::kFloat && t->numel() == 1 && t->device().is_cpu()) {
+    at::Tensor v = at::empty({O}, t->options());
+    const float value = *t->const_data_ptr<float>();
+    float* out = v.mutable_data_ptr<float>();
+    for (int64_t o = 0; o < O; ++o) out[o] = value;
+    return v;
+  }
   at::Tensor v = t->to(at::kFloat).reshape({-1});
   return (v.numel() == O ? v : v.expand({O})).contiguous();
 }
