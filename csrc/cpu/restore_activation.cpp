@@ -193,8 +193,14 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
         scalar_t tile[kTransposeTile * kFwdCols];
         for (int64_t it = lo; it < hi; ++it) {
           const NhwcPiece pc = np.piece(it);
-          for (int64_t r = 0; r < pc.rows; ++r)
-            sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
+          if (pc.cols == np.P) {  // whole rows: x's piece and the tile are one contiguous run each
+            const int64_t len = pc.rows * pc.cols, x0 = np.nchw(pc, 0);
+            for (int64_t i = 0; i < len; i += kQBlock)
+              sink(xp + x0 + i, tile + i, std::min(kQBlock, len - i), mu_s, sc, y_pos, y_neg, buf);
+          } else {
+            for (int64_t r = 0; r < pc.rows; ++r)
+              sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
+          }
           transpose_block(static_cast<const scalar_t*>(tile), pc.cols, yp + np.nhwc(pc), C, pc.rows, pc.cols);
           if (bits) pack_piece(yp + np.nhwc(pc), C, pc, mu_s, bits + (pc.n * np.P + pc.p0) * words);
         }
@@ -403,11 +409,13 @@ at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in
             const NhwcPiece pc = np.piece(it);
             transpose_block(gp + np.nhwc(pc), np.C, tile, pc.cols, pc.cols, pc.rows);
             GradSums sum;
+            // whole rows (cols == P): the tile and x's piece are one contiguous run each
+            const int64_t runs = pc.cols == np.P ? 1 : pc.rows, len = pc.cols == np.P ? pc.rows * pc.cols : pc.cols;
             isa_call([&] {
-              for (int64_t r = 0; r < pc.rows; ++r) {
+              for (int64_t r = 0; r < runs; ++r) {
                 const int64_t off = np.nchw(pc, r);
                 const GradSums t = grad_sums_best<kStore, scalar_t, stat_t>(tile + r * pc.cols, xp + off, dp + off,
-                                                                            pc.cols, mu, sc, inv_b, scale);
+                                                                            len, mu, sc, inv_b, scale);
                 sum.g_sign += t.g_sign, sum.gs_xhat += t.gs_xhat, sum.g += t.g, sum.gs += t.gs, sum.xc += t.xc;
               }
             });
