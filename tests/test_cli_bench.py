@@ -180,6 +180,25 @@ def test_train_step_float_conv_flag_restores_the_default(capsys, monkeypatch):
     assert ERBinaryConv2d.xnor_train is True
 
 
+@pytest.mark.parametrize("flag, expected", [("on", True), ("off", False)])
+def test_train_step_nhwc_flag_restores_the_default(capsys, monkeypatch, flag, expected):
+    """--nhwc on/off forces the ER step's order (ERBinaryConv2d.nhwc_train) while the steps run, and the
+    class default (None: the measured rule) comes back afterwards."""
+    from erbnn_ext.nn import ERBinaryConv2d
+    seen = []
+    real = train_step.layer_step
+
+    def spy(shape, batch, method="er_layer", *a, **k):
+        step = real(shape, batch, method, *a, **k)
+        return lambda: (seen.append(ERBinaryConv2d.nhwc_train), step())[1]
+    monkeypatch.setattr(train_step, "layer_step", spy)
+    train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
+                     "--no-models", "--nhwc", flag])
+    assert f"NHWC step: {flag}" in capsys.readouterr().out
+    assert seen and all(v is expected for v in seen)
+    assert ERBinaryConv2d.nhwc_train is None
+
+
 def test_thread_clock_needs_one_thread(tmp_path, capsys):
     from erbnn_ext.cli import main
     assert main(["bench", "--clock", "thread", "--threads", "2", "--quick", "--out", str(tmp_path)]) == 2

@@ -8,6 +8,7 @@
 Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
+                                              [--nhwc auto|on|off]
 """
 import argparse
 import copy
@@ -218,19 +219,23 @@ def main(argv=None):
     ap.add_argument("--float-conv", action="store_true",
                     help="ER layers run their forward conv as F.conv2d (ERBinaryConv2d.xnor_train = False) instead "
                          "of the packed popcount kernel: the restoration's own cost against float")
+    ap.add_argument("--nhwc", choices=("auto", "on", "off"), default="auto",
+                    help="the ER step's NHWC order (ERBinaryConv2d.nhwc_train): auto (default: in_channels <= 128), "
+                         "on, off (NCHW throughout)")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
     conv = "F.conv2d" if a.float_conv else "popcount"
-    print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}",
-                 a.device))
-    saved = enn.ERBinaryConv2d.xnor_train
+    print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
+                 f"NHWC step: {a.nhwc}", a.device))
+    saved = enn.ERBinaryConv2d.xnor_train, enn.ERBinaryConv2d.nhwc_train
     enn.ERBinaryConv2d.xnor_train = not a.float_conv
+    enn.ERBinaryConv2d.nhwc_train = {"auto": None, "on": True, "off": False}[a.nhwc]
     try:
         rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
     finally:
-        enn.ERBinaryConv2d.xnor_train = saved
+        enn.ERBinaryConv2d.xnor_train, enn.ERBinaryConv2d.nhwc_train = saved
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 
