@@ -170,9 +170,9 @@ class ERConv2dStep(torch.autograd.Function):
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
         if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
             n, c, h, wd = x.shape
-            shift = mean.float().reshape(1)  # sigma >= 0: batch statistics
+            # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), ops.pack_conv_weight(w_b), *conv, in_channels=c,
-                                          out_scale=sigma.float().reshape(1), ones_scale=shift,
+                                          out_scale=sigma, ones_scale=mean,
                                           out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
         return _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
