@@ -147,8 +147,9 @@ class ERConv2dStep(torch.autograd.Function):
 
     nhwc: the restored y is held as NHWC rows (_nhwc.py), so the conv backward runs on channels_last
     tensors (oneDNN's fast layout, no reorders): for NCHW x, restore_activation_train_nhwc writes y in
-    that order and _restore_activation_backward_nhwc reads grad_y in it (tiles transposed in cache, no
-    transpose pass); a channels_last x is restored as its rows. The forward values and the state are the
+    that order, and its packed signs, which the popcount conv reads instead of y;
+    _restore_activation_backward_nhwc reads grad_y in that order (tiles transposed in cache, no transpose
+    pass); a channels_last x is restored as its rows. The forward values and the state are the
     NCHW step's; the backward's float sums (the conv's, the restoration's) are taken in another order and
     may round differently."""
 
