@@ -95,23 +95,17 @@ template <typename scalar_t, typename stat_t>
 void pack_piece(const scalar_t* y, int64_t C, const NhwcPiece& pc, stat_t mu, uint64_t* out) {
   const int64_t words = (C + 63) / 64, w = pc.c0 / 64, lane = (pc.c0 % 64) / 16;
   auto* lanes = reinterpret_cast<uint16_t*>(out) + w * 4;
-  bool done = false;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) {
-      pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes + lane, words * 4);
-      done = true;
-    }
-  }
-  if (!done) {
-    for (int64_t p = 0; p < pc.cols; ++p) {
-      uint32_t m = 0;
-      for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(y[p * C + r]) >= mu) << r;
-      lanes[p * words * 4 + lane] = static_cast<uint16_t>(m);
-    }
-  }
   if (pc.c0 + pc.rows == C)
     for (int64_t p = 0; p < pc.cols; ++p)
       for (int64_t k = lane + 1; k < 4; ++k) lanes[p * words * 4 + k] = 0;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) return pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes + lane, words * 4);
+  }
+  for (int64_t p = 0; p < pc.cols; ++p) {
+    uint32_t m = 0;
+    for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(y[p * C + r]) >= mu) << r;
+    lanes[p * words * 4 + lane] = static_cast<uint16_t>(m);
+  }
 }
 
 // q of the forward (train_quantile): the write pass given, the sample and the radix fallback reading x.

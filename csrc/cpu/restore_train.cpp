@@ -76,7 +76,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> activatio
     const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width, bool nhwc,
     at::Tensor* bits = nullptr) {
   check_float_input(x, "x");
-  if (nhwc) TORCH_CHECK_VALUE(x.dim() == 3, "x must be [N, C, H*W] for NHWC rows out, got ", x.dim(), "-D");
   check_ring(q_values, "q_values", q_count, "q_count", x);
   check_ring(mean_values, "mean_values", mean_count, "mean_count", x);
   check_ring(sigma_values, "sigma_values", sigma_count, "sigma_count", x);
