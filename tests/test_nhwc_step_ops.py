@@ -11,7 +11,8 @@ from erbnn_ext import reference as R
 OPS = torch.ops.erbnn
 pytestmark = pytest.mark.skipif(not hasattr(OPS, "restore_activation_train_nhwc"), reason="native extension not built")
 
-SHAPES = [(4, 16, 64), (3, 20, 37), (2, 70, 50), (2, 130, 9), (5, 1, 16), (1, 32, 300)]
+# C % 16 == 0 (streamed NHWC writes: one word, two words, pixel tails, pieces of 1024 pixels) and others
+SHAPES = [(4, 16, 64), (1, 32, 300), (2, 80, 45), (1, 16, 1500), (3, 20, 37), (2, 70, 50), (2, 130, 9), (5, 1, 16)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 

@@ -18,9 +18,9 @@ constexpr int64_t kTransposeTile = 16;
 
 ERBNN_TRANSPOSE_AVX512 inline __m512d transpose_pd(__m512 v) { return _mm512_castps_pd(v); }
 
-// One 16x16 tile of 4-byte elements, dst[c * ld + r] = src[r * ls + c]: 16 row loads, the unpack and
-// 128-bit-lane shuffle network, 16 stores.
-ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16(const float* src, int64_t ls, float* dst, int64_t ld) {
+// One 16x16 tile of 4-byte elements transposed in registers: o[c] = (src[r * ls + c])_r, by 16 row loads
+// and the unpack and 128-bit-lane shuffle network.
+ERBNN_TRANSPOSE_AVX512 inline void transpose16_regs(const float* src, int64_t ls, __m512 o[16]) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
   for (int i = 0; i < 16; i += 2) {  // 32-bit interleave of row pairs
@@ -40,11 +40,18 @@ ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16(const float* src, int64_t ls
     t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
   }
   for (int i = 0; i < 4; ++i) {
-    _mm512_storeu_ps(dst + i * ld, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
-    _mm512_storeu_ps(dst + (i + 8) * ld, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
-    _mm512_storeu_ps(dst + (i + 4) * ld, _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88));
-    _mm512_storeu_ps(dst + (i + 12) * ld, _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd));
+    o[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    o[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    o[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    o[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
   }
+}
+
+// dst[c * ld + r] = src[r * ls + c] for one 16x16 tile.
+ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16(const float* src, int64_t ls, float* dst, int64_t ld) {
+  __m512 o[16];
+  transpose16_regs(src, ls, o);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, o[i]);
 }
 #endif
 
