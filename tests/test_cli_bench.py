@@ -208,6 +208,25 @@ def test_thread_clock_needs_one_thread(tmp_path, capsys):
         measure(lambda: None, threads=2, clock="thread")
 
 
+def test_side_by_side_rotates_the_order_and_pairs_the_rounds(monkeypatch):
+    """measure_side_by_side runs its fns in a rotated order each round and keeps each round's time;
+    paired_ratio is the median of the per-round ratios (a slow round slows both), else time_s / time_s."""
+    from erbnn_ext.benchmarks import timing
+    order, clock = [], iter([1.0, 2.0, 10.0, 20.0, 3.0, 6.0, 40.0, 2.0])  # rounds: (a, b), (b, a), (a, b), (b, a)
+
+    def fake_measure(fn, **kw):
+        order.append(fn)
+        return {"time_s": next(clock), "calls": 1}
+
+    monkeypatch.setattr(timing, "measure", fake_measure)
+    a, b = timing.measure_side_by_side(["a", "b"], rounds=4)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert a["round_s"] == [1.0, 20.0, 3.0, 2.0] and b["round_s"] == [2.0, 10.0, 6.0, 40.0]
+    assert a["time_s"] == 3.0 and b["time_s"] == 10.0  # medians (upper) of the rounds
+    assert timing.paired_ratio(a, b) == pytest.approx(0.5)  # ratios 0.5, 2, 0.5, 0.05
+    assert timing.paired_ratio({"time_s": 3.0}, {"time_s": 2.0}) == 1.5
+
+
 def test_model_short_names():
     from erbnn_ext.benchmarks.cli import _models
     assert _models("resnet20_1w1a,resnet18") == ["resnet20", "resnet18"]

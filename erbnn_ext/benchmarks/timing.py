@@ -54,21 +54,35 @@ def measure(fn, *, repeat=None, min_run_time=0.2, threads=None, clock="wall"):
 
 def measure_side_by_side(fns, *, rounds=5, repeat=None, min_run_time=0.2, threads=None, clock="wall"):
     """Time several fns in alternation: `rounds` rounds, each running measure() on every fn in turn with
-    min_run_time / rounds; per fn, time_s is the median of its rounds' medians. Slow drifts of the machine
-    (frequency, other processes, cache state) then hit every fn alike, so their ratios stay fair. With
-    repeat (the fixed small counts of --quick), or for a single fn, one measure() per fn instead."""
+    min_run_time / rounds, the order rotated from round to round; per fn, time_s is the median of its
+    rounds' medians and round_s those medians in round order (paired_ratio pairs them). Slow drifts of the
+    machine (frequency, other processes, cache state) then hit every fn alike, so their ratios stay fair.
+    With repeat (the fixed small counts of --quick), or for a single fn, one measure() per fn instead."""
     if repeat is not None or len(fns) == 1:
         return [measure(fn, repeat=repeat, min_run_time=min_run_time, threads=threads, clock=clock) for fn in fns]
     per = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            per[i].append(measure(fn, min_run_time=min_run_time / rounds, threads=threads, clock=clock))
+    for k in range(rounds):
+        for j in range(len(fns)):
+            i = (j + k) % len(fns)  # rotated: no fn always runs first (after the previous case's last)
+            per[i].append(measure(fns[i], min_run_time=min_run_time / rounds, threads=threads, clock=clock))
     out = []
     for runs in per:
-        times = sorted(r["time_s"] for r in runs)
-        out.append({"time_s": times[len(times) // 2], "iqr_s": times[-1] - times[0],
+        in_order = [r["time_s"] for r in runs]
+        times = sorted(in_order)
+        out.append({"time_s": times[len(times) // 2], "iqr_s": times[-1] - times[0], "round_s": in_order,
                     "calls": sum(r["calls"] for r in runs), "rounds": rounds})
     return out
+
+
+def paired_ratio(a: dict, b: dict) -> float:
+    """a's time over b's, two measure_side_by_side results: the median of the per-round ratios where both
+    have them (a drift of the machine between rounds cancels in each pair), else time_s / time_s."""
+    ra, rb = a.get("round_s"), b.get("round_s")
+    if ra and rb and len(ra) == len(rb):
+        ratios = sorted(x / y for x, y in zip(ra, rb))
+        n = len(ratios)
+        return ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
+    return a["time_s"] / b["time_s"]
 
 
 def seconds(fn, **kw) -> float:

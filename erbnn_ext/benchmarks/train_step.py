@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import models as zoo, nn as enn, ops
 from .._backend import get_backend, native_active, use_backend
 from .shapes import MODELS
-from .timing import header, measure_side_by_side
+from .timing import header, measure_side_by_side, paired_ratio
 
 LAYER_METHODS = ("er_layer", "conv2d")
 MODEL_METHODS = ("er_model", "float_twin")
@@ -136,18 +136,19 @@ def geomean(values):
 
 def summarise(rows):
     """{"layers": per (model, layer) ER / conv ratio, "models": per model ER / float twin ratio,
-    "layer_ratio_geomean": geometric mean of the per-layer ratios}."""
+    "layer_ratio_geomean": geometric mean of the per-layer ratios}. Ratios are timing.paired_ratio's: the
+    median of the per-round ratios of the side-by-side timing."""
     t = {(r["model"], r["layer"], r["method"]): r for r in rows if r["section"] == "train_step"}
     layers, models = [], []
     for (model, layer, method), r in t.items():
         if method == "er_layer" and (model, layer, "conv2d") in t:
-            c = t[(model, layer, "conv2d")]["time_s"]
+            c = t[(model, layer, "conv2d")]
             layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
-                           "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c,
-                           "ratio": r["time_s"] / c, "backend": r["backend"]})
+                           "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c["time_s"],
+                           "ratio": paired_ratio(r, c), "backend": r["backend"]})
         if method == "er_model" and (model, layer, "float_twin") in t:
-            f = t[(model, layer, "float_twin")]["time_s"]
-            models.append({"model": model, "er_s": r["time_s"], "float_s": f, "ratio": r["time_s"] / f,
+            f = t[(model, layer, "float_twin")]
+            models.append({"model": model, "er_s": r["time_s"], "float_s": f["time_s"], "ratio": paired_ratio(r, f),
                            "backend": r["backend"]})
     return {"layers": layers, "models": models, "layer_ratio_geomean": geomean([e["ratio"] for e in layers])}
 
@@ -157,7 +158,7 @@ def format_tables(summary, batch, smoke=False):
     tag = " [SMOKE RUN: a few calls per case, not a measurement]" if smoke else ""
     ratio = (lambda v: f"{'smoke':>7}") if smoke else (lambda v: f"{v:>6.2f}x")  # noqa: E731
     lines = [f"Training step per binary layer, batch {batch}: ms per step (fwd + bwd, input and weight grads); "
-             f"ratio = ERBinaryConv2d / nn.Conv2d{tag}",
+             f"ratio = ERBinaryConv2d / nn.Conv2d, median of the per-round ratios{tag}",
              f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"]
     for e in summary["layers"]:
         lines.append(f"{e['model']:<10} {e['layer']:<16} {e['count']:>2} {'x'.join(map(str, e['input_shape'])):>14} "
@@ -170,7 +171,7 @@ def format_tables(summary, batch, smoke=False):
         lines.append(f"ER layers ran: {' / '.join(backends)}")
     if summary["models"]:
         lines += ["", f"Training step per model, batch {batch}: ms per step (forward + cross-entropy + backward + "
-                      f"SGD step); ratio = ER-BNN model / float twin{tag}",
+                      f"SGD step); ratio = ER-BNN model / float twin, median of the per-round ratios{tag}",
                   f"{'model':<10} {'ER ms':>10} {'float ms':>10} {'ratio':>7}"]
         for e in summary["models"]:
             lines.append(f"{e['model']:<10} {e['er_s'] * 1e3:>10.2f} {e['float_s'] * 1e3:>10.2f} {ratio(e['ratio'])}")
