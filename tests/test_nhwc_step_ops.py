@@ -11,7 +11,6 @@ from erbnn_ext import reference as R
 OPS = torch.ops.erbnn
 pytestmark = pytest.mark.skipif(not hasattr(OPS, "restore_activation_train_nhwc"), reason="native extension not built")
 
-# C % 16 == 0 (streamed NHWC writes: one word, two words, pixel tails, pieces of 1024 pixels) and others
 SHAPES = [(4, 16, 64), (1, 32, 300), (2, 80, 45), (1, 16, 1500), (3, 20, 37), (2, 70, 50), (2, 130, 9), (5, 1, 16)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -48,6 +47,17 @@ def test_train_nhwc_equals_train(isa, shape, dtype):
         for a, b in zip(sa, sb):
             assert torch.equal(a, b)
         assert bits.dtype == torch.int64 and torch.equal(bits, _bits(y, ref[1]))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16384), (1, 80, 13113), (2, 48, 11000)])
+def test_train_nhwc_streamed_y_equals_train(isa, shape):
+    """y of 4 MiB or more (float32, C % 16 == 0): the write pass streams y and packs the signs from the
+    transposed registers (one word, two words with a pixel tail, three 16-channel pieces per word)."""
+    x = torch.randn(shape) * 0.9 + 0.2
+    for got, ref, sa, sb in _train_both(x, steps=1):
+        assert torch.equal(got[0], ref[0].transpose(1, 2))
+        assert all(torch.equal(a, b) for a, b in zip(got[1:5], ref[1:]))
+        assert torch.equal(got[-1], _bits(got[0], ref[1]))
 
 
 @pytest.mark.parametrize("p", [0.1, 0.8])

@@ -119,9 +119,13 @@ void pack_piece(const scalar_t* y, int64_t C, const NhwcPiece& pc, stat_t mu, ui
 // The NHWC write of one float32 piece of 16 channels on AVX-512: y's pixels from the tile (16 channel rows
 // of `cols` pixels) by register transposes and streaming stores, and each pixel's sign bits (y >= mu) from
 // the same registers. Streaming, because y is next read by the backward's conv, after the rest of the
-// step's traffic: caching it would only evict x, which the backward reads too (measured on the 2-core Zen 5,
-// ResNet-20's layer2.0.conv1 at batch 64: the op 811 -> 707 us from cold caches, the layer's step 4-5%).
-// Needs C % 16 == 0 and a 64-byte aligned y (every pixel's 16 channels one aligned line).
+// step's traffic: caching it would only evict x, which the backward reads too. Needs C % 16 == 0 and a
+// 64-byte aligned y (every pixel's 16 channels one aligned line).
+// Only for a y of kStreamBytes or more: measured on the 2-core Zen 5 (1 MiB L2 per core, 32 MiB L3), side by
+// side against nn.Conv2d, a 4 MiB y (ResNet-20's layer2.0.conv1 at batch 64) streamed made the layer's step
+// 1.13x -> 1.01x the float one (the op from cold caches 811 -> 707 us), while a 2 MiB one (layer3.0.conv1 at
+// batch 64), which a single layer's step still finds in L3, went 1.00x -> 1.13x.
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
 __attribute__((target("avx512f"))) void stream_piece16_avx512(const float* tile, int64_t cols, float* y, int64_t C,
                                                                 float mu, uint16_t* lanes, int64_t step) {
   const __m512 vmu = _mm512_set1_ps(mu);
@@ -234,6 +238,7 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
   const scalar_t y_pos = static_cast<scalar_t>(sig_s + mu_s), y_neg = static_cast<scalar_t>(mu_s - sig_s);
   if (C > 0) {  // NHWC out: the write pass (and q's scan in it) per piece of channel rows
     const NhwcPieces<kFwdCols> np(N, C, D / C);
+    const bool stream_ok = N * D * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     const int64_t words = (C + 63) / 64;
     const auto write_pass = [&](auto&& sink) {
       at::parallel_for(0, np.items(), 1, [&](int64_t lo, int64_t hi) {
@@ -250,7 +255,8 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
               sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
           }
           uint64_t* piece_bits = bits ? bits + (pc.n * np.P + pc.p0) * words : nullptr;
-          if (!stream_piece<scalar_t>(tile, pc, yp + np.nhwc(pc), C, static_cast<float>(mu_s), piece_bits)) {
+          const float mu_f = static_cast<float>(mu_s);
+          if (!(stream_ok && stream_piece<scalar_t>(tile, pc, yp + np.nhwc(pc), C, mu_f, piece_bits))) {
             transpose_block(static_cast<const scalar_t*>(tile), pc.cols, yp + np.nhwc(pc), C, pc.rows, pc.cols);
             if (bits) pack_piece(yp + np.nhwc(pc), C, pc, mu_s, piece_bits);
           }
