@@ -87,32 +87,37 @@ __attribute__((target("avx512f"))) void pack16_avx512(const float* y, int64_t C,
                                                                     _CMP_GE_OQ));
 }
 
-// Zeroes the 16-bit lanes past the last channel in the piece holding it (pieces of other threads write the
-// other lanes). out: the piece's first pixel's words.
-inline void zero_tail_lanes(int64_t C, const NhwcPiece& pc, uint64_t* out) {
-  const int64_t words = (C + 63) / 64, lane = (pc.c0 % 64) / 16;
-  auto* lanes = reinterpret_cast<uint16_t*>(out) + (pc.c0 / 64) * 4;
-  if (pc.c0 + pc.rows == C)
-    for (int64_t p = 0; p < pc.cols; ++p)
-      for (int64_t k = lane + 1; k < 4; ++k) lanes[p * words * 4 + k] = 0;
+// A piece's 16 channels are the 16-bit lane (c0 % 64) / 16 of each pixel's word c0 / 64 (pieces start at
+// multiples of 16 channels, so pieces on other threads write other lanes). out: the piece's first pixel's
+// words; returns that pixel's lane of this piece (the next pixel's is words(C) * 4 lanes on).
+inline uint16_t* piece_lane(uint64_t* out, const NhwcPiece& pc) {
+  return reinterpret_cast<uint16_t*>(out) + (pc.c0 / 64) * 4 + (pc.c0 % 64) / 16;
 }
 
-// The sign bits (y >= mu, as pack_signs(y - mu)) of one NhwcPieces piece of y's NHWC rows: its 16
-// channels are one 16-bit lane of each pixel's 64-bit words (pieces start at multiples of 16 channels, so
-// pieces on other threads write other lanes); the piece holding the last channels also zeroes the
-// lanes past them. out: the piece's first pixel's words.
+// Zeroes the lanes past the last channel, in the piece holding it. out: as piece_lane's.
+inline void zero_tail_lanes(int64_t C, const NhwcPiece& pc, uint64_t* out) {
+  const int64_t step = (C + 63) / 64 * 4, after = 3 - (pc.c0 % 64) / 16;  // lanes after this one in its word
+  uint16_t* lanes = piece_lane(out, pc);
+  if (pc.c0 + pc.rows == C)
+    for (int64_t p = 0; p < pc.cols; ++p)
+      for (int64_t k = 1; k <= after; ++k) lanes[p * step + k] = 0;
+}
+
+// The sign bits (y >= mu, as pack_signs(y - mu)) of one NhwcPieces piece of y's NHWC rows, in the piece's
+// lane (piece_lane); the piece holding the last channels also zeroes the lanes past them. out: the
+// piece's first pixel's words.
 template <typename scalar_t, typename stat_t>
 void pack_piece(const scalar_t* y, int64_t C, const NhwcPiece& pc, stat_t mu, uint64_t* out) {
-  const int64_t words = (C + 63) / 64, lane = (pc.c0 % 64) / 16;
-  auto* lanes = reinterpret_cast<uint16_t*>(out) + (pc.c0 / 64) * 4;
+  const int64_t step = (C + 63) / 64 * 4;
+  uint16_t* lanes = piece_lane(out, pc);
   zero_tail_lanes(C, pc, out);
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) return pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes + lane, words * 4);
+    if (active_cpu_isa() == CpuIsa::kAvx512) return pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes, step);
   }
   for (int64_t p = 0; p < pc.cols; ++p) {
     uint32_t m = 0;
     for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(y[p * C + r]) >= mu) << r;
-    lanes[p * words * 4 + lane] = static_cast<uint16_t>(m);
+    lanes[p * step] = static_cast<uint16_t>(m);
   }
 }
 
@@ -148,17 +153,16 @@ __attribute__((target("avx512f"))) void stream_piece16_avx512(const float* tile,
 }
 
 // One piece's NHWC write (and packed signs) by stream_piece16_avx512 where it applies: float32 on
-// AVX-512, a piece of 16 channels, C % 16 == 0 and an aligned y; false otherwise.
+// AVX-512, C % 16 == 0 (so every piece has 16 channels) and an aligned y; false otherwise.
 template <typename scalar_t>
 bool stream_piece(const scalar_t* tile, const NhwcPiece& pc, scalar_t* y, int64_t C, float mu, uint64_t* bits) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (pc.rows != kTransposeTile || C % kTransposeTile != 0 || reinterpret_cast<uintptr_t>(y) % 64 != 0 ||
-        active_cpu_isa() != CpuIsa::kAvx512)
+    if (C % kTransposeTile != 0 || reinterpret_cast<uintptr_t>(y) % 64 != 0 || active_cpu_isa() != CpuIsa::kAvx512)
       return false;
     uint16_t* lanes = nullptr;
     if (bits) {
       zero_tail_lanes(C, pc, bits);
-      lanes = reinterpret_cast<uint16_t*>(bits) + (pc.c0 / 64) * 4 + (pc.c0 % 64) / 16;
+      lanes = piece_lane(bits, pc);
     }
     stream_piece16_avx512(tile, pc.cols, y, C, mu, lanes, (C + 63) / 64 * 4);
     return true;
@@ -239,6 +243,7 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
   if (C > 0) {  // NHWC out: the write pass (and q's scan in it) per piece of channel rows
     const NhwcPieces<kFwdCols> np(N, C, D / C);
     const bool stream_ok = N * D * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+    const float mu_f = static_cast<float>(mu_s);  // stream_piece's (float32 only)
     const int64_t words = (C + 63) / 64;
     const auto write_pass = [&](auto&& sink) {
       at::parallel_for(0, np.items(), 1, [&](int64_t lo, int64_t hi) {
@@ -255,13 +260,12 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
               sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
           }
           uint64_t* piece_bits = bits ? bits + (pc.n * np.P + pc.p0) * words : nullptr;
-          const float mu_f = static_cast<float>(mu_s);
           if (!(stream_ok && stream_piece<scalar_t>(tile, pc, yp + np.nhwc(pc), C, mu_f, piece_bits))) {
             transpose_block(static_cast<const scalar_t*>(tile), pc.cols, yp + np.nhwc(pc), C, pc.rows, pc.cols);
             if (bits) pack_piece(yp + np.nhwc(pc), C, pc, mu_s, piece_bits);
           }
         }
-        _mm_sfence();  // stream_piece's stores: globally visible before the task ends
+        if (stream_ok) _mm_sfence();  // stream_piece's stores: globally visible before the task ends
       });
     };
     if (!q) {

@@ -9,6 +9,7 @@ default is 1 thread, which would understate every CPU op: pass the count explici
 prints `header()`: the machine, its threads and the load average, which says how quiet the machine was.
 """
 import logging
+import statistics
 import time
 
 import torch
@@ -79,9 +80,7 @@ def paired_ratio(a: dict, b: dict) -> float:
     have them (a drift of the machine between rounds cancels in each pair), else time_s / time_s."""
     ra, rb = a.get("round_s"), b.get("round_s")
     if ra and rb and len(ra) == len(rb):
-        ratios = sorted(x / y for x, y in zip(ra, rb))
-        n = len(ratios)
-        return ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
+        return statistics.median(x / y for x, y in zip(ra, rb))
     return a["time_s"] / b["time_s"]
 
 
