@@ -165,7 +165,6 @@ class ERConv2dStep(torch.autograd.Function):
             yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(xs, *act_state, native=True)
         else:
             yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
-        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
         ctx.y_shape = x.shape
@@ -175,11 +174,14 @@ class ERConv2dStep(torch.autograd.Function):
             ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, x.shape[1]), w_b, w_mean, alpha, w_width, mean,
                                   sigma, rms, x_width)
             ctx.y_from_bits = "rows"
+            wp = ops.pack_conv_weight(w_b)
+            del yr  # freed before the conv allocates its output, which can then take y's memory (no heap hole)
             n, c, h, wd = x.shape
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
-            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), ops.pack_conv_weight(w_b), *conv, in_channels=c,
+            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c,
                                           out_scale=sigma, ones_scale=mean,
                                           out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
+        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
         out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
         # y's signs kept instead of y, as above: y == mean + sigma (sign(y - (mean + sigma)) = +1) or
