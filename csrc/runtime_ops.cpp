@@ -48,6 +48,7 @@ TORCH_LIBRARY_FRAGMENT(erbnn, m) {
   // Why AMX is (not) used: the CPUID / OS grant / tile self-test outcome.
   m.def("_amx_status", [] { return amx_engine_status(); });
   // The 64-byte tile configuration the kernel loads, and (AMX hosts) what LDTILECFG loaded, read back.
+  m.def("_amx_probe_outcome", [](std::string mode) { return amx_probe_outcome(mode); });
   m.def("_amx_tile_config", [] { return to_ints(amx_tile_config()); });
   m.def("_amx_tile_config_loaded", [] { return to_ints(amx_tile_config_loaded()); });
   m.def("_conv_engines", [] { return available_conv_engines(); });

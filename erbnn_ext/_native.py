@@ -63,6 +63,11 @@ def amx_status() -> str:
     return _op("_amx_status")()
 
 
+def _amx_probe_outcome(mode: str) -> str:
+    """Tests: the AMX self-test's child-process verdict for a stand-in child (pass, config, block, fault)."""
+    return _op("_amx_probe_outcome")(mode)
+
+
 def _amx_tile_config() -> list:
     """The 64-byte AMX tile configuration the kernel loads."""
     return list(_op("_amx_tile_config")())
@@ -143,7 +148,7 @@ def cuda_supported(device) -> bool:
 # The pybind11 module's names, for callers that use `_native._C.<name>(...)`.
 _C = types.SimpleNamespace(
     cpu_isa=cpu_isa, detected_cpu_isa=detected_cpu_isa, set_cpu_isa=set_cpu_isa, amx_available=amx_available,
-    amx_status=amx_status, _amx_tile_config=_amx_tile_config, _amx_tile_config_loaded=_amx_tile_config_loaded,
+    amx_status=amx_status, _amx_tile_config=_amx_tile_config, _amx_probe_outcome=_amx_probe_outcome, _amx_tile_config_loaded=_amx_tile_config_loaded,
     conv_engine_reasons=conv_engine_reasons,
     conv_engines=conv_engines, set_conv_engine=set_conv_engine, get_conv_engine=get_conv_engine,
     _set_amx_disabled=_set_amx_disabled, _set_amx_emulated=_set_amx_emulated,

@@ -331,6 +331,17 @@ def test_tile_config_loaded_reads_back(native):
     assert C._amx_tile_config_loaded() == C._amx_tile_config()
 
 
+def test_self_test_child_verdicts(native):
+    # The machinery that keeps a faulting tile instruction out of the user's process, on any CPU: a child
+    # that dies of a signal or reports a mismatch turns into a reason, and the parent lives on.
+    assert C._amx_probe_outcome("pass") == ""
+    assert "another tile configuration" in C._amx_probe_outcome("config")
+    assert "TDPBSSD" in C._amx_probe_outcome("block")
+    assert "died of signal" in C._amx_probe_outcome("fault")
+    with pytest.raises(ValueError, match="mode"):
+        C._amx_probe_outcome("bogus")
+
+
 def test_amx_status_says_why(native):
     status = C.amx_status()
     assert status

@@ -33,6 +33,9 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
 // of the tile code in a child process passed (checked once per process); amx_status() says why not.
 bool amx_available();
 std::string amx_status();
+// Tests of the self-test's child-process machinery on any CPU: what amx_status() would say for a child
+// that passes ("pass" -> ""), reports a bad configuration or block ("config", "block"), or faults ("fault").
+std::string amx_probe_outcome(const std::string& mode);
 // The tile configuration the kernel loads (64 bytes, palette 1), and where AMX is usable, what LDTILECFG
 // loaded from it, read back with STTILECFG.
 std::array<uint8_t, 64> amx_tile_config();

@@ -129,14 +129,17 @@ ERBNN_AMX int tile_self_test() {
   return std::memcmp(C, R, sizeof C) == 0 ? 0 : 2;
 }
 
-// "" when the tile code runs right, else why not.
-std::string probe_tiles() {
-  std::string why;
-  if (!amx_granted(&why)) return why;
-  // A raw fork: no atfork handlers of torch or the OpenMP runtime run around it, and the child only
-  // computes on its stack and exits.
+// Runs test() in a child process: "" when it exits with 0, else what went wrong. A raw fork: no atfork
+// handlers of torch or the OpenMP runtime run around it, and the child only computes on its stack.
+std::string run_in_child(int (*test)()) {
   const long pid = syscall(SYS_fork);
-  if (pid == 0) syscall(SYS_exit_group, tile_self_test());
+  if (pid == 0) {
+    // A fault ends the child quietly: no inherited handler (Python's faulthandler, say) reports it.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig : {SIGILL, SIGSEGV, SIGBUS, SIGFPE, SIGTRAP}) sigaction(sig, &dfl, nullptr);
+    syscall(SYS_exit_group, test());
+  }
   if (pid < 0) return std::string("the tile self-test could not start (fork: ") + std::strerror(errno) + ")";
   int status = 0;
   while (waitpid(pid_t(pid), &status, 0) < 0)
@@ -150,6 +153,13 @@ std::string probe_tiles() {
   return "";
 }
 
+// "" when the tile code runs right, else why not.
+std::string probe_tiles() {
+  std::string why;
+  if (!amx_granted(&why)) return why;
+  return run_in_child(tile_self_test);
+}
+
 const std::string& probe_result() {
   static const std::string why = probe_tiles();
   return why;
@@ -158,6 +168,14 @@ const std::string& probe_result() {
 }  // namespace
 
 bool amx_available() { return probe_result().empty(); }
+
+std::string amx_probe_outcome(const std::string& mode) {
+  if (mode == "pass") return run_in_child([] { return 0; });
+  if (mode == "config") return run_in_child([] { return 1; });
+  if (mode == "block") return run_in_child([] { return 2; });
+  TORCH_CHECK_VALUE(mode == "fault", "mode must be pass, config, block or fault; got '", mode, "'");
+  return run_in_child([]() -> int { __builtin_trap(); });
+}
 
 std::string amx_status() {
   const std::string& why = probe_result();
