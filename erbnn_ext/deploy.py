@@ -8,7 +8,7 @@ in its epilogue. A BatchNorm that directly follows (and is used nowhere else) fo
 BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean * a.
 ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
 
-Chaining (issue 15): where a frozen conv's output is the next binary conv's input, the producer's epilogue
+Chaining: where a frozen conv's output is the next binary conv's input, the producer's epilogue
 writes that input's packed signs (ops.binary_conv2d_bits, next_shift = the consumer's mu) and the consumer
 reads them instead of packing the floats again; where nothing else reads the floats they are not written
 at all. A 2x2 max-pool in between runs on the bits (sign(max(x) - mu) = OR of the signs), after the

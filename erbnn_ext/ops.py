@@ -207,7 +207,7 @@ def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=N
 def binary_conv2d_bits(x, w_packed, stride=1, padding=0, dilation=1, in_channels=-1, x_shift=None, out_scale=None,
                        out_bias=None, ones_scale=None, residual=None, act=None, next_shift=None, float_out=True, *,
                        native=None):
-    """binary_conv2d_packed chained to its neighbours (deploy.freeze, issue 15). Returns (out, out_bits).
+    """binary_conv2d_packed chained to its neighbours (deploy.freeze). Returns (out, out_bits).
 
     x: float [N, C, H, W] as in binary_conv2d_packed, or (in_channels = C >= 1) its packed signs
     [N, H, W, Cw], the out_bits of the previous layer (the shift already applied: x_shift must be None).

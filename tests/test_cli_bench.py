@@ -55,7 +55,7 @@ def test_quick_run_writes_every_row(quick_run):
         for shape in MODELS[model]:
             for mode in overhead.MODES:
                 for method in overhead.METHODS:
-                    if mode not in overhead.ERBNN_ONLY_MODES or method.startswith("erbnn"):
+                    if mode not in overhead.ER_ONLY_MODES or method.startswith("erbnn"):
                         want.add(("overhead", model, shape.name, mode, method))
             for method in conv.METHODS:
                 want.add(("conv", model, shape.name, "", method))

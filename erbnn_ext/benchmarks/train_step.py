@@ -1,4 +1,4 @@
-"""Training step: ER-BNN against float, side by side in one process (issue 10's goals).
+"""Training step: ER-BNN against float, side by side in one process.
 
 - per binary layer shape (shapes.py, batch --batch): one ERBinaryConv2d training step (layer in train
   mode, forward + backward, the input's and the weight's gradients, restoration statistics, quantiles and
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import models as zoo, nn as enn, ops
 from .._backend import get_backend, native_active, use_backend
-from .shapes import MODELS
+from .shapes import MODELS, parse_models
 from .timing import header, measure_side_by_side, paired_ratio
 
 LAYER_METHODS = ("er_layer", "conv2d")
@@ -206,9 +206,8 @@ def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, 
 
 
 def main(argv=None):
-    from .cli import _models
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=_models, default=["resnet20", "resnet18"],
+    ap.add_argument("--models", type=parse_models, default=["resnet20", "resnet18"],
                     help="comma-separated (default resnet20,resnet18)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
