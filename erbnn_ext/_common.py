@@ -37,6 +37,22 @@ def pair(v, name="argument"):
     return v
 
 
+def word_bits(device) -> int:
+    """Bits per packed sign word of the kernels on `device`: 64 on the CPU, 32 on CUDA (csrc: the CPU
+    kernels' uint64_t words, the CUDA kernels' 32-bit __popc / b1 MMA words)."""
+    return 64 if torch.device(device).type == "cpu" else 32
+
+
+def word_dtype(device) -> torch.dtype:
+    """The tensor dtype of those words: int64 on the CPU, int32 on CUDA."""
+    return torch.int64 if word_bits(device) == 64 else torch.int32
+
+
+def dtype_bits(dtype: torch.dtype) -> int:
+    """Bits per word of a packed tensor of `dtype` (int64: 64, int32: 32)."""
+    return 64 if dtype == torch.int64 else 32
+
+
 def ring_push(values, count, v):
     """values[count % len] = v; count += 1 (in place on the tensors' device: no host sync)."""
     slot = torch.remainder(count, values.numel()).reshape(1)
