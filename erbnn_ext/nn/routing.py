@@ -50,10 +50,8 @@ class Route(NamedTuple):
 
 # Routes are constants (no allocation or formatting per forward).
 _EVAL_XNOR = Route(XNOR_EVAL, NCHW, "eval under no_grad, native kernels: packed XNOR-popcount conv")
-_STEP_NHWC_VIEW = Route(ER_STEP, NHWC, "training step, eager float32 native: one autograd node; channels_last "
-                                       "input restored as its NHWC rows (a view)")
-_STEP_NHWC = Route(ER_STEP, NHWC, "training step, eager float32 native: one autograd node; y written as NHWC "
-                                  "rows with its packed signs (in_channels <= NHWC_MAX_CHANNELS or nhwc_train)")
+_STEP_NHWC = Route(ER_STEP, NHWC, "training step, eager float32 native: one autograd node; y held as NHWC rows "
+                                  "(in_channels <= NHWC_MAX_CHANNELS, a channels_last input, or nhwc_train)")
 _STEP_NCHW = Route(ER_STEP, NCHW, "training step, eager float32 native: one autograd node in NCHW order "
                                   "(in_channels > NHWC_MAX_CHANNELS or nhwc_train False)")
 _COMPOSED = Route(RESTORED_POPCOUNT, NCHW, "training step with fused_train off: composed functions, popcount "
@@ -104,16 +102,14 @@ def route(layer, x: torch.Tensor) -> Route:
         return _LINEAR
     if not layer._measuring(x):
         return _FLOAT_EVAL if not layer.training and not torch.is_grad_enabled() else _FLOAT_NO_STEP
-    w, b = layer.weight, layer.bias
-    if not (_setting(layer, "xnor_train") and w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
-            and EF.xnor_trains(x)):
+    if not (_setting(layer, "xnor_train") and EF.xnor_trains(x) and x.dtype == layer.weight.dtype):
         return _FLOAT_TRAIN
-    if not (_setting(layer, "fused_train") and ops.kernel_runs_on("restore_activation_train", x.device)):
-        return _COMPOSED
-    nhwc = _setting(layer, "nhwc_train")
-    x_nhwc = _nhwc.is_nhwc(x)
-    if nhwc is None or nhwc == "auto":
-        nhwc = layer.in_channels <= NHWC_MAX_CHANNELS or x_nhwc
-    if not nhwc:
-        return _STEP_NCHW
-    return _STEP_NHWC_VIEW if x_nhwc else _STEP_NHWC
+    if _setting(layer, "fused_train") and ops.kernel_runs_on("restore_activation_train", x.device):
+        nhwc = _setting(layer, "nhwc_train")
+        if nhwc is None or nhwc == "auto":
+            nhwc = layer.in_channels <= NHWC_MAX_CHANNELS or _nhwc.is_nhwc(x)
+        return _STEP_NHWC if nhwc else _STEP_NCHW
+    b = layer.bias
+    if b is not None and b.dtype != x.dtype:  # RestoredConv2d's backward (F.conv2d's) would refuse it
+        return _FLOAT_TRAIN
+    return _COMPOSED
