@@ -98,7 +98,7 @@ def _extension():
         macros += [("ERBNN_WITH_CUDA", None)]
         common["include_dirs"] += _cuda_library_includes()
         # No --use_fast_math: it flushes denormals and approximates divisions that feed sign decisions,
-        # so CUDA results could differ from the CPU's (issue 11 item 8).
+        # so CUDA results could differ from the CPU's.
         nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(
             "erbnn_ext._C", sources + rel("csrc/cuda/*.cu"), define_macros=macros,

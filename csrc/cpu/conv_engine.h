@@ -1,4 +1,4 @@
-// Choice of the CPU binary-conv engine per layer shape (issue 7):
+// Choice of the CPU binary-conv engine per layer shape:
 //   xnor      XNOR-popcount on packed sign bits (binary_conv_kernels.cpp), always available;
 //   int8_vnni exact +-1 int8 GEMM with AVX512-VNNI vpdpbusd (int8_conv.cpp);
 //   amx       the same GEMM on AMX tiles, TDPBSSD (int8_conv_amx.cpp).

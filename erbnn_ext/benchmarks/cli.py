@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .shapes import MODELS
+from .shapes import MODELS, parse_models as _models
 
 DEFAULT_MODELS = ("resnet18", "resnet20")
 DEFAULT_BATCH = 16   # activations of 16 images per layer: big enough that per-element work dominates
@@ -32,16 +32,6 @@ def _positive_float(text):
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
-
-
-def _models(text):
-    """Comma-separated benchmark model names; the model names of `erbnn train` (resnet20_1w1a, ...) too."""
-    names = [n.strip().lower().replace("-", "_").replace("_1w1a", "") for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in MODELS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(bad) or repr(text)}; choose from {', '.join(MODELS)}")
-    return list(dict.fromkeys(names))
 
 
 def _sections(text):

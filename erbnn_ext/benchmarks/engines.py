@@ -1,4 +1,4 @@
-"""CPU binary-conv engines per layer (issue 7): the XNOR-popcount engine, the +-1 int8 GEMM engines
+"""CPU binary-conv engines per layer: the XNOR-popcount engine, the +-1 int8 GEMM engines
 (AVX512-VNNI; AMX where the CPU has it), the engine the auto rule picks, against F.conv2d in float32
 and bfloat16 and torch's own int8 quantized conv2d (the peer: x86/fbgemm/onednn backend on +-1 tensors
 quantized to quint8 x qint8, scale 1; its input quantization is not timed). All binary rows run
