@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .._extras import available, install_hint
 from ..cpu_allocator import keep_freed_memory
 from .checkpoint import CHECKPOINT, RESUME_KEYS, load_state, prepare_out, read_checkpoint, rng_state, \
     save_atomic, set_rng_state
@@ -125,6 +126,9 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
     out = Path(out) if out is not None else None
     if out is not None and d.main:
         prepare_out(out)
+    can_plot = out is not None and d.main and available("matplotlib")
+    if out is not None and d.main and not can_plot:
+        warn(f"curves.png is not written: matplotlib is not installed ({install_hint('matplotlib', 'train')})")
     net = model
     if distributed:
         # Buffers (the ER rings, BatchNorm statistics) are broadcast from rank 0 before each forward: the
@@ -163,7 +167,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
             if out is not None:
                 _save(out, meta, data_state, epoch + 1, model, optimizer, scheduler, scaler, history, d.world_size)
                 write_metrics(out, history, config)
-                plot(out, history, title or type(model).__name__)
+                if can_plot:
+                    plot(out, history, title or type(model).__name__)
     if distributed:
         torch.distributed.barrier()
     return {"model": model, "history": history, "out": out}
