@@ -2,6 +2,9 @@
 #   make bench      - the main job: `erbnn bench` on built-in defaults
 #   make test       - the test suite
 #   make gpu-check  - on a GPU machine with torch installed (no venv, no network): tools/gpu_check.sh
+#   make emu-mutants - the CUDA emulator's mutation check (tools/emu_mutants.py, ~15 min on 2 cores)
+# `make test ARGS="-m cuda_emu"` runs only the CUDA kernels on the CPU emulator (erbnn_ext._C_emu,
+# built by `make build` unless ERBNN_CUDA_EMU=0).
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -11,7 +14,7 @@ DEPS    := numpy ninja pytest pytest-benchmark hypothesis tqdm matplotlib scikit
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build info clean gpu-check
+.PHONY: bench test build info clean gpu-check emu-mutants
 bench: build
 	$(BIN)/erbnn info
 	$(BIN)/erbnn bench $(ARGS)
@@ -24,6 +27,9 @@ info: build
 
 gpu-check:
 	bash tools/gpu_check.sh $(ARGS)
+
+emu-mutants: build
+	$(BIN)/python tools/emu_mutants.py $(ARGS)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +45,8 @@ $(VENV)/.editable: $(VENV)/.deps pyproject.toml setup.py
 	ERBNN_SKIP_EXT=1 $(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-# Compiles csrc/ (CUDA sources too when nvcc is found) into erbnn_ext/_C*.so, in place. Always run:
+# Compiles csrc/ (CUDA sources too when nvcc is found) into erbnn_ext/_C*.so, and the CUDA emulator
+# (csrc/cuda as C++) into erbnn_ext/_C_emu*.so, in place. Always run:
 # ninja recompiles only the sources whose files or headers changed (objects kept in build/), then relinks.
 build: $(VENV)/.editable
 	$(BIN)/python setup.py -q build_ext --inplace --force

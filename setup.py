@@ -102,7 +102,10 @@ def _extension():
         common["include_dirs"] += _cuda_library_includes()
         # No --use_fast_math: it flushes denormals and approximates divisions that feed sign decisions,
         # so CUDA results could differ from the CPU's (issue 11 item 8).
-        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
+        # --fmad=false: no multiply-add the source does not write (fmaf / __fma_rn where it does), as the
+        # CPU build and the emulator (-ffp-contract=off), so that statistics feeding signs (sums of squares,
+        # the surrogate's 1 - t*t) round alike on both (docs/kernels.md, "The CUDA emulator").
+        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", "--fmad=false"]
         return CUDAExtension(
             "erbnn_ext._C", sources + rel("csrc/cuda/*.cu"), define_macros=macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)

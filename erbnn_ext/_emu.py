@@ -73,6 +73,16 @@ def schedule(name: str):
         set_schedule(prev)
 
 
+@contextlib.contextmanager
+def device(sm_count=2, cc=(9, 0)):
+    """The fake device's multiprocessor count and compute capability, for the block."""
+    prev = ops()._emu_set_device(sm_count, *cc)
+    try:
+        yield
+    finally:
+        ops()._emu_set_device(*prev)
+
+
 def launch_counts() -> dict:
     """Launches per site ("file.cu:line") since the last reset_launch_counts()."""
     return dict(ops()._emu_launch_counts())

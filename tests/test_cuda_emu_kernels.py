@@ -123,6 +123,31 @@ def test_approx_sign(E, dtype):
     assert ran() == site_of("sign_kernel") | site_of("surrogate_kernel")
 
 
+def test_grid_stride_loops(E):
+    # One multiprocessor: grid_for caps the grid at 32 blocks of 256 threads, so 9000 elements take two
+    # trips through each elementwise kernel's grid-stride loop.
+    with _emu.device(sm_count=1):
+        x = torch.randn(3, 3000)
+        g = torch.randn_like(x)
+        b = torch.tensor(0.8)
+        assert torch.equal(E.approx_sign(x), C.approx_sign(x))
+        close(E._approx_sign_backward(g, x, b), C._approx_sign_backward(g, x, b))
+        y, m, s, _ = C.restore_activation(x)
+        close(E.restore_activation_fixed(x, m, s), y)
+        assert torch.equal(E.unpack_signs(E.pack_signs(x, 1), 3000, 1), C.unpack_signs(C.pack_signs(x, 1), 3000, 1))
+        xs = torch.randn(300_000)  # 9375 words: past the 8192 threads of the capped grid
+        assert torch.equal(E.pack_signs(xs, 0), as_cuda_words(C.pack_signs(xs, 0), 300_000))
+
+
+def test_compute_capability_picks_the_conv_kernel(E):
+    x, w = torch.randn(1, 40, 5, 5), torch.randn(8, 40, 3, 3)
+    for cc, kernel in (((7, 5), "conv_kernel"), ((8, 0), "conv_mma_kernel")):
+        with _emu.device(cc=cc):
+            _emu.reset_launch_counts()
+            assert torch.equal(E.binary_conv2d(x, w, [1, 1], [1, 1], [1, 1]), C.binary_conv2d(x, w, [1, 1], [1, 1], [1, 1]))
+            assert site_of(kernel) <= ran()
+
+
 # ------------------------------------------------------------------------------------- quantile
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 33, 5000])

@@ -189,6 +189,15 @@ TORCH_LIBRARY_FRAGMENT(erbnn_emu, m) {
       TORCH_CHECK_VALUE(false, e.what());
     }
   });
+  // The fake device: multiprocessors (the kernels size their grids by it) and compute capability (sm_80+
+  // selects the tensor-core conv). Returns the previous [sm_count, major, minor].
+  m.def("_emu_set_device(int sm_count, int major, int minor) -> int[]", [](int64_t sm, int64_t major, int64_t minor) {
+    TORCH_CHECK_VALUE(sm >= 1 && major >= 1 && minor >= 0, "sm_count and major must be >= 1, minor >= 0");
+    cudaDeviceProp* p = device_properties();
+    std::vector<int64_t> old{p->multiProcessorCount, p->major, p->minor};
+    p->multiProcessorCount = int(sm), p->major = int(major), p->minor = int(minor);
+    return old;
+  });
   m.def("_emu_launch_counts", [] { return launch_count_dict(); });
   m.def("_emu_reset_launch_counts", [] { reset_launch_counts(); });
   m.def("_emu_probe_shfl(Tensor val, Tensor arg, int mode, int width, int mask, bool wide) -> Tensor", &probe_shfl);
