@@ -54,6 +54,12 @@ def get_conv_engine() -> str:
     return _native.get_conv_engine()
 
 
+def _emu_built() -> bool:
+    from . import _emu
+
+    return _emu.built()
+
+
 def backend_info() -> dict:
     """What was compiled and what runs: native, cpu_isa, cuda_compiled, cuda_archs, torch, version, ..."""
     info = {
@@ -71,6 +77,7 @@ def backend_info() -> dict:
         "version": __version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cuda_emu_built": _emu_built(),  # the CUDA emulator library (tests and tools; never loaded here)
     }
     if native_available():
         N = _native
