@@ -8,7 +8,7 @@ in its epilogue. A BatchNorm that directly follows (and is used nowhere else) fo
 BN(z) = a * z + c, a = gamma / sqrt(running_var + eps), c = beta - running_mean * a.
 ERBinaryLinear layers become 1x1 convolutions on [N, K, 1, 1].
 
-Chaining (issue 15): where a frozen conv's output is the next binary conv's input, the producer's epilogue
+Chaining: where a frozen conv's output is the next binary conv's input, the producer's epilogue
 writes that input's packed signs (ops.binary_conv2d_bits, next_shift = the consumer's mu) and the consumer
 reads them instead of packing the floats again; where nothing else reads the floats they are not written
 at all. A 2x2 max-pool in between runs on the bits (sign(max(x) - mu) = OR of the signs), after the
@@ -24,6 +24,7 @@ import torch
 import torch.fx
 
 from . import functional as EF, ops
+from ._common import dtype_bits, pair, word_bits  # noqa: F401  (word_bits: deploy's public name for it)
 from .nn.layers import ERBinaryConv2d, ERBinaryLinear
 from .nn.rprelu import RPReLU
 
@@ -42,16 +43,11 @@ def _bn_affine(bn):
     return a, c
 
 
-def word_bits(device):
-    """Bits per packed word of the kernels on `device`: 64 (int64) on the CPU, 32 (int32) on CUDA."""
-    return 64 if torch.device(device).type == "cpu" else 32
-
-
 def repack_words(w_packed, channels, bits):
     """Packed sign words (last axis) of `channels` channels regrouped into `bits`-bit words: the same bits,
     bit j of word k = channel k * bits + j. Both layouts are little-endian, so an int64 word is the two
     int32 words of its low and high channels: a view, no unpacking (works on any device)."""
-    src = 64 if w_packed.dtype == torch.int64 else 32
+    src = dtype_bits(w_packed.dtype)
     if src == bits:
         return w_packed
     w = w_packed.contiguous()
@@ -124,7 +120,7 @@ class _FrozenBinary(torch.nn.Module):
         dev = (x_bits if x_bits is not None else x4d).device
         if x_bits is not None or self.next_shift is not None:
             packed = x_bits is not None
-            out, bits = ops._impl("binary_conv2d_bits", dev)(
+            out, bits = ops.resolve("binary_conv2d_bits", dev)(
                 x_bits if packed else x4d, self.w_packed, *geom, self.channels if packed else -1,
                 None if packed else self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act,
                 self.next_shift, self.float_out)
@@ -132,7 +128,7 @@ class _FrozenBinary(torch.nn.Module):
             if self.float_out and want != out.dtype:
                 out = out.to(want)
             return out if self.next_shift is None else (out, bits)
-        out = ops._impl("binary_conv2d_packed", dev)(
+        out = ops.resolve("binary_conv2d_packed", dev)(
             x4d, self.w_packed, *geom, self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act)
         return out if x4d.dtype == out.dtype else out.to(x4d.dtype)  # the op returns float32
 
@@ -143,7 +139,7 @@ class FrozenBinaryConv2d(_FrozenBinary):
     def __init__(self, layer: ERBinaryConv2d, bn=None, name="conv"):
         super().__init__()
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
-        self._geom = (_pair(layer.stride), _pair(layer.padding), _pair(layer.dilation))
+        self._geom = (pair(layer.stride), pair(layer.padding), pair(layer.dilation))
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self._freeze_from(layer, layer.weight, bn, name)
 
@@ -185,10 +181,6 @@ class _DeployRPReLU(RPReLU):
             return super().forward(x)  # its error message
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return torch.nn.functional.prelu(x + self.shift_in.view(shape), self.prelu.weight) + self.shift_out.view(shape)
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 _FOLDABLE = (ERBinaryConv2d, ERBinaryLinear, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
@@ -351,9 +343,9 @@ class _ChainTracer(torch.fx.Tracer):
 
 
 def _is_pool2x2(m):
-    return (isinstance(m, torch.nn.MaxPool2d) and _pair(m.kernel_size) == (2, 2)
-            and _pair(m.stride if m.stride is not None else m.kernel_size) == (2, 2)
-            and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
+    return (isinstance(m, torch.nn.MaxPool2d) and pair(m.kernel_size) == (2, 2)
+            and pair(m.stride if m.stride is not None else m.kernel_size) == (2, 2)
+            and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode
             and not m.return_indices)
 
 

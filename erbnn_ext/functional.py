@@ -13,14 +13,14 @@ from . import _nhwc, ops
 from ._common import acc_dtype, as_width, pair
 
 __all__ = [
-    "ApproxSign", "RestoreWeight", "RestoreActivation", "RestoreActivationFixed",
+    "ApproxSignFn", "RestoreWeight", "RestoreActivation", "RestoreActivationFixed",
     "approx_sign", "restore_weight", "restore_activation", "restore_weight_train", "restore_activation_train",
     "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
     "RestoredConv2d", "restored_conv2d", "ERConv2dStep",
 ]
 
 
-class ApproxSign(torch.autograd.Function):
+class ApproxSignFn(torch.autograd.Function):
     """apply(x, s, b, native) -> s = sign(x) (computed by ops.approx_sign); backward
     dL/dx = g * (h / b) * (1 - tanh(x / b)^2), h = max(b, 1)."""
 
@@ -257,7 +257,7 @@ def approx_sign(x, b=1.0):
     Example: ``y = approx_sign(x, b=0.5)``.
     """
     native = ops.native_now()
-    return ApproxSign.apply(x, ops.approx_sign(x.detach(), native=native), as_width(b, x), native)
+    return ApproxSignFn.apply(x, ops.approx_sign(x.detach(), native=native), as_width(b, x), native)
 
 
 def restore_weight(w, b=1.0):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import erbnn_ext
 from erbnn_ext.benchmarks import binary_conv as conv, overhead, train_step
@@ -55,7 +56,7 @@ def test_quick_run_writes_every_row(quick_run):
         for shape in MODELS[model]:
             for mode in overhead.MODES:
                 for method in overhead.METHODS:
-                    if mode not in overhead.ERBNN_ONLY_MODES or method.startswith("erbnn"):
+                    if mode not in overhead.ER_ONLY_MODES or method.startswith("erbnn"):
                         want.add(("overhead", model, shape.name, mode, method))
             for method in conv.METHODS:
                 want.add(("conv", model, shape.name, "", method))
@@ -165,38 +166,45 @@ def test_train_step_module_runs_standalone(capsys):
 def test_train_step_float_conv_flag_restores_the_default(capsys, monkeypatch):
     """--float-conv times the ER layers with F.conv2d as their forward (the restoration's own cost): the
     steps it builds must take that path, and the class default comes back afterwards."""
-    from erbnn_ext.nn import ERBinaryConv2d
     seen = []
     real = train_step.layer_step
 
     def spy(shape, batch, method="er_layer", *a, **k):
-        seen.append(ERBinaryConv2d.xnor_train)
-        return real(shape, batch, method, *a, **k)
+        step = real(shape, batch, method, *a, **k)
+        if method == "er_layer":  # does the ER layer's forward conv run the popcount kernel?
+            seen.append(step.route.kernel != "float")
+        return step
     monkeypatch.setattr(train_step, "layer_step", spy)
     train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
                      "--no-models", "--float-conv"])
     assert "forward conv: F.conv2d" in capsys.readouterr().out
     assert seen and not any(seen)
-    assert ERBinaryConv2d.xnor_train is True
+    assert _fresh_route().kernel == "er_step"
+
+
+def _fresh_route(cin=16):
+    """The route of a new ER layer's training step: the defaults, once no benchmark overrides them."""
+    from erbnn_ext.nn import ERBinaryConv2d, route
+    return route(ERBinaryConv2d(cin, 8, 3).train(), torch.randn(2, cin, 6, 6, requires_grad=True))
 
 
 @pytest.mark.parametrize("flag, expected", [("on", True), ("off", False)])
 def test_train_step_nhwc_flag_restores_the_default(capsys, monkeypatch, flag, expected):
     """--nhwc on/off forces the ER step's order (ERBinaryConv2d.nhwc_train) while the steps run, and the
     class default (None: the measured rule) comes back afterwards."""
-    from erbnn_ext.nn import ERBinaryConv2d
+    from erbnn_ext.nn import routing
     seen = []
     real = train_step.layer_step
 
     def spy(shape, batch, method="er_layer", *a, **k):
         step = real(shape, batch, method, *a, **k)
-        return lambda: (seen.append(ERBinaryConv2d.nhwc_train), step())[1]
+        return lambda: (seen.append(routing._OVERRIDE["nhwc_train"]), step())[1]
     monkeypatch.setattr(train_step, "layer_step", spy)
     train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
                      "--no-models", "--nhwc", flag])
     assert f"NHWC step: {flag}" in capsys.readouterr().out
     assert seen and all(v is expected for v in seen)
-    assert ERBinaryConv2d.nhwc_train is None
+    assert routing._OVERRIDE["nhwc_train"] is None
 
 
 def test_thread_clock_needs_one_thread(tmp_path, capsys):
@@ -293,3 +301,117 @@ def test_a_few_repeats_are_a_smoke_run_too(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SMOKE RUN (2 calls per case, batch 2" in proc.stdout
     assert json.loads((tmp_path / "bench.json").read_text())["config"]["smoke"] is True
+
+
+# ---- reporting as it goes: tables per section, bench.json after every case, progress lines ----------------
+
+def _popen_bench(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "erbnn_ext", "bench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_run_keeps_the_finished_sections(tmp_path, sig):
+    """Killed while its second section runs (once the first progress line of train_step is out): the first
+    section's table is already on stdout, and bench.json holds its rows, marked incomplete."""
+    import signal
+
+    proc = _popen_bench("--quick", "--threads", "1", "--models", "resnet20", "--sections", "conv,train_step",
+                        "--out", str(tmp_path))
+    lines = []
+    try:
+        for line in proc.stderr:  # not a terminal: one progress line per case
+            lines.append(line)
+            if line.startswith("erbnn bench: train_step 1/"):
+                proc.send_signal(getattr(signal, sig))
+                break
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert any(l.startswith("erbnn bench: train_step 1/") for l in lines), "".join(lines)[-3000:]
+    assert any(re.match(r"erbnn bench: conv \d+/\d+ resnet20 \S+ binary_conv2d: [\d,.]+ us", l) for l in lines)
+    assert proc.returncode == (143 if sig == "SIGTERM" else -signal.SIGKILL)
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["complete"] is False and result["sections_done"] == ["conv"]
+    conv_rows = [r for r in result["rows"] if r["section"] == "conv"]
+    assert {(r["layer"], r["method"]) for r in conv_rows} == {
+        (sh.name, m) for sh in MODELS["resnet20"] for m in conv.METHODS}
+    assert {e["model"] for e in result["summary"]["conv"]} == {"resnet20"}
+    assert result["summary"]["train_step"]["layers"] == []  # an unfinished section is not summarised
+    assert not (tmp_path / "bench.png").exists()
+    if sig == "SIGTERM":
+        assert result["stopped"] == "interrupted (SIGTERM)"
+        assert "marked incomplete" in err and "Traceback" not in err
+    assert not [p for p in os.listdir(tmp_path) if p != "bench.json"]  # no temporary file left behind
+
+
+def test_a_crash_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
+    """An exception in the second section: the error propagates, bench.json keeps the first section and the
+    cases of the second measured before it, marked incomplete with the error; the first table was printed."""
+    from erbnn_ext.benchmarks import run
+    from erbnn_ext.cli import main
+
+    real = run._CASES["train_step"]
+
+    def failing(*a, **k):
+        for i, case in enumerate(real(*a, **k)):
+            if i == 2:
+                row, _ = case
+
+                def boom():
+                    raise RuntimeError("kernel exploded")
+                yield row, boom
+            else:
+                yield case
+    monkeypatch.setitem(run._CASES, "train_step", failing)
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        main(["bench", "--quick", "--threads", "1", "--no-progress", "--models", "resnet20",
+              "--sections", "conv,train_step", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert "Binary conv per model" in captured.out and "Training step per" not in captured.out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["complete"] is False and result["sections_done"] == ["conv"]
+    assert result["stopped"] == "stopped by an error: RuntimeError: kernel exploded"
+    assert len([r for r in result["rows"] if r["section"] == "train_step"]) == 2  # the pair before the failure
+
+
+def test_a_finished_run_is_complete_and_prints_each_section_once(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    assert result["complete"] is True and result["sections_done"] == ["overhead", "conv", "train_step"]
+    assert set(result["section_time_s"]) == {"overhead", "conv", "train_step"}
+    assert "stopped" not in result
+    for title in ("Restoration overhead per model", "Binary conv per model", "Training step per model"):
+        assert proc.stderr.count(title) == 1
+    # the tables come out in section order, after the machine line
+    pos = [proc.stderr.index(t) for t in ("Machine:", "Restoration overhead per model", "Binary conv per model",
+                                          "Training step per model")]
+    assert pos == sorted(pos)
+    assert "erbnn bench: conv 1/" not in proc.stderr  # --no-progress: no progress lines
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous bench.json whole (and no temporary file)."""
+    from erbnn_ext.benchmarks import report
+    path = tmp_path / "bench.json"
+    report.write_json({"rows": [1]}, str(path))
+
+    def broken_dump(obj, f, **kw):
+        f.write('{"rows": [')
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(report.json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        report.write_json({"rows": [1, 2]}, str(path))
+    assert json.loads(path.read_text()) == {"rows": [1]}
+    assert os.listdir(tmp_path) == ["bench.json"]
+
+
+def test_help_documents_sections_and_models():
+    from erbnn_ext.cli import build_parser
+    text = build_parser()._subparsers._group_actions[0].choices["bench"].format_help()
+    for section in ("overhead", "conv", "train_step"):
+        assert re.search(section + r" \(~\d+(\.\d+)? min", " ".join(text.split())), text
+    for model in MODELS:
+        assert model in text

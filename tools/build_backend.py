@@ -6,8 +6,16 @@ environment, whatever torch the target environment has. When the environment bei
 already has a supported torch, this backend asks for exactly that version; otherwise for the supported
 range (and pip then installs the same newest release as a runtime dependency). `pip install
 --no-build-isolation .` skips all this and builds against the installed torch directly.
+
+A wheel (`pip install .`) is built out of tree, in a temporary copy of the sources: the clone's build/
+objects, its in-place library and erbnn_ext/_build_info.py stay as `make build` left them (the wheel's
+build info describes the wheel's library, the in-place one describes the in-place library).
 """
+import contextlib
+import os
+import shutil
 import sysconfig
+import tempfile
 from importlib import metadata
 
 from setuptools import build_meta as _setuptools
@@ -29,6 +37,46 @@ def _target_torch():
 def torch_requirement():
     version = _target_torch()
     return f"torch=={version}" if version else f"torch{TORCH_RANGE}"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a copy of the tree leaves behind: build outputs, environments, the in-place library and its record.
+_NOT_COPIED = shutil.ignore_patterns(".git", "build", "dist", ".venv*", "*.egg-info", "__pycache__", "*.so",
+                                     "_build_info.py", ".pytest_cache", ".benchmarks", "erbnn_out", "runs",
+                                     "gpu_out")
+
+
+@contextlib.contextmanager
+def _out_of_tree():
+    """A temporary copy of the sources as the working directory (setuptools builds in the cwd)."""
+    with tempfile.TemporaryDirectory(prefix="erbnn-ext-build-") as tmp:
+        src = os.path.join(tmp, "src")
+        shutil.copytree(ROOT, src, ignore=_NOT_COPIED, symlinks=True)
+        old = os.getcwd()
+        os.chdir(src)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
+def _abs(path):
+    return os.path.abspath(path) if path else path
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    metadata_directory = _abs(metadata_directory)
+    with _out_of_tree():
+        return _setuptools.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    wheel_directory, metadata_directory = _abs(wheel_directory), _abs(metadata_directory)
+    # The CUDA emulator is a test tool of this repository (make test, CI): a wheel leaves it out unless
+    # ERBNN_CUDA_EMU=1 asks for it.
+    os.environ.setdefault("ERBNN_CUDA_EMU", "0")
+    with _out_of_tree():
+        return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 # setuptools' own hooks would run setup.py, which imports torch: not installed yet at this point.

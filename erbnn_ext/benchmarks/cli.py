@@ -1,14 +1,21 @@
 """`erbnn bench`: restoration overhead (ER-BNN vs IR-Net and ReCU), binary conv vs F.conv2d, and the training
-step of ER layers and models vs their float twins, on the binary layer shapes of the paper's models; tables to
-stdout, bench.json and bench.png to --out."""
+step of ER layers and models vs their float twins, on the binary layer shapes of the paper's models. Each
+section's tables go to stdout when it ends; --out/bench.json is rewritten after every case (a killed or
+interrupted run keeps what it measured, marked "complete": false) and bench.png drawn at the end."""
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 
-from .shapes import MODELS
+from .. import _extras
+from .shapes import MODELS, parse_models as _models
 
 DEFAULT_MODELS = ("resnet18", "resnet20")
+# Minutes per section for the default models at the defaults (batch 16, --min-time 0.2), measured on 2
+# cores (AMD Zen 5); --help prints them so that a user can pick --sections / --models.
+SECTION_MINUTES = {"overhead": 0, "conv": 0, "train_step": 0}
 DEFAULT_BATCH = 16   # activations of 16 images per layer: big enough that per-element work dominates
 QUICK_BATCH = 2      # --quick without --batch (tests)
 QUICK_REPEAT = 2
@@ -34,16 +41,6 @@ def _positive_float(text):
     return v
 
 
-def _models(text):
-    """Comma-separated benchmark model names; the model names of `erbnn train` (resnet20_1w1a, ...) too."""
-    names = [n.strip().lower().replace("-", "_").replace("_1w1a", "") for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in MODELS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(bad) or repr(text)}; choose from {', '.join(MODELS)}")
-    return list(dict.fromkeys(names))
-
-
 def _sections(text):
     from .run import SECTIONS
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
@@ -61,7 +58,10 @@ def add_bench_parser(sub):
         description=__doc__)
     sp.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     sp.add_argument("--models", type=_models, default=list(DEFAULT_MODELS),
-                    help=f"comma-separated, from {','.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
+                    help=f"comma-separated, from {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)}); "
+                         "a section's time grows with the number of distinct layer shapes: "
+                         + ", ".join(f"{m} {len(s)}" for m, s in MODELS.items())
+                         + " (resnet18_imagenet's at 224x224, several times slower per shape)")
     sp.add_argument("--batch", type=_positive_int, default=None,
                     help=f"images per activation tensor (default {DEFAULT_BATCH}; {QUICK_BATCH} with --quick)")
     sp.add_argument("--repeat", type=_positive_int, default=None,
@@ -71,7 +71,9 @@ def add_bench_parser(sub):
     sp.add_argument("--threads", type=_positive_int, default=None,
                     help="torch CPU threads (default: torch's; 1 for the train_step section)")
     sp.add_argument("--sections", type=_sections, default=["overhead", "conv", "train_step"],
-                    help="which parts, comma-separated (default overhead,conv,train_step)")
+                    help="which parts, comma-separated (default all, in this order): "
+                         + ", ".join(f"{s} (~{m:g} min)" for s, m in SECTION_MINUTES.items())
+                         + f"; the minutes are those of the default models at the defaults on 2 cores")
     sp.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="wall (default) or thread: CPU time of the calling thread, immune to other processes "
                          "on a busy machine (needs --threads 1)")
@@ -80,7 +82,8 @@ def add_bench_parser(sub):
                          f"results are marked as smoke results, not measurements")
     sp.add_argument("--json", action="store_true", help="print the JSON result to stdout (tables to stderr)")
     sp.add_argument("--out", default="erbnn_out", help="folder for bench.json and bench.png (default ./erbnn_out)")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--no-progress", action="store_true",
+                    help="no progress on stderr (a bar on a terminal, otherwise one line per case)")
     sp.set_defaults(func=cmd_bench)
     return sp
 
@@ -109,20 +112,87 @@ def cmd_bench(args):
     batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
     repeat = args.repeat or (QUICK_REPEAT if args.quick else None)
 
-    from .report import render_text, write_outputs
+    from . import report
     from .run import run_bench
 
-    result = run_bench(args.models, batch=batch, device=args.device, sections=args.sections, repeat=repeat,
-                       min_run_time=args.min_time, progress=not args.no_progress, threads=args.threads,
-                       quick=args.quick, clock=args.clock)
+    # Tables go to stdout as each section ends (to stderr with --json, whose document is stdout's only
+    # content); bench.json is rewritten after every case, marked complete only at the end.
+    text_out = sys.stderr if args.json else sys.stdout
+    json_path = os.path.join(args.out, report.JSON_NAME)
+    state = {"result": None}
+
+    def on_update(result, finished):
+        if state["result"] is None:
+            text_out.write(report.head_text(result))
+            if not report.can_plot():
+                text_out.write(f"(bench.png is not drawn: matplotlib is not installed; "
+                               f"{_extras.install_hint('matplotlib')})\n")
+            text_out.flush()
+        state["result"] = result
+        try:
+            report.write_json(result, json_path)
+        except OSError as e:
+            raise _OutputError(f"--out {args.out!r}: cannot write the results: {e}") from e
+        if finished:
+            text_out.write(report.section_text(result, finished))
+            text_out.flush()
+
+    def stopped(why):
+        result = state["result"]
+        if result is None:
+            return
+        result["complete"] = False
+        result["stopped"] = why
+        try:
+            report.write_json(result, json_path)
+        except OSError:
+            return
+        done = ", ".join(result["sections_done"]) or "none"
+        print(f"erbnn bench: {why}; {json_path} keeps the {len(result['rows'])} cases measured (sections "
+              f"finished: {done}), marked incomplete", file=sys.stderr)
+
     try:
-        paths = write_outputs(result, args.out)
+        with _sigterm_as_interrupt():
+            result = run_bench(args.models, batch=batch, device=args.device, sections=args.sections, repeat=repeat,
+                               min_run_time=args.min_time, progress=not args.no_progress, threads=args.threads,
+                               quick=args.quick, clock=args.clock, on_update=on_update)
+    except KeyboardInterrupt as e:
+        stopped("interrupted (SIGTERM)" if isinstance(e, _Terminated) else "interrupted (Ctrl-C)")
+        return 143 if isinstance(e, _Terminated) else 130
+    except _OutputError as e:
+        return _fail(str(e), code=1)
+    except BaseException as e:
+        stopped(f"stopped by an error: {type(e).__name__}: {e}")
+        raise
+    try:
+        paths = report.write_outputs(result, args.out)
     except OSError as e:
         return _fail(f"--out {args.out!r}: cannot write the results: {e}", code=1)
-    text = render_text(result) + f"\nWrote {paths[0]} and {paths[1]}\n"
+    text_out.write(report.tail_text(result) + f"\nWrote {' and '.join(paths)}\n")
     if args.json:
-        sys.stderr.write(text)
         print(json.dumps(result, indent=1))
-    else:
-        sys.stdout.write(text)
     return 0
+
+
+class _OutputError(Exception):
+    """bench.json could not be written."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a CI timeout) handled as an interrupt, so that bench.json records why it stopped."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

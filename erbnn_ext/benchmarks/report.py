@@ -148,24 +148,50 @@ def train_step_tables(result):
     return [f"(training-step section: {c.get('train_step_threads')} thread(s))\n" + text]
 
 
-def render_text(result):
+SECTION_TABLES = {"overhead": overhead_tables, "conv": conv_tables, "train_step": train_step_tables}
+
+
+def head_text(result):
+    """The machine and timing lines printed before the first section."""
     c = result["config"]
     head = [machine_line(result["machine"]),
             f"Timing: {c['timer']}" + (f", min {c['min_run_time_s']} s per case" if c["min_run_time_s"] else "")
             + (", clock: CPU time of the calling thread" if c.get("clock") == "thread" else "")]
     if is_smoke(result):
         head.append(_smoke_note(result))
+    return "\n".join(head) + "\n"
+
+
+def section_text(result, section):
+    """The tables of one finished section (printed as soon as it ends)."""
+    tables = SECTION_TABLES[section](result)
+    return "\n" + "\n\n".join(tables) + "\n" if tables else ""
+
+
+def tail_text(result):
+    """After the last section: the busy-machine warning, if any."""
     warning = load_warning(result["machine"])
-    if warning:
-        head.append(warning)
-    return "\n\n".join(["\n".join(head)] + overhead_tables(result) + conv_tables(result)
-                       + train_step_tables(result)) + "\n"
+    return "\n" + warning + "\n" if warning else ""
+
+
+def render_text(result):
+    """The whole report of a finished (or partial) result: head, every finished section's tables, tail."""
+    return (head_text(result) + "".join(section_text(result, s) for s in result.get("sections_done", SECTION_TABLES))
+            + tail_text(result))
 
 
 def write_json(result, path):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    """Write atomically (a temporary file renamed over path): a reader, or a run killed while writing,
+    never sees a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _totals_panel(ax, result, name, summary):
@@ -221,8 +247,7 @@ def _claims_panel(ax, result, summary, smoke):
 
 
 def overhead_claim(model):
-    from .run import PAPER_REDUCTION
-    return PAPER_REDUCTION.get(model)
+    return overhead.PAPER_REDUCTION.get(model)
 
 
 def _train_step_panel(ax, summary, smoke):
@@ -245,7 +270,9 @@ def _train_step_panel(ax, summary, smoke):
 def write_png(result, path):
     """Bar charts: restoration total per model/mode/method, the reduction vs IR-Net beside the paper's claim,
     conv total per model/method (log scale), training-step ratios vs float. A smoke run says so on the chart."""
-    import matplotlib
+    from .._extras import require
+
+    matplotlib = require("matplotlib", "bench.png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -279,9 +306,17 @@ def write_png(result, path):
 
 
 def write_outputs(result, out_dir):
-    """Write bench.json and bench.png into out_dir (created); return their paths."""
+    """Write bench.json and, when matplotlib (the bench extra) is installed, bench.png into out_dir
+    (created); return the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     jp, pp = os.path.join(out_dir, JSON_NAME), os.path.join(out_dir, PNG_NAME)
     write_json(result, jp)
+    if not can_plot():
+        return (jp,)
     write_png(result, pp)
     return jp, pp
+
+
+def can_plot():
+    from .._extras import available
+    return available("matplotlib")

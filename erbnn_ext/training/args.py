@@ -9,12 +9,18 @@ from ..models import METHODS, MODELS
 from .errors import UsageError
 from .recipe import default_weight_decay
 
+# The CIFAR-10 recipe (method.md section 5). warmup None: scaled to the run, the paper's 17 of 1000 epochs
+# (scaled_warmup), so that a short run leaves its warm-up.
 DEFAULTS = {"model": "resnet20_1w1a", "method": "erbnn", "epochs": 1000, "batch_size": 256, "lr": 0.1,
-            "momentum": 0.9, "weight_decay": None, "warmup": 17, "seed": 0, "data": None, "p0": 0.8,
+            "momentum": 0.9, "weight_decay": None, "warmup": None, "seed": 0, "data": None, "p0": 0.8,
             "p1": 0.0, "limit_train": None}
 RECIPE_KEYS = tuple(DEFAULTS)  # these define the run: taken from the checkpoint on --resume
+PAPER_WARMUP, PAPER_EPOCHS = 17, 1000
 # where --data is an ImageNet-style folder (train/ and val/): the ImageNet recipe (docs/imagenet.md)
 IMAGENET_DEFAULTS = {"model": "resnet18_1w1a_imagenet", "epochs": 120, "warmup": 0}
+# without --data, the embedded digits (1437 training images): a run of a few minutes on 2 cores that
+# learns them (docs/install.md states its accuracy); smaller batches give a short run more steps.
+DIGITS_DEFAULTS = {"epochs": 30, "batch_size": 64}
 AMP = ("bf16", "fp16")
 
 
@@ -80,13 +86,19 @@ def train_arguments(p):
                         f"{DEFAULTS['model']}; {IMAGENET_DEFAULTS['model']} on an ImageNet folder)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="binarizer: erbnn (default) or the ablations clip, ede, irnet, recu")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="E (default 1000; 120 on an ImageNet folder)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default 256)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"E (default {DEFAULTS['epochs']} on CIFAR-10, {IMAGENET_DEFAULTS['epochs']} on an ImageNet "
+                        f"folder, {DIGITS_DEFAULTS['epochs']} on the embedded digits)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"global batch (default {DEFAULTS['batch_size']}; {DIGITS_DEFAULTS['batch_size']} on the "
+                        f"embedded digits)")
     p.add_argument("--lr", type=_positive_float, default=None, help="base learning rate (default 0.1)")
     p.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="default 1e-4 (2e-4 for resnet18_1w1a)")
-    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up epochs (default 17; 0 on an ImageNet folder)")
+    p.add_argument("--warmup", type=_nonneg_int, default=None,
+                   help=f"linear warm-up epochs (default: {PAPER_WARMUP} per {PAPER_EPOCHS} epochs, at least 1: "
+                        f"{PAPER_WARMUP} for the CIFAR-10 recipe; 0 on an ImageNet folder)")
     p.add_argument("--p0", type=_unit_float, default=None, help="ER-BNN percentile at epoch 0 (0.8)")
     p.add_argument("--p1", type=_unit_float, default=None, help="ER-BNN percentile at the end (0.0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -113,11 +125,17 @@ def eval_arguments(p):
     runtime_arguments(p)
 
 
+def scaled_warmup(epochs: int) -> int:
+    """The paper's warm-up (17 of 1000 epochs) scaled to a run of `epochs`: at least 1, 17 at 1000."""
+    return max(1, round(PAPER_WARMUP * epochs / PAPER_EPOCHS))
+
+
 def resolve_config(args, ckpt):
     """The run's recipe: the arguments given, else the checkpoint's (on --resume), else DEFAULTS."""
     cfg = {}
     data = getattr(args, "data", None) if ckpt is None else ckpt["args"].get("data")
-    defaults = dict(DEFAULTS, **(IMAGENET_DEFAULTS if data is not None and is_imagefolder(data) else {}))
+    defaults = dict(DEFAULTS, **(DIGITS_DEFAULTS if data is None else
+                                 IMAGENET_DEFAULTS if is_imagefolder(data) else {}))
     for k in RECIPE_KEYS:
         given = getattr(args, k, None)
         saved = ckpt["args"].get(k) if ckpt else None
@@ -127,6 +145,8 @@ def resolve_config(args, ckpt):
         cfg[k] = given if given is not None else (saved if ckpt is not None else defaults[k])
     if cfg["weight_decay"] is None:
         cfg["weight_decay"] = default_weight_decay(cfg["model"])
+    if cfg["warmup"] is None:
+        cfg["warmup"] = scaled_warmup(cfg["epochs"])
     if cfg["p1"] > cfg["p0"]:
         raise UsageError(f"--p1 ({cfg['p1']}) must not exceed --p0 ({cfg['p0']})")
     return cfg

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _backend
+from .._extras import MissingExtraError
 from ..data import DataError, is_imagefolder, make_loader, open_data
 from ..models import build_model
 from .args import eval_arguments, resolve_config, train_arguments
@@ -90,7 +91,7 @@ def _fail(cmd, e) -> int:
 def cmd_train(args) -> int:
     try:
         run_train(args)
-    except (TrainingError, DataError) as e:
+    except (TrainingError, DataError, MissingExtraError) as e:
         return _fail("train", e)
     finally:
         if dist.is_initialized():
@@ -125,7 +126,7 @@ def run_eval(args) -> dict:
 def cmd_eval(args) -> int:
     try:
         res = run_eval(args)
-    except (TrainingError, DataError) as e:
+    except (TrainingError, DataError, MissingExtraError) as e:
         return _fail("eval", e)
     if args.json:
         print(json.dumps(res, indent=2))

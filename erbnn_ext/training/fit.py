@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .._extras import available, install_hint
 from ..cpu_allocator import keep_freed_memory
 from .checkpoint import CHECKPOINT, RESUME_KEYS, load_state, prepare_out, read_checkpoint, rng_state, \
     save_atomic, set_rng_state
@@ -125,6 +126,9 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
     out = Path(out) if out is not None else None
     if out is not None and d.main:
         prepare_out(out)
+    can_plot = out is not None and d.main and available("matplotlib")
+    if out is not None and d.main and not can_plot:
+        warn(f"curves.png is not written: matplotlib is not installed ({install_hint('matplotlib', 'train')})")
     net = model
     if distributed:
         # Buffers (the ER rings, BatchNorm statistics) are broadcast from rank 0 before each forward: the
@@ -142,7 +146,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
     try:
         _epochs(net, model, train_loader, val_loader, optimizer, scheduler, scaler, device, d, distributed, amp,
                 channels_last, epochs, start, stop, percentile, progress, log, out, meta, data_state, history,
-                config, title, progress_state)
+                config, title, can_plot, progress_state)
     except Exception as e:
         if distributed and is_lost_peer(e):
             raise RankLostError(_lost_message(e, d, out, progress_state)) from e
@@ -169,7 +173,7 @@ def _lost_message(exc, d, out, state):
 
 def _epochs(net, model, train_loader, val_loader, optimizer, scheduler, scaler, device, d, distributed, amp,
             channels_last, epochs, start, stop, percentile, progress, log, out, meta, data_state, history, config,
-            title, state):
+            title, can_plot, state):
     for epoch in range(start, stop):
         state["epoch"] = epoch
         t0 = time.perf_counter()
@@ -197,7 +201,8 @@ def _epochs(net, model, train_loader, val_loader, optimizer, scheduler, scaler, 
                 _save(out, meta, data_state, epoch + 1, model, optimizer, scheduler, scaler, history, d.world_size)
                 state["saved"] = epoch + 1
                 write_metrics(out, history, config)
-                plot(out, history, title or type(model).__name__)
+                if can_plot:
+                    plot(out, history, title or type(model).__name__)
     state["epoch"] = stop - 1
     if distributed:
         torch.distributed.barrier()

@@ -8,7 +8,9 @@ from .errors import NonFiniteError
 
 
 def _progress(it, desc, enabled):
-    if not enabled:
+    from .._extras import available
+
+    if not enabled or not available("tqdm"):  # no bar without the extra: the per-epoch line stays
         return it
     from tqdm import tqdm
     return tqdm(it, total=len(it) if hasattr(it, "__len__") else None, desc=desc, leave=False,
@@ -43,6 +45,7 @@ def train_one_epoch(model, loader, optimizer, device, d=None, desc="train", prog
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
     bar = _progress(loader, desc, progress)
+    progress = bar is not loader  # a bar exists (tqdm installed)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
         try:
