@@ -2,6 +2,9 @@
 #   make bench      - the main job: `erbnn bench` on built-in defaults
 #   make test       - the test suite
 #   make gpu-check  - on a GPU machine with torch installed (no venv, no network): tools/gpu_check.sh
+#   make emu-mutants - the CUDA emulator's mutation check (tools/emu_mutants.py, ~15 min on 2 cores)
+# `make test ARGS="-m cuda_emu"` runs only the CUDA kernels on the CPU emulator (erbnn_ext._C_emu,
+# built by `make build` unless ERBNN_CUDA_EMU=0).
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -13,7 +16,7 @@ DEPS    := numpy ninja "setuptools>=77" wheel tqdm matplotlib scikit-learn pytes
 # MAX_JOBS (parallel compiles) defaults to every core.
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: bench test build info clean gpu-check
+.PHONY: bench test build info clean gpu-check emu-mutants
 bench: build
 	$(BIN)/erbnn info
 	$(BIN)/erbnn bench $(ARGS)
@@ -26,6 +29,9 @@ info: build
 
 gpu-check:
 	bash tools/gpu_check.sh $(ARGS)
+
+emu-mutants: build
+	$(BIN)/python tools/emu_mutants.py $(ARGS)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +48,8 @@ $(VENV)/.editable: $(VENV)/.deps pyproject.toml setup.py
 	touch $@
 
 # Compiles csrc/ into erbnn_ext/_C*.so, in place: the CPU kernels (about 3 minutes on 2 cores from
-# nothing), and the CUDA kernels only when a GPU is visible or ERBNN_CUDA=1 (as many minutes again).
+# nothing), and the CUDA kernels only when a GPU is visible or ERBNN_CUDA=1 (as many minutes again); and
+# the CUDA emulator (csrc/cuda as C++ against csrc/cuda_emu) into erbnn_ext/_C_emu*.so, for the tests.
 # Always run: ninja recompiles only the sources whose files or headers changed (objects kept in build/),
 # then relinks; its last line says what was compiled and what was skipped.
 build: $(VENV)/.editable

@@ -16,7 +16,7 @@ BATCH = int(os.environ.get("ERBNN_BENCH_BATCH", "16"))
 CASES = [pytest.param(model, shape, mode, method, id=f"{model}-{shape.name}-{mode}-{method}")
          for model in ("resnet18", "resnet20") for shape in MODELS[model]
          for mode in overhead.MODES for method in overhead.METHODS
-         if mode not in overhead.ERBNN_ONLY_MODES or method.startswith("erbnn")]
+         if mode not in overhead.ER_ONLY_MODES or method.startswith("erbnn")]
 
 
 @pytest.mark.parametrize("model, shape, mode, method", CASES)

@@ -69,7 +69,7 @@ TORCH_LIBRARY(erbnn, m) {
   m.def("binary_conv2d_packed(Tensor x, Tensor w_packed, int[2] stride, int[2] padding, int[2] dilation, "
         "Tensor? x_shift=None, Tensor? out_scale=None, Tensor? out_bias=None, Tensor? ones_scale=None, "
         "Tensor? residual=None, Tensor? act=None) -> Tensor");
-  // Chained deploy convs (issue 15): binary_conv2d_packed, where x may be given as its packed signs
+  // Chained deploy convs: binary_conv2d_packed, where x may be given as its packed signs
   // [N, H, W, Cw] (words as pack_conv_weight's; sign(x - shift) already applied, so x_shift = None) of
   // in_channels channels (-1: x is float), and the epilogue can also write the next binary layer's input:
   // out_bits = the packed signs of (out - next_shift) [N, OH, OW, ceil(O / W)] (None: empty [0]);

@@ -1,7 +1,8 @@
 """Constants and small helpers shared by the production code and the reference (no kernels, no dispatch).
 
-The reference twins (erbnn_ext.reference) are the ground truth; nothing outside the dispatch point in
-erbnn_ext.ops imports them. What both need lives here.
+The reference twins (erbnn_ext.reference) are the ground truth; the package calls them through the
+dispatch point (erbnn_ext.ops.resolve), and only the overhead benchmark (which times them) and the tests
+import them directly. What both sides need lives here.
 """
 import torch
 
@@ -35,6 +36,22 @@ def pair(v, name="argument"):
     if len(v) != 2 or not all(isinstance(i, int) for i in v):
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
     return v
+
+
+def word_bits(device) -> int:
+    """Bits per packed sign word of the kernels on `device`: 64 on the CPU, 32 on CUDA (csrc: the CPU
+    kernels' uint64_t words, the CUDA kernels' 32-bit __popc / b1 MMA words)."""
+    return 64 if torch.device(device).type == "cpu" else 32
+
+
+def word_dtype(device) -> torch.dtype:
+    """The tensor dtype of those words: int64 on the CPU, int32 on CUDA."""
+    return torch.int64 if word_bits(device) == 64 else torch.int32
+
+
+def dtype_bits(dtype: torch.dtype) -> int:
+    """Bits per word of a packed tensor of `dtype` (int64: 64, int32: 32)."""
+    return 64 if dtype == torch.int64 else 32
 
 
 def ring_push(values, count, v):

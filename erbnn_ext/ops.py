@@ -1,5 +1,5 @@
 """The single dispatch point of the package: every op call, from functional, nn, deploy and the
-benchmarks, goes through `_impl` below, which picks torch.ops.erbnn (native) or the reference twin.
+benchmarks, goes through `resolve` below, which picks torch.ops.erbnn (native) or the reference twin.
 
 `native` (keyword, default None = decide now from erbnn_ext.use_backend / set_backend / ERBNN_BACKEND)
 lets a caller pin the choice, e.g. an autograd backward running on another thread uses the backend of
@@ -13,18 +13,22 @@ import warnings
 import torch
 
 from . import _backend, _native, reference
-from ._common import as_width, pair
+from ._common import as_width, dtype_bits, pair, word_bits, word_dtype
 
 _LIB = "erbnn"
 
 
-_OP_NAMES = (
-    "restore_weight", "_restore_weight_backward", "restore_activation", "_restore_activation_backward",
-    "restore_activation_fixed", "_restore_activation_fixed_backward", "approx_sign", "_approx_sign_backward",
-    "two_sided_quantile", "pack_signs", "unpack_signs", "binary_conv2d", "binary_linear",
-    "pack_conv_weight", "binary_conv2d_packed", "restore_weight_train", "restore_activation_train",
-    "binary_conv2d_bits", "_batch_transpose", "_restore_activation_backward_nhwc", "restore_activation_train_nhwc",
-)
+def _op_names():
+    """The kernel ops of the loaded library (csrc/ops.cpp's schemas that have a reference twin; the
+    runtime knobs, torch.ops.erbnn._cpu_isa and the like, have none). Read from the dispatcher, so it
+    cannot drift from the schema list."""
+    if not _native.available():
+        return ()
+    names = (n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith(_LIB + "::"))
+    return tuple(sorted(n for n in names if hasattr(reference, n.lstrip("_"))))
+
+
+_OP_NAMES = _op_names()
 
 
 def _registered(name):
@@ -75,7 +79,7 @@ def kernel_runs_on(op_name: str, device: torch.device) -> bool:
     return False
 
 
-def _impl(name, device, native=None):
+def resolve(name, device, native=None):
     """THE backend choice: the native op when the native backend is active (or `native` is True) and a
     kernel can run on `device`, else the reference twin of the same name."""
     if native is None:
@@ -91,41 +95,41 @@ def native_now() -> bool:
 
 
 def restore_weight(w, *, native=None):
-    return _impl("restore_weight", w.device, native)(w)
+    return resolve("restore_weight", w.device, native)(w)
 
 
 def restore_weight_backward(grad_wb, w, mean, alpha, b, *, native=None):
-    fn = _impl("_restore_weight_backward", w.device, native)
+    fn = resolve("_restore_weight_backward", w.device, native)
     return fn(grad_wb, w, mean, alpha, as_width(b, w, copy=False))
 
 
 def restore_weight_train(w, p, q_values, q_count, width, min_width, *, native=None):
-    return _impl("restore_weight_train", w.device, native)(w, p, q_values, q_count, width, float(min_width))
+    return resolve("restore_weight_train", w.device, native)(w, p, q_values, q_count, width, float(min_width))
 
 
 def restore_activation(x, *, native=None):
-    return _impl("restore_activation", x.device, native)(x)
+    return resolve("restore_activation", x.device, native)(x)
 
 
 def restore_activation_backward(grad_y, x, mean, sigma, sample_rms, b, *, native=None):
-    fn = _impl("_restore_activation_backward", x.device, native)
+    fn = resolve("_restore_activation_backward", x.device, native)
     return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x, copy=False))
 
 
 def restore_activation_backward_nhwc(grad_y, x, mean, sigma, sample_rms, b, *, native=None):
     """restore_activation_backward for x [N, C, P] with grad_y as its NHWC rows [N, P, C]; dx like x."""
-    fn = _impl("_restore_activation_backward_nhwc", x.device, native)
+    fn = resolve("_restore_activation_backward_nhwc", x.device, native)
     return fn(grad_y, x, mean, sigma, sample_rms, as_width(b, x, copy=False))
 
 
 def batch_transpose(x, *, native=None):
     """x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R] (the NCHW <-> NHWC move of ERConv2dStep)."""
-    return _impl("_batch_transpose", x.device, native)(x)
+    return resolve("_batch_transpose", x.device, native)(x)
 
 
 def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
                              sigma_count, min_width, *, native=None):
-    return _impl("restore_activation_train", x.device, native)(
+    return resolve("restore_activation_train", x.device, native)(
         x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
 
 
@@ -133,53 +137,53 @@ def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, m
                                   sigma_count, min_width, *, native=None):
     """restore_activation_train for x [N, C, P] with y out as its NHWC rows [N, P, C]; one more output,
     y_bits = the packed signs of y - mean along C [N, P, Cw] (pack_signs' words)."""
-    return _impl("restore_activation_train_nhwc", x.device, native)(
+    return resolve("restore_activation_train_nhwc", x.device, native)(
         x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
 
 
 def restore_activation_fixed(x, mean, sigma, *, native=None):
-    return _impl("restore_activation_fixed", x.device, native)(x, mean, sigma)
+    return resolve("restore_activation_fixed", x.device, native)(x, mean, sigma)
 
 
 def restore_activation_fixed_backward(grad_y, x, mean, sigma, b, *, native=None):
-    fn = _impl("_restore_activation_fixed_backward", x.device, native)
+    fn = resolve("_restore_activation_fixed_backward", x.device, native)
     return fn(grad_y, x, mean, sigma, as_width(b, x, copy=False))
 
 
 def approx_sign(x, *, native=None):
-    return _impl("approx_sign", x.device, native)(x)
+    return resolve("approx_sign", x.device, native)(x)
 
 
 def approx_sign_backward(grad, x, b, *, native=None):
-    return _impl("_approx_sign_backward", x.device, native)(grad, x, as_width(b, x, copy=False))
+    return resolve("_approx_sign_backward", x.device, native)(grad, x, as_width(b, x, copy=False))
 
 
 def two_sided_quantile(x, p, *, native=None):
-    return _impl("two_sided_quantile", x.device, native)(x, float(p))
+    return resolve("two_sided_quantile", x.device, native)(x, float(p))
 
 
 def pack_signs(x, dim=1, *, native=None):
-    return _impl("pack_signs", x.device, native)(x, dim)
+    return resolve("pack_signs", x.device, native)(x, dim)
 
 
 def unpack_signs(packed, n, dim=1, *, native=None):
-    return _impl("unpack_signs", packed.device, native)(packed, n, dim)
+    return resolve("unpack_signs", packed.device, native)(packed, n, dim)
 
 
 def binary_conv2d(x, w, stride=1, padding=0, dilation=1, *, native=None):
-    return _impl("binary_conv2d", x.device, native)(
+    return resolve("binary_conv2d", x.device, native)(
         x, w, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"))
 
 
 def binary_linear(x, w, *, native=None):
-    return _impl("binary_linear", x.device, native)(x, w)
+    return resolve("binary_linear", x.device, native)(x, w)
 
 
 def pack_conv_weight(w, *, native=None):
     """w [O, C, kh, kw] float -> packed sign words [O, kh, kw, Cw] along C: bit j of word k = channel
     k*W + j (1 for w >= 0), tail bits 0; W = 64 (int64) on CPU, 32 (int32) on CUDA. NaN -> ValueError.
     Pack on the device that will run the conv."""
-    return _impl("pack_conv_weight", w.device, native)(w)
+    return resolve("pack_conv_weight", w.device, native)(w)
 
 
 def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=None, out_scale=None,
@@ -199,7 +203,7 @@ def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=N
     """
     if x_shift is not None and not isinstance(x_shift, torch.Tensor):
         x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
-    return _impl("binary_conv2d_packed", x.device, native)(
+    return resolve("binary_conv2d_packed", x.device, native)(
         x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
         x_shift, out_scale, out_bias, ones_scale, residual, act)
 
@@ -207,7 +211,7 @@ def binary_conv2d_packed(x, w_packed, stride=1, padding=0, dilation=1, x_shift=N
 def binary_conv2d_bits(x, w_packed, stride=1, padding=0, dilation=1, in_channels=-1, x_shift=None, out_scale=None,
                        out_bias=None, ones_scale=None, residual=None, act=None, next_shift=None, float_out=True, *,
                        native=None):
-    """binary_conv2d_packed chained to its neighbours (deploy.freeze, issue 15). Returns (out, out_bits).
+    """binary_conv2d_packed chained to its neighbours (deploy.freeze). Returns (out, out_bits).
 
     x: float [N, C, H, W] as in binary_conv2d_packed, or (in_channels = C >= 1) its packed signs
     [N, H, W, Cw], the out_bits of the previous layer (the shift already applied: x_shift must be None).
@@ -221,7 +225,7 @@ def binary_conv2d_bits(x, w_packed, stride=1, padding=0, dilation=1, in_channels
         x_shift = torch.tensor(float(x_shift), dtype=torch.float64, device=x.device)
     if next_shift is not None and not isinstance(next_shift, torch.Tensor):
         next_shift = torch.tensor(float(next_shift), dtype=torch.float64, device=x.device)
-    return _impl("binary_conv2d_bits", x.device, native)(
+    return resolve("binary_conv2d_bits", x.device, native)(
         x, w_packed, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), int(in_channels),
         x_shift, out_scale, out_bias, ones_scale, residual, act, next_shift, bool(float_out))
 
@@ -288,7 +292,7 @@ def _register_fakes():
         y, mean, sigma, rms = activation_outputs(x)
         n, c, p = x.shape
         return (x.new_empty((n, p, c)), mean, sigma, rms, x.new_empty((), dtype=_stat_dtype(x.dtype)),
-                x.new_empty((n, p, (c + 63) // 64), dtype=torch.int64))
+                x.new_empty((n, p, (c + word_bits(x.device) - 1) // word_bits(x.device)), dtype=word_dtype(x.device)))
 
     @reg("erbnn::_batch_transpose")
     def _(x):
@@ -318,9 +322,9 @@ def _register_fakes():
     @reg("erbnn::pack_signs")
     def _(x, dim):
         d = dim % x.dim()
-        bits = 64 if x.device.type == "cpu" else 32
+        bits = word_bits(x.device)
         shape = [s for i, s in enumerate(x.shape) if i != d] + [(x.shape[d] + bits - 1) // bits]
-        return x.new_empty(shape, dtype=torch.int64 if bits == 64 else torch.int32)
+        return x.new_empty(shape, dtype=word_dtype(x.device))
 
     @reg("erbnn::unpack_signs")
     def _(packed, n, dim):
@@ -342,9 +346,9 @@ def _register_fakes():
     @reg("erbnn::pack_conv_weight")
     def _(w):
         torch._check(w.dim() == 4, lambda: "w must be 4-D [O, C, kh, kw]")
-        bits = 64 if w.device.type == "cpu" else 32
+        bits = word_bits(w.device)
         o, c, kh, kw = w.shape
-        return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=torch.int64 if bits == 64 else torch.int32)
+        return w.new_empty((o, kh, kw, (c + bits - 1) // bits), dtype=word_dtype(w.device))
 
     @reg("erbnn::binary_conv2d_packed")
     def _(x, w_packed, stride, padding, dilation, x_shift=None, out_scale=None, out_bias=None, ones_scale=None,
@@ -361,7 +365,7 @@ def _register_fakes():
             x = x.new_empty((x.shape[0], in_channels, x.shape[1], x.shape[2]), dtype=torch.float32)
         out = conv_out(x, o, w_packed.shape[1], w_packed.shape[2], stride, padding, dilation)
         word = w_packed.dtype
-        bits_per = 64 if word == torch.int64 else 32
+        bits_per = dtype_bits(word)
         bits = (out.new_empty((out.shape[0], out.shape[2], out.shape[3], (o + bits_per - 1) // bits_per), dtype=word)
                 if next_shift is not None else out.new_empty(0, dtype=word))
         return (out if float_out else out.new_empty(0)), bits

@@ -10,7 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import EPS, FLOAT_DTYPES, acc_dtype, as_width, ring_mean, ring_push, sign  # noqa: F401
+from ._common import (EPS, FLOAT_DTYPES, acc_dtype, as_width, dtype_bits, ring_mean, ring_push, sign,  # noqa: F401
+                      word_bits, word_dtype)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -234,10 +235,6 @@ def batch_transpose(x):
     return x.transpose(1, 2).contiguous()
 
 
-def _word_bits(device):
-    return 64 if device.type == "cpu" else 32
-
-
 def pack_signs(x, dim=1):
     """Sign bits of x along `dim` packed into words: the result has `dim` moved last and replaced by
     ceil(n / W) words (W = 64, int64 on CPU; 32, int32 on CUDA). Bit j of word k holds element k*W + j
@@ -246,7 +243,7 @@ def pack_signs(x, dim=1):
     check_finite(x, "x")
     dim = dim % x.dim()
     n = x.shape[dim]
-    bits = _word_bits(x.device)
+    bits = word_bits(x.device)
     words = (n + bits - 1) // bits
     b = (x.movedim(dim, -1) >= 0).to(torch.int64)
     b = F.pad(b, (0, words * bits - n)).reshape(*b.shape[:-1], words, bits)
@@ -259,7 +256,7 @@ def pack_signs(x, dim=1):
 
 def unpack_signs(packed, n, dim=1):
     """Inverse of pack_signs: a float32 tensor of +-1 with the packed axis restored at `dim`."""
-    bits = 64 if packed.dtype == torch.int64 else 32
+    bits = dtype_bits(packed.dtype)
     shifts = torch.arange(bits, device=packed.device, dtype=torch.int64)
     b = (packed.to(torch.int64)[..., None] >> shifts) & 1
     b = b.reshape(*packed.shape[:-1], -1)[..., :n]
@@ -314,7 +311,7 @@ def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1
     check_finite(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
         raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
-    bits = 64 if w_packed.dtype == torch.int64 else 32
+    bits = dtype_bits(w_packed.dtype)
     used = x.shape[1] - (w_packed.shape[-1] - 1) * bits  # channels in each tap's last word
     if 0 < used < bits and w_packed.numel() and bool(((w_packed[..., -1] >> used) != 0).any()):
         raise ValueError(f"w_packed has bits set beyond the C = {x.shape[1]} channels of x")
@@ -362,9 +359,9 @@ def binary_conv2d_bits(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 
             raise ValueError(f"in_channels must be -1 (x is float) or >= 1 (x is packed), got {in_channels}")
         if x_shift is not None:
             raise ValueError("x_shift must be None with a packed x (its signs already hold the shift)")
-        if x.dim() != 4 or x.shape[-1] != (in_channels + _word_bits(x.device) - 1) // _word_bits(x.device):
+        if x.dim() != 4 or x.shape[-1] != (in_channels + word_bits(x.device) - 1) // word_bits(x.device):
             raise ValueError(f"packed x must be [N, H, W, Cw] with Cw words for in_channels = {in_channels}")
-        full = unpack_signs(x, x.shape[-1] * _word_bits(x.device), dim=1)
+        full = unpack_signs(x, x.shape[-1] * word_bits(x.device), dim=1)
         if bool((full[:, in_channels:] > 0).any()):
             raise ValueError(f"packed x has bits set beyond its in_channels = {in_channels} channels")
         x = full[:, :in_channels]
@@ -372,7 +369,7 @@ def binary_conv2d_bits(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1, 
         raise ValueError("float_out=False needs next_shift (the op would compute nothing)")
     out = binary_conv2d_packed(x, w_packed, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,
                                residual, act)
-    bits = out.new_empty(0, dtype=torch.int64 if _word_bits(x.device) == 64 else torch.int32)
+    bits = out.new_empty(0, dtype=word_dtype(x.device))
     if next_shift is not None:
         check_float(next_shift, "next_shift")
         if next_shift.numel() != 1:

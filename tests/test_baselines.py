@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from erbnn_ext import baselines as B
+from erbnn_ext import baselines as B, quantizers as Q
 
 
 def test_ede_params_schedule():
@@ -27,7 +27,7 @@ def test_ede_gradient():
     x = torch.randn(50, dtype=torch.float64, requires_grad=True)
     g = torch.randn(50, dtype=torch.float64)
     t, k = 0.7, 1 / 0.7
-    (dx,) = torch.autograd.grad(B.EDESign.apply(x, t, k), x, g)
+    (dx,) = torch.autograd.grad(Q.EDEFn.apply(x, t, k), x, g)
     assert torch.allclose(dx, g * k * t * (1 - torch.tanh(t * x.detach()) ** 2))
 
 
@@ -69,5 +69,5 @@ def test_recu_weight_gradient_is_ste_through_clamp():
 def test_recu_activation_surrogate():
     x = torch.linspace(-1.5, 1.5, 31, dtype=torch.float64, requires_grad=True)
     g = torch.randn(31, dtype=torch.float64)
-    (dx,) = torch.autograd.grad(B.ReCUActSign.apply(x), x, g)
+    (dx,) = torch.autograd.grad(Q.ReCUActFn.apply(x), x, g)
     assert torch.allclose(dx, g * (2 - 2 * x.detach().abs()).clamp_min(0))

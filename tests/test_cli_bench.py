@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import erbnn_ext
 from erbnn_ext.benchmarks import binary_conv as conv, overhead, train_step
@@ -55,7 +56,7 @@ def test_quick_run_writes_every_row(quick_run):
         for shape in MODELS[model]:
             for mode in overhead.MODES:
                 for method in overhead.METHODS:
-                    if mode not in overhead.ERBNN_ONLY_MODES or method.startswith("erbnn"):
+                    if mode not in overhead.ER_ONLY_MODES or method.startswith("erbnn"):
                         want.add(("overhead", model, shape.name, mode, method))
             for method in conv.METHODS:
                 want.add(("conv", model, shape.name, "", method))
@@ -165,38 +166,45 @@ def test_train_step_module_runs_standalone(capsys):
 def test_train_step_float_conv_flag_restores_the_default(capsys, monkeypatch):
     """--float-conv times the ER layers with F.conv2d as their forward (the restoration's own cost): the
     steps it builds must take that path, and the class default comes back afterwards."""
-    from erbnn_ext.nn import ERBinaryConv2d
     seen = []
     real = train_step.layer_step
 
     def spy(shape, batch, method="er_layer", *a, **k):
-        seen.append(ERBinaryConv2d.xnor_train)
-        return real(shape, batch, method, *a, **k)
+        step = real(shape, batch, method, *a, **k)
+        if method == "er_layer":  # does the ER layer's forward conv run the popcount kernel?
+            seen.append(step.route.kernel != "float")
+        return step
     monkeypatch.setattr(train_step, "layer_step", spy)
     train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
                      "--no-models", "--float-conv"])
     assert "forward conv: F.conv2d" in capsys.readouterr().out
     assert seen and not any(seen)
-    assert ERBinaryConv2d.xnor_train is True
+    assert _fresh_route().kernel == "er_step"
+
+
+def _fresh_route(cin=16):
+    """The route of a new ER layer's training step: the defaults, once no benchmark overrides them."""
+    from erbnn_ext.nn import ERBinaryConv2d, route
+    return route(ERBinaryConv2d(cin, 8, 3).train(), torch.randn(2, cin, 6, 6, requires_grad=True))
 
 
 @pytest.mark.parametrize("flag, expected", [("on", True), ("off", False)])
 def test_train_step_nhwc_flag_restores_the_default(capsys, monkeypatch, flag, expected):
     """--nhwc on/off forces the ER step's order (ERBinaryConv2d.nhwc_train) while the steps run, and the
     class default (None: the measured rule) comes back afterwards."""
-    from erbnn_ext.nn import ERBinaryConv2d
+    from erbnn_ext.nn import routing
     seen = []
     real = train_step.layer_step
 
     def spy(shape, batch, method="er_layer", *a, **k):
         step = real(shape, batch, method, *a, **k)
-        return lambda: (seen.append(ERBinaryConv2d.nhwc_train), step())[1]
+        return lambda: (seen.append(routing._OVERRIDE["nhwc_train"]), step())[1]
     monkeypatch.setattr(train_step, "layer_step", spy)
     train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
                      "--no-models", "--nhwc", flag])
     assert f"NHWC step: {flag}" in capsys.readouterr().out
     assert seen and all(v is expected for v in seen)
-    assert ERBinaryConv2d.nhwc_train is None
+    assert routing._OVERRIDE["nhwc_train"] is None
 
 
 def test_thread_clock_needs_one_thread(tmp_path, capsys):

@@ -19,10 +19,10 @@ def _trained(layer, x_shape, steps=3):
     (3, 5, 3, 1, 1, 1, False), (65, 7, 3, 2, 1, 1, True), (33, 4, 5, 1, 2, 2, False), (8, 8, 1, 1, 0, 1, True)])
 def test_conv_eval_xnor_matches_float_path(native, isa, cin, cout, k, stride, padding, dilation, bias):
     layer = _trained(enn.ERBinaryConv2d(cin, cout, k, stride, padding, dilation, bias=bias), (4, cin, 11, 9))
-    assert layer._use_xnor(torch.empty(1)) is False  # grad enabled here: float path
     x = torch.randn(3, cin, 11, 9) + 0.2
+    assert enn.route(layer, x).kernel != "xnor_eval"  # grad enabled here: float path
     with torch.no_grad():
-        assert layer._use_xnor(x)
+        assert enn.route(layer, x).kernel == "xnor_eval"
         fast = layer(x)
         with erbnn_ext.use_backend("reference"):
             slow = layer(x)

@@ -121,10 +121,13 @@ def test_nhwc_step_choice():
     """nhwc_train None: NHWC for channels_last input or in_channels <= 128 (the measured rule)."""
     small, big = enn.ERBinaryConv2d(128, 8, 3), enn.ERBinaryConv2d(256, 8, 3)
     x, xb = torch.randn(2, 128, 5, 5), torch.randn(2, 256, 5, 5)
-    assert small._nhwc_step(x) and small._nhwc_step(x.contiguous(memory_format=torch.channels_last))
-    assert not big._nhwc_step(xb) and big._nhwc_step(xb.contiguous(memory_format=torch.channels_last))
+
+    def nhwc_step(layer, x):
+        return enn.route(layer, x).layout == "nhwc"
+    assert nhwc_step(small, x) and nhwc_step(small, x.contiguous(memory_format=torch.channels_last))
+    assert not nhwc_step(big, xb) and nhwc_step(big, xb.contiguous(memory_format=torch.channels_last))
     big.nhwc_train, small.nhwc_train = True, False
-    assert big._nhwc_step(xb) and not small._nhwc_step(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc_step(big, xb) and not nhwc_step(small, x.contiguous(memory_format=torch.channels_last))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:2] + CONFIGS[3:4])
@@ -135,7 +138,7 @@ def test_fused_step_equals_composed_functions(cfg, nhwc):
     order; in NHWC order the same forward, gradients and state up to the rounding of reordered sums."""
     layer, composed = _pair(nhwc=nhwc, **cfg)
     composed.xnor_train = True
-    composed._fused_step = lambda x: False
+    composed.fused_train = False
     x = torch.randn(4, cfg["in_channels"], 8, 8) * 0.9 - 0.3
     for _ in range(3):
         xa = x.detach().clone().requires_grad_()

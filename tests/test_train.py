@@ -12,7 +12,7 @@ import torch
 
 from erbnn_ext import cli
 from erbnn_ext.models import load_checkpoint, resnet20_1w1a
-from erbnn_ext.train import lr_factor
+from erbnn_ext.training import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small but real runs: the first 192 training digits, batch 64, one thread (the tests share 2 cores).
@@ -116,7 +116,7 @@ def test_digits_training_reaches_accuracy_and_reloads(tmp_path, capsys):
 WRAPPER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from erbnn_ext.cli import build_parser
-    from erbnn_ext.train import run_train
+    from erbnn_ext.training import run_train
     args = build_parser().parse_args(sys.argv[1:])
     res = run_train(args)
     torch.save(res["model"].state_dict(), f"{sys.argv[sys.argv.index('--out') + 1]}/rank{dist.get_rank()}.pt")

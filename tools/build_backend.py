@@ -72,6 +72,9 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     wheel_directory, metadata_directory = _abs(wheel_directory), _abs(metadata_directory)
+    # The CUDA emulator is a test tool of this repository (make test, CI): a wheel leaves it out unless
+    # ERBNN_CUDA_EMU=1 asks for it.
+    os.environ.setdefault("ERBNN_CUDA_EMU", "0")
     with _out_of_tree():
         return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
 

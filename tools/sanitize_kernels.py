@@ -2,6 +2,7 @@
 
     compute-sanitizer --tool memcheck|racecheck|synccheck python tools/sanitize_kernels.py
     python tools/sanitize_kernels.py --device cpu     # the same calls on the CPU (a check of this script)
+    python tools/sanitize_kernels.py --device emu     # the CUDA kernels on the CPU emulator (erbnn_ext._C_emu)
 
 Each op runs forward and backward in every float dtype its kernel is instantiated for, with shapes that
 leave partial tiles and odd tails (word boundaries 32/64, strides, padding, dilation), both binary-conv
@@ -18,8 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import erbnn_ext  # noqa: E402,F401  (loads the kernels)
 from erbnn_ext import reference as R  # noqa: E402
 
-ops = torch.ops.erbnn
-DEV = "cuda"  # --device cpu: every call on the CPU against itself (no GPU needed)
+ops = torch.ops.erbnn  # the CPU kernels: the reference side
+dev_ops = ops         # the side under test: torch.ops.erbnn on CUDA tensors, or torch.ops.erbnn_emu (--device emu)
+DEV = "cuda"  # --device cpu: every call on the CPU against itself (no GPU needed); emu: CPU tensors
+EMU = False
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 failures = []
 
@@ -36,36 +39,45 @@ def same(name, got, want, exact=True):
         print(f"MISMATCH {name}", flush=True)
 
 
-def both(fn, *cpu_args):
-    """fn on CUDA copies of the arguments and on the CPU ones."""
+def both(name, *cpu_args):
+    """Op `name` under test on device copies of the arguments, and the CPU kernel on the CPU ones."""
     cuda_args = [a.to(DEV, copy=True) if isinstance(a, torch.Tensor) else a for a in cpu_args]
-    return fn(*cuda_args), fn(*cpu_args)
+    return getattr(dev_ops, name)(*cuda_args), getattr(ops, name)(*cpu_args)
+
+
+def cuda_words(x, dim):
+    """pack_signs's expected CUDA words (int32): the reference's on CUDA; with the emulator (CPU
+    tensors) the CPU's int64 words split into their little-endian halves."""
+    if not EMU:
+        return R.pack_signs(x, dim)
+    n = x.shape[dim]
+    return R.pack_signs(x, dim).contiguous().view(torch.int32)[..., : (n + 31) // 32]
 
 
 def restorations():
     for dt in DTYPES:
         w = torch.randn(5, 3, 3, 3).to(dt)
         b = R.as_width(0.7, w)  # the surrogate width, in the op's accumulation dtype
-        for got, want in zip(*both(ops.restore_weight, w)):
+        for got, want in zip(*both("restore_weight", w)):
             same(f"restore_weight {dt}", got, want, exact=False)
         wb, mean, alpha = ops.restore_weight(w)
         g = torch.randn_like(w)
-        same(f"_restore_weight_backward {dt}", *both(ops._restore_weight_backward, g, w, mean, alpha, b),
+        same(f"_restore_weight_backward {dt}", *both("_restore_weight_backward", g, w, mean, alpha, b),
              exact=False)
 
         x = torch.randn(3, 4, 5, 7).to(dt)
-        for got, want in zip(*both(ops.restore_activation, x)):
+        for got, want in zip(*both("restore_activation", x)):
             same(f"restore_activation {dt}", got, want, exact=False)
         y, m, s, rms = ops.restore_activation(x)
         gy = torch.randn_like(x)
         same(f"_restore_activation_backward {dt}",
-             *both(ops._restore_activation_backward, gy, x, m, s, rms, b), exact=False)
-        same(f"restore_activation_fixed {dt}", *both(ops.restore_activation_fixed, x, m, s), exact=False)
+             *both("_restore_activation_backward", gy, x, m, s, rms, b), exact=False)
+        same(f"restore_activation_fixed {dt}", *both("restore_activation_fixed", x, m, s), exact=False)
         same(f"_restore_activation_fixed_backward {dt}",
-             *both(ops._restore_activation_fixed_backward, gy, x, m, s, b), exact=False)
+             *both("_restore_activation_fixed_backward", gy, x, m, s, b), exact=False)
 
-        same(f"approx_sign {dt}", *both(ops.approx_sign, x))
-        same(f"_approx_sign_backward {dt}", *both(ops._approx_sign_backward, gy, x, b), exact=False)
+        same(f"approx_sign {dt}", *both("approx_sign", x))
+        same(f"_approx_sign_backward {dt}", *both("_approx_sign_backward", gy, x, b), exact=False)
 
 
 def ring(size, count=0):
@@ -80,11 +92,10 @@ def training_steps():
         for count in (0, 5):  # an empty ring and a full one (wrap-around)
             wstate = ring(3, count) + [torch.tensor(0.25, dtype=torch.float64)]
             astate = wstate + ring(4, count) + ring(4, count)
-            for name, op, t, st in (("restore_weight_train", ops.restore_weight_train, w, wstate),
-                                    ("restore_activation_train", ops.restore_activation_train, x, astate)):
+            for name, t, st in (("restore_weight_train", w, wstate), ("restore_activation_train", x, astate)):
                 st_cuda = [s.to(DEV, copy=True) for s in st]
-                got = op(t.to(DEV, copy=True), p.to(DEV, copy=True), *st_cuda, 0.1)
-                want = op(t, p, *st, 0.1)
+                got = getattr(dev_ops, name)(t.to(DEV, copy=True), p.to(DEV, copy=True), *st_cuda, 0.1)
+                want = getattr(ops, name)(t, p, *st, 0.1)
                 for i, (g, r) in enumerate(zip(got, want)):
                     same(f"{name} {dt} count={count} out{i}", g, r, exact=False)
                 for i, (g, r) in enumerate(zip(st_cuda, st)):
@@ -97,16 +108,16 @@ def quantile():
             x = torch.randn(n).to(dt)
             if n == 5000:
                 x = x.round()  # many ties
-            got, want = both(lambda t: ops.two_sided_quantile(t, 0.8), x)
+            got, want = both("two_sided_quantile", x, 0.8)
             same(f"two_sided_quantile {dt} n={n}", got, want)
 
 
 def packing_and_convs():
     for dt in DTYPES:
         x = torch.randn(2, 65, 3).to(dt).to(DEV, copy=True)  # CUDA packs 32-bit words, the CPU 64-bit: compare with R
-        packed = ops.pack_signs(x, 1)
-        same(f"pack_signs {dt}", packed, R.pack_signs(x, 1))
-        same(f"unpack_signs {dt}", ops.unpack_signs(packed, 65, 1).float(), R.sign(x).float())
+        packed = dev_ops.pack_signs(x, 1)
+        same(f"pack_signs {dt}", packed, cuda_words(x, 1))
+        same(f"unpack_signs {dt}", dev_ops.unpack_signs(packed, 65, 1).float(), R.sign(x).float())
     cases = [((2, 70, 7, 6), (5, 70, 3, 3), [1, 1], [1, 1], [1, 1]),
              ((1, 33, 9, 9), (3, 33, 3, 3), [2, 2], [0, 1], [1, 2]),
              ((2, 130, 5, 5), (66, 130, 1, 1), [1, 1], [0, 0], [1, 1])]
@@ -114,25 +125,32 @@ def packing_and_convs():
         os.environ["ERBNN_CUDA_MMA"] = mma
         for xs, ws, st, pd, dl in cases:
             x, w = torch.randn(xs), torch.randn(ws)
-            same(f"binary_conv2d mma={mma} {xs}", *both(lambda a, b: ops.binary_conv2d(a, b, st, pd, dl), x, w))
-            wp = ops.pack_conv_weight(w.to(DEV, copy=True))
+            same(f"binary_conv2d mma={mma} {xs}", *both("binary_conv2d", x, w, st, pd, dl))
+            wp = dev_ops.pack_conv_weight(w.to(DEV, copy=True))
             scale, bias, ones = (torch.randn(ws[0]) for _ in range(3))
             shift = torch.tensor(0.1)
-            got = ops.binary_conv2d_packed(*(t.to(DEV, copy=True) for t in (x, wp)), st, pd, dl,
+            got = dev_ops.binary_conv2d_packed(*(t.to(DEV, copy=True) for t in (x, wp)), st, pd, dl,
                                            *(t.to(DEV, copy=True) for t in (shift, scale, bias, ones)))
             want = ops.binary_conv2d_packed(x, ops.pack_conv_weight(w), st, pd, dl, shift, scale, bias, ones)
             same(f"binary_conv2d_packed mma={mma} {xs}", got, want, exact=False)
         x, w = torch.randn(37, 129), torch.randn(21, 129)
-        same(f"binary_linear mma={mma}", *both(ops.binary_linear, x, w))
+        same(f"binary_linear mma={mma}", *both("binary_linear", x, w))
     os.environ.pop("ERBNN_CUDA_MMA", None)
 
 
 def main():
-    global DEV
+    global DEV, EMU, dev_ops
     if sys.argv[1:] == ["--device", "cpu"]:
         DEV = "cpu"
+    elif sys.argv[1:] == ["--device", "emu"]:
+        from erbnn_ext import _emu
+
+        if _emu.load():
+            print(f"sanitize_kernels: {_emu.load()}", file=sys.stderr)
+            return 2
+        DEV, EMU, dev_ops = "cpu", True, _emu.ops()
     elif sys.argv[1:]:
-        print("usage: sanitize_kernels.py [--device cpu]", file=sys.stderr)
+        print("usage: sanitize_kernels.py [--device cpu|emu]", file=sys.stderr)
         return 2
     if DEV == "cuda" and not torch.cuda.is_available():
         print("sanitize_kernels: no CUDA device", file=sys.stderr)
@@ -144,7 +162,8 @@ def main():
     packing_and_convs()
     if DEV == "cuda":
         torch.cuda.synchronize()
-    print(f"sanitize_kernels: {'FAILED: ' + ', '.join(failures) if failures else f'all kernels on {DEV} agree with the CPU'}")
+    where = "the CUDA emulator" if EMU else DEV
+    print(f"sanitize_kernels: {'FAILED: ' + ', '.join(failures) if failures else f'all kernels on {where} agree with the CPU'}")
     return 1 if failures else 0
 
 

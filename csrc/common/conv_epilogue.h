@@ -25,7 +25,7 @@ struct ConvEpilogue {
   const float* residual = nullptr;     // [N, O, OH, OW] like the output: added after the affine
   const float* act = nullptr;          // [3, O]: RPReLU shift_in, slope, shift_out, applied last
   int64_t O = 0;                       // rows of act
-  // The next binary layer's input (issue 15): emit_bits packs sign(out - next_shift) along the channels
+  // The next binary layer's input: emit_bits packs sign(out - next_shift) along the channels
   // (the layout of its packing pass) instead of leaving it to re-read the floats; float_out = false skips
   // the float output where nothing else reads it.
   bool emit_bits = false;

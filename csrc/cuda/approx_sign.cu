@@ -33,7 +33,7 @@ at::Tensor approx_sign_cuda(const at::Tensor& x_in) {
   const int64_t n = x.numel();
   if (n == 0) return y;
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "approx_sign_cuda", [&] {
-    sign_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream(), sign_kernel<scalar_t>)(
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -53,7 +53,7 @@ at::Tensor approx_sign_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "approx_sign_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor bw = b.to(x.device(), c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    surrogate_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream(), surrogate_kernel<scalar_t, acc_t>)(
         g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), bw.const_data_ptr<acc_t>(),
         dx.mutable_data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -64,7 +64,7 @@ at::Tensor approx_sign_backward_cuda(const at::Tensor& grad_in, const at::Tensor
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("approx_sign", &cuda::approx_sign_cuda);
   m.impl("_approx_sign_backward", &cuda::approx_sign_backward_cuda);
 }

@@ -154,7 +154,9 @@ __global__ void __launch_bounds__(kConvThreads)
 constexpr int kMmaWarps = 4, kMmaNTiles = 4, kMmaPx = 16 * kMmaWarps, kMmaO = 8 * kMmaNTiles;
 
 __device__ __forceinline__ void bmma_and_popc(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ERBNN_CUDA_EMU)
+  cuda_emu::mma_m16n8k256_b1(c, a, b0, b1, /*use_xor=*/false);  // inline PTX cannot run on the CPU
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
@@ -263,7 +265,7 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor pops = at::empty({g.O * g.taps + g.O}, Wp.options().dtype(at::kInt));
   int32_t* tap_pop = pops.mutable_data_ptr<int32_t>();
-  tap_pop_kernel<<<int((g.O + 127) / 128), 128, 0, stream>>>(words(Wp), g, tap_pop, tap_pop + g.O * g.taps,
+  ERBNN_LAUNCH(int((g.O + 127) / 128), 128, 0, stream, tap_pop_kernel)(words(Wp), g, tap_pop, tap_pop + g.O * g.taps,
                                                              nan_flag.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t total_px = g.N * g.OH * g.OW;
@@ -280,14 +282,14 @@ void run_conv(const ConvGeom& g, const at::Tensor& P, const at::Tensor& Wp, cons
     at::Tensor wd;
     if (Kd > 0) {
       wd = at::empty({g.O * Kd}, Wp.options().dtype(at::kInt));
-      dense_weights_kernel<<<int((g.O * Kd + 127) / 128), 128, 0, stream>>>(
+      ERBNN_LAUNCH(int((g.O * Kd + 127) / 128), 128, 0, stream, dense_weights_kernel)(
           words(Wp), g, Kd, reinterpret_cast<uint32_t*>(wd.mutable_data_ptr<int32_t>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    conv_mma_kernel<<<dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream>>>(
+    ERBNN_LAUNCH(dim3(unsigned(mx), unsigned(my)), 32 * kMmaWarps, 0, stream, conv_mma_kernel)(
         words(P), Kd > 0 ? words(wd) : words(Wp), g, Kd, e, out);
   } else {
-    conv_kernel<<<dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream>>>(words(P), words(Wp), g, e, out);
+    ERBNN_LAUNCH(dim3(unsigned(bx), unsigned(by)), kConvThreads, 0, stream, conv_kernel)(words(P), words(Wp), g, e, out);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -338,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     P = x.contiguous();
     const int64_t used = g.C - (g.Cw - 1) * kCudaWordBits, pixels = g.N * g.H * g.W;
     if (used < kCudaWordBits && pixels > 0) {
-      x_tail_bits_kernel<<<int((pixels + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      ERBNN_LAUNCH(int((pixels + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream(), x_tail_bits_kernel)(
           words(P), pixels, g.Cw, used, flag.mutable_data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -430,7 +432,7 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w) {
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("binary_conv2d", &cuda::binary_conv2d_cuda);
   m.impl("binary_linear", &cuda::binary_linear_cuda);
   m.impl("pack_conv_weight", &cuda::pack_conv_weight_cuda);

@@ -1,7 +1,7 @@
 // Whether this build's CUDA code can run on a device: the CUDA runtime loads a kernel image for the
 // device (SASS for its architecture, or PTX it can JIT) or says there is none. Asked once per device by
 // erbnn_ext._native.cuda_supported, so that ops fall back instead of failing at every launch on a GPU
-// older than the compiled architectures (issue 11 item 8).
+// older than the compiled architectures.
 #include <cuda_runtime.h>
 #include <torch/library.h>
 

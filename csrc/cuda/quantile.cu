@@ -34,6 +34,6 @@ at::Tensor two_sided_quantile_cuda(const at::Tensor& x_in, double p) {
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) { m.impl("two_sided_quantile", &cuda::two_sided_quantile_cuda); }
+ERBNN_CUDA_OPS(m) { m.impl("two_sided_quantile", &cuda::two_sided_quantile_cuda); }
 
 }  // namespace erbnn

@@ -229,16 +229,16 @@ void quantile_of_values(Src src, int64_t n, const at::Tensor& like, const double
   for (int pass = 0; pass < passes; ++pass) {
     const int shift = radix_shift(bits, pass), width = radix_width(bits, pass);
     ull* h = hist_ptr + pass * 2 * kRadixBins;
-    digit_histogram_kernel<Src><<<blocks, kHistThreads, 0, stream>>>(src, n, st, h, shift, width, digit_mask,
+    ERBNN_LAUNCH(blocks, kHistThreads, 0, stream, digit_histogram_kernel<Src>)(src, n, st, h, shift, width, digit_mask,
                                                                       pass == 0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    select_kernel<<<1, 64, 0, stream>>>(st, h, shift, width, p_dev, p_host, pass == 0, pass == passes - 1);
+    ERBNN_LAUNCH(1, 64, 0, stream, select_kernel)(st, h, shift, width, p_dev, p_host, pass == 0, pass == passes - 1);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     digit_mask |= ull((1 << width) - 1) << shift;
   }
-  min_above_kernel<Src><<<blocks, kHistThreads, 0, stream>>>(src, n, st);
+  ERBNN_LAUNCH(blocks, kHistThreads, 0, stream, min_above_kernel<Src>)(src, n, st);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  finalize_kernel<value_t><<<1, 1, 0, stream>>>(st, out);
+  ERBNN_LAUNCH(1, 1, 0, stream, finalize_kernel<value_t>)(st, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

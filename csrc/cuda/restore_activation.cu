@@ -126,13 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cu
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    stats_partials_kernel<scalar_t, stat_t><<<L.items(), kRedThreads, 0, stream>>>(xp, L, part.mutable_data_ptr<double>());
+    ERBNN_LAUNCH(L.items(), kRedThreads, 0, stream, stats_partials_kernel<scalar_t, stat_t>)(xp, L, part.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    stats_combine_kernel<scalar_t, stat_t><<<1, kCombineThreads, 0, stream>>>(
+    ERBNN_LAUNCH(1, kCombineThreads, 0, stream, stats_combine_kernel<scalar_t, stat_t>)(
         xp, L, part.const_data_ptr<double>(), ws.mutable_data_ptr<double>(), mean.mutable_data_ptr<stat_t>(),
         sigma.mutable_data_ptr<stat_t>(), rms.mutable_data_ptr<stat_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    two_values_kernel<scalar_t, stat_t><<<grid_for(x.numel()), kThreads, 0, stream>>>(
+    ERBNN_LAUNCH(grid_for(x.numel()), kThreads, 0, stream, two_values_kernel<scalar_t, stat_t>)(
         xp, mean.const_data_ptr<stat_t>(), sigma.const_data_ptr<stat_t>(), y.mutable_data_ptr<scalar_t>(), x.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -230,15 +230,15 @@ at::Tensor restore_activation_backward_cuda(const at::Tensor& grad_in, const at:
     using stat_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    grad_partials_kernel<scalar_t, stat_t><<<L.items(), kRedThreads, 0, stream>>>(
+    ERBNN_LAUNCH(L.items(), kRedThreads, 0, stream, grad_partials_kernel<scalar_t, stat_t>)(
         gp, xp, mean.const_data_ptr<stat_t>(), sigma.const_data_ptr<stat_t>(), bw.const_data_ptr<stat_t>(), L,
         part.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grad_combine_kernel<stat_t><<<1, kCombineThreads, 0, stream>>>(part.const_data_ptr<double>(), L,
+    ERBNN_LAUNCH(1, kCombineThreads, 0, stream, grad_combine_kernel<stat_t>)(part.const_data_ptr<double>(), L,
                                                                    rms.const_data_ptr<stat_t>(),
                                                                    coef.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grad_write_kernel<scalar_t, stat_t><<<grid_for(x.numel()), kThreads, 0, stream>>>(
+    ERBNN_LAUNCH(grid_for(x.numel()), kThreads, 0, stream, grad_write_kernel<scalar_t, stat_t>)(
         gp, xp, mean.const_data_ptr<stat_t>(), sigma.const_data_ptr<stat_t>(), rms.const_data_ptr<stat_t>(),
         bw.const_data_ptr<stat_t>(), coef.const_data_ptr<double>(), dx.mutable_data_ptr<scalar_t>(), D, x.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -256,7 +256,7 @@ at::Tensor restore_activation_fixed_cuda(const at::Tensor& x_in, const at::Tenso
   if (x.numel() == 0) return y;
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
-    two_values_kernel<scalar_t, stat_t><<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(), two_values_kernel<scalar_t, stat_t>)(
         x.const_data_ptr<scalar_t>(), mean.const_data_ptr<stat_t>(), sigma.const_data_ptr<stat_t>(),
         y.mutable_data_ptr<scalar_t>(), x.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -289,7 +289,7 @@ at::Tensor restore_activation_fixed_backward_cuda(const at::Tensor& grad_in, con
   const at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_backward_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
-    fixed_grad_kernel<scalar_t, stat_t><<<grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(grid_for(x.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(), fixed_grad_kernel<scalar_t, stat_t>)(
         g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), mean.const_data_ptr<stat_t>(),
         sigma.const_data_ptr<stat_t>(), bw.const_data_ptr<stat_t>(), dx.mutable_data_ptr<scalar_t>(), x.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -300,7 +300,7 @@ at::Tensor restore_activation_fixed_backward_cuda(const at::Tensor& grad_in, con
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("restore_activation", &cuda::restore_activation_cuda);
   m.impl("_restore_activation_backward", &cuda::restore_activation_backward_cuda);
   m.impl("restore_activation_fixed", &cuda::restore_activation_fixed_cuda);

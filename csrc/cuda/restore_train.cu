@@ -41,6 +41,10 @@ __global__ void ring_update_kernel(const float* __restrict__ q, double* q_values
 
 // IEEE subtraction and division with no flush of subnormals, whatever the build's fast-math flags:
 // the standardised values must equal PyTorch's (x - mean) / max(sigma, eps) bit for bit.
+#ifdef ERBNN_CUDA_EMU
+__device__ __forceinline__ float sub_rn(float a, float b) { return a - b; }  // IEEE on the CPU
+__device__ __forceinline__ float div_rn(float a, float b) { return a / b; }
+#else
 __device__ __forceinline__ float sub_rn(float a, float b) {
   float r;
   asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
@@ -51,6 +55,7 @@ __device__ __forceinline__ float div_rn(float a, float b) {
   asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
 }
+#endif
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
@@ -93,7 +98,7 @@ at::Tensor measure_and_push(const at::Tensor& x, const at::Tensor& x_mean, const
       sr = {sigma_values->mutable_data_ptr<double>(), sigma_values->numel(),
             sigma_count->mutable_data_ptr<int64_t>(), sigma->const_data_ptr<scalar_t>()};
     }
-    ring_update_kernel<scalar_t><<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(1, 1, 0, at::cuda::getCurrentCUDAStream(), ring_update_kernel<scalar_t>)(
         q.const_data_ptr<float>(), q_values.mutable_data_ptr<double>(), q_values.numel(),
         q_count.mutable_data_ptr<int64_t>(), width.mutable_data_ptr<double>(), min_width,
         b_step.mutable_data_ptr<scalar_t>(), mr, sr);
@@ -140,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_a
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("restore_weight_train", &cuda::restore_weight_train_cuda);
   m.impl("restore_activation_train", &cuda::restore_activation_train_cuda);
 }

@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_cuda(const at::Ten
   if (n == 0) return {w_b.fill_(1), mean, alpha};
   ERBNN_CUDA_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
-    weight_forward_kernel<scalar_t, stat_t><<<O, kWeightThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(O, kWeightThreads, 0, at::cuda::getCurrentCUDAStream(), weight_forward_kernel<scalar_t, stat_t>)(
         w.const_data_ptr<scalar_t>(), w_b.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<stat_t>(),
         alpha.mutable_data_ptr<stat_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -128,7 +128,7 @@ at::Tensor restore_weight_backward_cuda(const at::Tensor& grad_in, const at::Ten
   const at::Tensor g = grad_in.to(w.scalar_type()).contiguous();
   ERBNN_CUDA_DISPATCH_FLOATS(w.scalar_type(), "restore_weight_backward_cuda", [&] {
     using stat_t = at::opmath_type<scalar_t>;
-    weight_backward_kernel<scalar_t, stat_t><<<O, kWeightThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(O, kWeightThreads, 0, at::cuda::getCurrentCUDAStream(), weight_backward_kernel<scalar_t, stat_t>)(
         g.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), mean.const_data_ptr<stat_t>(),
         alpha.const_data_ptr<stat_t>(), bw.const_data_ptr<stat_t>(), dw.mutable_data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -139,7 +139,7 @@ at::Tensor restore_weight_backward_cuda(const at::Tensor& grad_in, const at::Ten
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("restore_weight", &cuda::restore_weight_cuda);
   m.impl("_restore_weight_backward", &cuda::restore_weight_backward_cuda);
 }

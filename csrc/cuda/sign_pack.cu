@@ -67,7 +67,7 @@ at::Tensor unpack_signs_cuda(const at::Tensor& packed_in, int64_t n, int64_t dim
   at::Tensor out = at::empty(shape, packed.options().dtype(at::kFloat));
   const int64_t rows = n == 0 ? 0 : out.numel() / n;
   if (out.numel() > 0) {
-    unpack_kernel<<<grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ERBNN_LAUNCH(grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream(), unpack_kernel)(
         reinterpret_cast<const uint32_t*>(packed.const_data_ptr<int32_t>()), rows, n, packed.size(-1),
         out.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -92,7 +92,7 @@ at::Tensor pack_signs_4d_cuda(const at::Tensor& x, const at::Tensor& shift, cons
   ERBNN_CUDA_DISPATCH_FLOATS(x.scalar_type(), "pack_signs_cuda", [&] {
     // Compare in float64 for float64 input (no rounding of tiny values to -0.0), float32 otherwise.
     using cmp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    pack_kernel<scalar_t, cmp_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
+    ERBNN_LAUNCH(grid_for(out.numel()), kThreads, 0, stream, pack_kernel<scalar_t, cmp_t>)(
         x.const_data_ptr<scalar_t>(), v, shift_ptr, dst, flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -101,7 +101,7 @@ at::Tensor pack_signs_4d_cuda(const at::Tensor& x, const at::Tensor& shift, cons
 
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(erbnn, CUDA, m) {
+ERBNN_CUDA_OPS(m) {
   m.impl("pack_signs", &cuda::pack_signs_cuda);
   m.impl("unpack_signs", &cuda::unpack_signs_cuda);
 }

@@ -1,4 +1,4 @@
-"""Memory-bandwidth check of the restoration kernels and the quantile (issue 10's goal: each at >= 70%
+"""Memory-bandwidth check of the restoration kernels and the quantile (the goal: each at >= 70%
 of the bandwidth limit of its passes), on tensors larger than the caches.
 
 Each kernel's median time (torch.utils.benchmark blocked_autorange) is set against `y.copy_(x)` of the
@@ -49,7 +49,7 @@ def cases(numel, dtype, device):
     xq = wq + [torch.zeros(8, **f64), torch.zeros((), dtype=torch.int64, device=device),
                torch.zeros(8, **f64), torch.zeros((), dtype=torch.int64, device=device)]
     wq = [t.clone() for t in wq]
-    # Passes: a read or a write of one input-sized tensor. Statistics passes count (issue 10's rule).
+    # Passes: a read or a write of one input-sized tensor. Statistics passes count.
     return [
         ("restore_weight", 3, lambda: OPS.restore_weight(w)),
         ("restore_weight backward", 5, lambda: OPS._restore_weight_backward(gw, w, wm, wa, b)),

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from .. import _extras
-from .shapes import MODELS
+from .shapes import MODELS, parse_models as _models
 
 DEFAULT_MODELS = ("resnet18", "resnet20")
 # Minutes per section for the default models at the defaults (batch 16, --min-time 0.2), measured on 2
@@ -39,16 +39,6 @@ def _positive_float(text):
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
-
-
-def _models(text):
-    """Comma-separated benchmark model names; the model names of `erbnn train` (resnet20_1w1a, ...) too."""
-    names = [n.strip().lower().replace("-", "_").replace("_1w1a", "") for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in MODELS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(bad) or repr(text)}; choose from {', '.join(MODELS)}")
-    return list(dict.fromkeys(names))
 
 
 def _sections(text):

@@ -1,4 +1,4 @@
-"""GPU figures a user asks for first (issue 13), in one process on one device:
+"""GPU figures a user asks for first, in one process on one device:
 
 - memory-bound kernels (restorations, approx_sign) in GB/s against the device's copy bandwidth measured in
   the same run (bytes = one read of the input + one write of the output: what a copy moves);

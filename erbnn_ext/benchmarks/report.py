@@ -247,8 +247,7 @@ def _claims_panel(ax, result, summary, smoke):
 
 
 def overhead_claim(model):
-    from .run import PAPER_REDUCTION
-    return PAPER_REDUCTION.get(model)
+    return overhead.PAPER_REDUCTION.get(model)
 
 
 def _train_step_panel(ax, summary, smoke):

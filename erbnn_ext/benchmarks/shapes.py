@@ -1,5 +1,6 @@
 """The binary 3x3 conv layers of the paper's CIFAR-10 models and of the ImageNet ResNet-18 at 224x224
 (method.md section 4), as benchmark shapes."""
+import argparse
 from dataclasses import dataclass
 
 
@@ -50,3 +51,14 @@ VGG_SMALL = [
 # ImageNet ResNet-18: the 7x7/2 stem and 3x3/2 max-pool bring 224x224 to 56x56 before layer1
 RESNET18_IMAGENET = _resnet([64, 128, 256, 512], [2, 2, 2, 2], first_hw=56)
 MODELS = {"resnet18": RESNET18, "resnet20": RESNET20, "vgg_small": VGG_SMALL, "resnet18_imagenet": RESNET18_IMAGENET}
+
+
+def parse_models(text):
+    """Comma-separated benchmark model names (an argparse type); the model names of `erbnn train`
+    (resnet20_1w1a, ...) too."""
+    names = [n.strip().lower().replace("-", "_").replace("_1w1a", "") for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in MODELS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(bad) or repr(text)}; choose from {', '.join(MODELS)}")
+    return list(dict.fromkeys(names))

@@ -1,4 +1,4 @@
-"""Training step: ER-BNN against float, side by side in one process (issue 10's goals).
+"""Training step: ER-BNN against float, side by side in one process.
 
 - per binary layer shape (shapes.py, batch --batch): one ERBinaryConv2d training step (layer in train
   mode, forward + backward, the input's and the weight's gradients, restoration statistics, quantiles and
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import models as zoo, nn as enn, ops
 from .._backend import get_backend, native_active, use_backend
-from .shapes import MODELS
+from .shapes import MODELS, parse_models
 from .timing import header, measure_side_by_side, paired_ratio
 
 LAYER_METHODS = ("er_layer", "conv2d")
@@ -73,6 +73,9 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
         with use_backend(backend):
             layer.weight.grad = x.grad = None
             layer(x).backward(gy)
+    if method == "er_layer":
+        with use_backend(backend):
+            step.route = enn.route(layer, x)  # the kernel and layout its steps take (nn.routing)
     return step
 
 
@@ -120,7 +123,11 @@ def cases(models, batch, device="cpu", layers=True, whole=True):
                            "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
                            "batch": batch, "method": method, "label": LABELS[method],
                            "backend": _backend_label(device) if method == "er_layer" else "pytorch", "device": str(device)}
-                    yield row, layer_step(shape, batch, method, device)
+                    step = layer_step(shape, batch, method, device)
+                    route = getattr(step, "route", None)
+                    if route is not None:
+                        row["route"] = f"{route.kernel}/{route.layout}"
+                    yield row, step
         if whole:
             for method in MODEL_METHODS:
                 row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
@@ -145,7 +152,7 @@ def summarise(rows):
             c = t[(model, layer, "conv2d")]
             layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
                            "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c["time_s"],
-                           "ratio": paired_ratio(r, c), "backend": r["backend"]})
+                           "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route")})
         if method == "er_model" and (model, layer, "float_twin") in t:
             f = t[(model, layer, "float_twin")]
             models.append({"model": model, "er_s": r["time_s"], "float_s": f["time_s"], "ratio": paired_ratio(r, f),
@@ -166,6 +173,13 @@ def format_tables(summary, batch, smoke=False):
     gm = summary["layer_ratio_geomean"]
     if gm and not smoke:
         lines.append(f"geometric mean of the per-layer ratios: {gm:.2f}x")
+    by_route = {}
+    for e in summary["layers"]:
+        if e.get("route"):
+            by_route.setdefault(e["route"], []).append(e["layer"])
+    if by_route:
+        lines.append("ER routes (nn.routing): " + "; ".join(f"{k} ({', '.join(dict.fromkeys(v))})"
+                                                             for k, v in by_route.items()))
     backends = sorted({e["backend"] for e in summary["layers"] + summary["models"]})
     if backends:
         lines.append(f"ER layers ran: {' / '.join(backends)}")
@@ -206,9 +220,8 @@ def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, 
 
 
 def main(argv=None):
-    from .cli import _models
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=_models, default=["resnet20", "resnet18"],
+    ap.add_argument("--models", type=parse_models, default=["resnet20", "resnet18"],
                     help="comma-separated (default resnet20,resnet18)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -218,11 +231,11 @@ def main(argv=None):
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: CPU time of the calling thread (needs --threads 1; robust on a busy machine)")
     ap.add_argument("--float-conv", action="store_true",
-                    help="ER layers run their forward conv as F.conv2d (ERBinaryConv2d.xnor_train = False) instead "
+                    help="ER layers run their forward conv as F.conv2d (nn.train_route(xnor=False)) instead "
                          "of the packed popcount kernel: the restoration's own cost against float")
     ap.add_argument("--nhwc", choices=("auto", "on", "off"), default="auto",
-                    help="the ER step's NHWC order (ERBinaryConv2d.nhwc_train): auto (default: in_channels <= 128), "
-                         "on, off (NCHW throughout)")
+                    help="the ER step's NHWC order (nn.train_route(nhwc=...)): auto (default: in_channels <= "
+                         "128), on, off (NCHW throughout)")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
@@ -230,13 +243,8 @@ def main(argv=None):
     conv = "F.conv2d" if a.float_conv else "popcount"
     print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
                  f"NHWC step: {a.nhwc}", a.device))
-    saved = enn.ERBinaryConv2d.xnor_train, enn.ERBinaryConv2d.nhwc_train
-    enn.ERBinaryConv2d.xnor_train = not a.float_conv
-    enn.ERBinaryConv2d.nhwc_train = {"auto": None, "on": True, "off": False}[a.nhwc]
-    try:
+    with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc]):
         rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
-    finally:
-        enn.ERBinaryConv2d.xnor_train, enn.ERBinaryConv2d.nhwc_train = saved
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 

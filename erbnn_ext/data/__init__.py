@@ -7,17 +7,7 @@ from .dataset import DataError, ImageSet
 from .digits import load_digits
 from .imagefolder import ImageFolder, ImageFolderLoader, is_imagefolder, load_imagefolder
 from .loader import BatchLoader
-from .select import make_loader, open_data
-
-DIGITS = "digits"
-
-
-def load_dataset(path=None):
-    """(train, test): the embedded digits when path is None or "digits", else CIFAR-10 from `path` (a
-    cifar-10-batches-py folder or its parent). DataError names the path when it is missing or malformed."""
-    if path is None or str(path) == DIGITS:
-        return load_digits()
-    return load_cifar10(path)
+from .select import DIGITS, load_dataset, make_loader, open_data
 
 
 __all__ = ["BatchLoader", "DataError", "ImageSet", "load_dataset", "load_cifar10", "load_digits",

@@ -7,15 +7,17 @@ Every layer here keeps ERBinaryConv2d's constructor signature, so a model swaps 
 - ReCUConv2d: ReCU (clamped standardised weights with the tau schedule, identity weight STE, per-sample
   normalised activations with the gradient max(0, 2 - |2x|)).
 Layers with a schedule have set_epoch(epoch, epochs); erbnn_ext.nn.set_epoch calls it on every module.
-q_buffer is accepted (same signature) but unused: none of these measures a quantile.
+q_buffer is accepted (same signature) but unused: none of these measures a quantile. The IR-Net and ReCU
+formulas are erbnn_ext.quantizers' (shared with the benchmarks' baselines); the sign modules here give
++1 for x >= 0 and keep their schedule state (EDE's t) as buffers.
 """
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
 from .._common import EPS, sign
+from ..quantizers import IRNet, ReCU, ede_grad, recu_act_grad
 from .layers import ERBinaryConv2d, check_binary_conv_config, running_stats
 from .ring import RingMean
 
@@ -40,14 +42,6 @@ def _clip_grad(x):
     return (x.abs() <= 1).to(x.dtype)
 
 
-def _ede_grad(x, t, k):
-    return k * t * (1 - torch.tanh(x * t) ** 2)
-
-
-def _recu_act_grad(x):
-    return (2 - (2 * x).abs()).clamp_min(0)
-
-
 def _identity_grad(x):
     return torch.ones_like(x)
 
@@ -70,7 +64,7 @@ class ReCUActSign(torch.nn.Module):
     """sign(x); backward g * max(0, 2 - |2x|) (ReCU's activation surrogate)."""
 
     def forward(self, x):
-        return _SignGrad.apply(x, _recu_act_grad)
+        return _SignGrad.apply(x, recu_act_grad)
 
 
 class EDESign(torch.nn.Module):
@@ -89,9 +83,7 @@ class EDESign(torch.nn.Module):
         self.register_buffer("t", torch.tensor(self.t_min))
 
     def schedule(self, epoch: int, epochs: int) -> float:
-        frac = min(max(epoch, 0), epochs) / epochs
-        lo, hi = math.log10(self.t_min), math.log10(self.t_max)
-        return 10.0 ** (lo + (hi - lo) * frac)
+        return IRNet.ede(epoch, epochs, self.t_min, self.t_max)[0]
 
     def set_epoch(self, epoch: int, epochs: int) -> float:
         t = self.schedule(epoch, epochs)
@@ -100,7 +92,7 @@ class EDESign(torch.nn.Module):
 
     def forward(self, x):
         t = self.t.detach().clone()  # this step's t, whatever set_epoch does before the backward
-        return _SignGrad.apply(x, functools.partial(_ede_grad, t=t, k=(1.0 / t).clamp_min(1.0)))
+        return _SignGrad.apply(x, functools.partial(ede_grad, t=t, k=(1.0 / t).clamp_min(1.0)))
 
     def extra_repr(self):
         return f"t={float(self.t):g}, t_min={self.t_min:g}, t_max={self.t_max:g}"
@@ -195,32 +187,23 @@ class IRNetConv2d(_BinaryConv2dBase):
 
     def forward(self, x):
         self._check_input(x)
-        rows = self.weight.reshape(self.out_channels, -1)
-        what = rows - rows.mean(1, keepdim=True)
-        what = what / what.std(1, keepdim=True).clamp_min(EPS)
-        s = torch.pow(2.0, torch.round(torch.log2(what.abs().mean(1, keepdim=True).clamp_min(EPS)))).detach()
-        w_q = (self.weight_sign(what) * s).view_as(self.weight)
-        return self._conv(self.act_sign(x), w_q)
+        return self._conv(IRNet.activation(x, self.act_sign), IRNet.weight(self.weight, self.weight_sign))
 
 
 class ReCUConv2d(_BinaryConv2dBase):
-    """ReCU (method.md 6): w0 = W - mean, w1 = w0 / (sqrt(var(w0) + 1e-5) / (2 sqrt 2)) over the layer,
-    Q_tau = -mean|w1| * ln(2 - 2 tau) (detached), W_b = sign(clamp(w1, -Q_tau, Q_tau)) with an identity
-    STE; input sign(x / sqrt(var_n + 1e-5)) (per-sample variance, training only) with the surrogate
-    max(0, 2 - |2x|). tau rises from tau_min = 0.85 to tau_max = 0.99 with ReCU's exponential schedule
-    tau(e) = A e^(e/E) + B, A = (tau_max - tau_min) / (e - 1), B = tau_min - A. ReCU's learnable output
-    scale is left out: every binary conv in these models is followed by BatchNorm."""
+    """ReCU (method.md 6; the formulas: quantizers.ReCU): clamped standardised weights with an identity STE,
+    inputs scaled per sample (training only) with the surrogate max(0, 2 - |2x|); tau (a buffer) follows
+    ReCU's exponential schedule from 0.85 to 0.99. ReCU's learnable output scale is left out: every binary
+    conv in these models is followed by BatchNorm."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.tau_min, self.tau_max = 0.85, 0.99
-        self.register_buffer("tau", torch.tensor(self.tau_min))
+        self.register_buffer("tau", torch.tensor(ReCU.tau_min))
         self.weight_sign = STESign()
         self.act_sign = ReCUActSign()
 
     def schedule(self, epoch: int, epochs: int) -> float:
-        a = (self.tau_max - self.tau_min) / (math.e - 1)
-        return a * math.exp(min(max(epoch, 0), epochs) / epochs) + self.tau_min - a
+        return ReCU.tau(epoch, epochs)
 
     def set_epoch(self, epoch: int, epochs: int) -> float:
         tau = self.schedule(epoch, epochs)
@@ -229,13 +212,8 @@ class ReCUConv2d(_BinaryConv2dBase):
 
     def forward(self, x):
         self._check_input(x)
-        w0 = self.weight - self.weight.mean()
-        w1 = w0 / (torch.sqrt(w0.var() + 1e-5) / (2 * math.sqrt(2)))
-        q = (-w1.abs().mean() * torch.log(2 - 2 * self.tau.to(w1.dtype))).detach()
-        w_b = self.weight_sign(torch.clamp(w1, -q, q))
-        if self.training:
-            x = x / torch.sqrt(x.flatten(1).var(1) + 1e-5).view(-1, 1, 1, 1)
-        return self._conv(self.act_sign(x), w_b)
+        w_b = ReCU.weight(self.weight, self.tau, self.weight_sign)
+        return self._conv(ReCU.activation(x, self.act_sign, scale=self.training), w_b)
 
 
 #: method name (the models' `method=`) -> binary conv class

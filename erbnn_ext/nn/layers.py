@@ -3,14 +3,17 @@
 A training step runs one fused op per layer side (ops.restore_weight_train / restore_activation_train:
 restoration, this step's quantile, ring pushes and the width update, all on the module's buffers);
 eval under no_grad on the native backend, and a training step's forward conv, run the packed
-XNOR-popcount conv.
+XNOR-popcount conv. Each forward follows nn.routing.route(self, x), the one place that decides.
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from .. import _nhwc, functional as EF, ops
+from .. import functional as EF, ops
 from .approx_sign import ApproxSign
 from .ring import RingMean
+from .routing import ER_STEP, NHWC, RESTORED_POPCOUNT, XNOR_EVAL, route
 
 
 def running_stats(act_mean: RingMean, act_sigma: RingMean):
@@ -86,12 +89,6 @@ class _Restoration:
             return EF.restore_activation(x, b)
         return EF.restore_activation(x, b, stats=self.running_stats())
 
-    def _use_xnor(self, x: torch.Tensor) -> bool:
-        """Eval inference (no grad) on the native backend runs the packed XNOR-popcount kernel instead of
-        the float conv of the restored values (float64 stays on the exact float path)."""
-        return (not self.training and not torch.is_grad_enabled() and x.dtype != torch.float64
-                and ops.native_now() and ops.kernel_runs_on("binary_conv2d_packed", x.device))
-
     def _xnor_forward(self, x4d, stride, padding, dilation, weight4d):
         """sigma * bconv(sign(x - mu), W_b) + mu * conv(1, W_b) + bias (zero padding): the eval-mode
         float path up to float rounding (method.md section 2), in x's dtype. The weights are restored and
@@ -115,64 +112,47 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     Args: nn.Conv2d's, positionally too. groups must be 1 and padding_mode "zeros" (other values raise
     ValueError, also when set after construction). bias defaults to False because a BatchNorm follows
     every binary conv in BNNs (a bias before it is redundant). Keyword-only: q_buffer (the q ring, 100
-    in the paper), stat_buffer (the statistics ring, 1000).
+    in the paper), stat_buffer (the statistics ring, 1000), and the route settings xnor_train (a training
+    step's forward conv on the popcount kernel, default True), nhwc_train (None: the measured rule, or
+    True / False) and fused_train (the step as one autograd node, default True): see nn.routing.
 
     Same `weight` Parameter and state_dict keys as nn.Conv2d, plus the buffers of weight_sign, act_sign,
-    act_mean and act_sigma. In eval mode under no_grad with the native backend it runs the XNOR-popcount
-    kernel (output in the input's dtype, equal to the float path up to rounding); so does a training
-    step's forward conv (EF.restored_conv2d: float32 on the CPU; `xnor_train = False` turns it off), whose
-    backward is F.conv2d's.
+    act_mean and act_sigma. Which kernel and layout a forward takes is decided by nn.routing.route(self, x):
+    in eval mode under no_grad with the native backend the XNOR-popcount kernel (output in the input's
+    dtype, equal to the float path up to rounding); in an eager float32 CPU training step the popcount
+    forward conv too, with F.conv2d's backward.
     """
 
-    # A training step's forward conv on the packed XNOR-popcount kernel (float32 CPU, native backend);
-    # False: F.conv2d. Gradients are F.conv2d's either way.
-    xnor_train = True
-    # A training step's restored input in NHWC order (EF.ERConv2dStep: oneDNN's conv backward without
-    # layout reorders). None = when the input is channels_last or in_channels <= 128: on the 2-core Zen 5
-    # it cut the steps of ResNet-20's stride-2 layers by 10-20% and of ResNet-18's 64-128-channel inputs
-    # by up to 12%, and lost up to 20% on ResNet-18's 256- and 512-channel inputs (oneDNN's channels_last
-    # weight gradient is slower there).
-    nhwc_train = None
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000):
+                 bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000,
+                 xnor_train=True, nhwc_train=None, fused_train=True):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
         self._check_config()
         self._init_restoration(q_buffer, stat_buffer)
+        # Route settings (nn.routing): plain attributes, not state
+        self.xnor_train, self.nhwc_train, self.fused_train = xnor_train, nhwc_train, fused_train
 
     def _check_config(self):
         check_binary_conv_config(self)
-
-    def _fused_step(self, x):
-        """A training step as one autograd node (EF.ERConv2dStep): the popcount forward in eager mode (under
-        torch.compile the composed functions with F.conv2d, see EF.xnor_trains), weights of x's dtype,
-        native kernels."""
-        return (self.xnor_train and EF.xnor_trains(x) and x.dtype == self.weight.dtype
-                and ops.kernel_runs_on("restore_activation_train", x.device))
-
-    def _nhwc_step(self, x):
-        if self.nhwc_train is not None:
-            return bool(self.nhwc_train)
-        return self.in_channels <= 128 or _nhwc.is_nhwc(x)
 
     def forward(self, x):
         self._check_config()
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], "
                              f"got {tuple(x.shape)}")
-        if self._use_xnor(x):
+        r = route(self, x)
+        if r.kernel == XNOR_EVAL:
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
-        measure = self._measuring(x)
-        if measure and self._fused_step(x):
+        if r.kernel == ER_STEP:
             return EF.ERConv2dStep.apply(x, self.weight, self.bias, self._weight_state(), self._act_state(),
-                                         (self.stride, self.padding, self.dilation), self._nhwc_step(x))
+                                         (self.stride, self.padding, self.dilation), r.layout == NHWC)
+        measure = self._measuring(x)
         w_b = self.restored_weight(measure)
         y, mu, sigma = self._restore_input(x, measure)
-        # A training step runs the forward conv on the packed XNOR-popcount kernel (EF.restored_conv2d)
         return EF.restored_conv2d(y, w_b, mu, sigma, self.bias, self.stride, self.padding, self.dilation,
-                                  xnor=None if self.xnor_train and measure else False)
+                                  xnor=r.kernel == RESTORED_POPCOUNT)
 
 
 class ERBinaryLinear(torch.nn.Linear, _Restoration):
@@ -188,10 +168,28 @@ class ERBinaryLinear(torch.nn.Linear, _Restoration):
         if x.dim() < 2 or x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expects input [N, ..., {self.in_features}], "
                              f"got {tuple(x.shape)}")
-        if self._use_xnor(x):
+        if route(self, x).kernel == XNOR_EVAL:
             out = self._xnor_forward(x.reshape(-1, self.in_features, 1, 1), (1, 1), (0, 0), (1, 1),
                                      self.weight[:, :, None, None])
             return out.reshape(*x.shape[:-1], self.out_features)
         measure = self._measuring(x)
         w_b = self.restored_weight(measure)
         return F.linear(self.restored_input(x, measure), w_b, self.bias)
+
+
+def routes(model: torch.nn.Module, x: torch.Tensor, train: bool = True):
+    """[(name, nn.routing.Route)] of every ER layer of `model` for one forward of x: a training step (train
+    mode, grad enabled) or eval inference under no_grad. Runs a deep copy: the model's state is unchanged."""
+    probe = copy.deepcopy(model).train(train)
+    found, hooks = [], []
+    for name, m in probe.named_modules():
+        if isinstance(m, (ERBinaryConv2d, ERBinaryLinear)):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args, name=name: found.append((name, route(mod, args[0])))))
+    try:
+        with torch.set_grad_enabled(train):
+            probe(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found

@@ -6,8 +6,8 @@ class RPReLU(torch.nn.Module):
     """y = PReLU(x + b1) + b2 over channel dim 1; b1, b2 start at 0, the slope at `init`.
 
     PReLU(z) is computed as relu(z) - slope * relu(-z): the same bits as torch's prelu (slope * z exactly
-    where z < 0), but its backward is 2.5x faster on the CPU (torch's prelu backward took 550 us for a
-    16x16x32x32 batch on the 2-core Zen 5, the relu form's whole RPReLU step 0.5 ms against 1.35 ms). The
+    where z < 0), but a much cheaper backward on the CPU than torch's prelu backward (a training step's
+    RPReLU, benchmarks.train_step's model step). The
     one difference: at z == 0 exactly the input gradient is 0 (relu's convention), not slope * g. The
     parameters stay those of nn.PReLU (state_dict keys unchanged)."""
 
