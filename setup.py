@@ -81,7 +81,26 @@ if CUDA_HOME:
 os.environ.setdefault("MAX_JOBS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                       else os.cpu_count() or 1))
 
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found, using CUDA_HOME=..."
+    warning when this build skips CUDA on purpose (it would read as a problem in the build log)."""
+    import importlib
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    if not CUDA_HOME:
+        log.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("torch.utils.cpp_extension")
+    finally:
+        log.setLevel(level)
+
+
+_cpp_extension = _import_cpp_extension()
+BuildExtension, CppExtension, CUDAExtension = (_cpp_extension.BuildExtension, _cpp_extension.CppExtension,
+                                               _cpp_extension.CUDAExtension)
 
 
 def _version():
@@ -173,31 +192,38 @@ def _ninja_log_lines(build_temp):
 
 class _BuildExt(BuildExtension):
     """torch's BuildExtension (ninja), plus _build_info.py beside the library and a one-line summary of
-    what was compiled, how long it took and what was skipped."""
+    what was compiled per library, how long it took and what was skipped."""
 
     def build_extensions(self):
         import time
 
-        first = _ninja_log_lines(self.build_temp)
+        self._built = []
         start = time.monotonic()
         super().build_extensions()
-        wall = time.monotonic() - start
-        for ext in self.extensions:
-            if ext.name == "erbnn_ext._C":
-                _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
-        print(_summary_line(_ninja_times(self.build_temp, first), wall), flush=True)
+        print(_summary_line(self._built, time.monotonic() - start), flush=True)
+
+    def build_extension(self, ext):
+        import time
+
+        first, start = _ninja_log_lines(self.build_temp), time.monotonic()
+        super().build_extension(ext)
+        # torch writes one build.ninja per library into build_temp: read it before the next one's
+        self._built.append((ext.name, _ninja_times(self.build_temp, first), time.monotonic() - start))
+        if ext.name == "erbnn_ext._C":
+            _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
 
 
-def _summary_line(times, wall):
-    parts = []
-    for rule, label in (("compile", "C++"), ("cuda_compile", "CUDA")):
-        n, sec = times.get(rule, (0, 0.0))
-        if n:
-            parts.append(f"{n} {label} object(s) recompiled ({sec:.0f} s of compiler time)")
-    done = "; ".join(parts) or "nothing to recompile"
-    cuda = (f"CUDA archs {';'.join(_cuda_archs())} ({CUDA_WHY})" if CUDA_HOME else CUDA_WHY)
-    return (f"erbnn_ext: built in {wall:.0f} s with MAX_JOBS={os.environ.get('MAX_JOBS')}: {done}. "
-            f"CPU: baseline + run-time dispatched {', '.join(_cpu_isas())}. {cuda}.")
+def _summary_line(built, wall):
+    """built: [(library, {rule: (objects, compiler seconds)}, wall seconds)]."""
+    libs = []
+    for name, times, sec in built:
+        parts = [f"{n} {label} object(s) ({t:.0f} s of compiler time)"
+                 for rule, label in (("compile", "C++"), ("cuda_compile", "CUDA"))
+                 for n, t in [times.get(rule, (0, 0.0))] if n]
+        libs.append(f"{name.split('.')[-1]} in {sec:.0f} s: " + (", ".join(parts) or "up to date, relinked"))
+    cuda = f"CUDA archs {';'.join(_cuda_archs())} ({CUDA_WHY})" if CUDA_HOME else CUDA_WHY
+    return (f"erbnn_ext: built in {wall:.0f} s with MAX_JOBS={os.environ.get('MAX_JOBS')}; "
+            + "; ".join(libs) + f". CPU: baseline + run-time dispatched {', '.join(_cpu_isas())}. {cuda}.")
 
 
 def _cxx_flags():
