@@ -343,7 +343,8 @@ def test_a_killed_run_keeps_the_finished_sections(tmp_path, sig):
     if sig == "SIGTERM":
         assert result["stopped"] == "interrupted (SIGTERM)"
         assert "marked incomplete" in err and "Traceback" not in err
-    assert not [p for p in os.listdir(tmp_path) if p != "bench.json"]  # no temporary file left behind
+        # no temporary file left behind (a SIGKILL during a rewrite may leave one: bench.json stays whole)
+        assert not [p for p in os.listdir(tmp_path) if p != "bench.json"]
 
 
 def test_a_crash_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
