@@ -157,9 +157,10 @@ def _cpu_isas():
     return list(dict.fromkeys(sorted(found, key=lambda x: (not x.startswith("avx2"), x))))
 
 
-def _ninja_times(build_temp, first_line):
-    """{rule: (objects, compiler seconds)} of the objects ninja (re)built since line first_line of its
-    log: "compile" is C++, "cuda_compile" CUDA."""
+def _ninja_times(build_temp, before):
+    """{rule: (objects, compiler seconds)} of the objects ninja (re)built since its log held the lines
+    `before` (a set: ninja may rewrite its log, so new entries are told by content, not position), for
+    this library's build.ninja: "compile" is C++, "cuda_compile" CUDA."""
     rules = {}
     try:
         with open(os.path.join(build_temp, "build.ninja")) as f:
@@ -168,26 +169,28 @@ def _ninja_times(build_temp, first_line):
                     out, rest = line[6:].split(": ", 1)
                     rules[out.strip().replace("$:", ":")] = rest.split()[0]
         with open(os.path.join(build_temp, ".ninja_log")) as f:
-            log = f.readlines()[first_line:]
+            log = [line for line in f if line not in before]
     except OSError:
         return {}
     times = {}
     for line in log:
-        parts = line.split("\t")
+        parts = line.rstrip("\n").split("\t")
         if len(parts) < 4 or line.startswith("#"):
             continue
-        rule = rules.get(parts[3], rules.get(os.path.join(build_temp, parts[3]), "compile"))
-        n, sec = times.get(rule, (0, 0.0))
-        times[rule] = (n + 1, sec + (int(parts[1]) - int(parts[0])) / 1000)
+        rule = rules.get(parts[3]) or rules.get(os.path.join(build_temp, parts[3]))
+        if rule in ("compile", "cuda_compile"):
+            n, sec = times.get(rule, (0, 0.0))
+            times[rule] = (n + 1, sec + (int(parts[1]) - int(parts[0])) / 1000)
     return times
 
 
-def _ninja_log_lines(build_temp):
+def _ninja_log(build_temp):
+    """The lines of ninja's log in build_temp (a set; empty before the first build)."""
     try:
         with open(os.path.join(build_temp, ".ninja_log")) as f:
-            return len(f.readlines())
+            return set(f)
     except OSError:
-        return 0
+        return set()
 
 
 class _BuildExt(BuildExtension):
@@ -205,10 +208,10 @@ class _BuildExt(BuildExtension):
     def build_extension(self, ext):
         import time
 
-        first, start = _ninja_log_lines(self.build_temp), time.monotonic()
+        before, start = _ninja_log(self.build_temp), time.monotonic()
         super().build_extension(ext)
         # torch writes one build.ninja per library into build_temp: read it before the next one's
-        self._built.append((ext.name, _ninja_times(self.build_temp, first), time.monotonic() - start))
+        self._built.append((ext.name, _ninja_times(self.build_temp, before), time.monotonic() - start))
         if ext.name == "erbnn_ext._C":
             _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
 
