@@ -35,7 +35,8 @@ def run_cli(*args, timeout=120):
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # one thread: the CI machine has 2 cores shared with other jobs, and oversubscribed OpenMP crawls
-    proc = run_cli("--quick", "--threads", "1", "--no-progress", "--json", "--out", str(out))
+    # a generous limit: on a loaded machine the whole quick run takes minutes (a limit, not a timing)
+    proc = run_cli("--quick", "--threads", "1", "--no-progress", "--json", "--out", str(out), timeout=900)
     return proc, out
 
 
