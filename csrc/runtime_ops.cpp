@@ -5,6 +5,8 @@
 #include <ATen/core/Dict.h>
 #include <torch/library.h>
 
+#include <array>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,11 +19,13 @@ namespace {
 
 std::string isa_name(CpuIsa isa) { return cpu_isa_name(isa); }
 
-c10::Dict<std::string, std::string> engine_choices() {
+c10::Dict<std::string, std::string> to_dict(const std::map<std::string, std::string>& m) {
   c10::Dict<std::string, std::string> out;
-  for (const auto& [key, engine] : conv_engine_choices()) out.insert(key, engine);
+  for (const auto& [key, value] : m) out.insert(key, value);
   return out;
 }
+
+std::vector<int64_t> to_ints(const std::array<uint8_t, 64>& bytes) { return {bytes.begin(), bytes.end()}; }
 
 bool cuda_compiled() {
 #ifdef ERBNN_WITH_CUDA
@@ -41,6 +45,12 @@ TORCH_LIBRARY_FRAGMENT(erbnn, m) {
   // Cap the CPU code path: scalar, avx2, avx512 or auto. Returns the path now active.
   m.def("_set_cpu_isa", [](std::string name) { return isa_name(set_cpu_isa(name)); });
   m.def("_amx_available", [] { return amx_available(); });
+  // Why AMX is (not) used: the CPUID / OS grant / tile self-test outcome.
+  m.def("_amx_status", [] { return amx_engine_status(); });
+  // The 64-byte tile configuration the kernel loads, and (AMX hosts) what LDTILECFG loaded, read back.
+  m.def("_amx_probe_outcome", [](std::string mode) { return amx_probe_outcome(mode); });
+  m.def("_amx_tile_config", [] { return to_ints(amx_tile_config()); });
+  m.def("_amx_tile_config_loaded", [] { return to_ints(amx_tile_config_loaded()); });
   m.def("_conv_engines", [] { return available_conv_engines(); });
   // xnor, int8_vnni, amx or auto; "" defers to ERBNN_CONV_ENGINE.
   m.def("_set_conv_engine", [](std::string name) { set_conv_engine(name); });
@@ -48,6 +58,7 @@ TORCH_LIBRARY_FRAGMENT(erbnn, m) {
   m.def("_set_amx_disabled", [](bool disabled) { set_amx_disabled(disabled); });
   m.def("_set_amx_emulated", [](bool on) { set_amx_emulated(on); });
   m.def("_clear_conv_engine_cache", [] { clear_conv_engine_cache(); });
-  m.def("_conv_engine_choices", [] { return engine_choices(); });
+  m.def("_conv_engine_choices", [] { return to_dict(conv_engine_choices()); });
+  m.def("_conv_engine_reasons", [] { return to_dict(conv_engine_reasons()); });
   m.def("_cuda_compiled", [] { return cuda_compiled(); });
 }

@@ -36,7 +36,8 @@ CONV_ENGINES = ("xnor", "int8_vnni", "amx")
 
 def set_conv_engine(name) -> None:
     """Force the CPU binary-conv engine: "xnor" (XNOR-popcount), "int8_vnni" (+-1 int8 GEMM, AVX512-VNNI),
-    "amx" (int8 GEMM on AMX tiles) or "auto" (a rule on the layer shape, no timing inside the op).
+    "amx" (int8 GEMM on AMX tiles) or "auto" (the fastest for each layer shape, measured on its first call in
+    the process: `erbnn_ext._native.conv_engine_reasons()` lists the timings).
     None hands the choice back to the environment variable ERBNN_CONV_ENGINE (read per call; default
     auto). All engines give bit-identical results; forcing one this machine lacks raises RuntimeError."""
     if not native_available():
@@ -61,6 +62,7 @@ def backend_info() -> dict:
         "cpu_isa": None,
         "detected_cpu_isa": None,
         "amx": False,
+        "amx_status": "native extension not loaded",
         "conv_engines": [],
         "cuda_compiled": False,
         "cuda_archs": [],
@@ -72,7 +74,7 @@ def backend_info() -> dict:
     }
     if native_available():
         N = _native
-        info.update(cpu_isa=N.cpu_isa(), detected_cpu_isa=N.detected_cpu_isa(), amx=N.amx_available(),
+        info.update(cpu_isa=N.cpu_isa(), detected_cpu_isa=N.detected_cpu_isa(), amx=N.amx_available(), amx_status=N.amx_status(),
                     conv_engines=N.conv_engines(), cuda_compiled=N.cuda_compiled(), cuda_archs=N.cuda_archs())
     else:
         info["load_error"] = _native.LOAD_ERROR

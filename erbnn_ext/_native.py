@@ -54,7 +54,28 @@ def set_cpu_isa(name: str) -> str:
 
 
 def amx_available() -> bool:
+    """AMX-INT8 granted by the OS and the tile code's self-test passed (checked once per process)."""
     return _op("_amx_available")()
+
+
+def amx_status() -> str:
+    """Why the amx engine is or is not available (disabled, no AMX, refused grant, failed self-test)."""
+    return _op("_amx_status")()
+
+
+def _amx_probe_outcome(mode: str) -> str:
+    """Tests: the AMX self-test's child-process verdict for a stand-in child (pass, config, block, fault)."""
+    return _op("_amx_probe_outcome")(mode)
+
+
+def _amx_tile_config() -> list:
+    """The 64-byte AMX tile configuration the kernel loads."""
+    return list(_op("_amx_tile_config")())
+
+
+def _amx_tile_config_loaded() -> list:
+    """AMX hosts: what LDTILECFG loaded from that configuration, read back with STTILECFG."""
+    return list(_op("_amx_tile_config_loaded")())
 
 
 def conv_engines() -> list:
@@ -91,6 +112,11 @@ def _conv_engine_choices() -> dict:
     return dict(_op("_conv_engine_choices")())
 
 
+def conv_engine_reasons() -> dict:
+    """Auto choices so far: shape key -> why (each candidate's measured time, or why none was timed)."""
+    return dict(_op("_conv_engine_reasons")())
+
+
 def cuda_compiled() -> bool:
     return available() and _op("_cuda_compiled")()
 
@@ -122,6 +148,8 @@ def cuda_supported(device) -> bool:
 # The pybind11 module's names, for callers that use `_native._C.<name>(...)`.
 _C = types.SimpleNamespace(
     cpu_isa=cpu_isa, detected_cpu_isa=detected_cpu_isa, set_cpu_isa=set_cpu_isa, amx_available=amx_available,
+    amx_status=amx_status, _amx_tile_config=_amx_tile_config, _amx_probe_outcome=_amx_probe_outcome, _amx_tile_config_loaded=_amx_tile_config_loaded,
+    conv_engine_reasons=conv_engine_reasons,
     conv_engines=conv_engines, set_conv_engine=set_conv_engine, get_conv_engine=get_conv_engine,
     _set_amx_disabled=_set_amx_disabled, _set_amx_emulated=_set_amx_emulated,
     _clear_conv_engine_cache=_clear_conv_engine_cache, _conv_engine_choices=_conv_engine_choices,

@@ -18,7 +18,6 @@ channel (BN scale > 0, RPReLU slope >= 0: they commute with the max exactly).
 import copy
 import inspect
 import operator
-import types
 import warnings
 
 import torch
@@ -29,7 +28,8 @@ from ._common import dtype_bits, pair, word_bits  # noqa: F401  (word_bits: depl
 from .nn.layers import ERBinaryConv2d, ERBinaryLinear
 from .nn.rprelu import RPReLU
 
-__all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear", "repack_words", "word_bits"]
+__all__ = ["freeze", "FrozenBinaryConv2d", "FrozenBinaryLinear", "FrozenForward", "materialize", "safe_globals",
+           "repack_words", "word_bits"]
 
 
 def _running_stats(layer, name):
@@ -262,18 +262,21 @@ def _module(parent, node, cls):
     return m if isinstance(m, cls) else None
 
 
-def _fuse_graph(parent, graph):
+def _fuse_graph(parent, graph, replay=None):
     """Rewrites, in `parent`'s traced graph, each  FrozenBinaryConv2d -> [Identity]* -> [+ residual] ->
     RPReLU  chain whose intermediate values have no other user into one call of the conv with the
-    residual and the RPReLU in its epilogue. Returns whether anything changed."""
+    residual and the RPReLU in its epilogue. Returns the fused convs' targets. replay: the targets of an
+    earlier run whose layers already hold the RPReLU (a loaded model): the same graph edits, no state change."""
     calls = {}
     for n in graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
-    changed = False
+    targets = []
     for node in list(graph.nodes):
         conv = _module(parent, node, FrozenBinaryConv2d)
-        if conv is None or conv.act is not None or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+        if conv is None or (node.target not in replay if replay is not None else conv.act is not None):
+            continue
+        if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
         chain, cur = [node], node
         while _module(parent, _single_user(cur), torch.nn.Identity) is not None:
@@ -290,14 +293,15 @@ def _fuse_graph(parent, graph):
         rprelu = _module(parent, act_node, RPReLU)
         if rprelu is None or len(act_node.args) != 1 or act_node.kwargs:
             continue
-        conv.fuse_rprelu(rprelu)
+        if replay is None:
+            conv.fuse_rprelu(rprelu)
         with graph.inserting_before(act_node):
             fused = graph.call_module(node.target, (node.args[0],) + ((residual,) if residual is not None else ()))
         act_node.replace_all_uses_with(fused)
         for n in [act_node] + chain[::-1]:
             graph.erase_node(n)
-        changed = True
-    return changed
+        targets.append(node.target)
+    return targets
 
 
 def _fuse_tails(model):
@@ -312,11 +316,10 @@ def _fuse_tails(model):
             continue
         if any(n.op == "get_attr" and not _has_attr(parent, n.target) for n in graph.nodes):
             continue  # the generated code would need attributes (traced constants) the module lacks
-        if not _fuse_graph(parent, graph):  # (sets the fused convs' RPReLU: the forward must follow)
+        targets = _fuse_graph(parent, graph)  # (sets the fused convs' RPReLU: the forward must follow)
+        if not targets:
             continue
-        graph.lint()
-        gm = torch.fx.GraphModule(parent, graph)
-        parent.forward = types.MethodType(type(gm).forward, parent)
+        _install(parent, ("fuse", tuple(targets)), _compile(parent, graph))
         fused += 1
     return fused
 
@@ -355,30 +358,34 @@ def _monotone_rprelu(act):
     return isinstance(act, RPReLU) and bool((act.prelu.weight >= 0).all())
 
 
-def _fold_through_pools(model, graph):
+def _fold_through_pools(model, graph, replay=None):
     """frozen conv -> MaxPool2d(2) -> BatchNorm2d -> RPReLU (each the only user of the one before) becomes
     conv (BN folded, RPReLU fused) -> MaxPool2d where the BN and RPReLU are non-decreasing per channel: a
     non-decreasing function commutes with max exactly, so only the folded BN's rounding changes. Returns
-    the number of folds (their layers now expect the rewritten graph)."""
-    folds = 0
+    folded convs' targets (their layers now expect the rewritten graph). replay: as in _fuse_graph."""
+    folds = []
     for node in list(graph.nodes):
         conv = _module(model, node, FrozenBinaryConv2d)
         pool_node = _single_user(node) if conv is not None else None
-        if (conv is None or conv.act is not None or conv.folded_bn or pool_node is None
-                or not _is_pool2x2(_module(model, pool_node, torch.nn.MaxPool2d))):
+        if conv is None or (node.target not in replay if replay is not None else conv.act is not None or conv.folded_bn):
+            continue
+        if pool_node is None or not _is_pool2x2(_module(model, pool_node, torch.nn.MaxPool2d)):
             continue
         bn_node = _single_user(pool_node)
         bn = _module(model, bn_node, torch.nn.BatchNorm2d)
         act_node = _single_user(bn_node) if bn is not None else None
         act = _module(model, act_node, RPReLU)
-        if bn is None or act is None or not _monotone_bn(bn) or not _monotone_rprelu(act):
+        if bn is None or act is None:
             continue
-        conv.fold_affine(*_bn_affine(bn))
-        conv.fuse_rprelu(act)
+        if replay is None:
+            if not _monotone_bn(bn) or not _monotone_rprelu(act):
+                continue
+            conv.fold_affine(*_bn_affine(bn))
+            conv.fuse_rprelu(act)
         act_node.replace_all_uses_with(pool_node)
         graph.erase_node(act_node)
         graph.erase_node(bn_node)
-        folds += 1
+        folds.append(node.target)
     return folds
 
 
@@ -390,28 +397,31 @@ def _bitpool2x2(bits):
 
 
 
-def _chain_graph(model, graph):
+def _chain_graph(model, graph, replay=None):
     """Gives each frozen conv whose input comes straight from another frozen conv (or through a 2x2
     max-pool) that producer's packed output: producer -> (out, bits) with next_shift = the consumer's
     mu; the consumer takes x_bits (and no float x). A producer whose floats nobody else reads drops them
-    (float_out=False). Returns the number of chained convs."""
+    (float_out=False). Returns the chained consumers' targets. replay: as in _fuse_graph."""
     calls = {}
     for n in graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
-    chained = 0
+    chained = []
     for q_node in list(graph.nodes):
         q = _module(model, q_node, FrozenBinaryConv2d)
         if q is None or calls[q_node.target] != 1 or not q_node.args or "x_bits" in q_node.kwargs:
+            continue
+        if replay is not None and q_node.target not in replay:
             continue
         src, pool = q_node.args[0], None
         if (isinstance(src, torch.fx.Node) and src.op == "call_module"
                 and _is_pool2x2(_module(model, src, torch.nn.MaxPool2d))):
             pool, src = src, src.args[0] if len(src.args) == 1 and not src.kwargs else None
         p = _module(model, src, FrozenBinaryConv2d) if isinstance(src, torch.fx.Node) else None
-        if p is None or p.next_shift is not None or calls[src.target] != 1:
+        if p is None or (replay is None and p.next_shift is not None) or calls[src.target] != 1:
             continue
-        p.register_buffer("next_shift", q.x_shift.detach().clone())
+        if replay is None:
+            p.register_buffer("next_shift", q.x_shift.detach().clone())
         with graph.inserting_after(src):
             bits = graph.call_function(operator.getitem, (src, 1))
         with graph.inserting_after(src):
@@ -426,23 +436,35 @@ def _chain_graph(model, graph):
             graph.erase_node(pool)
         if not out.users:
             graph.erase_node(out)
-            p.float_out = False
-        chained += 1
+            if replay is None:
+                p.float_out = False
+        chained.append(q_node.target)
     return chained
 
 
-def _trace_own_forward(tracer, module):
-    """tracer.trace of the forward `module` runs: torch.fx traces the class's, which a forward generated
-    by the tail fusion (an instance attribute) overrides; a subclass carrying it stands in meanwhile."""
-    own = module.__dict__.get("forward")
-    if own is None:
+def _trace_forward(tracer, module, fn=None):
+    """tracer.trace of `module` running fn(module, ...) (default: the forward it runs now): torch.fx traces
+    the class's, which a generated forward (an instance attribute) overrides; a subclass carrying fn stands
+    in meanwhile."""
+    if fn is None:
+        own = module.__dict__.get("forward")
+        fn = own.function if isinstance(own, FrozenForward) else None
+    if fn is None or fn is type(module).forward:
         return tracer.trace(module)
     cls = module.__class__
-    module.__class__ = type(cls.__name__, (cls,), {"forward": own.__func__})
+    module.__class__ = type(cls.__name__, (cls,), {"forward": fn})
     try:
         return tracer.trace(module)
     finally:
         module.__class__ = cls
+
+
+def _drop_identities(model, graph):
+    for node in list(graph.nodes):  # an Identity (a folded BatchNorm, "no shortcut") is a call for nothing
+        if (_module(model, node, torch.nn.Identity) is not None and len(node.args) == 1 and not node.kwargs
+                and isinstance(node.args[0], torch.fx.Node)):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
 
 
 def _chain(model):
@@ -450,27 +472,145 @@ def _chain(model):
     submodules and state). A model that cannot be traced keeps its forward, unchained."""
     # A forward taking more than the input could branch on the other arguments: tracing would keep the
     # defaults' branch only.
-    if len(inspect.signature(model.forward).parameters) != 1:
+    own = model.__dict__.get("forward")
+    fn = own.function if isinstance(own, FrozenForward) else type(model).forward
+    if len(inspect.signature(fn).parameters) != 2:  # self and the input
         return 0
     try:
-        graph = _trace_own_forward(_ChainTracer(), model)
+        graph = _trace_forward(_ChainTracer(), model)
     except Exception:
         return 0
     if any(n.op == "get_attr" and not _has_attr(model, n.target) for n in graph.nodes):
         return 0
-    for node in list(graph.nodes):  # an Identity (a folded BatchNorm, "no shortcut") is a call for nothing
-        if (_module(model, node, torch.nn.Identity) is not None and len(node.args) == 1 and not node.kwargs
-                and isinstance(node.args[0], torch.fx.Node)):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
+    _drop_identities(model, graph)
     folded = _fold_through_pools(model, graph)
     chained = _chain_graph(model, graph)
     if not (folded or chained):
         return 0  # the model keeps its own forward
+    _install(model, ("chain", tuple(folded), tuple(chained)), _compile(model, graph))
+    return len(chained)
+
+
+def _compile(module, graph):
+    """The forward function (taking the module as self) generated from a rewritten graph of `module`."""
     graph.lint()
-    gm = torch.fx.GraphModule(model, graph)
-    model.forward = types.MethodType(type(gm).forward, model)
-    return chained
+    return type(torch.fx.GraphModule(module, graph)).forward
+
+
+def _install(module, stage, fn):
+    """module's forward becomes fn; the rewrite (stage) is appended to what it keeps to regenerate fn."""
+    own = module.__dict__.get("forward")
+    stages = (own.stages if isinstance(own, FrozenForward) else ()) + (stage,)
+    module.forward = FrozenForward(module, stages, fn)
+
+
+def _replay(module, stages):
+    """Regenerates a frozen module's forward: each stage's graph rewrite, replayed on the graph traced
+    from the forward before it (the class's first). The layers already hold the state the rewrites set
+    (RPReLU, folded BatchNorms, next_shift), so only the graph changes; a stage that no longer matches
+    (the class's forward changed since the model was saved) is an error, not a silently different model."""
+    fn = type(module).forward
+    for stage in stages:
+        kind = stage[0]
+        if kind == "fuse":
+            graph = _trace_forward(_OneLevelTracer(), module, fn)
+            done = [tuple(_fuse_graph(module, graph, replay=set(stage[1])))]
+        elif kind == "chain":
+            graph = _trace_forward(_ChainTracer(), module, fn)
+            _drop_identities(module, graph)
+            done = [tuple(_fold_through_pools(module, graph, replay=set(stage[1]))),
+                    tuple(_chain_graph(module, graph, replay=set(stage[2])))]
+        else:
+            raise ValueError(f"deploy: unknown frozen-forward stage {kind!r} (saved by a newer erbnn_ext?)")
+        if sorted(sum(done, ())) != sorted(sum((tuple(t) for t in stage[1:]), ())):
+            raise RuntimeError(
+                f"deploy: cannot regenerate the frozen forward of {type(module).__qualname__}: its forward no "
+                f"longer has the layer pattern the model was frozen with ({kind}: {stage[1:]}); load it with "
+                f"the code it was saved with, or save the unfrozen model's state_dict and freeze again")
+        fn = _compile(module, graph)
+    return fn
+
+
+class FrozenForward:
+    """The forward deploy.freeze generates for a module (its torch.fx graph rewritten: tail fusion,
+    chaining), installed as that module's `forward` attribute. It keeps the rewrites as plain data
+    (`stages`: which layers were fused or chained), not code, so a frozen model pickles and loads (pickle,
+    torch.save / torch.load, also weights_only=True with safe_globals()): after a load the function is
+    regenerated from the module's class forward on the first call (or by deploy.materialize)."""
+
+    def __init__(self, module, stages, function=None):
+        self.module, self.stages, self._fn = module, tuple(stages), function
+
+    @property
+    def function(self):
+        """The generated forward, a plain function of (module, *inputs)."""
+        if self._fn is None:
+            materialize(self.module)
+        return self._fn
+
+    # Read like a bound method's by torch.export (the code object names its trace) and inspect.
+    @property
+    def __func__(self):
+        return self.function
+
+    @property
+    def __self__(self):
+        return self.module
+
+    @property
+    def __code__(self):
+        return self.function.__code__
+
+    @property
+    def __signature__(self):
+        # As a bound method's: what torch.export / inspect match the inputs against.
+        params = list(inspect.signature(self.function).parameters.values())[1:]
+        return inspect.Signature(params)
+
+    def __call__(self, *args, **kwargs):
+        fn = self._fn if self._fn is not None else self.function
+        return fn(self.module, *args, **kwargs)
+
+    def __getstate__(self):
+        return {"module": self.module, "stages": self.stages}
+
+    def __setstate__(self, state):
+        self.module, self.stages, self._fn = state["module"], tuple(state["stages"]), None
+
+    def __deepcopy__(self, memo):
+        # The function takes the module as an argument: a copy shares it (no re-trace).
+        return FrozenForward(copy.deepcopy(self.module, memo), self.stages, self._fn)
+
+    def __repr__(self):
+        return f"FrozenForward({type(self.module).__name__}, stages={self.stages})"
+
+
+def materialize(model: torch.nn.Module) -> torch.nn.Module:
+    """Regenerates the frozen forwards of a loaded (unpickled) frozen model now rather than on its first
+    call (e.g. before torch.compile or torch.export); submodules first, as the model's trace runs through
+    theirs. Returns the model."""
+    for m in reversed(list(model.modules())):
+        own = m.__dict__.get("forward")
+        if isinstance(own, FrozenForward) and own._fn is None:
+            own._fn = _replay(m, own.stages)
+    return model
+
+
+def safe_globals() -> list:
+    """The classes a frozen model of this package's models holds, for torch.load(weights_only=True):
+        with torch.serialization.safe_globals(deploy.safe_globals()):
+            model = torch.load(path, weights_only=True)
+    A model of your own classes needs those added too."""
+    from .models import common, resnet18, resnet18_imagenet, resnet20, vgg_small
+    from .nn.ring import RingMean
+    project = [FrozenBinaryConv2d, FrozenBinaryLinear, FrozenForward, _DeployRPReLU, RPReLU, RingMean,
+               ERBinaryConv2d, ERBinaryLinear, common.BasicBlock, resnet20.OptionAShortcut, resnet20.ResNet20,
+               resnet18.ResNet18, resnet18_imagenet.ResNet18ImageNet, vgg_small.VGGSmall]
+    nn = torch.nn
+    layers = [nn.Sequential, nn.ModuleList, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity,
+              nn.PReLU, nn.ReLU, nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
+              nn.Dropout]
+    return project + layers
 
 
 def _set(model, name, module):

@@ -39,7 +39,7 @@ def _frozen(model):
                          f"only ER-BNN models (method='erbnn') export")
     if er:
         return deploy.freeze(model)
-    return model.eval()
+    return deploy.materialize(model.eval())  # a loaded frozen model: its generated forwards, before tracing
 
 
 def export(model: torch.nn.Module, example_input: torch.Tensor, dynamic_batch: bool = True,

@@ -166,23 +166,41 @@ class ERConv2dStep(torch.autograd.Function):
         else:
             yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
         y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
-        ctx.save_for_backward(xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
+        ctx.y_shape = x.shape
         if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
+            # The backward gets y from those signs and (mean, sigma) again (_nhwc.rows_from_sign_bytes): y
+            # is not kept, only 1/32 of it, so the step holds about what a float conv's does (its input x)
+            ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, x.shape[1]), w_b, w_mean, alpha, w_width, mean,
+                                  sigma, rms, x_width)
+            ctx.y_from_bits = "rows"
             n, c, h, wd = x.shape
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), ops.pack_conv_weight(w_b), *conv, in_channels=c,
                                           out_scale=sigma, ones_scale=mean,
                                           out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
-        return _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
+        out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
+        # y's signs kept instead of y, as above: y == mean + sigma (sign(y - (mean + sigma)) = +1) or
+        # mean - sigma, both float32 sums as the op's (where they are equal any bit gives y back)
+        hi = mean + sigma
+        n, c, h, wd = x.shape
+        bits = ops.pack_signs(yr - hi, dim=2) if nhwc else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
+        ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, c), w_b, w_mean, alpha, w_width, mean, sigma, rms,
+                              x_width)
+        ctx.y_from_bits = "rows" if nhwc else "nchw"
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
+        # y was kept as its packed signs (sign_bytes, NHWC order): y back, in the order the forward held it
+        y = _nhwc.as_nchw(_nhwc.rows_from_sign_bytes(y, ctx.y_shape[1], mean, sigma), ctx.y_shape)
+        if ctx.y_from_bits == "nchw":
+            y = y.contiguous()
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])

@@ -147,7 +147,6 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
   const at::Tensor Wp = w_packed.contiguous();
   const std::shared_ptr<PackedWeights> pw = packed_weights(g, words(Wp));
   const int64_t Kd = dense_words(g);
-  const ConvEngine eng = choose_conv_engine(g, Kd > 0 ? Kd : g.K);
   Epilogue e;
   e.scale = scale.defined() ? scale.const_data_ptr<float>() : nullptr;
   e.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
@@ -169,12 +168,14 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     bits.scratch = reinterpret_cast<uint16_t*>(scratch.mutable_data_ptr<int16_t>());
   }
   float* dst = io.float_out ? out.mutable_data_ptr<float>() : nullptr;
-  if (eng == ConvEngine::kXnor) {
-    const at::Tensor Pf = packed_x ? P : pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
-    run_conv(g, words(Pf), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd, bits);
-  } else {
-    int8_conv_run(g, packed_x ? P : x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst, bits);
-  }
+  run_on_conv_engine(g, [&](ConvEngine eng) {
+    if (eng == ConvEngine::kXnor) {
+      const at::Tensor Pf = packed_x ? P : pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
+      run_conv(g, words(Pf), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd, bits);
+    } else {
+      int8_conv_run(g, packed_x ? P : x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst, bits);
+    }
+  });
   return {out, out_bits};
 }
 

@@ -1,12 +1,16 @@
 // The engine choice of the CPU binary convolutions (conv_engine.h).
 #include "conv_engine.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include <c10/util/Exception.h>
@@ -40,7 +44,11 @@ struct State {
   std::mutex mu;
   bool has_override = false;
   std::string override_name;
-  std::map<ShapeKey, ConvEngine> cache;
+  struct Choice {
+    ConvEngine engine;
+    std::string why;
+  };
+  std::map<ShapeKey, Choice> cache;
   std::deque<ShapeKey> order;  // insertion order of the keys, to bound the map
 };
 State& state() {
@@ -82,7 +90,8 @@ bool conv_engine_available(ConvEngine e) {
     case ConvEngine::kXnor: return true;
     // Both int8 engines use the AVX-512 epilogue: set_cpu_isa / ERBNN_CPU_ISA below avx512 turns them off.
     case ConvEngine::kInt8Vnni: return vnni_supported() && active_cpu_isa() == CpuIsa::kAvx512;
-    case ConvEngine::kAmx: return (amx_available() || amx_emulated()) && active_cpu_isa() == CpuIsa::kAvx512 && !amx_disabled().load();
+    case ConvEngine::kAmx:
+      return !amx_disabled().load() && active_cpu_isa() == CpuIsa::kAvx512 && (amx_emulated() || amx_available());
   }
   return false;
 }
@@ -115,23 +124,44 @@ std::string requested_conv_engine() {
   return n;
 }
 
+std::string amx_engine_status() {
+  if (amx_disabled().load()) return "disabled (ERBNN_DISABLE_AMX, or set_amx_disabled)";
+  if (!amx_available()) return amx_status();
+  if (active_cpu_isa() != CpuIsa::kAvx512) return "off: the CPU path is capped below avx512 (ERBNN_CPU_ISA)";
+  return amx_status();
+}
+
 void set_amx_disabled(bool disabled) {
   amx_disabled().store(disabled);
   clear_conv_engine_cache();  // a cached "amx" must not outlive the switch
 }
 
-std::map<std::string, std::string> conv_engine_choices() {
+namespace {
+
+ConvGeom key_geom(const ShapeKey& k) {
+  ConvGeom g{};
+  g.C = k[0], g.H = k[1], g.W = k[2], g.O = k[3], g.kh = k[4], g.kw = k[5];
+  g.sh = k[6], g.sw = k[7], g.ph = k[8], g.pw = k[9], g.dh = k[10], g.dw = k[11];
+  return g;
+}
+
+template <class F>
+std::map<std::string, std::string> list_choices(F field) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   std::map<std::string, std::string> out;
-  for (const auto& kv : s.cache) {
-    const ShapeKey& k = kv.first;
-    ConvGeom g{};
-    g.C = k[0], g.H = k[1], g.W = k[2], g.O = k[3], g.kh = k[4], g.kw = k[5];
-    g.sh = k[6], g.sw = k[7], g.ph = k[8], g.pw = k[9], g.dh = k[10], g.dw = k[11];
-    out.emplace(conv_engine_key(g), conv_engine_name(kv.second));
-  }
+  for (const auto& kv : s.cache) out.emplace(conv_engine_key(key_geom(kv.first)), field(kv.second));
   return out;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> conv_engine_choices() {
+  return list_choices([](const State::Choice& c) { return std::string(conv_engine_name(c.engine)); });
+}
+
+std::map<std::string, std::string> conv_engine_reasons() {
+  return list_choices([](const State::Choice& c) { return c.why; });
 }
 
 void clear_conv_engine_cache() {
@@ -151,32 +181,77 @@ std::string conv_engine_key(const ConvGeom& g) {
 
 namespace {
 
-// Estimated AVX-512 instruction slots per output (pixel x channel), from the inner loops:
-//   xnor: per 64-bit word, 16 pixels: 2 XOR + 2 VPOPCNTQ + 2 VPADDQ          -> 6/16 per word;
-//   int8_vnni: per 4 reduction bytes, 16 pixels x 16 channels: 1 load + 16 VPDPBUSD -> 17/256 per dword;
-//   amx: per 64 reduction bytes, 16 x 16 outputs: one TDPBSSD (16 cycles) + 2 tile loads -> 20/256.
-// The int8 engines pad the output channels to 16 and the reduction to 4 (VNNI) / 64 (AMX) bytes.
-ConvEngine rule(const ConvGeom& g, int64_t xnor_words) {
-  const double Op = double((g.O + 15) / 16 * 16), pad_o = Op / double(g.O);
+// The int8 engines keep unpacked int8 weights (VNNI a regrouped copy too): where that is more than 16x
+// the packed weights (+ 1 MiB), e.g. one output channel over a long reduction, they are not tried.
+bool int8_weights_fit(const ConvGeom& g) {
+  const double Op = double((g.O + 15) / 16 * 16);
   const int64_t Kb = g.taps * ((g.C + 3) / 4 * 4);  // reduction bytes
-  const double xnor = 6.0 / 16.0 * double(xnor_words);
-  const double vnni = 17.0 / 256.0 * double((Kb + 3) / 4) * pad_o;
-  const double amx = 20.0 / 256.0 * double((Kb + 63) / 64) * pad_o;
-  // Memory: the int8 weights (VNNI keeps a regrouped copy too) against the packed ones.
   const double packed_bytes = double(g.O * g.K * 8), int8_bytes = Op * double(Kb + 64) * 2;
-  const bool int8_fits = int8_bytes <= 16 * packed_bytes + double(1 << 20);
-  ConvEngine best = ConvEngine::kXnor;
-  double best_cost = xnor;
-  if (int8_fits && amx_available() && conv_engine_available(ConvEngine::kAmx) && amx < best_cost)
-    best = ConvEngine::kAmx, best_cost = amx;
-  if (int8_fits && conv_engine_available(ConvEngine::kInt8Vnni) && vnni < best_cost)
-    best = ConvEngine::kInt8Vnni, best_cost = vnni;
-  return best;
+  return int8_bytes <= 16 * packed_bytes + double(1 << 20);
+}
+
+std::vector<ConvEngine> auto_candidates(const ConvGeom& g, std::string& why) {
+  std::vector<ConvEngine> c{ConvEngine::kXnor};
+  if (!int8_weights_fit(g)) {
+    why = "int8 weights would take over 16x the packed ones: xnor only";
+    return c;
+  }
+  if (conv_engine_available(ConvEngine::kInt8Vnni)) c.push_back(ConvEngine::kInt8Vnni);
+  if (!amx_emulated() && conv_engine_available(ConvEngine::kAmx)) c.push_back(ConvEngine::kAmx);
+  if (c.size() == 1) why = "the only engine available";
+  return c;
+}
+
+// Records the choice for g's shape (bounded: the oldest key goes first).
+void record(const ConvGeom& g, ConvEngine e, std::string why) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const ShapeKey key = shape_key(g);
+  auto it = s.cache.find(key);
+  if (it != s.cache.end()) {
+    it->second = {e, std::move(why)};
+    return;
+  }
+  if (s.order.size() >= kMaxChoices) {
+    s.cache.erase(s.order.front());
+    s.order.pop_front();
+  }
+  s.cache.emplace(key, State::Choice{e, std::move(why)});
+  s.order.push_back(key);
+}
+
+// One warm-up run of each candidate (the int8 engines unpack their weights on first use), then timed
+// rounds in rotated order; each engine's best time decides. A round is skipped when the warm-up runs
+// already took long (a large layer's first call should not cost more than a few calls).
+ConvEngine measure(const std::vector<ConvEngine>& cand, const std::function<void(ConvEngine)>& run,
+                   std::string& why) {
+  using clock = std::chrono::steady_clock;
+  const size_t n = cand.size();
+  std::vector<double> best(n, 1e300);
+  auto timed = [&](size_t i) {
+    const auto t0 = clock::now();
+    run(cand[i]);
+    best[i] = std::min(best[i], std::chrono::duration<double>(clock::now() - t0).count());
+  };
+  const auto start = clock::now();
+  for (size_t i = 0; i < n; ++i) timed(i);
+  const double warm = std::chrono::duration<double>(clock::now() - start).count();
+  const int rounds = warm > 0.5 ? 1 : 2;
+  for (int r = 0; r < rounds; ++r)
+    for (size_t j = 0; j < n; ++j) timed((j + size_t(r) + 1) % n);
+  const size_t pick = size_t(std::min_element(best.begin(), best.end()) - best.begin());
+  why = "measured:";
+  for (size_t i = 0; i < n; ++i) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s %s %.3f ms", i ? "," : "", conv_engine_name(cand[i]), best[i] * 1e3);
+    why += buf;
+  }
+  return cand[pick];
 }
 
 }  // namespace
 
-ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words) {
+void run_on_conv_engine(const ConvGeom& g, const std::function<void(ConvEngine)>& run) {
   const std::string want = requested_conv_engine();
   if (want != "auto") {
     for (ConvEngine e : kAll) {
@@ -184,27 +259,28 @@ ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words) {
       TORCH_CHECK(conv_engine_available(e), "binary conv engine '", want,
                   "' is not available on this machine (available: ",
                   c10::Join(", ", available_conv_engines()), ")",
-                  e == ConvEngine::kAmx ? "; amx needs AMX-INT8 tiles granted by the OS, the avx512 CPU path and ERBNN_DISABLE_AMX unset"
-                                        : "; int8_vnni needs AVX512-VNNI and the avx512 CPU path");
-      return e;
+                  e == ConvEngine::kAmx ? std::string("; amx: ") + amx_engine_status()
+                                        : std::string("; int8_vnni needs AVX512-VNNI and the avx512 CPU path"));
+      return run(e);
     }
   }
-  const ConvEngine e = rule(g, xnor_words);
-  State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
-  const ShapeKey key = shape_key(g);
-  auto it = s.cache.find(key);
-  if (it == s.cache.end()) {
-    if (s.order.size() >= kMaxChoices) {
-      s.cache.erase(s.order.front());
-      s.order.pop_front();
-    }
-    s.cache.emplace(key, e);
-    s.order.push_back(key);
-  } else {
-    it->second = e;  // the rule may change with the ISA cap or the AMX switches
+  std::optional<ConvEngine> known;
+  {
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    auto it = s.cache.find(shape_key(g));
+    if (it != s.cache.end()) known = it->second.engine;
   }
-  return e;
+  // A recorded engine may have gone since (the ISA cap, the AMX switches): choose again then.
+  if (known && conv_engine_available(*known)) return run(*known);
+  std::string why;
+  const std::vector<ConvEngine> cand = auto_candidates(g, why);
+  if (cand.size() == 1) {
+    record(g, cand[0], why);
+    return run(cand[0]);
+  }
+  const ConvEngine best = measure(cand, run, why);
+  record(g, best, std::move(why));
 }
 
 }  // namespace erbnn

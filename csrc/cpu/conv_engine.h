@@ -3,11 +3,13 @@
 //   int8_vnni exact +-1 int8 GEMM with AVX512-VNNI vpdpbusd (int8_conv.cpp);
 //   amx       the same GEMM on AMX tiles, TDPBSSD (int8_conv_amx.cpp).
 // The request comes from set_conv_engine() if called, else ERBNN_CONV_ENGINE (read per call), else
-// "auto": a decision rule on the layer's shape (no timing inside the op, no batch size: see
-// choose_conv_engine); the choices made so far are kept for introspection in a bounded map. A forced
-// engine that is not available is an error naming it.
+// "auto": the fastest engine for the layer's shape (without the batch size), measured on the first call
+// of that shape in this process and kept in a bounded map with the timings that decided it. All engines
+// are exact, so the choice never changes a result. A forced engine that is not available is an error
+// naming it.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -24,18 +26,22 @@ std::vector<std::string> available_conv_engines();
 // "xnor", "int8_vnni", "amx", "auto"; "" drops the override (ERBNN_CONV_ENGINE then decides).
 void set_conv_engine(const std::string& name);
 std::string requested_conv_engine();
-// Tests: make AMX look absent (also ERBNN_DISABLE_AMX=1 at load).
+// Why the amx engine is (not) available: disabled, the ISA cap, or int8_conv.h's amx_status().
+std::string amx_engine_status();
+// Make AMX look absent (also ERBNN_DISABLE_AMX=1 at load).
 void set_amx_disabled(bool disabled);
 void clear_conv_engine_cache();
-// The auto choices made so far (at most kMaxChoices, oldest dropped): shape key -> engine name.
+// The auto choices made so far (at most kMaxChoices, oldest dropped): shape key -> engine name, and shape
+// key -> why (the timings, or why nothing was timed).
 std::map<std::string, std::string> conv_engine_choices();
+std::map<std::string, std::string> conv_engine_reasons();
 constexpr size_t kMaxChoices = 256;
-// The engine for one call of geometry g whose XNOR reduction is xnor_words 64-bit words per output.
-// Under "auto", the engine with the lowest estimated cost per output (instruction slots of the inner
-// loops, output-channel padding included); the int8 engines only where their unpacked weights stay
-// within a few times the packed ones (their trial used to take 20x the conv's memory). AMX emulation
-// (tests) is never chosen automatically.
-ConvEngine choose_conv_engine(const ConvGeom& g, int64_t xnor_words);
+// Runs one call of geometry g on the engine in force: `run(engine)` computes the whole output. Under "auto", a shape seen before runs on its
+// recorded engine; a new one runs on every candidate (each once to warm up, then timed in rotated order,
+// the fastest kept: every run writes the same exact output). Candidates: xnor, and the int8 engines where
+// this CPU has them and their unpacked weights stay within a few times the packed ones; AMX only where
+// its self-test passed (its emulation, for tests, is never chosen automatically).
+void run_on_conv_engine(const ConvGeom& g, const std::function<void(ConvEngine)>& run);
 // The key the choice is recorded under: the shape without the batch size.
 std::string conv_engine_key(const ConvGeom& g);
 

@@ -1,7 +1,9 @@
 #include "cpu_isa.h"
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include <c10/util/Exception.h>
 
@@ -74,20 +76,25 @@ const char* cpu_isa_name(CpuIsa isa) {
   }
 }
 
-bool amx_available() {
+bool amx_granted(std::string* why) {
 #ifdef ERBNN_X86
-  static const bool ok = [] {
+  static const std::string missing = [] {
     unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return std::string("CPUID leaf 7 is absent");
     const bool tile = (d >> 24) & 1u, int8 = (d >> 25) & 1u;
-    if (!tile || !int8) return false;
-    // Linux keeps the 8 KiB tile state off until a process asks for it.
+    if (!tile || !int8) return std::string("this CPU has no AMX-TILE / AMX-INT8");
+    // Linux keeps the 8 KiB tile state off until a process asks for it (ARCH_REQ_XCOMP_PERM).
     constexpr long kArchReqXcompPerm = 0x1023;
     constexpr long kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+      return std::string("the OS refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") +
+             std::strerror(errno) + ")";
+    return std::string();
   }();
-  return ok;
+  if (why != nullptr) *why = missing;
+  return missing.empty();
 #else
+  if (why != nullptr) *why = "not an x86-64 CPU";
   return false;
 #endif
 }

@@ -16,7 +16,8 @@ CpuIsa active_cpu_isa();
 // Request an ISA by name ("scalar", "avx2", "avx512", or "auto"); returns the active one after capping.
 CpuIsa set_cpu_isa(const std::string& name);
 const char* cpu_isa_name(CpuIsa isa);
-// AMX int8 usable: CPUID bits and the OS grant of the tile state (Linux arch_prctl).
-bool amx_available();
+// AMX-INT8 in CPUID and the OS grant of the tile state (Linux arch_prctl), asked once per process; where
+// not, `why` (if given) says which. Whether the tile code then runs is int8_conv.h's amx_available().
+bool amx_granted(std::string* why = nullptr);
 
 }  // namespace erbnn

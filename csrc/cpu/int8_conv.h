@@ -13,7 +13,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
+#include <string>
 
 #include "binary_conv_cpu.h"
 #include "binary_conv_weights.h"
@@ -27,7 +29,18 @@ namespace erbnn {
 void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
                    bool amx, float* out, const BitsOut& bits = {});
 
-// AMX (int8_conv_amx.cpp): tile configuration of the calling thread, and one 16 x 16 block:
+// AMX (int8_conv_amx.cpp). Usable when CPUID and the OS grant it (cpu_isa.h's amx_granted) and a self-test
+// of the tile code in a child process passed (checked once per process); amx_status() says why not.
+bool amx_available();
+std::string amx_status();
+// Tests of the self-test's child-process machinery on any CPU: what amx_status() would say for a child
+// that passes ("pass" -> ""), reports a bad configuration or block ("config", "block"), or faults ("fault").
+std::string amx_probe_outcome(const std::string& mode);
+// The tile configuration the kernel loads (64 bytes, palette 1), and where AMX is usable, what LDTILECFG
+// loaded from it, read back with STTILECFG.
+std::array<uint8_t, 64> amx_tile_config();
+std::array<uint8_t, 64> amx_tile_config_loaded();
+// Tile configuration of the calling thread, and one 16 x 16 block:
 // C[o][p] = sum_k W[o][k] * At[k / 4][p][k % 4], W rows at stride Kp (Kp a multiple of 64).
 void amx_tiles_configure();
 void amx_tiles_release();

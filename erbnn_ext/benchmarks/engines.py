@@ -83,21 +83,25 @@ def layer_fns(shape: ConvShape, batch):
     }
 
 
-def auto_choice(shape, batch):
-    """The engine the auto rule chose for this layer (after the layer ran under auto; any batch)."""
-    C = erbnn_ext._native._C
+def _recorded(table, shape):
     prefix = (f"C{shape.cin} H{shape.hw} W{shape.hw} O{shape.cout} k{shape.k}x{shape.k} "
               f"s{shape.stride},{shape.stride} ")
-    hits = [v for k, v in C._conv_engine_choices().items() if k.startswith(prefix)]
+    hits = [v for k, v in table.items() if k.startswith(prefix)]
     return hits[-1] if hits else "?"
 
 
+def auto_choice(shape, batch):
+    """The engine auto chose for this layer, and why (after the layer ran under auto; any batch)."""
+    N = erbnn_ext._native
+    return {"chosen": _recorded(N._conv_engine_choices(), shape), "why": _recorded(N.conv_engine_reasons(), shape)}
+
+
 def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), min_time=0.2, clock="wall"):
-    return binary_conv.bench_layers(models, batches, min_time, clock, fns_for=layer_fns,
-                                    extra=lambda shape, batch: {"chosen": auto_choice(shape, batch)})
+    return binary_conv.bench_layers(models, batches, min_time, clock, fns_for=layer_fns, extra=auto_choice)
 
 
-COLUMNS = ["xnor", "int8_vnni", "amx", "auto", "fp32", "bf16", "torch_int8"]
+CONV_ENGINES = ["xnor", "int8_vnni", "amx"]
+COLUMNS = CONV_ENGINES + ["auto", "fp32", "bf16", "torch_int8"]
 
 
 def format_table(rows, clock="wall"):
@@ -109,6 +113,16 @@ def format_table(rows, clock="wall"):
     for r in rows:
         lines.append(f"{r['model']:10s} {r['layer']:18s} {r['batch']:3d} " + " ".join(ms(r[c]) for c in COLUMNS)
                      + f" {r['chosen']:>10s}")
+    fastest = [min(r[c] for c in CONV_ENGINES if r.get(c) is not None) for r in rows]
+    if rows:
+        worst = max(r["auto"] / f for r, f in zip(rows, fastest))
+        lines.append(f"auto / fastest forced engine: at most {worst:.2f}x over {len(rows)} layers")
+        lines.append("auto's first-call measurement per layer shape (the choice is made once per shape):")
+        seen = set()
+        for r in rows:
+            if (r["model"], r["layer"]) not in seen:
+                seen.add((r["model"], r["layer"]))
+                lines.append(f"  {r['model']:10s} {r['layer']:18s} -> {r['chosen']}: {r.get('why', '?')}")
     return "\n".join(lines)
 
 
