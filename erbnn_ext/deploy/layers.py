@@ -4,7 +4,7 @@ epilogue), and the deploy-time RPReLU. The graph passes that build and wire them
 import torch
 
 from .. import functional as EF, ops
-from .._common import dtype_bits, pair
+from .._common import dtype_bits, pair, word_bits
 from ..nn.layers import ERBinaryConv2d, ERBinaryLinear
 from ..nn.rprelu import RPReLU
 
