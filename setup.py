@@ -10,6 +10,7 @@ Environment:
                    guess follows /usr/local/bin/nvcc to /usr/local, which is wrong on some machines).
   TORCH_CUDA_ARCH_LIST  default "8.0;9.0+PTX" (tools/gpu_check.sh sets the local GPU's only).
   MAX_JOBS         parallel compile jobs (default: every core this process may use).
+  ERBNN_DEBUG=1    keep debug info (-g); by default it is dropped (-g0): it made the compile ~3x slower.
   ERBNN_CUDA_EMU=0 skip the CUDA emulation library (erbnn_ext._C_emu: csrc/cuda/*.cu compiled as C++
                    against csrc/cuda_emu, for the cuda_emu tests); =1 a missing C++20 compiler is an
                    error; unset: built whenever the C++ compiler handles C++20 (the build says when not).
@@ -80,7 +81,26 @@ if CUDA_HOME:
 os.environ.setdefault("MAX_JOBS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                       else os.cpu_count() or 1))
 
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found, using CUDA_HOME=..."
+    warning when this build skips CUDA on purpose (it would read as a problem in the build log)."""
+    import importlib
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    if not CUDA_HOME:
+        log.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("torch.utils.cpp_extension")
+    finally:
+        log.setLevel(level)
+
+
+_cpp_extension = _import_cpp_extension()
+BuildExtension, CppExtension, CUDAExtension = (_cpp_extension.BuildExtension, _cpp_extension.CppExtension,
+                                               _cpp_extension.CUDAExtension)
 
 
 def _version():
@@ -137,9 +157,10 @@ def _cpu_isas():
     return list(dict.fromkeys(sorted(found, key=lambda x: (not x.startswith("avx2"), x))))
 
 
-def _ninja_times(build_temp, first_line):
-    """{rule: (objects, compiler seconds)} of the objects ninja (re)built since line first_line of its
-    log: "compile" is C++, "cuda_compile" CUDA."""
+def _ninja_times(build_temp, before):
+    """{rule: (objects, compiler seconds)} of the objects ninja (re)built since its log held the lines
+    `before` (a set: ninja may rewrite its log, so new entries are told by content, not position), for
+    this library's build.ninja: "compile" is C++, "cuda_compile" CUDA."""
     rules = {}
     try:
         with open(os.path.join(build_temp, "build.ninja")) as f:
@@ -148,61 +169,84 @@ def _ninja_times(build_temp, first_line):
                     out, rest = line[6:].split(": ", 1)
                     rules[out.strip().replace("$:", ":")] = rest.split()[0]
         with open(os.path.join(build_temp, ".ninja_log")) as f:
-            log = f.readlines()[first_line:]
+            log = [line for line in f if line not in before]
     except OSError:
         return {}
     times = {}
     for line in log:
-        parts = line.split("\t")
+        parts = line.rstrip("\n").split("\t")
         if len(parts) < 4 or line.startswith("#"):
             continue
-        rule = rules.get(parts[3], rules.get(os.path.join(build_temp, parts[3]), "compile"))
-        n, sec = times.get(rule, (0, 0.0))
-        times[rule] = (n + 1, sec + (int(parts[1]) - int(parts[0])) / 1000)
+        rule = rules.get(parts[3]) or rules.get(os.path.join(build_temp, parts[3]))
+        if rule in ("compile", "cuda_compile"):
+            n, sec = times.get(rule, (0, 0.0))
+            times[rule] = (n + 1, sec + (int(parts[1]) - int(parts[0])) / 1000)
     return times
 
 
-def _ninja_log_lines(build_temp):
+def _ninja_log(build_temp):
+    """The lines of ninja's log in build_temp (a set; empty before the first build)."""
     try:
         with open(os.path.join(build_temp, ".ninja_log")) as f:
-            return len(f.readlines())
+            return set(f)
     except OSError:
-        return 0
+        return set()
 
 
 class _BuildExt(BuildExtension):
     """torch's BuildExtension (ninja), plus _build_info.py beside the library and a one-line summary of
-    what was compiled, how long it took and what was skipped."""
+    what was compiled per library, how long it took and what was skipped."""
 
     def build_extensions(self):
         import time
 
-        first = _ninja_log_lines(self.build_temp)
+        self._built = []
         start = time.monotonic()
         super().build_extensions()
-        wall = time.monotonic() - start
-        for ext in self.extensions:
-            if ext.name == "erbnn_ext._C":
-                _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
-        print(_summary_line(_ninja_times(self.build_temp, first), wall), flush=True)
+        print(_summary_line(self._built, time.monotonic() - start), flush=True)
+
+    def build_extension(self, ext):
+        import time
+
+        before, start = _ninja_log(self.build_temp), time.monotonic()
+        super().build_extension(ext)
+        # torch writes one build.ninja per library into build_temp: read it before the next one's
+        self._built.append((ext.name, _ninja_times(self.build_temp, before), time.monotonic() - start))
+        if ext.name == "erbnn_ext._C":
+            _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
 
 
-def _summary_line(times, wall):
-    parts = []
-    for rule, label in (("compile", "C++"), ("cuda_compile", "CUDA")):
-        n, sec = times.get(rule, (0, 0.0))
-        if n:
-            parts.append(f"{n} {label} object(s) recompiled ({sec:.0f} s of compiler time)")
-    done = "; ".join(parts) or "nothing to recompile"
-    cuda = (f"CUDA archs {';'.join(_cuda_archs())} ({CUDA_WHY})" if CUDA_HOME else CUDA_WHY)
-    return (f"erbnn_ext: built in {wall:.0f} s with MAX_JOBS={os.environ.get('MAX_JOBS')}: {done}. "
-            f"CPU: baseline + run-time dispatched {', '.join(_cpu_isas())}. {cuda}.")
+def _summary_line(built, wall):
+    """built: [(library, {rule: (objects, compiler seconds)}, wall seconds)]."""
+    libs = []
+    for name, times, sec in built:
+        parts = [f"{n} {label} object(s) ({t:.0f} s of compiler time)"
+                 for rule, label in (("compile", "C++"), ("cuda_compile", "CUDA"))
+                 for n, t in [times.get(rule, (0, 0.0))] if n]
+        libs.append(f"{name.split('.')[-1]} in {sec:.0f} s: " + (", ".join(parts) or "up to date, relinked"))
+    cuda = f"CUDA archs {';'.join(_cuda_archs())} ({CUDA_WHY})" if CUDA_HOME else CUDA_WHY
+    return (f"erbnn_ext: built in {wall:.0f} s with MAX_JOBS={os.environ.get('MAX_JOBS')}; "
+            + "; ".join(libs) + f". CPU: baseline + run-time dispatched {', '.join(_cpu_isas())}. {cuda}.")
+
+
+def _cxx_flags():
+    """The C++ flags (after Python's own CFLAGS, so they win).
+
+    -g0: Python's CFLAGS often carry -g (pyenv and distribution builds); the debug info of torch's
+    templates tripled the compile time of a source and made the library ~30 MB (ERBNN_DEBUG=1 keeps -g).
+    -include quiet_intrinsics.h: silences GCC 12's warnings inside its own intrinsic headers, at their
+    source (the header says why)."""
+    flags = ["-O3", "-std=c++20", "-fopenmp", "-fvisibility=hidden"]
+    if os.environ.get("ERBNN_DEBUG") != "1":
+        flags.append("-g0")
+    flags += ["-include", os.path.join(ROOT, "csrc", "cpu", "quiet_intrinsics.h")]
+    return flags
 
 
 def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fvisibility=hidden"]
+    cxx = _cxx_flags()
     macros = []
     # py_limited_api: torch adds -DPy_LIMITED_API and leaves out libtorch_python (csrc/module.cpp).
     common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"], py_limited_api=True)

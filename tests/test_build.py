@@ -115,3 +115,35 @@ g["_write_build_info"](sys.argv[2], ["9.0"])
     ns = {}
     exec((tmp_path / "pkg" / "_build_info.py").read_text(), ns)
     assert ns["CUDA_ARCHS"] == ["9.0"] and ns["TORCH_VERSION"] == torch.__version__
+
+
+def test_summary_counts_only_this_builds_objects(tmp_path):
+    """The summary line counts the log entries this build added (told by content: ninja may rewrite its
+    log), of this library's build.ninja, per rule."""
+    (tmp_path / "build.ninja").write_text(
+        "rule compile\nrule cuda_compile\n"
+        f"build {tmp_path}/a.o: compile /src/a.cpp\nbuild {tmp_path}/b.cuda.o: cuda_compile /src/b.cu\n"
+        f"build {tmp_path}/c.o: compile /src/c.cpp\n")
+    old = f"0\t9000\t1\t{tmp_path}/a.o\th1\n"
+    (tmp_path / ".ninja_log").write_text("# ninja log v5\n" + old)
+    code = r"""
+import json, os, runpy, sys, setuptools
+setuptools.setup = lambda **kw: None
+os.chdir(sys.argv[1])
+g = runpy.run_path("setup.py")
+before = g["_ninja_log"](sys.argv[2])
+with open(os.path.join(sys.argv[2], ".ninja_log"), "w") as f:  # rewritten, then two new entries
+    f.write("# ninja log v5\n" + sys.argv[3] + f"100\t2100\t2\t{sys.argv[2]}/b.cuda.o\th2\n"
+            f"0\t1500\t2\t{sys.argv[2]}/c.o\th3\n5\t6\t2\t{sys.argv[2]}/other.o\th4\n")
+times = g["_ninja_times"](sys.argv[2], before)
+print(json.dumps(times))
+print(g["_summary_line"]([("erbnn_ext._C", times, 3.2)], 3.4))
+"""
+    proc = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path), old], capture_output=True, text=True,
+                          env=dict(os.environ, ERBNN_CUDA="0"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    times, line = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(times) == {"compile": [1, 1.5], "cuda_compile": [1, 2.0]}
+    assert line.startswith("erbnn_ext: built in 3 s with MAX_JOBS=")
+    assert "_C in 3 s: 1 C++ object(s) (2 s of compiler time), 1 CUDA object(s) (2 s of compiler time)" in line
+    assert line.endswith("CUDA skipped: ERBNN_CUDA=0.")

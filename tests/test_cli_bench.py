@@ -35,7 +35,8 @@ def run_cli(*args, timeout=120):
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # one thread: the CI machine has 2 cores shared with other jobs, and oversubscribed OpenMP crawls
-    proc = run_cli("--quick", "--threads", "1", "--no-progress", "--json", "--out", str(out))
+    # a generous limit: on a loaded machine the whole quick run takes minutes (a limit, not a timing)
+    proc = run_cli("--quick", "--threads", "1", "--no-progress", "--json", "--out", str(out), timeout=900)
     return proc, out
 
 
@@ -343,7 +344,8 @@ def test_a_killed_run_keeps_the_finished_sections(tmp_path, sig):
     if sig == "SIGTERM":
         assert result["stopped"] == "interrupted (SIGTERM)"
         assert "marked incomplete" in err and "Traceback" not in err
-    assert not [p for p in os.listdir(tmp_path) if p != "bench.json"]  # no temporary file left behind
+        # no temporary file left behind (a SIGKILL during a rewrite may leave one: bench.json stays whole)
+        assert not [p for p in os.listdir(tmp_path) if p != "bench.json"]
 
 
 def test_a_crash_keeps_what_was_measured(tmp_path, monkeypatch, capsys):

@@ -143,3 +143,26 @@ def test_torchrun_two_ranks_end_identical(tmp_path):
     assert summary["history"][0]["train_samples"] == 128
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv", "metrics.json",
                                                      "rank0.pt", "rank1.pt"]
+
+
+def _resolved(*argv):
+    from erbnn_ext.training.args import resolve_config
+    return resolve_config(cli.build_parser().parse_args(["train", *argv]), None)
+
+
+def test_defaults_on_the_embedded_digits_are_a_short_run(tmp_path):
+    """Without --data: a run of a few minutes that leaves its warm-up, not the 1000-epoch CIFAR recipe."""
+    cfg = _resolved()
+    assert (cfg["data"], cfg["epochs"], cfg["batch_size"], cfg["warmup"]) == (None, 15, 64, 1)
+    assert cfg["warmup"] < cfg["epochs"]
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    cfg = _resolved("--data", str(cifar))  # the paper's recipe stays the default for CIFAR-10
+    assert (cfg["epochs"], cfg["batch_size"], cfg["warmup"], cfg["lr"]) == (1000, 256, 17, 0.1)
+
+
+@pytest.mark.parametrize("epochs, warmup", [(1, 1), (4, 1), (100, 2), (200, 3), (1000, 17), (2000, 34)])
+def test_the_warmup_scales_with_the_run(epochs, warmup):
+    """The paper's 17 warm-up epochs of 1000, scaled to --epochs (at least 1) unless --warmup is given."""
+    assert _resolved("--epochs", str(epochs))["warmup"] == warmup
+    assert _resolved("--epochs", str(epochs), "--warmup", "0")["warmup"] == 0

@@ -13,9 +13,10 @@ from .. import _extras
 from .shapes import MODELS, parse_models as _models
 
 DEFAULT_MODELS = ("resnet18", "resnet20")
-# Minutes per section for the default models at the defaults (batch 16, --min-time 0.2), measured on 2
-# cores (AMD Zen 5); --help prints them so that a user can pick --sections / --models.
-SECTION_MINUTES = {"overhead": 0, "conv": 0, "train_step": 0}
+# Minutes per section for the default models at the defaults (batch 16, --min-time 0.2): a run on 2 cores
+# (AMD Zen 5) shared with other jobs (load average 13), so upper bounds; --help prints them so that a user
+# can pick --sections / --models. bench.json's section_time_s has a run's own.
+SECTION_MINUTES = {"overhead": 8, "conv": 0.7, "train_step": 5.5}
 DEFAULT_BATCH = 16   # activations of 16 images per layer: big enough that per-element work dominates
 QUICK_BATCH = 2      # --quick without --batch (tests)
 QUICK_REPEAT = 2
@@ -73,7 +74,7 @@ def add_bench_parser(sub):
     sp.add_argument("--sections", type=_sections, default=["overhead", "conv", "train_step"],
                     help="which parts, comma-separated (default all, in this order): "
                          + ", ".join(f"{s} (~{m:g} min)" for s, m in SECTION_MINUTES.items())
-                         + f"; the minutes are those of the default models at the defaults on 2 cores")
+                         + "; minutes for the default models at the defaults on 2 busy cores (upper bounds)")
     sp.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="wall (default) or thread: CPU time of the calling thread, immune to other processes "
                          "on a busy machine (needs --threads 1)")

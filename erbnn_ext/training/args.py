@@ -19,8 +19,8 @@ PAPER_WARMUP, PAPER_EPOCHS = 17, 1000
 # where --data is an ImageNet-style folder (train/ and val/): the ImageNet recipe (docs/imagenet.md)
 IMAGENET_DEFAULTS = {"model": "resnet18_1w1a_imagenet", "epochs": 120, "warmup": 0}
 # without --data, the embedded digits (1437 training images): a run of a few minutes on 2 cores that
-# learns them (docs/install.md states its accuracy); smaller batches give a short run more steps.
-DIGITS_DEFAULTS = {"epochs": 30, "batch_size": 64}
+# learns them (docs/training.md states its accuracy and time); smaller batches give a short run more steps.
+DIGITS_DEFAULTS = {"epochs": 15, "batch_size": 64}
 AMP = ("bf16", "fp16")
 
 
