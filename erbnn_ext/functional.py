@@ -155,11 +155,9 @@ class ERConv2dStep(torch.autograd.Function):
     may round differently."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc):
+    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
-        # the conv's packed weights; their bytes are what the backward keeps of w_b (+-1, w's size)
         wp = ops.pack_conv_weight(w_b)
-        w_bytes = _nhwc.sign_bytes(wp, w.shape[1])
         xs, x_nhwc = x.detach(), _nhwc.is_nhwc(x)
         if nhwc and x_nhwc:  # channels_last x: its NHWC rows are a view, restored as they are
             xs = _nhwc.rows(xs)
@@ -171,15 +169,17 @@ class ERConv2dStep(torch.autograd.Function):
             yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
-        ctx.y_shape = x.shape
+        ctx.y_shape, ctx.lean = x.shape, lean
+        n, c, h, wd = x.shape
+        # lean: the backward gets y and w_b back from their packed signs (w_b: the conv's packed weights'
+        # bytes; y: mean + sigma where the bit is set, else mean - sigma, the float32 sums the op wrote), so
+        # the step holds about what a float conv's does (its input x) instead of x, y and w_b
+        w_kept = _nhwc.sign_bytes(wp, w.shape[1]) if lean else w_b
         if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
-            # The backward gets y from those signs and (mean, sigma) again (_nhwc.rows_from_sign_bytes): y
-            # is not kept, only 1/32 of it, so the step holds about what a float conv's does (its input x)
-            ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, x.shape[1]), w_bytes, w_mean, alpha, w_width,
-                                  mean, sigma, rms, x_width)
-            ctx.y_from_bits = "rows"
-            del yr  # freed before the conv allocates its output, which can then take y's memory (no heap hole)
-            n, c, h, wd = x.shape
+            y_kept = _nhwc.sign_bytes(bits, c) if lean else _nhwc.as_nchw(yr, x.shape)
+            ctx.save_for_backward(xs, w, y_kept, w_kept, w_mean, alpha, w_width, mean, sigma, rms, x_width)
+            ctx.y_order = "rows"
+            del yr, y_kept  # lean: freed before the conv allocates its output, which can then take y's memory
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c,
                                           out_scale=sigma, ones_scale=mean,
@@ -187,28 +187,29 @@ class ERConv2dStep(torch.autograd.Function):
         y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
         out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False, w_packed=wp)
-        # y's signs kept instead of y, as above: y == mean + sigma (sign(y - (mean + sigma)) = +1) or
-        # mean - sigma, both float32 sums as the op's (where they are equal any bit gives y back)
-        hi = mean + sigma
-        n, c, h, wd = x.shape
-        bits = ops.pack_signs(yr - hi, dim=2) if nhwc else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
-        ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, c), w_bytes, w_mean, alpha, w_width, mean, sigma, rms,
-                              x_width)
-        ctx.y_from_bits = "rows" if nhwc else "nchw"
+        if lean:  # sign(y - (mean + sigma)) = +1 exactly where y is mean + sigma
+            hi = mean + sigma
+            bits = ops.pack_signs(yr - hi, dim=2) if nhwc else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
+            y_kept = _nhwc.sign_bytes(bits, c)
+        else:
+            y_kept = y
+        ctx.save_for_backward(xs, w, y_kept, w_kept, w_mean, alpha, w_width, mean, sigma, rms, x_width)
+        ctx.y_order = "rows" if nhwc else "nchw"
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        xs, w, y, w_bytes, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
+        xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
-        # w_b (+-1) back from its packed signs: [O, kh, kw, C] rows, then w's [O, C, kh, kw] order
-        one = torch.ones((), dtype=w.dtype, device=w.device)
-        w_b = _nhwc.rows_from_sign_bytes(w_bytes, w.shape[1], one - one, one).permute(0, 3, 1, 2).contiguous()
-        # y was kept as its packed signs (sign_bytes, NHWC order): y back, in the order the forward held it
-        y = _nhwc.as_nchw(_nhwc.rows_from_sign_bytes(y, ctx.y_shape[1], mean, sigma), ctx.y_shape)
-        if ctx.y_from_bits == "nchw":
-            y = y.contiguous()
+        if ctx.lean:
+            # w_b (+-1) back from its packed signs: [O, kh, kw, C] rows, then w's [O, C, kh, kw] order
+            one = torch.ones((), dtype=w.dtype, device=w.device)
+            w_b = _nhwc.rows_from_sign_bytes(w_b, w.shape[1], one - one, one).permute(0, 3, 1, 2).contiguous()
+            # y back, in the order the forward held it
+            y = _nhwc.as_nchw(_nhwc.rows_from_sign_bytes(y, ctx.y_shape[1], mean, sigma), ctx.y_shape)
+            if ctx.y_order == "nchw":
+                y = y.contiguous()
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
@@ -225,7 +226,7 @@ class ERConv2dStep(torch.autograd.Function):
                                                           native=True).view(shape)
         if gwb is not None:
             dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
-        return dx, dw, gb, None, None, None, None
+        return dx, dw, gb, None, None, None, None, None
 
 
 def xnor_trains(y: torch.Tensor) -> bool:

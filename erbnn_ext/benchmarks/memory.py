@@ -106,6 +106,10 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
+# er_model: the ER layers as built (lean_train off); er_lean: lean_train on; float_twin: nn.Conv2d in place
+METHODS = ("er_model", "er_lean", "float_twin")
+
+
 def measure(model_name, method, batch, steps=6, seed=0):
     """In THIS process (call it in a fresh one): the figures of the module docstring, in bytes / seconds."""
     from .train_step import float_twin, model_builder
@@ -114,8 +118,12 @@ def measure(model_name, method, batch, steps=6, seed=0):
     model = build(num_classes=10).train()
     if method == "float_twin":
         model = float_twin(model)
+    elif method == "er_lean":  # the ER layers' steps keep packed signs instead of y and w_b (lean_train)
+        for m in model.modules():
+            if hasattr(m, "lean_train"):
+                m.lean_train = True
     elif method != "er_model":
-        raise ValueError(f"method must be er_model or float_twin, got {method!r}")
+        raise ValueError(f"method must be er_model, er_lean or float_twin, got {method!r}")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, hw, hw, generator=g)
@@ -179,7 +187,7 @@ def format_table(rows):
                 f"{r['saved_bytes'] / MIB:>10.1f} {(r['live_bytes'] or 0) / MIB:>9.1f} "
                 f"{(r['step_s'] or 0) * 1e3:>8.1f}")
         f = by.get((model, "float_twin"))
-        if method == "er_model" and f is not None:
+        if method in ("er_model", "er_lean") and f is not None:
             ratios = [r[k] / f[k] if r[k] and f[k] else float("nan") for k in keys]
             if r["step_s"] and f["step_s"]:
                 ratios.append(r["step_s"] / f["step_s"])
@@ -198,7 +206,7 @@ def main(argv=None):
     ap.add_argument("--no-keep-freed-memory", action="store_true",
                     help="leave glibc malloc's trimming on (default: keep_freed_memory(), as `erbnn train`)")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
-    ap.add_argument("--child", choices=("er_model", "float_twin"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.child:
@@ -214,7 +222,7 @@ def main(argv=None):
           f"keep_freed_memory: {not a.no_keep_freed_memory}, median of {a.repeat} process(es) per case")
     rows = []
     for model in a.models.split(","):
-        for method in ("er_model", "float_twin"):
+        for method in METHODS:
             runs = [run_child(model, method, a.batch, a.threads, a.steps, not a.no_keep_freed_memory)
                     for _ in range(a.repeat)]
             row = dict(runs[0])

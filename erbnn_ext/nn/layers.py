@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import functional as EF, ops
 from .approx_sign import ApproxSign
 from .ring import RingMean
-from .routing import ER_STEP, NHWC, RESTORED_POPCOUNT, XNOR_EVAL, route
+from .routing import ER_STEP, NHWC, RESTORED_POPCOUNT, XNOR_EVAL, lean_train, route
 
 
 def running_stats(act_mean: RingMean, act_sigma: RingMean):
@@ -114,7 +114,9 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     every binary conv in BNNs (a bias before it is redundant). Keyword-only: q_buffer (the q ring, 100
     in the paper), stat_buffer (the statistics ring, 1000), and the route settings xnor_train (a training
     step's forward conv on the popcount kernel, default True), nhwc_train (None: the measured rule, or
-    True / False) and fused_train (the step as one autograd node, default True): see nn.routing.
+    True / False), fused_train (the step as one autograd node, default True) and lean_train (the step keeps
+    packed signs instead of the restored y and w_b for its backward: a float conv's memory, a slower
+    backward; default False): see nn.routing.
 
     Same `weight` Parameter and state_dict keys as nn.Conv2d, plus the buffers of weight_sign, act_sign,
     act_mean and act_sigma. Which kernel and layout a forward takes is decided by nn.routing.route(self, x):
@@ -125,7 +127,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000,
-                 xnor_train=True, nhwc_train=None, fused_train=True):
+                 xnor_train=True, nhwc_train=None, fused_train=True, lean_train=False):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
@@ -133,6 +135,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
         self._init_restoration(q_buffer, stat_buffer)
         # Route settings (nn.routing): plain attributes, not state
         self.xnor_train, self.nhwc_train, self.fused_train = xnor_train, nhwc_train, fused_train
+        self.lean_train = lean_train
 
     def _check_config(self):
         check_binary_conv_config(self)
@@ -147,7 +150,8 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
         if r.kernel == ER_STEP:
             return EF.ERConv2dStep.apply(x, self.weight, self.bias, self._weight_state(), self._act_state(),
-                                         (self.stride, self.padding, self.dilation), r.layout == NHWC)
+                                         (self.stride, self.padding, self.dilation), r.layout == NHWC,
+                                         lean_train(self))
         measure = self._measuring(x)
         w_b = self.restored_weight(measure)
         y, mu, sigma = self._restore_input(x, measure)

@@ -64,17 +64,18 @@ _FLOAT_EVAL = Route(FLOAT, NCHW, "eval under no_grad without the native XNOR ker
                                  "float64 or no kernel for the device): restored values through F.conv2d")
 _LINEAR = Route(FLOAT, NCHW, "restored values through F.linear")
 
-_OVERRIDE = {"xnor_train": None, "nhwc_train": None, "fused_train": None}
-_DEFAULT = {"xnor_train": True, "nhwc_train": None, "fused_train": True}  # a layer pickled without them
+_OVERRIDE = {"xnor_train": None, "nhwc_train": None, "fused_train": None, "lean_train": None}
+# a layer pickled without them
+_DEFAULT = {"xnor_train": True, "nhwc_train": None, "fused_train": True, "lean_train": False}
 
 
 @contextlib.contextmanager
-def train_route(xnor=None, nhwc=None, fused=None):
-    """Within the block, every ER layer's xnor_train / nhwc_train / fused_train is `xnor` / `nhwc` /
-    `fused` where that is not None (process-wide, like erbnn_ext.use_backend). nhwc: True, False, or
-    "auto" for the measured rule (nhwc_train None)."""
+def train_route(xnor=None, nhwc=None, fused=None, lean=None):
+    """Within the block, every ER layer's xnor_train / nhwc_train / fused_train / lean_train is `xnor` /
+    `nhwc` / `fused` / `lean` where that is not None (process-wide, like erbnn_ext.use_backend). nhwc:
+    True, False, or "auto" for the measured rule (nhwc_train None)."""
     saved = dict(_OVERRIDE)
-    for key, v in (("xnor_train", xnor), ("nhwc_train", nhwc), ("fused_train", fused)):
+    for key, v in (("xnor_train", xnor), ("nhwc_train", nhwc), ("fused_train", fused), ("lean_train", lean)):
         if v is not None:
             _OVERRIDE[key] = v
     try:
@@ -86,6 +87,13 @@ def train_route(xnor=None, nhwc=None, fused=None):
 def _setting(layer, key):
     v = _OVERRIDE[key]
     return getattr(layer, key, _DEFAULT[key]) if v is None else v
+
+
+def lean_train(layer) -> bool:
+    """Whether layer's fused training step keeps the packed signs of y and w_b for its backward instead of
+    the float tensors (memory of a float conv's step; the backward rebuilds them, bit for bit, at a cost
+    in step time: docs/training.md)."""
+    return bool(_setting(layer, "lean_train"))
 
 
 def _eval_xnor(layer, x) -> bool:
