@@ -75,7 +75,9 @@ def units():
     return out
 
 
-def compile_one(src_root, source, obj, inc):
+def compile_one(src_root, source, obj, inc, newest=None):
+    if newest is not None and obj.is_file() and obj.stat().st_mtime > newest:
+        return obj  # the base build of unchanged sources: reused
     cmd = ["g++", *FLAGS, f"-I{src_root}/cuda_emu/shim", f"-I{src_root}", *inc, "-c", str(source), "-o", str(obj)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -89,11 +91,11 @@ def unit_source(dir_, src_root, cu):
     return path
 
 
-def build(src_root, dir_, names, inc, jobs):
+def build(src_root, dir_, names, inc, jobs, newest=None):
     dir_.mkdir(parents=True, exist_ok=True)
     work = [(unit_source(dir_, src_root, cu), dir_ / (cu[:-3] + ".o")) for cu in names]
     with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(lambda w: compile_one(src_root, w[0], w[1], inc), work))
+        return list(pool.map(lambda w: compile_one(src_root, w[0], w[1], inc, newest), work))
 
 
 def link(objs, lib, libdirs):
@@ -135,9 +137,10 @@ def main():
     base_dir = OUT / "base"
     src = ROOT / "csrc"
     base_dir.mkdir(parents=True, exist_ok=True)
-    runtime = [compile_one(src, p, base_dir / (p.stem + ".runtime.o"), inc)
+    newest = max(p.stat().st_mtime for p in src.rglob("*") if p.is_file())
+    runtime = [compile_one(src, p, base_dir / (p.stem + ".runtime.o"), inc, newest)
                for p in sorted((src / "cuda_emu").glob("*.cpp"))]
-    base = dict(zip(deps, build(src, base_dir, list(deps), inc, args.jobs)))
+    base = dict(zip(deps, build(src, base_dir, list(deps), inc, args.jobs, newest)))
     print(f"base library built in {time.time() - t0:.0f} s", flush=True)
     survived = []
     for name, file, start, nth, change, tests in chosen:
@@ -161,8 +164,14 @@ def main():
             else "SURVIVED"
         if not r.returncode:
             survived.append(name)
+        elif not failed:  # not a test failure: a build or collection error, which proves nothing
+            verdict = "ERROR (no test failed)"
+            survived.append(name)
         print(f"{name:58s} {verdict}  [{time.time() - t1:.0f} s]", flush=True)
-    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutants caught in {time.time() - t0:.0f} s")
+        if not failed and r.returncode:
+            print((r.stdout + r.stderr)[-2000:], flush=True)
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutants caught in {time.time() - t0:.0f} s"
+          + (f"; not caught: {', '.join(survived)}" if survived else ""))
     return 1 if survived else 0
 
 
