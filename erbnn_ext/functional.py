@@ -114,14 +114,15 @@ class RestoredConv2d(torch.autograd.Function):
         return gy, gw, None, None, gb, None, None, None
 
 
-def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation, out_nhwc=None):
+def _popcount_conv(y, w_b, mean, sigma, bias, stride, padding, dilation, out_nhwc=None, w_packed=None):
     """RestoredConv2d's forward value: F.conv2d(y, w_b, bias, ...) by the packed popcount kernel, in F.conv2d's
     output dtype and layout (channels_last for a channels_last y; out_nhwc overrides: ERConv2dStep holds y
     in NHWC order but returns what the composition does)."""
     # |sigma|: with a negative sigma (fixed statistics) sign(y - mean) = -s, and |sigma| * bconv(-s) is
     # sigma * bconv(s)
     shift, scale = mean.detach().float().reshape(1), sigma.detach().float().abs().reshape(1)
-    out = ops.binary_conv2d_packed(y, ops.pack_conv_weight(w_b), stride, padding, dilation, x_shift=shift,
+    wp = ops.pack_conv_weight(w_b) if w_packed is None else w_packed
+    out = ops.binary_conv2d_packed(y, wp, stride, padding, dilation, x_shift=shift,
                                    out_scale=scale, ones_scale=shift,
                                    out_bias=None if bias is None else bias.detach().float())
     if _nhwc.is_nhwc(y) if out_nhwc is None else out_nhwc:
@@ -156,6 +157,9 @@ class ERConv2dStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
+        # the conv's packed weights; their bytes are what the backward keeps of w_b (+-1, w's size)
+        wp = ops.pack_conv_weight(w_b)
+        w_bytes = _nhwc.sign_bytes(wp, w.shape[1])
         xs, x_nhwc = x.detach(), _nhwc.is_nhwc(x)
         if nhwc and x_nhwc:  # channels_last x: its NHWC rows are a view, restored as they are
             xs = _nhwc.rows(xs)
@@ -165,29 +169,30 @@ class ERConv2dStep(torch.autograd.Function):
             yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(xs, *act_state, native=True)
         else:
             yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
-        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
         ctx.y_shape = x.shape
         if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
             # The backward gets y from those signs and (mean, sigma) again (_nhwc.rows_from_sign_bytes): y
             # is not kept, only 1/32 of it, so the step holds about what a float conv's does (its input x)
-            ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, x.shape[1]), w_b, w_mean, alpha, w_width, mean,
-                                  sigma, rms, x_width)
+            ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, x.shape[1]), w_bytes, w_mean, alpha, w_width,
+                                  mean, sigma, rms, x_width)
             ctx.y_from_bits = "rows"
+            del yr  # freed before the conv allocates its output, which can then take y's memory (no heap hole)
             n, c, h, wd = x.shape
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
-            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), ops.pack_conv_weight(w_b), *conv, in_channels=c,
+            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c,
                                           out_scale=sigma, ones_scale=mean,
                                           out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
+        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
-        out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False)
+        out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False, w_packed=wp)
         # y's signs kept instead of y, as above: y == mean + sigma (sign(y - (mean + sigma)) = +1) or
         # mean - sigma, both float32 sums as the op's (where they are equal any bit gives y back)
         hi = mean + sigma
         n, c, h, wd = x.shape
         bits = ops.pack_signs(yr - hi, dim=2) if nhwc else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
-        ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, c), w_b, w_mean, alpha, w_width, mean, sigma, rms,
+        ctx.save_for_backward(xs, w, _nhwc.sign_bytes(bits, c), w_bytes, w_mean, alpha, w_width, mean, sigma, rms,
                               x_width)
         ctx.y_from_bits = "rows" if nhwc else "nchw"
         return out
@@ -195,8 +200,11 @@ class ERConv2dStep(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
+        xs, w, y, w_bytes, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
+        # w_b (+-1) back from its packed signs: [O, kh, kw, C] rows, then w's [O, C, kh, kw] order
+        one = torch.ones((), dtype=w.dtype, device=w.device)
+        w_b = _nhwc.rows_from_sign_bytes(w_bytes, w.shape[1], one - one, one).permute(0, 3, 1, 2).contiguous()
         # y was kept as its packed signs (sign_bytes, NHWC order): y back, in the order the forward held it
         y = _nhwc.as_nchw(_nhwc.rows_from_sign_bytes(y, ctx.y_shape[1], mean, sigma), ctx.y_shape)
         if ctx.y_from_bits == "nchw":

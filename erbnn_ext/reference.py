@@ -27,6 +27,13 @@ def check_finite(x, name):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def check_not_nan(x, name):
+    """The sign-only ops (packing, the binary convs' inputs) take +-Inf, whose sign is defined, as the
+    native kernels do; NaN has none."""
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} contains NaN: its sign is undefined")
+
+
 def surrogate_grad(x, b):
     """(h / b) * (1 - tanh(x / b)^2) with h = max(b, 1) (method.md section 3)."""
     b = as_width(b, x).to(x.dtype)
@@ -240,7 +247,7 @@ def pack_signs(x, dim=1):
     ceil(n / W) words (W = 64, int64 on CPU; 32, int32 on CUDA). Bit j of word k holds element k*W + j
     (1 for x >= 0); tail bits past n are 0."""
     check_float(x, "x")
-    check_finite(x, "x")
+    check_not_nan(x, "x")
     dim = dim % x.dim()
     n = x.shape[dim]
     bits = word_bits(x.device)
@@ -259,9 +266,11 @@ def unpack_signs(packed, n, dim=1):
     bits = dtype_bits(packed.dtype)
     shifts = torch.arange(bits, device=packed.device, dtype=torch.int64)
     b = (packed.to(torch.int64)[..., None] >> shifts) & 1
-    b = b.reshape(*packed.shape[:-1], -1)[..., :n]
+    b = b.reshape(*packed.shape[:-1], packed.shape[-1] * bits)[..., :n]  # (also for an empty packed)
     out = b.to(torch.float32) * 2 - 1
-    return out.movedim(-1, dim % out.dim())
+    # contiguous, as the native op's: a moved axis of length 1 leaves odd strides (e.g. (49, 1, 7, 1) for
+    # a [O, 1, 7, 7] weight), on which torch's float32 conv has given wrong results
+    return out.movedim(-1, dim % out.dim()).contiguous()
 
 
 # ------------------------------------------------------------------------------------ binary conv/GEMM
@@ -269,8 +278,8 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """F.conv2d(sign(x), sign(w)) with zero padding, float32 (integer values)."""
     check_float(x, "x")
     check_float(w, "w")
-    check_finite(x, "x")
-    check_finite(w, "w")
+    check_not_nan(x, "x")
+    check_not_nan(w, "w")
     # sign before the cast: a float64 -1e-50 rounds to -0.0 in float32, whose sign would be +1
     return F.conv2d(sign(x).float(), sign(w).float(), stride=stride, padding=padding, dilation=dilation)
 
@@ -279,8 +288,8 @@ def binary_linear(x, w):
     """sign(x) @ sign(w).T, float32."""
     check_float(x, "x")
     check_float(w, "w")
-    check_finite(x, "x")
-    check_finite(w, "w")
+    check_not_nan(x, "x")
+    check_not_nan(w, "w")
     return sign(x).float() @ sign(w).float().t()
 
 
@@ -306,9 +315,9 @@ def binary_conv2d_packed(x, w_packed, stride=(1, 1), padding=(0, 0), dilation=(1
     """out_scale[o] * conv(sign(x - x_shift), W_b) + out_bias[o] + ones_scale[o] * conv(1, W_b), zero
     padding, always float32; W_b = unpack of w_packed (pack_conv_weight) with C = x.shape[1]; x_shift
     None (0) or a 1-element float tensor. Then + residual, then RPReLU with act [3, O] (shift_in, slope,
-    shift_out)."""
+    shift_out). x may hold +-Inf (only its signs are read), not NaN."""
     check_float(x, "x")
-    check_finite(x, "x")
+    check_not_nan(x, "x")
     if x.dim() != 4 or w_packed.dim() != 4:
         raise ValueError("x must be 4-D [N, C, H, W] and w_packed 4-D [O, kh, kw, Cw]")
     bits = dtype_bits(w_packed.dtype)

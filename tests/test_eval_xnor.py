@@ -163,7 +163,7 @@ def test_frozen_model_moves_between_device_layouts(native, monkeypatch):
         before = frozen(x)
     layer = frozen[2].conv
     wp64 = layer.w_packed.clone()
-    monkeypatch.setattr(deploy, "word_bits", lambda device: 32)
+    monkeypatch.setattr(deploy.layers, "word_bits", lambda device: 32)  # what the frozen layers read
     frozen.to("cpu")
     assert layer.w_packed.dtype == torch.int32 and layer.w_packed.shape[-1] == 1
     with pytest.raises(TypeError, match="w_packed must be int64"):  # a clear error, not a wrong result

@@ -1,5 +1,5 @@
 """What an ER layer's training step keeps for its backward (functional.ERConv2dStep): the restored y's
-packed signs and statistics instead of y (_nhwc.rows_from_sign_bytes gives y
+packed signs and statistics instead of y, and w_b's packed signs instead of w_b (_nhwc.rows_from_sign_bytes gives y
 back bit for bit), so the step holds about what a float conv's does: its input x."""
 import pytest
 import torch
@@ -55,8 +55,8 @@ def test_step_keeps_bits_not_y(nhwc, layout):
     x.requires_grad_()
     saved, out = _saved_bytes(layer, x)
     assert out.grad_fn.name() == "ERConv2dStepBackward"
-    small = 2 * layer.weight.nbytes + 4096  # w, w_b and the statistics
-    # x (for the surrogate's backward) and y's packed signs; y itself would add x's size again
+    small = layer.weight.nbytes + layer.weight.nbytes // 32 + 4096  # w, w_b's packed signs, the statistics
+    # x (for the surrogate's backward) and y's packed signs; y itself would add x's size again, w_b w's
     assert saved <= x.nbytes + x.nbytes // 32 + small
     out.backward(torch.randn_like(out))
     assert x.grad is not None and layer.weight.grad is not None

@@ -58,25 +58,38 @@ inline ConvGeom check_packed_conv_bits(const at::Tensor& x, int64_t in_channels,
   return g;
 }
 
-// binary_conv2d_bits' own arguments: in_channels (-1: x is float; >= 1: x is the packed signs of that many
-// channels), x_shift None with a packed x, next_shift one float value on x's device, float_out=False only
-// with next_shift. Returns whether x is packed.
-inline bool check_bits_args(const at::Tensor& x, int64_t in_channels, const std::optional<at::Tensor>& x_shift,
-                            const std::optional<at::Tensor>& next_shift, bool float_out) {
+// The chained-deploy options of binary_conv2d_bits, one rule for both devices: x is given as the packed
+// signs of in_channels channels exactly when in_channels >= 1 (-1: x is float), and the next layer's
+// packed input is written exactly when next_shift is defined (the CPU reads its value on the host, CUDA
+// keeps it on the device: no host sync).
+struct ChainIO {
+  int64_t in_channels = -1;  // >= 1: x is packed signs [N, H, W, Cw]
+  at::Tensor next_shift;     // defined: emit the packed output
+  bool float_out = true;
+  bool packed_x() const { return in_channels >= 1; }
+  bool emit_bits() const { return next_shift.defined(); }
+};
+
+// binary_conv2d_bits' own arguments, checked: in_channels -1 or >= 1, x_shift None with a packed x,
+// next_shift one float value on x's device, float_out=False only with next_shift.
+inline ChainIO check_bits_args(const at::Tensor& x, int64_t in_channels, const std::optional<at::Tensor>& x_shift,
+                               const std::optional<at::Tensor>& next_shift, bool float_out) {
   TORCH_CHECK_VALUE(in_channels == -1 || in_channels >= 1, "in_channels must be -1 (x is float) or >= 1 (x is "
                     "packed), got ", in_channels);
-  const bool packed_x = in_channels >= 1;
-  TORCH_CHECK_VALUE(!(packed_x && x_shift.has_value() && x_shift->defined()),
+  ChainIO io;
+  io.in_channels = in_channels;
+  io.float_out = float_out;
+  TORCH_CHECK_VALUE(!(io.packed_x() && x_shift.has_value() && x_shift->defined()),
                     "x_shift must be None with a packed x (its signs already hold the shift)");
-  const bool emit_bits = next_shift.has_value() && next_shift->defined();
-  TORCH_CHECK_VALUE(emit_bits || float_out, "float_out=False needs next_shift (the op would compute nothing)");
-  if (emit_bits) {
+  if (next_shift.has_value() && next_shift->defined()) {
     check_on_x_device(*next_shift, "next_shift", x);
     TORCH_CHECK_TYPE(at::isFloatingType(next_shift->scalar_type()), "next_shift must be a float tensor, got ",
                      next_shift->scalar_type());
     TORCH_CHECK_VALUE(next_shift->numel() == 1, "next_shift must hold one value, got ", next_shift->numel());
+    io.next_shift = *next_shift;
   }
-  return packed_x;
+  TORCH_CHECK_VALUE(io.emit_bits() || float_out, "float_out=False needs next_shift (the op would compute nothing)");
+  return io;
 }
 
 // binary_conv2d(x, w): x [N, C, H, W] and w [O, C, kh, kw] on one device.

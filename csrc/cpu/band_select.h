@@ -20,6 +20,7 @@
 #include "cpu_isa.h"
 #include "restore_blocks.h"
 #include "simd.h"
+#include "tuning.h"
 
 namespace erbnn {
 
@@ -29,31 +30,9 @@ namespace erbnn {
 // tracks the smallest key above it: vector compares and a compress-store, no histogram. When the counts
 // show that each band holds its ranks (almost always), the quantile is selected from the gathered keys;
 // otherwise (an unlucky sample, or more candidates than the buffer takes) the caller falls back to the
-// radix select. Both are exact, so the result is the same bits either way.
-// Values from which the plain op's band select runs instead of the radix select (radix_select.h).
-// Measured on the 2-core Zen 5 (2026-11-27 17:25 UTC, 1 thread, standard normal values, with the
-// shared-band scan and the earlier branch-free nth_element finish, since replaced by the band-restricted
-// radix select): band / radix 0.48 / 0.13 ms at 2^18, 2.17 / 1.94 ms at 2^22, 2.67 / 4.20 ms at 2^23,
-// 4.56 / 8.40 ms at 2^24, 6.6 / 12.3 ms at 25e6; so 2^23 by default.
-// This bound is the plain op's (its scan is a pass of its own); the training activation op, whose scan
-// rides on its write pass, brackets from a sample of n / 32 from train_band_select_min() values on.
-// ERBNN_BAND_SELECT_MIN overrides the bound (the tests run the band select on inputs of a few 2^18 values
-// with it); it never goes below the 4 samples' worth the band select needs.
-inline int64_t band_select_min() {
-  const char* s = std::getenv("ERBNN_BAND_SELECT_MIN");
-  return s != nullptr ? std::atoll(s) : int64_t(1) << 23;
-}
-
-// Values from which the training activation op (train_quantile, restore_cpu.h) brackets its band from a
-// sample of about n / 32 values (BandSelect's histogram constructor) instead of building the radix
-// select's histogram in its write pass: 2^16 by default (measured in docs/kernels.md), or
-// ERBNN_TRAIN_BAND_SELECT_MIN when set (the tests force it on small inputs, benchmarks.band_hits off with
-// a large value). A variable of its own: tuning the plain op's bound must not move this one.
-inline int64_t train_band_select_min() {
-  const char* s = std::getenv("ERBNN_TRAIN_BAND_SELECT_MIN");
-  return s != nullptr ? std::atoll(s) : int64_t(1) << 16;
-}
-
+// radix select. Both are exact, so the result is the same bits either way. The thresholds between the two
+// are in tuning.h; the bands' bracketing from a sample is defined in band_select_sample.h and the AVX-512
+// scans in band_select_avx512.h (their scalar twins stay here).
 template <typename scalar_t>
 class BandSelect {
  public:
@@ -79,33 +58,7 @@ class BandSelect {
   };
 
   // sample: m values drawn from the n.
-  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m) : p_(p) {
-    std::vector<Key> half[2];
-    for (int64_t i = 0; i < m; ++i) {
-      const Key r = QK::raw(sample[i]), mag = r & kMag;
-      half[r >> kBits].push_back(mag);
-      if (mag == 0) half[1 - (r >> kBits)].push_back(mag);  // a zero is in both halves
-    }
-    for (int h = 0; h < 2; ++h) {
-      auto& s = half[h];
-      lo_[h] = 0, hi_[h] = kMag;  // no sample of the half: take all of it
-      if (s.empty()) continue;
-      const int64_t ms = int64_t(s.size());
-      const double j = p * double(ms - 1);
-      // about 5 sigma of the rank's binomial spread (more than 4 for the runs' correlation)
-      const int64_t d = int64_t(5.0 * std::sqrt(double(ms) * p * (1.0 - p))) + 16;
-      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
-      if (a >= 0) {
-        std::nth_element(s.begin(), s.begin() + a, s.end());
-        lo_[h] = s[a];
-      }
-      if (b < ms) {
-        std::nth_element(s.begin() + std::max<int64_t>(a + 1, 0), s.begin() + b, s.end());
-        hi_[h] = s[b];
-      }
-    }
-    alloc(n);
-  }
+  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m);
 
   // The sample size of the histogram-bracketed band (the training activation op): about n / 32 values,
   // within [kMinSample, kSample], whole runs of kRun neighbours; n >= 4 kMinSample.
@@ -133,58 +86,7 @@ class BandSelect {
   // the sample's rank a to the ceiling of the one holding rank b (ranks as in the constructor above); a
   // band starting at 0 starts at key 1 instead (the zeros below it, so that the band can be shared).
   // Then the shared band (share_band) and a buffer sized for the sample's share of gathered keys.
-  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m, FromHistogram) : p_(p) {
-    constexpr int kShift = std::numeric_limits<scalar_t>::digits - 1 - kSubBits;
-    const Key top = max_magnitude(sample, m);
-    const Key base = std::max<Key>(top >> kShift, kHistBins - 1) - (kHistBins - 1);
-    std::vector<uint32_t> hist(2 * kHistBins, 0);
-    int64_t zeros[2] = {0, 0}, neg = 0;  // zeros per sign, negatives
-    for (int64_t i = 0; i < m; ++i) {
-      const Key r = QK::raw(sample[i]), mag = r & kMag, b = mag >> kShift;
-      const int h = int(r >> kBits);
-      ++hist[h * kHistBins + (b > base ? size_t(b - base) : 0)];
-      zeros[h] += mag == 0;
-      neg += h;
-    }
-    hist[0] += uint32_t(zeros[1]), hist[kHistBins] += uint32_t(zeros[0]);  // a zero is in both halves
-    const int64_t ms_half[2] = {m - neg + zeros[1], neg + zeros[0]};
-    const auto floor_of = [&](int64_t bin) { return bin == 0 ? Key(0) : Key((base + Key(bin)) << kShift); };
-    const auto ceil_of = [&](int64_t bin) { return Key(((base + Key(bin) + 1) << kShift) - 1); };
-    for (int h = 0; h < 2; ++h) {
-      const uint32_t* hh = hist.data() + h * kHistBins;
-      const int64_t ms = ms_half[h];
-      lo_[h] = 0, hi_[h] = kMag;  // no sample of the half: take all of it
-      if (ms == 0) continue;
-      const double j = p * double(ms - 1);
-      const int64_t d = int64_t(5.0 * std::sqrt(double(ms) * p * (1.0 - p))) + 16;
-      const int64_t a = int64_t(std::floor(j)) - d, b = int64_t(std::ceil(j)) + 1 + d;
-      lo_[h] = 1;
-      int64_t cum = 0, bin = 0;
-      if (a >= 0) {
-        while (cum + hh[bin] <= a) cum += hh[bin++];
-        lo_[h] = std::max<Key>(floor_of(bin), 1);
-      }
-      for (int64_t c = cum, i = bin; i < kHistBins; c += hh[i++])  // the bucket of rank j: the estimate
-        if (c + hh[i] > int64_t(j)) {
-          est_[h] = floor_of(i);
-          break;
-        }
-      if (b < ms) {
-        while (cum + hh[bin] <= b) cum += hh[bin++];
-        hi_[h] = std::min(ceil_of(bin), kMag);
-      }
-    }
-    share_band();
-    lean_ = true;
-    // The buffer: the sample's share in the bands' buckets (a zero counted twice), with 6 sigma and some
-    // slack (an overflow falls back).
-    const auto bin_of = [&](Key k) { return std::min<int64_t>(k >> kShift > base ? int64_t((k >> kShift) - base) : 0, kHistBins - 1); };
-    int64_t in = 0;
-    for (int h = 0; h < 2; ++h)
-      for (int64_t i = bin_of(lo_[h]); i <= bin_of(hi_[h]); ++i) in += hist[h * kHistBins + i];
-    const double frac = (double(in) + 6.0 * std::sqrt(double(in)) + 16.0) / double(m);
-    alloc_keys(std::min<int64_t>(n, int64_t(frac * double(n)) + 1024));
-  }
+  BandSelect(double p, int64_t n, const scalar_t* sample, int64_t m, FromHistogram);
 
   // The largest magnitude key of v[0, m).
   static Key max_magnitude(const scalar_t* v, int64_t m) {
@@ -195,15 +97,7 @@ class BandSelect {
     for (int64_t i = 0; i < m; ++i) top = std::max<Key>(top, QK::raw(v[i]) & kMag);
     return top;
   }
-  __attribute__((target("avx512f"))) static uint32_t max_magnitude_avx512(const float* v, int64_t m) {
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff);
-    __m512i top = _mm512_setzero_si512();
-    int64_t i = 0;
-    for (; i + 16 <= m; i += 16) top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_loadu_si512(v + i), mag));
-    uint32_t t = _mm512_reduce_max_epu32(top);
-    for (; i < m; ++i) t = std::max<uint32_t>(t, QK::raw(v[i]) & kMag);
-    return t;
-  }
+  __attribute__((target("avx512f"))) static uint32_t max_magnitude_avx512(const float* v, int64_t m);
 
   // The band [lo, hi] (magnitude keys) for both halves, e.g. around a previous step's quantile.
   BandSelect(double p, int64_t n, Key lo, Key hi) : p_(p) {
@@ -447,17 +341,7 @@ class BandSelect {
     return c;
   }
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) static int64_t count_band_avx512(
-      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi) {
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(int(lo)),
-                  width = _mm512_set1_epi32(int(hi - lo)), sign = _mm512_set1_epi32(h > 0 ? -1 : 0);
-    int64_t i = 0, c = 0;
-    for (; i + 16 <= size; i += 16) {
-      const __m512i r = _mm512_loadu_si512(keys + i), m = _mm512_and_si512(r, mag);
-      const __mmask16 half = _mm512_cmpeq_epi32_mask(_mm512_srai_epi32(r, 31), sign) | _mm512_testn_epi32_mask(r, mag);
-      c += __builtin_popcount(half & _mm512_cmple_epu32_mask(_mm512_sub_epi32(m, vlo), width));
-    }
-    return c + count_band_scalar(keys + i, size - i, h, lo, hi);
-  }
+      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi);
 
   // The magnitudes in [lo, hi] of the keys of half h (any half: h < 0) into out (out may be keys; 16
   // slots of slack).
@@ -477,21 +361,7 @@ class BandSelect {
     return k;
   }
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) static int64_t filter_avx512(
-      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi, uint32_t* out) {
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(int(lo)),
-                  width = _mm512_set1_epi32(int(hi - lo)), sign = _mm512_set1_epi32(h > 0 ? -1 : 0);
-    const __mmask16 any = h < 0 ? 0xffff : 0;
-    int64_t i = 0, k = 0;
-    for (; i + 16 <= size; i += 16) {
-      const __m512i r = _mm512_loadu_si512(keys + i), m = _mm512_and_si512(r, mag);
-      const __mmask16 half = any | _mm512_cmpeq_epi32_mask(_mm512_srai_epi32(r, 31), sign) |
-                             _mm512_testn_epi32_mask(r, mag);
-      const __mmask16 take = half & _mm512_cmple_epu32_mask(_mm512_sub_epi32(m, vlo), width);
-      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, m));
-      k += __builtin_popcount(take);
-    }
-    return k + filter_scalar(keys + i, size - i, h, lo, hi, out + k);
-  }
+      const uint32_t* keys, int64_t size, int h, uint32_t lo, uint32_t hi, uint32_t* out);
 
   // The histogram band's scan (lean_): shared_scan_avx512 without the smallest key above the band (only
   // needed when a rank is the band's last key: finish() then falls back) and with the zeros counted
@@ -499,42 +369,7 @@ class BandSelect {
   template <bool kWrite>
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t lean_scan_avx512(
       const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
-      Counts& c) const {
-    const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
-                 yneg = _mm512_set1_ps(y_neg);
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
-                  width = _mm512_set1_epi32(int(hi_[0] - lo_[0])), zero = _mm512_setzero_si512();
-    __m512i n_s = zero, n_below = zero, n_below_s = zero, m_max = zero, m_min = _mm512_set1_epi32(-1);
-    int64_t i = 0, k = 0;
-    for (; i + 16 <= len; i += 16) {
-      const __m512 v = scan_values<kWrite>(x, y, i, vmu, vsc, ypos, yneg);
-      const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
-      const __m512i d = _mm512_sub_epi32(m, lo), below = _mm512_srli_epi32(d, 31);  // m < lo (both < 2^31)
-      n_s = _mm512_add_epi32(n_s, s);
-      n_below = _mm512_add_epi32(n_below, below);
-      n_below_s = _mm512_add_epi32(n_below_s, _mm512_and_si512(below, s));
-      m_min = _mm512_min_epu32(m_min, m);
-      m_max = _mm512_max_epu32(m_max, m);
-      const __mmask16 take = _mm512_cmple_epu32_mask(d, width);  // lo <= m <= hi
-      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
-      k += __builtin_popcount(take);
-    }
-    int64_t nz = 0, nzs = 0;  // zeros and negative zeros (both halves'), from the values again
-    if (i > 0 && _mm512_reduce_min_epu32(m_min) == 0) {
-      for (int64_t j = 0; j < i; ++j) {
-        const float v = kWrite ? (x[j] - mu) / sc : x[j];
-        uint32_t r;
-        std::memcpy(&r, &v, 4);
-        nz += (r & 0x7fffffffu) == 0;
-        nzs += r == 0x80000000u;
-      }
-    }
-    const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
-                  nbs = _mm512_reduce_add_epi32(n_below_s);
-    add_lane_counts(c, i, ns, nb, nbs, nz, nzs, m_max);
-    // the tail, by the plain loops (their smallest key above is ignored: lean_)
-    return k + scan_tail<kWrite>(x, y, i, len, mu, sc, y_pos, y_neg, out + k, c);
-  }
+      Counts& c) const;
 
   int64_t gather_band(const scalar_t* v, int64_t len, Key* out) const {
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -562,75 +397,14 @@ class BandSelect {
   }
 
   __attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t gather_band_avx512(const float* v, int64_t len,
-                                                                                 uint32_t* out) const {
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo0 = _mm512_set1_epi32(int(lo_[0])),
-                  hi0 = _mm512_set1_epi32(int(hi_[0])), lo1 = _mm512_set1_epi32(int(lo_[1])),
-                  hi1 = _mm512_set1_epi32(int(hi_[1]));
-    int64_t i = 0, k = 0;
-    for (; i + 16 <= len; i += 16) {
-      const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
-      const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
-      const __mmask16 band0 = _mm512_cmpge_epu32_mask(m, lo0) & _mm512_cmple_epu32_mask(m, hi0);
-      const __mmask16 band1 = _mm512_cmpge_epu32_mask(m, lo1) & _mm512_cmple_epu32_mask(m, hi1);
-      const __mmask16 take = (band0 & __mmask16(~neg | zero)) | (band1 & __mmask16(neg | zero));
-      _mm512_mask_compressstoreu_epi32(out + k, take, r);
-      k += __builtin_popcount(take);
-    }
-    for (; i < len; ++i) {
-      uint32_t r;
-      std::memcpy(&r, v + i, 4);
-      const uint32_t m = r & 0x7fffffffu;
-      const bool zero = m == 0, neg = (r >> 31) != 0;
-      out[k] = r;
-      k += ((!neg || zero) && m >= lo_[0] && m <= hi_[0]) || ((neg || zero) && m >= lo_[1] && m <= hi_[1]);
-    }
-    return k;
-  }
+                                                                                 uint32_t* out) const;
 
   // count() and gather_band() in one loop. The counts go into vector lanes (a masked add per count, no
   // mask-to-scalar popcount each step), and the taken keys are compressed in a register and stored as a
   // whole vector (a compress store to memory is microcoded and slow on AMD Zen 4/5); out needs 16 slots
   // of slack.
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t scan_avx512(
-      const float* v, int64_t len, uint32_t* out, Counts& c) const {
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
-                  lo0 = _mm512_set1_epi32(int(lo_[0])), hi0 = _mm512_set1_epi32(int(hi_[0])),
-                  lo1 = _mm512_set1_epi32(int(lo_[1])), hi1 = _mm512_set1_epi32(int(hi_[1])),
-                  zero_v = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
-    __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
-    __m512i t0 = zero_v, t1 = zero_v, b0 = zero_v, b1 = zero_v;  // per-lane counts (len < 2^32)
-    int64_t i = 0, k = 0;
-    __mmask16 bad = 0;
-    for (; i + 16 <= len; i += 16) {
-      const __m512i r = _mm512_loadu_si512(v + i), m = _mm512_and_si512(r, mag);
-      const __mmask16 zero = _mm512_testn_epi32_mask(r, mag), neg = _mm512_cmplt_epi32_mask(r, zero_v);
-      const __mmask16 in0 = __mmask16(~neg | zero), in1 = __mmask16(neg | zero);
-      bad |= _mm512_cmpge_epu32_mask(m, inf);
-      t0 = _mm512_mask_add_epi32(t0, in0, t0, one);
-      t1 = _mm512_mask_add_epi32(t1, in1, t1, one);
-      const __mmask16 below0 = _mm512_cmplt_epu32_mask(m, lo0), below1 = _mm512_cmplt_epu32_mask(m, lo1);
-      const __mmask16 above0 = _mm512_cmpgt_epu32_mask(m, hi0), above1 = _mm512_cmpgt_epu32_mask(m, hi1);
-      b0 = _mm512_mask_add_epi32(b0, in0 & below0, b0, one);
-      b1 = _mm512_mask_add_epi32(b1, in1 & below1, b1, one);
-      amin0 = _mm512_mask_min_epu32(amin0, in0 & above0, amin0, m);
-      amin1 = _mm512_mask_min_epu32(amin1, in1 & above1, amin1, m);
-      const __mmask16 take = (in0 & __mmask16(~(below0 | above0))) | (in1 & __mmask16(~(below1 | above1)));
-      if (take) {
-        _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
-        k += __builtin_popcount(take);
-      }
-    }
-    c.total[0] += _mm512_reduce_add_epi32(t0), c.total[1] += _mm512_reduce_add_epi32(t1);
-    c.below[0] += _mm512_reduce_add_epi32(b0), c.below[1] += _mm512_reduce_add_epi32(b1);
-    c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
-    c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
-    c.nonfinite |= bad != 0;
-    if (i < len) {  // the tail, by the plain loops
-      count(v + i, len - i, c);
-      k += gather_band_scalar(v + i, len - i, out + k);
-    }
-    return k;
-  }
+      const float* v, int64_t len, uint32_t* out, Counts& c) const;
 
   // scan (kWrite false: v = x) or write_and_scan (kWrite: v = (x - mu) / sc in registers, the division
   // kept for the reference's bits, and y from v >= 0) on AVX-512 for one band [lo, hi] (lo > 0) shared by
@@ -641,61 +415,18 @@ class BandSelect {
   template <bool kWrite>
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq"))) int64_t shared_scan_avx512(
       const float* x, float* y, int64_t len, float mu, float sc, float y_pos, float y_neg, uint32_t* out,
-      Counts& c) const {
-    const __m512 vmu = _mm512_set1_ps(mu), vsc = _mm512_set1_ps(sc), ypos = _mm512_set1_ps(y_pos),
-                 yneg = _mm512_set1_ps(y_neg);
-    const __m512i mag = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(int(lo_[0])),
-                  hi = _mm512_set1_epi32(int(hi_[0])), one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
-    __m512i n_s = zero, n_below = zero, n_below_s = zero, n_z = zero, n_z_s = zero, m_max = zero;
-    __m512i amin0 = _mm512_set1_epi32(-1), amin1 = _mm512_set1_epi32(-1);
-    int64_t i = 0, k = 0;
-    for (; i + 16 <= len; i += 16) {
-      const __m512 v = scan_values<kWrite>(x, y, i, vmu, vsc, ypos, yneg);
-      const __m512i r = _mm512_castps_si512(v), m = _mm512_and_si512(r, mag), s = _mm512_srli_epi32(r, 31);
-      const __m512i below = _mm512_srli_epi32(_mm512_sub_epi32(m, lo), 31);
-      const __m512i above = _mm512_srli_epi32(_mm512_sub_epi32(hi, m), 31);
-      const __m512i z = _mm512_srli_epi32(_mm512_sub_epi32(m, one), 31);
-      n_s = _mm512_add_epi32(n_s, s);
-      n_below = _mm512_add_epi32(n_below, below);
-      n_below_s = _mm512_add_epi32(n_below_s, _mm512_and_si512(below, s));
-      n_z = _mm512_add_epi32(n_z, z);
-      n_z_s = _mm512_add_epi32(n_z_s, _mm512_and_si512(z, s));
-      m_max = _mm512_max_epu32(m_max, m);
-      const __m512i cand = _mm512_or_si512(m, _mm512_sub_epi32(above, one));  // m above the band, else ~0
-      amin0 = _mm512_min_epu32(amin0, _mm512_or_si512(cand, _mm512_sub_epi32(zero, s)));
-      amin1 = _mm512_min_epu32(amin1, _mm512_or_si512(cand, _mm512_sub_epi32(s, one)));
-      const __mmask16 take = _mm512_testn_epi32_mask(_mm512_or_si512(below, above), one);
-      _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(take, r));
-      k += __builtin_popcount(take);
-    }
-    const int64_t ns = _mm512_reduce_add_epi32(n_s), nb = _mm512_reduce_add_epi32(n_below),
-                  nbs = _mm512_reduce_add_epi32(n_below_s), nz = _mm512_reduce_add_epi32(n_z),
-                  nzs = _mm512_reduce_add_epi32(n_z_s);
-    add_lane_counts(c, i, ns, nb, nbs, nz, nzs, m_max);
-    c.above[0] = std::min<Key>(c.above[0], _mm512_reduce_min_epu32(amin0));
-    c.above[1] = std::min<Key>(c.above[1], _mm512_reduce_min_epu32(amin1));
-    return k + scan_tail<kWrite>(x, y, i, len, mu, sc, y_pos, y_neg, out + k, c);
-  }
+      Counts& c) const;
 
   // The two shared-band scans' common pieces. The values of a vector: x itself (scan), or (kWrite)
   // (x - mu) / sc with the division kept for the reference's bits, writing y from v >= 0.
   template <bool kWrite>
   __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 scan_values(
-      const float* x, float* y, int64_t i, __m512 vmu, __m512 vsc, __m512 ypos, __m512 yneg) {
-    if constexpr (!kWrite) return _mm512_loadu_ps(x + i);
-    const __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmu), vsc);
-    _mm512_storeu_ps(y + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ), yneg, ypos));
-    return v;
-  }
+      const float* x, float* y, int64_t i, __m512 vmu, __m512 vsc, __m512 ypos, __m512 yneg);
 
   // The halves' counts from the first i values' lane totals: signs ns, below the band nb (of which
   // negative nbs), zeros nz (of which -0.0 nzs; a zero is in both halves and below the band).
   __attribute__((target("avx512f"))) static void add_lane_counts(Counts& c, int64_t i, int64_t ns, int64_t nb,
-                                                                 int64_t nbs, int64_t nz, int64_t nzs, __m512i m_max) {
-    c.total[0] += i - ns + nzs, c.total[1] += ns + nz - nzs;
-    c.below[0] += nb - nbs + nzs, c.below[1] += nbs + nz - nzs;
-    c.nonfinite |= uint32_t(_mm512_reduce_max_epu32(m_max)) >= 0x7f800000u;
-  }
+                                                                 int64_t nbs, int64_t nz, int64_t nzs, __m512i m_max);
 
   // The values [i, len) after the vector loop, by the plain loops (y written for kWrite); returns how many
   // keys went to out.
@@ -704,7 +435,7 @@ class BandSelect {
                     uint32_t* out, Counts& c) const {
     if (i >= len) return 0;
     const float* v = x + i;
-    float tail[16];
+    float tail[16] = {};  // zeroed: the compiler cannot see two_values_block fill it
     if constexpr (kWrite) {
       two_values_block<float, float>(x + i, y + i, tail, len - i, mu, sc, y_pos, y_neg);
       v = tail;
@@ -730,3 +461,6 @@ class BandSelect {
 };
 
 }  // namespace erbnn
+
+#include "band_select_sample.h"
+#include "band_select_avx512.h"

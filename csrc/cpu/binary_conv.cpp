@@ -88,13 +88,13 @@ at::Tensor pack_conv_weight_cpu(const at::Tensor& w) {
   return pack_signs_4d_cpu(w.permute({0, 2, 3, 1}), 0.0, "w");
 }
 
-// The chained-deploy options of binary_conv2d_bits: x given packed, and the packed output.
-struct ChainIO {
-  int64_t in_channels = -1;  // >= 1: x is packed signs [N, H, W, Cw]
-  bool emit_bits = false;
-  double next_shift = 0.0;
-  bool float_out = true;
-};
+// A 1-element CPU tensor's value: float32 / float64 read in place (item() is a dispatched op, a
+// noticeable part of a small layer's call), other float types through item().
+double scalar_value(const at::Tensor& t) {
+  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
+  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>();
+  return t.item<double>();
+}
 
 // Checks that a packed x has no bits past its in_channels channels (the kernels count them).
 void check_x_tail_bits(const ConvGeom& g, const uint64_t* P) {
@@ -121,20 +121,21 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     const std::optional<at::Tensor>& residual_in = {}, const std::optional<at::Tensor>& act_in = {},
     const ChainIO& io = {}) {
   check_cpu(x, "x");
-  const bool packed_x = io.in_channels >= 0;
+  const bool packed_x = io.packed_x();
   if (!packed_x) check_float_input(x, "x");
   const ConvGeom g = packed_x ? check_packed_conv_bits(x, io.in_channels, w_packed, stride, padding, dilation,
                                                        at::kLong, kCpuWordBits)
                               : check_packed_conv(x, w_packed, stride, padding, dilation, at::kLong, kCpuWordBits);
   TORCH_CHECK_VALUE(std::isfinite(x_shift), "x_shift must be finite, got ", x_shift);
-  TORCH_CHECK_VALUE(std::isfinite(io.next_shift), "next_shift must be finite, got ", io.next_shift);
+  const double next_shift = io.emit_bits() ? scalar_value(io.next_shift) : 0.0;
+  TORCH_CHECK_VALUE(std::isfinite(next_shift), "next_shift must be finite, got ", next_shift);
   const at::Tensor scale = per_channel(out_scale, g.O, x, "out_scale"), bias = per_channel(out_bias, g.O, x, "out_bias"),
                    ones = per_channel(ones_scale, g.O, x, "ones_scale");
   const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
   const auto fopts = x.options().dtype(at::kFloat);
   at::Tensor out = io.float_out ? at::empty({g.N, g.O, g.OH, g.OW}, fopts) : at::empty({0}, fopts);
   const int64_t Ow = cpu_words(g.O);
-  at::Tensor out_bits = at::empty(io.emit_bits ? at::IntArrayRef({g.N, g.OH, g.OW, Ow}) : at::IntArrayRef({0}),
+  at::Tensor out_bits = at::empty(io.emit_bits() ? at::IntArrayRef({g.N, g.OH, g.OW, Ow}) : at::IntArrayRef({0}),
                                   x.options().dtype(at::kLong));
   const at::Tensor P = packed_x ? x.contiguous() : at::Tensor();
   if (packed_x) check_x_tail_bits(g, words(P));
@@ -155,12 +156,12 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
   e.residual = residual.defined() ? residual.const_data_ptr<float>() : nullptr;
   e.act = act.defined() ? act.const_data_ptr<float>() : nullptr;
   e.O = g.O;
-  e.emit_bits = io.emit_bits;
+  e.emit_bits = io.emit_bits();
   e.float_out = io.float_out;
-  e.next_shift = static_cast<float>(io.next_shift);  // the consumer's packing compares in float32 too
+  e.next_shift = static_cast<float>(next_shift);  // the consumer's packing compares in float32 too
   BitsOut bits;
   at::Tensor scratch;
-  if (io.emit_bits) {
+  if (io.emit_bits()) {
     bits.dst = reinterpret_cast<uint64_t*>(out_bits.mutable_data_ptr<int64_t>());
     bits.Ow = Ow;
     scratch = at::empty({int64_t(at::get_num_threads()), bits.masks_per_thread()}, x.options().dtype(at::kShort));
@@ -176,14 +177,6 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     }
   });
   return {out, out_bits};
-}
-
-// A 1-element CPU tensor's value: float32 / float64 read in place (item() is a dispatched op, a
-// noticeable part of a small layer's call), other float types through item().
-double scalar_value(const at::Tensor& t) {
-  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
-  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>();
-  return t.item<double>();
 }
 
 // x_shift: None (0) or a 1-element float tensor on the CPU, read as double.
@@ -211,13 +204,8 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cpu(
     const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
     const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
-  const bool packed_x = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
-  ChainIO io;
-  io.in_channels = packed_x ? in_channels : -1;
-  io.emit_bits = next_shift.has_value() && next_shift->defined();
-  io.float_out = float_out;
-  if (io.emit_bits) io.next_shift = scalar_value(*next_shift);
-  return conv_packed_impl(x, w_packed, stride, padding, dilation, packed_x ? 0.0 : read_shift(x_shift, x), out_scale,
+  const ChainIO io = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
+  return conv_packed_impl(x, w_packed, stride, padding, dilation, io.packed_x() ? 0.0 : read_shift(x_shift, x), out_scale,
                           out_bias, ones_scale, residual, act, io);
 }
 

@@ -3,7 +3,7 @@
 //             a tiny combine (mean, per-sample RMS about the batch mean, sigma), one write pass.
 //   backward: one pass for the global sums (gs = g * surrogate' is kept in dx when dx's dtype holds it
 //             exactly), a tiny combine, one write pass.
-//   fixed-statistics forward and backward: one pass each.
+// The fixed-statistics ops are in restore_activation_fixed.cpp; the NHWC step's pieces in nhwc_pieces.h.
 // Work is split into (sample, block) items (SampleBlocks) so that any N and D use all threads.
 #include <torch/library.h>
 
@@ -16,7 +16,9 @@
 #include "radix_select.h"
 #include "restore_cpu.h"
 #include "surrogate_avx512.h"
+#include "nhwc_pieces.h"
 #include "transpose.h"
+#include "tuning.h"
 
 namespace erbnn {
 namespace {
@@ -47,127 +49,6 @@ void x_blocks(int64_t total, Fn&& fn) {
     stat_t buf[kQBlock];
     for (int64_t b = lo; b < hi; b += kQBlock) fn(b, std::min(kQBlock, hi - b), buf);
   });
-}
-
-// The NHWC passes of the ER step (x in NCHW [N, C, P], y or grad_y in NHWC rows [N, P, C]): pieces of
-// up to kRows channel rows x kCols pixels of one sample, which go through a tile in cache and out (or
-// in) transposed, so neither side needs a separate transpose pass.
-struct NhwcPiece {
-  int64_t n, c0, p0, rows, cols;
-};
-// Pixels per piece, measured in the ResNet-20 steps on the 2-core Zen 5: the forward reads x's 16 rows whole
-// (P <= 1024: one contiguous block), the backward keeps its grad_y tile (16 x 256) in L1.
-constexpr int64_t kFwdCols = 1024, kBwdCols = 256;
-
-template <int64_t kCols>
-struct NhwcPieces {
-  static constexpr int64_t kRows = kTransposeTile;
-  using Piece = NhwcPiece;
-  int64_t N, C, P, cblocks, pchunks;
-  NhwcPieces(int64_t n, int64_t c, int64_t p)
-      : N(n), C(c), P(p), cblocks((c + kRows - 1) / kRows), pchunks((p + kCols - 1) / kCols) {}
-  int64_t items() const { return N * cblocks * pchunks; }
-  int64_t per_sample() const { return cblocks * pchunks; }
-  Piece piece(int64_t it) const {
-    const int64_t n = it / per_sample(), r = it % per_sample(), c0 = (r / pchunks) * kRows, p0 = (r % pchunks) * kCols;
-    return {n, c0, p0, std::min(kRows, C - c0), std::min(kCols, P - p0)};
-  }
-  int64_t nchw(const Piece& pc, int64_t r) const { return (pc.n * C + pc.c0 + r) * P + pc.p0; }  // row r's start
-  int64_t nhwc(const Piece& pc) const { return (pc.n * P + pc.p0) * C + pc.c0; }                // the piece's corner
-};
-
-// 16 channels' sign bits (y >= mu) of each of n pixels (rows of y at stride C), float32 on AVX-512: one
-// masked compare per pixel. lanes: the first pixel's 16-bit lane, `step` lanes per pixel.
-__attribute__((target("avx512f"))) void pack16_avx512(const float* y, int64_t C, int64_t n, int64_t rows, float mu,
-                                                       uint16_t* lanes, int64_t step) {
-  const __mmask16 valid = static_cast<__mmask16>((uint32_t(1) << rows) - 1);
-  const __m512 vmu = _mm512_set1_ps(mu);
-  for (int64_t p = 0; p < n; ++p)
-    lanes[p * step] = static_cast<uint16_t>(_mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, y + p * C), vmu,
-                                                                    _CMP_GE_OQ));
-}
-
-// A piece's 16 channels are the 16-bit lane (c0 % 64) / 16 of each pixel's word c0 / 64 (pieces start at
-// multiples of 16 channels, so pieces on other threads write other lanes). out: the piece's first pixel's
-// words; returns that pixel's lane of this piece (the next pixel's is words(C) * 4 lanes on).
-inline uint16_t* piece_lane(uint64_t* out, const NhwcPiece& pc) {
-  return reinterpret_cast<uint16_t*>(out) + (pc.c0 / 64) * 4 + (pc.c0 % 64) / 16;
-}
-
-// Zeroes the lanes past the last channel, in the piece holding it. out: as piece_lane's.
-inline void zero_tail_lanes(int64_t C, const NhwcPiece& pc, uint64_t* out) {
-  const int64_t step = (C + 63) / 64 * 4, after = 3 - (pc.c0 % 64) / 16;  // lanes after this one in its word
-  uint16_t* lanes = piece_lane(out, pc);
-  if (pc.c0 + pc.rows == C)
-    for (int64_t p = 0; p < pc.cols; ++p)
-      for (int64_t k = 1; k <= after; ++k) lanes[p * step + k] = 0;
-}
-
-// The sign bits (y >= mu, as pack_signs(y - mu)) of one NhwcPieces piece of y's NHWC rows, in the piece's
-// lane (piece_lane); the piece holding the last channels also zeroes the lanes past them. out: the
-// piece's first pixel's words.
-template <typename scalar_t, typename stat_t>
-void pack_piece(const scalar_t* y, int64_t C, const NhwcPiece& pc, stat_t mu, uint64_t* out) {
-  const int64_t step = (C + 63) / 64 * 4;
-  uint16_t* lanes = piece_lane(out, pc);
-  zero_tail_lanes(C, pc, out);
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) return pack16_avx512(y, C, pc.cols, pc.rows, mu, lanes, step);
-  }
-  for (int64_t p = 0; p < pc.cols; ++p) {
-    uint32_t m = 0;
-    for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(y[p * C + r]) >= mu) << r;
-    lanes[p * step] = static_cast<uint16_t>(m);
-  }
-}
-
-// The NHWC write of one float32 piece of 16 channels on AVX-512: y's pixels from the tile (16 channel rows
-// of `cols` pixels) by register transposes and streaming stores, and each pixel's sign bits (y >= mu) from
-// the same registers. Streaming, because y is next read by the backward's conv, after the rest of the
-// step's traffic: caching it would only evict x, which the backward reads too. Needs C % 16 == 0 and a
-// 64-byte aligned y (every pixel's 16 channels one aligned line).
-// Only for a y of kStreamBytes or more: measured on the 2-core Zen 5 (1 MiB L2 per core, 32 MiB L3), side by
-// side against nn.Conv2d, a 4 MiB y (ResNet-20's layer2.0.conv1 at batch 64) streamed made the layer's step
-// 1.13x -> 1.01x the float one (the op from cold caches 811 -> 707 us), while a 2 MiB one (layer3.0.conv1 at
-// batch 64), which a single layer's step still finds in L3, went 1.00x -> 1.13x.
-constexpr int64_t kStreamBytes = int64_t(4) << 20;
-__attribute__((target("avx512f"))) void stream_piece16_avx512(const float* tile, int64_t cols, float* y, int64_t C,
-                                                                float mu, uint16_t* lanes, int64_t step) {
-  const __m512 vmu = _mm512_set1_ps(mu);
-  int64_t c = 0;
-  for (; c + 16 <= cols; c += 16) {
-    __m512 o[16];
-    transpose16_regs(tile + c, cols, o);
-    for (int i = 0; i < 16; ++i) {
-      _mm512_stream_ps(y + (c + i) * C, o[i]);
-      if (lanes) lanes[(c + i) * step] = static_cast<uint16_t>(_mm512_cmp_ps_mask(o[i], vmu, _CMP_GE_OQ));
-    }
-  }
-  const __m512i rows = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(cols)),
-                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  for (; c < cols; ++c) {  // tail pixels: one column of the tile each
-    const __m512 v = _mm512_i32gather_ps(rows, tile + c, 4);
-    _mm512_stream_ps(y + c * C, v);
-    if (lanes) lanes[c * step] = static_cast<uint16_t>(_mm512_cmp_ps_mask(v, vmu, _CMP_GE_OQ));
-  }
-}
-
-// One piece's NHWC write (and packed signs) by stream_piece16_avx512 where it applies: float32 on
-// AVX-512, C % 16 == 0 (so every piece has 16 channels) and an aligned y; false otherwise.
-template <typename scalar_t>
-bool stream_piece(const scalar_t* tile, const NhwcPiece& pc, scalar_t* y, int64_t C, float mu, uint64_t* bits) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (C % kTransposeTile != 0 || reinterpret_cast<uintptr_t>(y) % 64 != 0 || active_cpu_isa() != CpuIsa::kAvx512)
-      return false;
-    uint16_t* lanes = nullptr;
-    if (bits) {
-      zero_tail_lanes(C, pc, bits);
-      lanes = piece_lane(bits, pc);
-    }
-    stream_piece16_avx512(tile, pc.cols, y, C, mu, lanes, (C + 63) / 64 * 4);
-    return true;
-  }
-  return false;
 }
 
 // q of the forward (train_quantile): the write pass given, the sample and the radix fallback reading x.
@@ -423,24 +304,6 @@ void grad_write(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t le
   }
 }
 
-// Prefetches one NhwcPieces piece of the backward's sums pass (grad_y's rows and x's channel runs) into L1
-// while the piece before it is summed: x's runs (one per channel, kBwdCols long) are too short for the
-// hardware prefetcher to ramp up (measured on the 2-core Zen 5: the op from cold caches 1135 -> 1048 us,
-// ResNet-20's layer2.0.conv1 step at batch 64 1-2% faster).
-template <typename scalar_t, typename Pieces>
-void prefetch_piece(const scalar_t* gp, const scalar_t* xp, const Pieces& np, const NhwcPiece& pc) {
-  constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  const auto fetch = [](const scalar_t* q) { _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0); };
-  const scalar_t* g = gp + np.nhwc(pc);
-  if (pc.rows == np.C) {  // grad_y's piece is one contiguous run
-    for (int64_t i = 0; i < pc.cols * np.C; i += kLine) fetch(g + i);
-  } else {  // each pixel's channels: at most two lines
-    for (int64_t p = 0; p < pc.cols; ++p) fetch(g + p * np.C), fetch(g + p * np.C + pc.rows - 1);
-  }
-  for (int64_t r = 0; r < pc.rows; ++r)
-    for (int64_t i = 0; i < pc.cols; i += kLine) fetch(xp + np.nchw(pc, r) + i);
-}
-
 // The backward; with nhwc, grad_y comes as NHWC rows [N, P, C] of x [N, C, P]: the sums pass reads it
 // through NhwcPieces tiles (so no transpose pass over it), the rest runs in x's order.
 at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
@@ -556,89 +419,12 @@ at::Tensor restore_activation_backward_nhwc_cpu(const at::Tensor& grad_y, const 
   return activation_backward(grad_y, x, mean, sigma, rms, b, /*nhwc=*/true);
 }
 
-// ---------------------------------------------------------------------------------- fixed statistics
-template <typename scalar_t, typename stat_t>
-bool write_two_values_checked(const scalar_t* p, scalar_t* y, int64_t len, stat_t mu, stat_t sc, scalar_t y_pos,
-                              scalar_t y_neg) {
-  int nan = 0;
-#pragma omp simd reduction(| : nan)
-  for (int64_t i = 0; i < len; ++i) {
-    const stat_t v = static_cast<stat_t>(p[i]);
-    nan |= v != v;
-    y[i] = restore_activation_value(v, mu, sc, y_pos, y_neg);
-  }
-  return nan == 0;
-}
-
-at::Tensor restore_activation_fixed_cpu(const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& sigma_in) {
-  check_float_input(x_in, "x");
-  const at::Tensor x = x_in.contiguous();
-  const auto st = stat_dtype(x);
-  const at::Tensor mean = as_stat(mean_in, st, "mean", 1), sigma = as_stat(sigma_in, st, "sigma", 1);
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (x.numel() == 0) return y;
-  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_cpu", [&] {
-    using stat_t = stat_type<scalar_t>;
-    const stat_t mu = *mean.const_data_ptr<stat_t>(), sig = *sigma.const_data_ptr<stat_t>(), sc = clamp_eps(sig);
-    const scalar_t y_pos = static_cast<scalar_t>(sig + mu), y_neg = static_cast<scalar_t>(mu - sig);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    std::atomic<bool> ok{true};
-    at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
-      bool fine = true;
-      isa_call([&] { fine = write_two_values_checked<scalar_t, stat_t>(xp + lo, yp + lo, hi - lo, mu, sc, y_pos, y_neg); });
-      if (!fine) ok.store(false, std::memory_order_relaxed);
-    });
-    TORCH_CHECK_VALUE(ok.load(), "x contains NaN: its restored value is undefined");
-  });
-  return y;
-}
-
-template <typename scalar_t, typename stat_t>
-void fixed_grad(const scalar_t* gp, const scalar_t* xp, scalar_t* dx, int64_t len, stat_t mu, stat_t sc,
-                stat_t inv_b, stat_t scale) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    const stat_t xhat = (static_cast<stat_t>(xp[i]) - mu) / sc;
-    dx[i] = static_cast<scalar_t>(static_cast<stat_t>(gp[i]) * surrogate_cpu(xhat, inv_b, scale));
-  }
-}
-
-at::Tensor restore_activation_fixed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
-                                                 const at::Tensor& mean_in, const at::Tensor& sigma_in,
-                                                 const at::Tensor& b) {
-  check_float_input(x_in, "x");
-  check_same_shape(grad_in, "grad_y", x_in, "x");
-  const at::Tensor x = x_in.contiguous();
-  const auto st = stat_dtype(x);
-  const at::Tensor mean = as_stat(mean_in, st, "mean", 1), sigma = as_stat(sigma_in, st, "sigma", 1);
-  const double bw = read_width(b);
-  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (x.numel() == 0) return dx;
-  const at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
-  ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_fixed_backward_cpu", [&] {
-    using stat_t = stat_type<scalar_t>;
-    const stat_t mu = *mean.const_data_ptr<stat_t>(), sig = *sigma.const_data_ptr<stat_t>(), sc = clamp_eps(sig);
-    // dy/dx = sigma * surrogate'(xhat) / max(sigma, eps): the ratio folds into the surrogate's height.
-    const stat_t inv_b = stat_t(1) / stat_t(bw), scale = surrogate_scale(stat_t(bw)) * (sig / sc);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.numel(), kElemGrain, [&](int64_t lo, int64_t hi) {
-      isa_call([&] { fixed_grad<scalar_t, stat_t>(gp + lo, xp + lo, dp + lo, hi - lo, mu, sc, inv_b, scale); });
-    });
-  });
-  return dx;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
   m.impl("restore_activation", &restore_activation_cpu);
   m.impl("_restore_activation_backward", &restore_activation_backward_cpu);
   m.impl("_restore_activation_backward_nhwc", &restore_activation_backward_nhwc_cpu);
-  m.impl("restore_activation_fixed", &restore_activation_fixed_cpu);
-  m.impl("_restore_activation_fixed_backward", &restore_activation_fixed_backward_cpu);
 }
 
 }  // namespace erbnn

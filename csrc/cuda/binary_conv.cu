@@ -305,20 +305,13 @@ at::Tensor pack_conv_weight_cuda(const at::Tensor& w) {
   return wp;
 }
 
-// The chained-deploy options of binary_conv2d_bits (as on the CPU).
-struct ChainIO {
-  int64_t in_channels = -1;  // >= 1: x is packed signs [N, H, W, Cw]
-  at::Tensor next_shift;     // defined: emit the packed output
-  bool float_out = true;
-};
-
 std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& flag, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& x_shift,
     const std::optional<at::Tensor>& out_scale, const std::optional<at::Tensor>& out_bias,
     const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual_in = {},
     const std::optional<at::Tensor>& act_in = {}, const ChainIO& io = {}) {
-  const bool packed_x = io.in_channels >= 1;
+  const bool packed_x = io.packed_x();
   const ConvGeom g = packed_x ? check_packed_conv_bits(x, io.in_channels, w_packed, stride, padding, dilation,
                                                        at::kInt, kCudaWordBits)
                               : check_packed_conv(x, w_packed, stride, padding, dilation, at::kInt, kCudaWordBits);
@@ -330,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
   const at::Tensor residual = checked_residual(residual_in, g, x), act = checked_act(act_in, g.O, x);
   const auto fopts = x.options().dtype(at::kFloat);
   at::Tensor out = io.float_out ? at::empty({g.N, g.O, g.OH, g.OW}, fopts) : at::empty({0}, fopts);
-  const bool emit = io.next_shift.defined();
+  const bool emit = io.emit_bits();
   const int64_t Ow = (g.O + kCudaWordBits - 1) / kCudaWordBits;
   at::Tensor out_bits = emit ? at::zeros({g.N, g.OH, g.OW, Ow}, x.options().dtype(at::kInt))
                              : at::empty({0}, x.options().dtype(at::kInt));
@@ -386,12 +379,8 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_bits_cuda(
     const std::optional<at::Tensor>& ones_scale, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& act, const std::optional<at::Tensor>& next_shift, bool float_out) {
   check_cuda_input(x, "x");
-  const bool packed_x = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
-  if (!packed_x) check_float_input(x, "x");
-  ChainIO io;
-  io.in_channels = packed_x ? in_channels : -1;
-  io.float_out = float_out;
-  if (next_shift.has_value() && next_shift->defined()) io.next_shift = *next_shift;
+  const ChainIO io = check_bits_args(x, in_channels, x_shift, next_shift, float_out);
+  if (!io.packed_x()) check_float_input(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor flag = at::zeros({1}, x.options().dtype(at::kInt));
   return conv_packed_impl(x, w_packed, flag, stride, padding, dilation, x_shift, out_scale, out_bias, ones_scale,

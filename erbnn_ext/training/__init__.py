@@ -18,11 +18,11 @@ checkpoint (files and RNG state), metrics (CSV/JSON/PNG), dist (torchrun, device
 from .checkpoint import CHECKPOINT, load_checkpoint_dict
 from .commands import add_eval_parser, add_train_parser, cmd_eval, cmd_train, run_eval, run_train
 from .dist import Dist
-from .errors import CheckpointError, NonFiniteError, OutputError, TrainingError, UsageError
+from .errors import CheckpointError, NonFiniteError, OutputError, RankLostError, TrainingError, UsageError
 from .fit import fit
 from .loop import evaluate, train_one_epoch
 from .recipe import default_weight_decay, epoch_schedules, lr_factor
 
-__all__ = ["CHECKPOINT", "CheckpointError", "Dist", "NonFiniteError", "OutputError", "TrainingError", "UsageError", "add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train",
+__all__ = ["CHECKPOINT", "CheckpointError", "Dist", "NonFiniteError", "OutputError", "RankLostError", "TrainingError", "UsageError", "add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train",
            "default_weight_decay", "epoch_schedules", "evaluate", "fit", "load_checkpoint_dict", "lr_factor",
            "run_eval", "run_train", "train_one_epoch"]

@@ -95,7 +95,10 @@ def cmd_train(args) -> int:
         return _fail("train", e)
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a lost rank (already reported) can make the teardown fail too
+                pass
     return 0
 
 

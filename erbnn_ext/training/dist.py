@@ -1,5 +1,6 @@
 """The process's place in a torchrun job, its device and the process group (gloo on CPU, nccl on CUDA)."""
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -81,3 +82,36 @@ def broadcast_buffers(model):
     and this call makes the ranks identical after the last step of an epoch too."""
     for b in model.buffers():
         dist.broadcast(b, 0)
+
+
+# How the process-group backends report a peer that went away (gloo's tcp transport, nccl, the store).
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker crash",
+              "nccl communicator was aborted", "distnetworkerror", "socket timeout", "timed out")
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (not a bug of this rank)."""
+    dist_error = getattr(dist, "DistError", RuntimeError)
+    if not isinstance(exc, (RuntimeError, dist_error)):
+        return False
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(m in text for m in _LOST_PEER)
+
+
+def lost_ranks(d: Dist, wait_s: float = 3.0) -> list:
+    """The ranks that are gone, as this survivor sees them: in a 2-rank job the other one; otherwise the
+    ranks that do not mark themselves alive in the job's store within wait_s (survivors of the same
+    failure call this too). [] where the store cannot tell."""
+    if d.world_size == 2:
+        return [1 - d.rank]
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"erbnn/alive/{d.rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            alive = {r for r in range(d.world_size) if store.check([f"erbnn/alive/{r}"])}
+            if len(alive) == d.world_size or time.monotonic() > deadline:
+                return [r for r in range(d.world_size) if r not in alive]
+            time.sleep(0.1)
+    except Exception:  # the store went with the lost rank (it hosted it): no way to tell which
+        return []

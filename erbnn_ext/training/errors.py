@@ -19,3 +19,8 @@ class OutputError(TrainingError):
 
 class NonFiniteError(TrainingError):
     """The loss (or the parameters) stopped being finite; says at which epoch and step."""
+
+
+class RankLostError(TrainingError):
+    """A DDP rank stopped answering (its process died or its connection closed); says which rank, in
+    which epoch, and which checkpoint is intact to resume from."""

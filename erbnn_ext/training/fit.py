@@ -17,8 +17,8 @@ from .._extras import available, install_hint
 from ..cpu_allocator import keep_freed_memory
 from .checkpoint import CHECKPOINT, RESUME_KEYS, load_state, prepare_out, read_checkpoint, rng_state, \
     save_atomic, set_rng_state
-from .dist import Dist, broadcast_buffers
-from .errors import CheckpointError, UsageError
+from .dist import Dist, broadcast_buffers, is_lost_peer, lost_ranks
+from .errors import CheckpointError, RankLostError, UsageError
 from .loop import evaluate, train_one_epoch
 from .metrics import epoch_line, plot, write_metrics
 from .recipe import epoch_schedules, make_optimizer, make_scheduler, warmup_warning
@@ -142,7 +142,40 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
                                                 "weight_decay": weight_decay, "warmup": warmup,
                                                 "percentile": list(percentile), "world_size": d.world_size}
     stop = min(stop_after or epochs, epochs)
+    progress_state = {"epoch": start, "saved": start if resume is not None else None}
+    try:
+        _epochs(net, model, train_loader, val_loader, optimizer, scheduler, scaler, device, d, distributed, amp,
+                channels_last, epochs, start, stop, percentile, progress, log, out, meta, data_state, history,
+                config, title, can_plot, progress_state)
+    except Exception as e:
+        if distributed and is_lost_peer(e):
+            raise RankLostError(_lost_message(e, d, out, progress_state)) from e
+        raise
+    return {"model": model, "history": history, "out": out}
+
+
+def _lost_message(exc, d, out, state):
+    lost = lost_ranks(d)
+    who = (f"rank {', '.join(map(str, lost))} of {d.world_size}" if lost
+           else f"another rank of {d.world_size}")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = reason.split("] ", 1)[-1].split(". ")[0]  # gloo's "[file:line] Connection closed by peer [addr]"
+    msg = f"{who} was lost in epoch {state['epoch'] + 1} ({reason}); rank {d.rank} stops."
+    if out is None:
+        return msg + " No checkpoint is written without an output folder."
+    ckpt = Path(out) / CHECKPOINT
+    if not ckpt.exists():
+        return msg + f" No checkpoint was written yet ({ckpt})."
+    epoch = f" (epoch {state['saved']})" if d.main and state["saved"] is not None else ""
+    return (msg + f" The last checkpoint, {ckpt}{epoch}, is intact (written whole or not at all): resume from "
+                  f"it, e.g. erbnn train --resume {out}")
+
+
+def _epochs(net, model, train_loader, val_loader, optimizer, scheduler, scaler, device, d, distributed, amp,
+            channels_last, epochs, start, stop, percentile, progress, log, out, meta, data_state, history, config,
+            title, can_plot, state):
     for epoch in range(start, stop):
+        state["epoch"] = epoch
         t0 = time.perf_counter()
         sched = epoch_schedules(model, epoch, epochs, percentile)
         lr_now = optimizer.param_groups[0]["lr"]
@@ -166,9 +199,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader=None, *, epochs: int, l
                 log(epoch_line(row, epochs, sched))
             if out is not None:
                 _save(out, meta, data_state, epoch + 1, model, optimizer, scheduler, scaler, history, d.world_size)
+                state["saved"] = epoch + 1
                 write_metrics(out, history, config)
                 if can_plot:
                     plot(out, history, title or type(model).__name__)
+    state["epoch"] = stop - 1
     if distributed:
         torch.distributed.barrier()
-    return {"model": model, "history": history, "out": out}
