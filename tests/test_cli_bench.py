@@ -94,6 +94,13 @@ def test_quick_run_labels_backends(quick_run):
     assert bconv == {conv.binary_backend("cpu")}
     assert ("native" in bconv) == erbnn_ext.ops.has_kernel("binary_conv2d", "cpu")
     assert {r["backend"] for r in rows if r["method"] == "erbnn_reference"} == {"reference"}
+    if "native" in bconv:  # each CPU binary conv row names the engine auto chose for it, and why
+        engines = erbnn_ext.backend_info()["conv_engines"]
+        for r in rows:
+            if r["method"] == "binary_conv2d":
+                assert r["engine"] in engines and r["engine_why"], r
+        from erbnn_ext.benchmarks import report
+        assert "CPU conv engine per layer" in report.render_text(json.loads((out / "bench.json").read_text()))
 
 
 def test_quick_run_writes_png_and_tables(quick_run):

@@ -68,7 +68,29 @@ def cases(models, batch, device, methods=METHODS):
                        "macs": shape.macs(batch), "method": method, "label": LABELS[method],
                        "backend": binary_backend(device) if method == "binary_conv2d" else "pytorch",
                        "device": str(device)}
+                if method == "binary_conv2d" and torch.device(device).type == "cpu":
+                    row["engine_key"] = engine_key(shape)
                 yield row, make_fn(method, shape, w, x)
+
+
+def engine_key(shape: ConvShape) -> str:
+    """The key under which the CPU conv engine's auto choice for this layer is recorded."""
+    k, s, p = shape.k, shape.stride, shape.padding
+    return f"C{shape.cin} H{shape.hw} W{shape.hw} O{shape.cout} k{k}x{k} s{s},{s} p{p},{p} d1,1"
+
+
+def add_engines(rows):
+    """Fill each CPU binary_conv2d row's engine (and why) from the auto choices recorded in this process."""
+    import erbnn_ext
+    if not erbnn_ext.native_available():
+        return
+    N = erbnn_ext._native
+    choices, reasons = N._conv_engine_choices(), N.conv_engine_reasons()
+    for r in rows:
+        key = r.pop("engine_key", None)
+        if key is not None:
+            r["engine"], r["engine_why"] = choices.get(key, "forced" if erbnn_ext.get_conv_engine() != "auto"
+                                                       else "?"), reasons.get(key, "")
 
 
 # ---------------------------------------------------------------------------------- per layer and batch

@@ -125,10 +125,18 @@ def conv_tables(result):
                          + [ratio(t["conv2d_fp32"] / b) if b and "conv2d_fp32" in t else "n/a",
                             ratio(t["conv2d_bf16"] / b) if b and "conv2d_bf16" in t else "n/a"])
         backend = next((r["backend"] for r in sel if r["method"] == "binary_conv2d"), "n/a")
+        engines = {r["layer"]: r["engine"] for r in sel if r["method"] == "binary_conv2d" and "engine" in r}
+        if engines:  # the CPU conv engine each layer ran on
+            for line in table:
+                line.append(engines.get(line[0], "-"))
         out.append(f"Binary conv: {model}, batch {batch}; us per call; binary_conv2d backend: {backend}\n"
                    + _table(["layer", "count", "weight", "input", "MMAC"]
-                            + [binary_conv.LABELS[m] for m in binary_conv.METHODS] + ["binary vs fp32", "binary vs bf16"],
-                            table))
+                            + [binary_conv.LABELS[m] for m in binary_conv.METHODS] + ["binary vs fp32", "binary vs bf16"]
+                            + (["engine"] if engines else []), table))
+        whys = {r["layer"]: r["engine_why"] for r in sel if r.get("engine_why")}
+        if whys:
+            out.append("CPU conv engine per layer (auto: each shape's first call times the candidates):\n"
+                       + "\n".join(f"  {layer}: {engines.get(layer)} ({why})" for layer, why in whys.items()))
     table = [[e["model"], binary_conv.LABELS[e["method"]], e["backend"], _ms(e["total_s"]),
               SMOKE if smoke else f"{e['gmac_per_s']:,.1f}", ratio(e["speedup_vs_fp32"]), ratio(e["speedup_vs_bf16"])]
              for e in sorted(summary, key=lambda e: (e["model"], binary_conv.METHODS.index(e["method"])))]

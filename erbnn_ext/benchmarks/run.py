@@ -82,6 +82,7 @@ def run_bench(models, batch=16, device="cpu", sections=SECTIONS, repeat=None, mi
                 n = step_threads if section == "train_step" else machine["threads"]
                 rows = [{**r, "threads": n} for r in train_step.measure_group(
                     group, repeat=repeat, min_run_time=min_run_time * len(group), threads=n, clock=clock)]
+                binary_conv.add_engines(rows)
                 result["rows"] += rows
                 machine["load_avg_end"] = load_average()
                 bar.cases_done(rows)
