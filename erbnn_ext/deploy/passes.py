@@ -95,15 +95,21 @@ def _module(parent, node, cls):
     return m if isinstance(m, cls) else None
 
 
+def _call_counts(graph):
+    """module target -> how many call_module nodes call it (a module called twice is shared: not fused)."""
+    calls = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    return calls
+
+
 def _fuse_graph(parent, graph, replay=None):
     """Rewrites, in `parent`'s traced graph, each  FrozenBinaryConv2d -> [Identity]* -> [+ residual] ->
     RPReLU  chain whose intermediate values have no other user into one call of the conv with the
     residual and the RPReLU in its epilogue. Returns the fused convs' targets. replay: the targets of an
     earlier run whose layers already hold the RPReLU (a loaded model): the same graph edits, no state change."""
-    calls = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
+    calls = _call_counts(graph)
     targets = []
     for node in list(graph.nodes):
         conv = _module(parent, node, FrozenBinaryConv2d)
@@ -235,10 +241,7 @@ def _chain_graph(model, graph, replay=None):
     max-pool) that producer's packed output: producer -> (out, bits) with next_shift = the consumer's
     mu; the consumer takes x_bits (and no float x). A producer whose floats nobody else reads drops them
     (float_out=False). Returns the chained consumers' targets. replay: as in _fuse_graph."""
-    calls = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
+    calls = _call_counts(graph)
     chained = []
     for q_node in list(graph.nodes):
         q = _module(model, q_node, FrozenBinaryConv2d)
