@@ -215,6 +215,14 @@ class _BuildExt(BuildExtension):
         if ext.name == "erbnn_ext._C":
             _write_build_info(os.path.dirname(self.get_ext_fullpath(ext.name)), _cuda_archs())
 
+    def run(self):
+        super().run()
+        # An in-place build compiles into build/lib and copies only the libraries into the tree: the record
+        # goes beside the in-place library too.
+        if self.inplace and any(e.name == "erbnn_ext._C" for e in self.extensions):
+            package = self.get_finalized_command("build_py").get_package_dir("erbnn_ext")
+            _write_build_info(os.path.join(ROOT, package), _cuda_archs())
+
 
 def _summary_line(built, wall):
     """built: [(library, {rule: (objects, compiler seconds)}, wall seconds)]."""

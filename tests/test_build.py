@@ -147,3 +147,13 @@ print(g["_summary_line"]([("erbnn_ext._C", times, 3.2)], 3.4))
     assert line.startswith("erbnn_ext: built in 3 s with MAX_JOBS=")
     assert "_C in 3 s: 1 C++ object(s) (2 s of compiler time), 1 CUDA object(s) (2 s of compiler time)" in line
     assert line.endswith("CUDA skipped: ERBNN_CUDA=0.")
+
+
+def test_the_loaded_library_has_its_build_record():
+    """Wherever the library was built (in place, or in a wheel), its _build_info.py lies beside it and
+    names this torch: an in-place build once left it in build/lib only (no CUDA archs, no torch check)."""
+    if not erbnn_ext.native_available():
+        pytest.skip(f"the native extension is not loaded: {erbnn_ext._native.LOAD_ERROR}")
+    info = erbnn_ext._native._build_info
+    assert info is not None and info.TORCH_VERSION.split("+")[0] == torch.__version__.split("+")[0]
+    assert erbnn_ext.backend_info()["cuda_compiled"] == bool(info.CUDA_ARCHS)
