@@ -374,8 +374,9 @@ def test_disable_amx_survives_the_reset_fixture(native, tmp_path):
         "    assert 'amx' not in erbnn_ext.backend_info()['conv_engines']\n")
     import subprocess
     import sys
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(erbnn_ext.__file__)))  # this erbnn_ext
     env = dict(os.environ, ERBNN_DISABLE_AMX="1",
-               PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([tests_dir, package_root, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                           str(probe)], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
