@@ -8,7 +8,7 @@
 Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
-                                              [--nhwc auto|on|off]
+                                              [--nhwc auto|on|off] [--lean]
 """
 import argparse
 import copy
@@ -236,14 +236,18 @@ def main(argv=None):
     ap.add_argument("--nhwc", choices=("auto", "on", "off"), default="auto",
                     help="the ER step's NHWC order (nn.train_route(nhwc=...)): auto (default: in_channels <= "
                          "128), on, off (NCHW throughout)")
+    ap.add_argument("--lean", action="store_true",
+                    help="ER steps keep packed signs instead of y and w_b for the backward (nn.train_route(lean="
+                         "True)): a float conv's memory, the rebuild's time")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
     conv = "F.conv2d" if a.float_conv else "popcount"
     print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
-                 f"NHWC step: {a.nhwc}", a.device))
-    with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc]):
+                 f"NHWC step: {a.nhwc}, lean: {a.lean}", a.device))
+    with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc],
+                         lean=True if a.lean else None):
         rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
