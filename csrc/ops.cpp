@@ -45,6 +45,11 @@ TORCH_LIBRARY(erbnn, m) {
   // x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R]: an ER layer's training step moves its
   // activations between NCHW and NHWC with it (CPU kernel; other devices run the reference).
   m.def("_batch_transpose(Tensor x) -> Tensor");
+  // A restored tensor back from its packed signs (the lean training step's backward): bits uint8 [N, P, B]
+  // (bit j of byte k = channel 8k + j; B >= ceil(channels / 8)); out = mean + sigma where the bit is set,
+  // else mean - sigma (the restoration's float sums, in mean's dtype: float32 or float64), as NHWC rows
+  // [N, P, channels], or [N, channels, P] with channels_first.
+  m.def("_unpack_restored(Tensor bits, int channels, Tensor mean, Tensor sigma, bool channels_first) -> Tensor");
 
   // ---- adaptive percentile (method.md section 3) ----
   // max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation, exact, by selection. 0-dim float32.

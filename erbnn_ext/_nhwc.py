@@ -9,7 +9,6 @@ the upstream gradient crosses layouts, by ops.batch_transpose at copy bandwidth.
 no move at all: its rows are a view, restored as they are.
 """
 import torch
-import torch.nn.functional as F
 
 from . import ops
 
@@ -41,25 +40,11 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous(memory_format=CL) else as_nchw(rows(t), t.shape)
 
 
-# Byte value -> its 8 bits (bit j of the byte at column j), for rows_from_sign_bytes' lookup table.
-_BYTE_BITS = ((torch.arange(256, dtype=torch.int32)[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).bool()
-
-
 def sign_bytes(bits: torch.Tensor, c: int) -> torch.Tensor:
     """Packed signs [N, P, ceil(c / 64)] (int64 words, bit j = channel j, little-endian) as their first
     ceil(c / 8) bytes per row, uint8 [N, P, ceil(c / 8)]: 1/32 of a float32 tensor's bytes also where c
-    fills a fraction of a word (16 channels: 2 of 8 bytes). A view when the bytes fill the words."""
+    fills a fraction of a word (16 channels: 2 of 8 bytes). A view when the bytes fill the words. The lean
+    ER step keeps these for its backward, which ops.unpack_restored turns back into y or w_b."""
     nb = (c + 7) // 8
     by = bits.contiguous().view(torch.uint8)
     return by if by.shape[-1] == nb else by[..., :nb].contiguous()
-
-
-def rows_from_sign_bytes(by: torch.Tensor, c: int, mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The restored y's NHWC rows [N, P, c] from sign_bytes of its packed signs and the statistics: mean +
-    sigma where the bit is set, else mean - sigma, the two values restore_activation writes (float32 sums,
-    so bit-identical to its y). One table lookup per byte (8 floats each): an ER step keeps these bytes
-    for its backward instead of y."""
-    nb = by.shape[-1]
-    table = torch.where(_BYTE_BITS.to(by.device), mean + sigma, mean - sigma)  # [256, 8]
-    out = F.embedding(by.reshape(-1).long(), table).view(*by.shape[:-1], nb * 8)
-    return out if nb * 8 == c else out[..., :c].contiguous()

@@ -139,62 +139,66 @@ def _conv_backward(grad, y, w_b, conv, need_y, need_w, need_bias):
 
 
 class ERConv2dStep(torch.autograd.Function):
-    """apply(x, w, bias, weight_state, act_state, conv, nhwc) -> an ERBinaryConv2d training step as ONE
+    """apply(x, w, bias, weight_state, act_state, conv, nhwc, lean) -> an ERBinaryConv2d training step as ONE
     autograd node: restore_weight_train and restore_activation_train (state: their ring and width buffers,
     updated in place), the popcount forward conv, and in the backward the conv's backward followed by the
     two restorations' backward ops. The same ops as the composition RestoreWeight + RestoreActivation +
     RestoredConv2d, without two autograd nodes and their Python glue per step. conv = (stride, padding,
     dilation). Eager native CPU only (ERBinaryConv2d decides).
 
-    nhwc: the restored y is held as NHWC rows (_nhwc.py), so the conv backward runs on channels_last
-    tensors (oneDNN's fast layout, no reorders): for NCHW x, restore_activation_train_nhwc writes y in
-    that order, and its packed signs, which the popcount conv reads instead of y;
-    _restore_activation_backward_nhwc reads grad_y in that order (tiles transposed in cache, no transpose
-    pass); a channels_last x is restored as its rows. The forward values and the state are the
-    NCHW step's; the backward's float sums (the conv's, the restoration's) are taken in another order and
-    may round differently."""
+    nhwc: the conv backward runs on the restored y as NHWC rows (_nhwc.py), channels_last tensors
+    (oneDNN's fast layout, no reorders): for NCHW x, restore_activation_train_nhwc writes y in that order,
+    and its packed signs, which the popcount conv reads instead of y; _restore_activation_backward_nhwc
+    reads grad_y in that order (tiles transposed in cache, no transpose pass); a channels_last x is
+    restored as its rows. The forward values and the state are the NCHW step's; the backward's float sums
+    (the conv's, the restoration's) are taken in another order and may round differently.
+
+    lean: the step keeps y's and w_b's packed signs (1 bit per value) for the backward instead of the
+    float tensors, and the backward writes them back, bit for bit, in one pass each (ops.unpack_restored)
+    right before the conv backward reads them (in cache), in the order `nhwc` asks for: the step then holds
+    what a float conv's does (its input x and weight) instead of x, y, w and w_b. The gradients equal the
+    non-lean step's bit for bit."""
 
     @staticmethod
     def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
         wp = ops.pack_conv_weight(w_b)
+        if lean:  # w_b's signs are the packed weights' bytes
+            w_b = _nhwc.sign_bytes(wp, w.shape[1])
         xs, x_nhwc = x.detach(), _nhwc.is_nhwc(x)
-        if nhwc and x_nhwc:  # channels_last x: its NHWC rows are a view, restored as they are
-            xs = _nhwc.rows(xs)
-            yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
-        elif nhwc:  # NCHW x: read as it is, y written as NHWC rows (and packed) by the op's write pass
-            xs = xs.reshape(x.shape[0], x.shape[1], -1)
-            yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(xs, *act_state, native=True)
-        else:
-            yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
+        n, c, h, wd = x.shape
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
         ctx.y_shape, ctx.lean = x.shape, lean
-        n, c, h, wd = x.shape
-        # lean: the backward gets y and w_b back from their packed signs (w_b: the conv's packed weights'
-        # bytes; y: mean + sigma where the bit is set, else mean - sigma, the float32 sums the op wrote), so
-        # the step holds about what a float conv's does (its input x) instead of x, y and w_b
-        w_kept = _nhwc.sign_bytes(wp, w.shape[1]) if lean else w_b
-        if nhwc and not x_nhwc:  # the popcount conv reads the op's packed signs of y, not y
-            y_kept = _nhwc.sign_bytes(bits, c) if lean else _nhwc.as_nchw(yr, x.shape)
-            ctx.save_for_backward(xs, w, y_kept, w_kept, w_mean, alpha, w_width, mean, sigma, rms, x_width)
-            ctx.y_order = "rows"
-            del yr, y_kept  # lean: freed before the conv allocates its output, which can then take y's memory
+        bias_f = None if bias is None else bias.detach().float()
+        if not x_nhwc and (nhwc or lean):
+            # NCHW x, read as it is; the op writes y as NHWC rows and its packed signs, which the popcount conv
+            # reads instead of y
+            yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(
+                xs.reshape(n, c, -1), *act_state, native=True)
+            if lean:
+                y_kept = _nhwc.sign_bytes(bits, c)
+                del yr  # freed before the conv allocates its output, which can then take y's memory
+            else:
+                y_kept = _nhwc.as_nchw(yr, x.shape)
+            if nhwc:
+                xs = xs.view(n, c, -1)  # the NHWC backward op's x
+            ctx.save_for_backward(xs, w, y_kept, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
-            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c,
-                                          out_scale=sigma, ones_scale=mean,
-                                          out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
-        y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
+            return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c, out_scale=sigma,
+                                          ones_scale=mean, out_bias=bias_f)[0].to(x.dtype)
+        rows = nhwc and x_nhwc
+        if rows:  # channels_last x: its NHWC rows are a view, restored as they are
+            xs = _nhwc.rows(xs)
+        yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
+        y = _nhwc.as_nchw(yr, x.shape) if rows else yr
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
         out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False, w_packed=wp)
-        if lean:  # sign(y - (mean + sigma)) = +1 exactly where y is mean + sigma
+        if lean:  # (a channels_last x) sign(y - (mean + sigma)) = +1 exactly where y is mean + sigma
             hi = mean + sigma
-            bits = ops.pack_signs(yr - hi, dim=2) if nhwc else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
-            y_kept = _nhwc.sign_bytes(bits, c)
-        else:
-            y_kept = y
-        ctx.save_for_backward(xs, w, y_kept, w_kept, w_mean, alpha, w_width, mean, sigma, rms, x_width)
-        ctx.y_order = "rows" if nhwc else "nchw"
+            bits = ops.pack_signs(yr - hi, dim=2) if rows else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
+            y = _nhwc.sign_bytes(bits, c)
+        ctx.save_for_backward(xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
         return out
 
     @staticmethod
@@ -203,19 +207,15 @@ class ERConv2dStep(torch.autograd.Function):
         xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
         if ctx.lean:
-            # w_b (+-1) back from its packed signs: [O, kh, kw, C] rows, then w's [O, C, kh, kw] order
-            one = torch.ones((), dtype=w.dtype, device=w.device)
-            w_b = _nhwc.rows_from_sign_bytes(w_b, w.shape[1], one - one, one).permute(0, 3, 1, 2).contiguous()
-            # y back, in the order the forward held it
-            y = _nhwc.as_nchw(_nhwc.rows_from_sign_bytes(y, ctx.y_shape[1], mean, sigma), ctx.y_shape)
-            if ctx.y_order == "nchw":
-                y = y.contiguous()
+            w_b, y = _unpack_step(w_b, w.shape, y, ctx.y_shape, mean, sigma, ctx.x_layout is not None)
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
+        del y, w_b  # the restored tensors (lean: rebuilt here) go before the restorations' backward allocates
         dx = dw = None
         if gy is not None and ctx.x_layout is None:
-            dx = ops.restore_activation_backward(gy.contiguous(), xs, mean, sigma, rms, x_width, native=True)
+            dx = ops.restore_activation_backward(gy.contiguous(), xs.view(gy.shape), mean, sigma, rms, x_width,
+                                                 native=True)
         elif gy is not None:
             shape, x_nhwc = ctx.x_layout
             if x_nhwc:  # dx in x's channels_last layout: the rows as they are
@@ -224,9 +224,23 @@ class ERConv2dStep(torch.autograd.Function):
             else:  # NCHW x, grad_y read as NHWC rows by the op's sums pass
                 dx = ops.restore_activation_backward_nhwc(_nhwc.rows(gy), xs, mean, sigma, rms, x_width,
                                                           native=True).view(shape)
+        del gy
         if gwb is not None:
             dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
         return dx, dw, gb, None, None, None, None, None
+
+
+_PLUS_MINUS_ONE = (torch.zeros(()), torch.ones(()))  # (mean, sigma) of w_b = +-1, float32
+
+
+def _unpack_step(w_bytes, w_shape, y_bytes, y_shape, mean, sigma, rows):
+    """The lean step's w_b [O, C, kh, kw] (contiguous, +-1) and y of y_shape [N, C, H, W] (NHWC rows in
+    channels_last memory with `rows`, else contiguous) from their sign bytes: one ops.unpack_restored pass
+    each."""
+    o, c, kh, kw = w_shape
+    w_b = ops.unpack_restored(w_bytes.view(o, kh * kw, -1), c, *_PLUS_MINUS_ONE, True, native=True).view(w_shape)
+    y = ops.unpack_restored(y_bytes, y_shape[1], mean, sigma, not rows, native=True)
+    return w_b, (_nhwc.as_nchw(y, y_shape) if rows else y.view(y_shape))
 
 
 def xnor_trains(y: torch.Tensor) -> bool:

@@ -127,6 +127,12 @@ def batch_transpose(x, *, native=None):
     return resolve("_batch_transpose", x.device, native)(x)
 
 
+def unpack_restored(bits, channels, mean, sigma, channels_first=False, *, native=None):
+    """mean +- sigma from packed sign bytes [N, P, B] (reference.unpack_restored): the lean ER step's
+    rebuild of its restored y (and w_b) for the backward."""
+    return resolve("_unpack_restored", bits.device, native)(bits, int(channels), mean, sigma, bool(channels_first))
+
+
 def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
                              sigma_count, min_width, *, native=None):
     return resolve("restore_activation_train", x.device, native)(
@@ -298,6 +304,12 @@ def _register_fakes():
     def _(x):
         torch._check(x.dim() == 3, lambda: "x must be 3-D [B, R, S]")
         return x.new_empty((x.shape[0], x.shape[2], x.shape[1]))
+
+    @reg("erbnn::_unpack_restored")
+    def _(bits, channels, mean, sigma, channels_first):
+        torch._check(bits.dim() == 3, lambda: "bits must be 3-D [N, P, bytes]")
+        n, p, _ = bits.shape
+        return bits.new_empty((n, channels, p) if channels_first else (n, p, channels), dtype=mean.dtype)
 
     @reg("erbnn::restore_activation_fixed")
     def _(x, mean, sigma):

@@ -235,6 +235,30 @@ def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, m
 
 
 # -------------------------------------------------------------------------------------------- packing
+def unpack_restored(bits, channels, mean, sigma, channels_first):
+    """A restored tensor from its packed sign bytes: bits uint8 [N, P, B] (bit j of byte k = channel 8k + j,
+    B >= ceil(channels / 8)); mean + sigma where the bit is set, else mean - sigma (0-dim float32 or float64
+    sums, the out dtype), as [N, P, channels], or [N, channels, P] with channels_first."""
+    if bits.dtype != torch.uint8:
+        raise TypeError(f"bits must be uint8 (packed sign bytes), got {bits.dtype}")
+    if bits.dim() != 3:
+        raise ValueError(f"bits must be 3-D [N, P, bytes], got {bits.dim()}-D")
+    if channels < 0 or bits.shape[2] * 8 < channels:
+        raise ValueError(f"channels must be in [0, {bits.shape[2] * 8}] (the bits per row), got {channels}")
+    if mean.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"mean must be float32 or float64, got {mean.dtype}")
+    if sigma.dtype != mean.dtype:
+        raise TypeError(f"sigma must have mean's dtype ({mean.dtype}), got {sigma.dtype}")
+    if mean.numel() != 1 or sigma.numel() != 1:
+        raise ValueError(f"mean and sigma must hold one value each, got {mean.numel()} and {sigma.numel()}")
+    n, p, nb = bits.shape
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    set_ = ((bits[..., None] >> shifts) & 1).reshape(n, p, nb * 8)[..., :channels].bool()
+    mean, sigma = mean.reshape(()), sigma.reshape(())
+    out = torch.where(set_, sigma + mean, mean - sigma)
+    return out.transpose(1, 2).contiguous() if channels_first else out.contiguous()
+
+
 def batch_transpose(x):
     """x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R]."""
     if x.dim() != 3:

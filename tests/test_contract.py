@@ -50,6 +50,9 @@ def _opcheck_samples(device, dtype):
         x3 = x[..., 1]  # [3, 4, 5]: x of the NHWC step ops, with the layout's strides
         y3, m3, s3, rms3 = R.restore_activation(x3)
         yield layout, "_restore_activation_backward_nhwc", (g[..., 1].transpose(1, 2), x3, m3, s3, rms3, b)
+        bits = (x3 * 64).to(torch.int32).to(torch.uint8)  # [3, 4, 5] sign bytes, with the layout's strides
+        yield layout, "_unpack_restored", (bits, 37, m3, s3, False)
+        yield layout, "_unpack_restored", (bits, 40, m3, s3, True)
 
 
 def _train_samples(device, dtype):

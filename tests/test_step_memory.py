@@ -1,38 +1,16 @@
 """What an ER layer's training step keeps for its backward (functional.ERConv2dStep): with lean_train, the
 restored y's packed signs and statistics instead of y, and w_b's packed signs instead of w_b
-(_nhwc.rows_from_sign_bytes gives y back bit for bit), so the step holds about what a float conv's does:
+(ops.unpack_restored gives them back bit for bit: test_unpack_restored.py), so the step holds about what a float conv's does:
 its input x; without it (the default: a faster backward), x, y and w_b."""
 import copy
 
 import pytest
 import torch
 
-from erbnn_ext import _nhwc, nn as enn, ops
+from erbnn_ext import nn as enn, ops
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("restore_activation_train_nhwc", "cpu"),
                                 reason="needs the compiled CPU kernels")
-
-
-def _train_nhwc(x):
-    state = [torch.zeros(100, dtype=torch.float64), torch.zeros((), dtype=torch.int64),
-             torch.ones((), dtype=torch.float64), torch.zeros(10, dtype=torch.float64),
-             torch.zeros((), dtype=torch.int64), torch.zeros(10, dtype=torch.float64), torch.zeros((), dtype=torch.int64)]
-    n, c, h, w = x.shape
-    return ops.restore_activation_train_nhwc(x.reshape(n, c, h * w), torch.tensor(0.8, dtype=torch.float64), *state,
-                                             0.1)
-
-
-@pytest.mark.parametrize("c", [1, 3, 8, 16, 17, 63, 64, 65, 130])
-def test_rows_from_bits_is_the_ops_y(c):
-    torch.manual_seed(c)
-    for x in (torch.randn(3, c, 5, 4) * 3 + 1, torch.full((2, c, 3, 3), -0.5),  # sigma = 0: y = mean
-              torch.randint(-2, 3, (2, c, 4, 4)).float()):  # ties with the mean
-        y, mean, sigma, _, _, bits = _train_nhwc(x)
-        by = _nhwc.sign_bytes(bits, c)
-        assert by.dtype == torch.uint8 and by.shape == (*y.shape[:2], (c + 7) // 8)
-        assert torch.equal(_nhwc.rows_from_sign_bytes(by, c, mean, sigma), y)
-    y, mean, sigma, _, _, bits = _train_nhwc(torch.randn(0, c, 3, 3))  # an empty batch
-    assert _nhwc.rows_from_sign_bytes(_nhwc.sign_bytes(bits, c), c, mean, sigma).shape == (0, 9, c)
 
 
 def _saved_bytes(layer, x):

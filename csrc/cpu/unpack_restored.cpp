@@ -1,0 +1,167 @@
+// _unpack_restored, CPU: a restored tensor back from its packed signs, in one pass. An ER training step
+// that keeps one bit per value for its backward (the lean step, erbnn_ext.functional.ERConv2dStep)
+// rebuilds y = mean + sigma * s (and w_b = +-1) here, straight into the layout the conv backward reads:
+// NHWC rows [N, P, C], or channels first [N, C, P]. The two values are the float sums the restoration
+// wrote (mean + sigma, mean - sigma in the statistics dtype), so the result equals its y bit for bit.
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu_isa.h"
+#include "cpu_utils.h"
+
+#define ERBNN_AVX512_BW __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+namespace erbnn {
+namespace {
+
+constexpr int64_t kPix = 16;  // pixels per channels-first block: one 16-lane store per channel
+
+struct Signs {
+  const uint8_t* bits;  // [N, P, B] bytes, bit j of byte k = channel 8k + j
+  int64_t N, P, B, C;
+};
+
+template <typename T>
+inline T pick(const uint8_t* row, int64_t c, T lo, T hi) {
+  return (row[c >> 3] >> (c & 7)) & 1 ? hi : lo;
+}
+
+// Rows [r0, r1) of the NHWC form, any dtype.
+template <typename T>
+void rows_scalar(const Signs& s, T lo, T hi, T* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = s.bits + r * s.B;
+    T* o = out + r * s.C;
+    for (int64_t c = 0; c < s.C; ++c) o[c] = pick(row, c, lo, hi);
+  }
+}
+
+// float32 on AVX-512: a row's 16 channels are two bytes, the blend mask of one store.
+ERBNN_AVX512_BW void rows_avx512(const Signs& s, float lo, float hi, float* out, int64_t r0, int64_t r1) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = s.bits + r * s.B;
+    float* o = out + r * s.C;
+    int64_t c = 0;
+    for (; c + 16 <= s.C; c += 16) {
+      uint16_t m;
+      std::memcpy(&m, row + (c >> 3), 2);
+      _mm512_storeu_ps(o + c, _mm512_mask_blend_ps(m, vlo, vhi));
+    }
+    if (c < s.C) {  // fewer than 16 channels left: one or two bytes (never read past the row's last byte)
+      const int64_t n = s.C - c;
+      uint32_t m = row[c >> 3];
+      if (n > 8) m |= uint32_t(row[(c >> 3) + 1]) << 8;
+      const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << n) - 1);
+      _mm512_mask_storeu_ps(o + c, keep, _mm512_mask_blend_ps(static_cast<__mmask16>(m), vlo, vhi));
+    }
+  }
+}
+
+// Channels-first blocks [i0, i1) (block = one sample's kPix pixels), any dtype.
+template <typename T>
+void cf_scalar(const Signs& s, T lo, T hi, T* out, int64_t i0, int64_t i1) {
+  const int64_t pblocks = (s.P + kPix - 1) / kPix;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
+    const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
+    T* o = out + n * s.C * s.P + p0;
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t p = 0; p < np; ++p) o[c * s.P + p] = pick(rows + p * s.B, c, lo, hi);
+  }
+}
+
+// float32 on AVX-512: byte k of the block's 16 pixels gathered into one vector (a byte transpose through
+// the stack), then channel 8k + j's 16 pixels are one test-mask and one blended store.
+ERBNN_AVX512_BW void cf_avx512(const Signs& s, float lo, float hi, float* out, int64_t i0, int64_t i1) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const int64_t pblocks = (s.P + kPix - 1) / kPix, nbytes = (s.C + 7) / 8;
+  alignas(16) uint8_t col[kPix];
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
+    const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << np) - 1);
+    const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
+    float* o = out + n * s.C * s.P + p0;
+    for (int64_t k = 0; k < nbytes; ++k) {
+      __m128i v;
+      if (s.B == 1) {
+        v = _mm_maskz_loadu_epi8(keep, rows);
+      } else {
+        std::memset(col, 0, sizeof col);
+        for (int64_t p = 0; p < np; ++p) col[p] = rows[p * s.B + k];
+        v = _mm_load_si128(reinterpret_cast<const __m128i*>(col));
+      }
+      const int64_t cend = std::min<int64_t>(8, s.C - 8 * k);
+      for (int64_t j = 0; j < cend; ++j) {
+        const __mmask16 m = _mm_test_epi8_mask(v, _mm_set1_epi8(static_cast<char>(1 << j)));
+        _mm512_mask_storeu_ps(o + (8 * k + j) * s.P, keep, _mm512_mask_blend_ps(m, vlo, vhi));
+      }
+    }
+  }
+}
+
+// One parallel pass writing out (float32 on AVX-512 where the ISA allows, else the scalar loops).
+template <typename T>
+void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
+  const bool avx512 = std::is_same_v<T, float> && active_cpu_isa() == CpuIsa::kAvx512;
+  if (channels_first) {
+    const int64_t items = s.N * ((s.P + kPix - 1) / kPix);
+    at::parallel_for(0, items, std::max<int64_t>(1, kElemGrain / (kPix * s.C)), [&](int64_t a, int64_t b) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (avx512) return cf_avx512(s, lo, hi, out, a, b);
+      }
+      cf_scalar<T>(s, lo, hi, out, a, b);
+    });
+  } else {
+    at::parallel_for(0, s.N * s.P, std::max<int64_t>(1, kElemGrain / s.C), [&](int64_t a, int64_t b) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (avx512) return rows_avx512(s, lo, hi, out, a, b);
+      }
+      rows_scalar<T>(s, lo, hi, out, a, b);
+    });
+  }
+}
+
+at::Tensor unpack_restored_cpu(const at::Tensor& bits_in, int64_t channels, const at::Tensor& mean,
+                               const at::Tensor& sigma, bool channels_first) {
+  TORCH_CHECK(bits_in.device().is_cpu(), "bits must be a CPU tensor, got one on ", bits_in.device());
+  TORCH_CHECK_TYPE(bits_in.scalar_type() == at::kByte, "bits must be uint8 (packed sign bytes), got ",
+                   bits_in.scalar_type());
+  TORCH_CHECK_VALUE(bits_in.dim() == 3, "bits must be 3-D [N, P, bytes], got ", bits_in.dim(), "-D");
+  TORCH_CHECK_VALUE(channels >= 0, "channels must be >= 0, got ", channels);
+  TORCH_CHECK_VALUE(bits_in.size(2) * 8 >= channels, "bits holds ", bits_in.size(2) * 8,
+                    " bits per row, fewer than channels (", channels, ")");
+  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+                   "mean must be float32 or float64, got ", mean.scalar_type());
+  TORCH_CHECK_TYPE(sigma.scalar_type() == mean.scalar_type(), "sigma must have mean's dtype (", mean.scalar_type(),
+                   "), got ", sigma.scalar_type());
+  TORCH_CHECK_VALUE(mean.numel() == 1 && sigma.numel() == 1, "mean and sigma must hold one value each, got ",
+                    mean.numel(), " and ", sigma.numel());
+  TORCH_CHECK(mean.device().is_cpu() && sigma.device().is_cpu(), "mean and sigma must be CPU tensors");
+  const at::Tensor bits = bits_in.contiguous();
+  const int64_t N = bits.size(0), P = bits.size(1);
+  at::Tensor out = at::empty(channels_first ? at::IntArrayRef{N, channels, P} : at::IntArrayRef{N, P, channels},
+                             bits.options().dtype(mean.scalar_type()));
+  if (out.numel() == 0) return out;
+  const Signs s{bits.const_data_ptr<uint8_t>(), N, P, bits.size(2), channels};
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "_unpack_restored", [&] {
+    // the restoration's two values: its float sums in the statistics dtype
+    const scalar_t m = *mean.contiguous().const_data_ptr<scalar_t>(), sg = *sigma.contiguous().const_data_ptr<scalar_t>();
+    unpack<scalar_t>(s, m - sg, sg + m, out.mutable_data_ptr<scalar_t>(), channels_first);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(erbnn, CPU, m) { m.impl("_unpack_restored", &unpack_restored_cpu); }
+
+}  // namespace erbnn
