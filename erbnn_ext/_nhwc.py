@@ -41,10 +41,11 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def sign_bytes(bits: torch.Tensor, c: int) -> torch.Tensor:
-    """Packed signs [N, P, ceil(c / 64)] (int64 words, bit j = channel j, little-endian) as their first
-    ceil(c / 8) bytes per row, uint8 [N, P, ceil(c / 8)]: 1/32 of a float32 tensor's bytes also where c
-    fills a fraction of a word (16 channels: 2 of 8 bytes). A view when the bytes fill the words. The lean
-    ER step keeps these for its backward, which ops.unpack_restored turns back into y or w_b."""
-    nb = (c + 7) // 8
-    by = bits.contiguous().view(torch.uint8)
-    return by if by.shape[-1] == nb else by[..., :nb].contiguous()
+    """Packed signs [N, P, ceil(c / 64)] (int64 words, bit j = channel j, little-endian) as uint8 bytes
+    [N, P, B], B >= ceil(c / 8): the low 1, 2 or 4 bytes of the one word for c <= 32 (a cast, which keeps
+    the low bits: 1/32 of a float32 tensor's bytes also where c fills a fraction of a word; a strided copy
+    of the bytes costs 7x more), else the words' bytes (a view). The lean ER step keeps these for its
+    backward, which ops.unpack_restored turns back into y or w_b."""
+    if c <= 32 and bits.shape[-1] == 1:
+        bits = bits.to(torch.int8 if c <= 8 else torch.int16 if c <= 16 else torch.int32)
+    return bits.contiguous().view(torch.uint8)

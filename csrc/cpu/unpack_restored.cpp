@@ -79,29 +79,31 @@ void cf_scalar(const Signs& s, T lo, T hi, T* out, int64_t i0, int64_t i1) {
   }
 }
 
-// float32 on AVX-512: byte k of the block's 16 pixels gathered into one vector (a byte transpose through
-// the stack), then channel 8k + j's 16 pixels are one test-mask and one blended store.
+// float32 on AVX-512: 32 channels of the block's 16 pixels are one dword per pixel (a masked gather at
+// the rows' stride), and channel c's 16 pixels then one test-mask and one blended store.
 ERBNN_AVX512_BW void cf_avx512(const Signs& s, float lo, float hi, float* out, int64_t i0, int64_t i1) {
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   const int64_t pblocks = (s.P + kPix - 1) / kPix, nbytes = (s.C + 7) / 8;
-  alignas(16) uint8_t col[kPix];
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(s.B)),
+                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  alignas(64) uint32_t words[kPix];
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
     const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << np) - 1);
     const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
     float* o = out + n * s.C * s.P + p0;
-    for (int64_t k = 0; k < nbytes; ++k) {
-      __m128i v;
-      if (s.B == 1) {
-        v = _mm_maskz_loadu_epi8(keep, rows);
-      } else {
-        std::memset(col, 0, sizeof col);
-        for (int64_t p = 0; p < np; ++p) col[p] = rows[p * s.B + k];
-        v = _mm_load_si128(reinterpret_cast<const __m128i*>(col));
+    for (int64_t k = 0; k < nbytes; k += 4) {
+      __m512i v;
+      if (k + 4 <= s.B) {  // bytes k..k+3 of each pixel, inside its row
+        v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, stride, rows + k, 1);
+      } else {  // the row's last bytes (never read past them)
+        std::memset(words, 0, sizeof words);
+        for (int64_t p = 0; p < np; ++p) std::memcpy(&words[p], rows + p * s.B + k, s.B - k);
+        v = _mm512_load_si512(words);
       }
-      const int64_t cend = std::min<int64_t>(8, s.C - 8 * k);
+      const int64_t cend = std::min<int64_t>(32, s.C - 8 * k);
       for (int64_t j = 0; j < cend; ++j) {
-        const __mmask16 m = _mm_test_epi8_mask(v, _mm_set1_epi8(static_cast<char>(1 << j)));
+        const __mmask16 m = _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j)));
         _mm512_mask_storeu_ps(o + (8 * k + j) * s.P, keep, _mm512_mask_blend_ps(m, vlo, vhi));
       }
     }
@@ -113,10 +115,12 @@ template <typename T>
 void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
   const bool avx512 = std::is_same_v<T, float> && active_cpu_isa() == CpuIsa::kAvx512;
   if (channels_first) {
+    // the gather's int32 byte offsets: 15 rows of B bytes
+    const bool gather = avx512 && s.B <= (int64_t(1) << 31) / kPix;
     const int64_t items = s.N * ((s.P + kPix - 1) / kPix);
     at::parallel_for(0, items, std::max<int64_t>(1, kElemGrain / (kPix * s.C)), [&](int64_t a, int64_t b) {
       if constexpr (std::is_same_v<T, float>) {
-        if (avx512) return cf_avx512(s, lo, hi, out, a, b);
+        if (gather) return cf_avx512(s, lo, hi, out, a, b);
       }
       cf_scalar<T>(s, lo, hi, out, a, b);
     });
