@@ -39,6 +39,12 @@ TORCH_LIBRARY(erbnn, m) {
         "Tensor(c!) width, Tensor(d!) mean_values, Tensor(e!) mean_count, Tensor(f!) sigma_values, "
         "Tensor(g!) sigma_count, float min_width) -> (Tensor y, Tensor mean, Tensor sigma, Tensor sample_rms, "
         "Tensor b_step, Tensor y_bits)");
+  // restore_activation_train_nhwc without y: the same statistics, state and y_bits (the lean ER step keeps
+  // y's signs, not y).
+  m.def("restore_activation_train_bits(Tensor x, Tensor p, Tensor(a!) q_values, Tensor(b!) q_count, "
+        "Tensor(c!) width, Tensor(d!) mean_values, Tensor(e!) mean_count, Tensor(f!) sigma_values, "
+        "Tensor(g!) sigma_count, float min_width) -> (Tensor mean, Tensor sigma, Tensor sample_rms, Tensor b_step, "
+        "Tensor y_bits)");
   // Forward sign(x) (+1 for x >= 0); backward g * (max(b,1)/b) * (1 - tanh(x/b)^2).
   m.def("approx_sign(Tensor x) -> Tensor");
   m.def("_approx_sign_backward(Tensor grad, Tensor x, Tensor b) -> Tensor");

@@ -154,10 +154,11 @@ class ERConv2dStep(torch.autograd.Function):
     (the conv's, the restoration's) are taken in another order and may round differently.
 
     lean: the step keeps y's and w_b's packed signs (1 bit per value) for the backward instead of the
-    float tensors, and the backward writes them back, bit for bit, in one pass each (ops.unpack_restored)
-    right before the conv backward reads them (in cache), in the order `nhwc` asks for: the step then holds
-    what a float conv's does (its input x and weight) instead of x, y, w and w_b. The gradients equal the
-    non-lean step's bit for bit."""
+    float tensors: the forward writes no y (restore_activation_train_bits: the statistics, the state and
+    the signs), and the backward writes y and w_b, bit for bit, in one pass each (ops.unpack_restored)
+    right before the conv backward reads them (in cache), in the order `nhwc` asks for. The step then holds
+    what a float conv's does (its input x and weight) instead of x, y, w and w_b. Outputs, gradients and
+    state equal the non-lean step's bit for bit."""
 
     @staticmethod
     def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False):
@@ -172,14 +173,15 @@ class ERConv2dStep(torch.autograd.Function):
         ctx.y_shape, ctx.lean = x.shape, lean
         bias_f = None if bias is None else bias.detach().float()
         if not x_nhwc and (nhwc or lean):
-            # NCHW x, read as it is; the op writes y as NHWC rows and its packed signs, which the popcount conv
-            # reads instead of y
-            yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(
-                xs.reshape(n, c, -1), *act_state, native=True)
+            # NCHW x, read as it is; the op writes y's packed signs, which the popcount conv reads instead of y,
+            # and (not lean) y as NHWC rows
             if lean:
+                mean, sigma, rms, x_width, bits = ops.restore_activation_train_bits(xs.reshape(n, c, -1), *act_state,
+                                                                                   native=True)
                 y_kept = _nhwc.sign_bytes(bits, c)
-                del yr  # freed before the conv allocates its output, which can then take y's memory
             else:
+                yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(
+                    xs.reshape(n, c, -1), *act_state, native=True)
                 y_kept = _nhwc.as_nchw(yr, x.shape)
             if nhwc:
                 xs = xs.view(n, c, -1)  # the NHWC backward op's x

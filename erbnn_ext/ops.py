@@ -147,6 +147,13 @@ def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, m
         x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
 
 
+def restore_activation_train_bits(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                                  sigma_count, min_width, *, native=None):
+    """restore_activation_train_nhwc without y (the lean ER step): (mean, sigma, sample_rms, b_step, y_bits)."""
+    return resolve("restore_activation_train_bits", x.device, native)(
+        x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, float(min_width))
+
+
 def restore_activation_fixed(x, mean, sigma, *, native=None):
     return resolve("restore_activation_fixed", x.device, native)(x, mean, sigma)
 
@@ -298,6 +305,14 @@ def _register_fakes():
         y, mean, sigma, rms = activation_outputs(x)
         n, c, p = x.shape
         return (x.new_empty((n, p, c)), mean, sigma, rms, x.new_empty((), dtype=_stat_dtype(x.dtype)),
+                x.new_empty((n, p, (c + word_bits(x.device) - 1) // word_bits(x.device)), dtype=word_dtype(x.device)))
+
+    @reg("erbnn::restore_activation_train_bits")
+    def _(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values, sigma_count, min_width):
+        torch._check(x.dim() == 3, lambda: "x must be [N, C, H*W]")
+        _, mean, sigma, rms = activation_outputs(x)
+        n, c, p = x.shape
+        return (mean, sigma, rms, x.new_empty((), dtype=_stat_dtype(x.dtype)),
                 x.new_empty((n, p, (c + word_bits(x.device) - 1) // word_bits(x.device)), dtype=word_dtype(x.device)))
 
     @reg("erbnn::_batch_transpose")

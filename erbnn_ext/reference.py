@@ -234,6 +234,14 @@ def restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values, m
     return (rows, mean, *rest, bits)
 
 
+def restore_activation_train_bits(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
+                                  sigma_count, min_width):
+    """restore_activation_train_nhwc without y: (mean, sigma, sample_rms, b_step, y_bits)."""
+    _, mean, sigma, rms, b, bits = restore_activation_train_nhwc(x, p, q_values, q_count, width, mean_values,
+                                                                 mean_count, sigma_values, sigma_count, min_width)
+    return mean, sigma, rms, b, bits
+
+
 # -------------------------------------------------------------------------------------------- packing
 def unpack_restored(bits, channels, mean, sigma, channels_first):
     """A restored tensor from its packed sign bytes: bits uint8 [N, P, B] (bit j of byte k = channel 8k + j,

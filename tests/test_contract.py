@@ -66,6 +66,8 @@ def _train_samples(device, dtype):
                                                    count(), 0.1)
         yield layout, "restore_activation_train_nhwc", (x[..., 1], p, ring(5), count(), width(), ring(7), count(),
                                                         ring(7), count(), 0.1)
+        yield layout, "restore_activation_train_bits", (x[..., 1], p, ring(5), count(), width(), ring(7), count(),
+                                                        ring(7), count(), 0.1)
 
 
 @pytest.mark.skipif(not NATIVE, reason="native extension not built")

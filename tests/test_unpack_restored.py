@@ -27,20 +27,25 @@ def test_equals_the_reference(c, channels_first, isa):
                 assert torch.equal(out, ref)
 
 
-def _train_nhwc(x):
-    state = [torch.zeros(100, dtype=torch.float64), torch.zeros((), dtype=torch.int64),
-             torch.ones((), dtype=torch.float64), torch.zeros(10, dtype=torch.float64),
-             torch.zeros((), dtype=torch.int64), torch.zeros(10, dtype=torch.float64), torch.zeros((), dtype=torch.int64)]
+def _state():
+    return [torch.zeros(100, dtype=torch.float64), torch.zeros((), dtype=torch.int64),
+            torch.ones((), dtype=torch.float64), torch.zeros(10, dtype=torch.float64),
+            torch.zeros((), dtype=torch.int64), torch.zeros(10, dtype=torch.float64), torch.zeros((), dtype=torch.int64)]
+
+
+def _train_nhwc(x, state=None):
+    state = _state() if state is None else state
     n, c, h, w = x.shape
     return ops.restore_activation_train_nhwc(x.reshape(n, c, h * w), torch.tensor(0.8, dtype=torch.float64), *state,
                                              0.1)
 
 
-@pytest.mark.parametrize("c", [1, 3, 8, 16, 17, 63, 64, 65, 130])
+@pytest.mark.parametrize("c", [1, 3, 8, 16, 17, 32, 63, 64, 65, 130])
 def test_gives_the_training_ops_y(c, isa):
     torch.manual_seed(c)
     for x in (torch.randn(3, c, 5, 4) * 3 + 1, torch.full((2, c, 3, 3), -0.5),  # sigma = 0: y = mean
-              torch.randint(-2, 3, (2, c, 4, 4)).float()):  # ties with the mean
+              torch.randint(-2, 3, (2, c, 4, 4)).float(),  # ties with the mean
+              torch.randn(2, c, 40, 40)):  # rows of more than one piece (kFwdCols pixels)
         y, mean, sigma, _, _, bits = _train_nhwc(x)
         by = _nhwc.sign_bytes(bits, c)
         # the fewest bytes of a 1-, 2-, 4-byte cast or the words: 1/32 of y's bytes where c fills them
@@ -50,6 +55,17 @@ def test_gives_the_training_ops_y(c, isa):
         assert torch.equal(ops.unpack_restored(by, c, mean, sigma, True, native=True), y.transpose(1, 2))
         # the words themselves, seen as bytes (no compaction)
         assert torch.equal(ops.unpack_restored(bits.view(torch.uint8), c, mean, sigma, native=True), y)
+        # the op without y: the same statistics, state and signs
+        state = _state()
+        n, _, h, w = x.shape
+        bits_only = ops.restore_activation_train_bits(x.reshape(n, c, h * w), torch.tensor(0.8, dtype=torch.float64),
+                                                      *state, 0.1)
+        ref_state = _state()
+        ref = _train_nhwc(x, ref_state)
+        for a, b in zip(bits_only, ref[1:]):
+            assert torch.equal(a, b)
+        for a, b in zip(state, ref_state):
+            assert torch.equal(a, b)
     y, mean, sigma, _, _, bits = _train_nhwc(torch.randn(0, c, 3, 3))  # an empty batch
     assert ops.unpack_restored(_nhwc.sign_bytes(bits, c), c, mean, sigma, native=True).shape == (0, 9, c)
 

@@ -91,7 +91,7 @@ void pack_piece(const scalar_t* y, int64_t C, const NhwcPiece& pc, stat_t mu, ui
 // the same registers. Streaming, because y is next read by the backward's conv, after the rest of the
 // step's traffic: caching it would only evict x, which the backward reads too. Needs C % 16 == 0 and a
 // 64-byte aligned y (every pixel's 16 channels one aligned line).
-// Only for a y of kStreamBytes or more (tuning.h).
+// Only for a y of kStreamBytes or more (tuning.h). y null: the signs only (pack_tile_piece).
 __attribute__((target("avx512f"))) inline void stream_piece16_avx512(const float* tile, int64_t cols, float* y, int64_t C,
                                                                 float mu, uint16_t* lanes, int64_t step) {
   const __m512 vmu = _mm512_set1_ps(mu);
@@ -100,7 +100,7 @@ __attribute__((target("avx512f"))) inline void stream_piece16_avx512(const float
     __m512 o[16];
     transpose16_regs(tile + c, cols, o);
     for (int i = 0; i < 16; ++i) {
-      _mm512_stream_ps(y + (c + i) * C, o[i]);
+      if (y) _mm512_stream_ps(y + (c + i) * C, o[i]);
       if (lanes) lanes[(c + i) * step] = static_cast<uint16_t>(_mm512_cmp_ps_mask(o[i], vmu, _CMP_GE_OQ));
     }
   }
@@ -108,7 +108,7 @@ __attribute__((target("avx512f"))) inline void stream_piece16_avx512(const float
                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   for (; c < cols; ++c) {  // tail pixels: one column of the tile each
     const __m512 v = _mm512_i32gather_ps(rows, tile + c, 4);
-    _mm512_stream_ps(y + c * C, v);
+    if (y) _mm512_stream_ps(y + c * C, v);
     if (lanes) lanes[c * step] = static_cast<uint16_t>(_mm512_cmp_ps_mask(v, vmu, _CMP_GE_OQ));
   }
 }
@@ -129,6 +129,25 @@ bool stream_piece(const scalar_t* tile, const NhwcPiece& pc, scalar_t* y, int64_
     return true;
   }
   return false;
+}
+
+// One piece's packed signs (as pack_piece's) straight from its tile (pc.rows channel rows of pc.cols pixels),
+// y not written: the lean ER step keeps the signs only. 16 channels on AVX-512: stream_piece16_avx512's
+// register transposes, without its stores.
+template <typename scalar_t, typename stat_t>
+void pack_tile_piece(const scalar_t* tile, const NhwcPiece& pc, int64_t C, stat_t mu, uint64_t* out) {
+  const int64_t step = (C + 63) / 64 * 4;
+  zero_tail_lanes(C, pc, out);
+  uint16_t* lanes = piece_lane(out, pc);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (pc.rows == kTransposeTile && active_cpu_isa() == CpuIsa::kAvx512)
+      return stream_piece16_avx512(tile, pc.cols, nullptr, C, mu, lanes, step);
+  }
+  for (int64_t p = 0; p < pc.cols; ++p) {
+    uint32_t m = 0;
+    for (int64_t r = 0; r < pc.rows; ++r) m |= uint32_t(static_cast<stat_t>(tile[r * pc.cols + p]) >= mu) << r;
+    lanes[p * step] = static_cast<uint16_t>(m);
+  }
 }
 
 // Prefetches one NhwcPieces piece of the backward's sums pass (grad_y's rows and x's channel runs) into L1

@@ -78,7 +78,7 @@ void forward_quantile(const scalar_t* xp, int64_t total, stat_t mu_s, stat_t sc,
 // pass (train_quantile in restore_cpu.h).
 // With C > 0 (nhwc), x is [N, C, P] and y is written as NHWC rows [N, P, C] (NhwcPieces), and with bits
 // also the packed signs of y [N, P, ceil(C / 64)] (as pack_signs(y - mean, dim=2): what the popcount conv
-// reads, so it need not read y).
+// reads, so it need not read y); yp null (nhwc with bits only): the signs without y.
 template <typename scalar_t>
 void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, at::Tensor& mean,
                         at::Tensor& sigma, at::Tensor& rms, double p, float* q, int64_t C = 0,
@@ -141,6 +141,10 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
               sink(xp + np.nchw(pc, r), tile + r * pc.cols, pc.cols, mu_s, sc, y_pos, y_neg, buf);
           }
           uint64_t* piece_bits = bits ? bits + (pc.n * np.P + pc.p0) * words : nullptr;
+          if (!yp) {
+            pack_tile_piece(static_cast<const scalar_t*>(tile), pc, C, mu_s, piece_bits);
+            continue;
+          }
           if (!(stream_ok && stream_piece<scalar_t>(tile, pc, yp + np.nhwc(pc), C, mu_f, piece_bits))) {
             transpose_block(static_cast<const scalar_t*>(tile), pc.cols, yp + np.nhwc(pc), C, pc.rows, pc.cols);
             if (bits) pack_piece(yp + np.nhwc(pc), C, pc, mu_s, piece_bits);
@@ -180,13 +184,16 @@ void activation_forward(const scalar_t* xp, scalar_t* yp, int64_t N, int64_t D, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x_in,
                                                                                      double p, float* q, bool nhwc,
-                                                                                     at::Tensor* bits) {
+                                                                                     at::Tensor* bits, bool write_y) {
   check_activation(x_in);
   if (nhwc) TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be [N, C, H*W] for NHWC rows out, got ", x_in.dim(), "-D");
+  TORCH_CHECK(write_y || (nhwc && bits), "restore_activation_with_q_cpu: y may be left out only for NHWC bits");
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N, C = nhwc ? x.size(1) : 0;
   const auto st = stat_dtype(x);
-  at::Tensor y = nhwc ? at::empty({N, x.size(2), C}, x.options()) : at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor y = !write_y ? at::empty({0}, x.options())
+                 : nhwc   ? at::empty({N, x.size(2), C}, x.options())
+                          : at::empty_like(x, at::MemoryFormat::Contiguous);
   // The forward writes all three; zeros (a dispatched fill each) only for an empty x.
   const auto make = [&](at::IntArrayRef size) {
     return x.numel() == 0 ? at::zeros(size, x.options().dtype(st)) : at::empty(size, x.options().dtype(st));
@@ -195,7 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_wi
   if (bits) *bits = at::empty({N, nhwc ? x.size(2) : 0, (C + 63) / 64}, x.options().dtype(at::kLong));
   if (x.numel() == 0) return {y, mean, sigma, rms};
   ERBNN_DISPATCH_FLOATS(x.scalar_type(), "restore_activation_cpu", [&] {
-    activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), N, D, mean, sigma,
+    activation_forward<scalar_t>(x.const_data_ptr<scalar_t>(), write_y ? y.mutable_data_ptr<scalar_t>() : nullptr,
+                                 N, D, mean, sigma,
                                  rms, p, q, C,
                                  bits ? reinterpret_cast<uint64_t*>(bits->mutable_data_ptr<int64_t>()) : nullptr);
   });

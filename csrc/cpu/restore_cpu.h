@@ -28,11 +28,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> restore_weight_with_q_cpu(const a
                                                                          double hint = 0.0);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_cpu(const at::Tensor& x);
 // nhwc: x is [N, C, P] and y comes out as its NHWC rows [N, P, C] (the same values, transposed); with
-// bits (nhwc only), *bits = y's packed signs [N, P, ceil(C / 64)] int64 (pack_signs(y - mean, dim=2)).
+// bits (nhwc only), *bits = y's packed signs [N, P, ceil(C / 64)] int64 (pack_signs(y - mean, dim=2)); without
+// write_y (nhwc with bits only) y is not written (an empty tensor is returned in its place).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_with_q_cpu(const at::Tensor& x,
                                                                                      double p, float* q,
                                                                                      bool nhwc = false,
-                                                                                     at::Tensor* bits = nullptr);
+                                                                                     at::Tensor* bits = nullptr,
+                                                                                     bool write_y = true);
 at::Tensor two_sided_quantile_cpu(const at::Tensor& x, double p);
 
 // ER-BNN's surrogate d sign(x)/dx (method.md section 3) with inv_b = 1/b, scale = max(b,1)/b.

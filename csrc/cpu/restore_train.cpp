@@ -74,18 +74,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> activatio
     const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
     const at::Tensor& width, const at::Tensor& mean_values, const at::Tensor& mean_count,
     const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width, bool nhwc,
-    at::Tensor* bits = nullptr) {
+    at::Tensor* bits = nullptr, bool write_y = true) {
   check_float_input(x, "x");
   check_ring(q_values, "q_values", q_count, "q_count", x);
   check_ring(mean_values, "mean_values", mean_count, "mean_count", x);
   check_ring(sigma_values, "sigma_values", sigma_count, "sigma_count", x);
   check_width_and_p(width, p, x);
   if (x.numel() == 0) {
-    auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, 0.0, nullptr, nhwc, bits);
+    auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, 0.0, nullptr, nhwc, bits, write_y);
     return {y, mean, sigma, rms, width_step(width, x)};
   }
   float q = 0.f;
-  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, nhwc, bits);  // no hint (see last_q)
+  auto [y, mean, sigma, rms] = restore_activation_with_q_cpu(x, read_p(p), &q, nhwc, bits, write_y);  // no hint (see last_q)
   ring_push(mean_values.mutable_data_ptr<double>(), mean_values.numel(), mean_count.mutable_data_ptr<int64_t>(),
             value_of(mean));
   ring_push(sigma_values.mutable_data_ptr<double>(), sigma_values.numel(),
@@ -113,12 +113,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {y, mean, sigma, rms, b, bits};
 }
 
+// The same without y: the lean ER step keeps y's signs only.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> restore_activation_train_bits_cpu(
+    const at::Tensor& x, const at::Tensor& p, const at::Tensor& q_values, const at::Tensor& q_count,
+    const at::Tensor& width, const at::Tensor& mean_values, const at::Tensor& mean_count,
+    const at::Tensor& sigma_values, const at::Tensor& sigma_count, double min_width) {
+  at::Tensor bits;
+  auto [y, mean, sigma, rms, b] = activation_train(x, p, q_values, q_count, width, mean_values, mean_count,
+                                                   sigma_values, sigma_count, min_width, /*nhwc=*/true, &bits,
+                                                   /*write_y=*/false);
+  return {mean, sigma, rms, b, bits};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(erbnn, CPU, m) {
   m.impl("restore_weight_train", &restore_weight_train_cpu);
   m.impl("restore_activation_train", &restore_activation_train_cpu);
   m.impl("restore_activation_train_nhwc", &restore_activation_train_nhwc_cpu);
+  m.impl("restore_activation_train_bits", &restore_activation_train_bits_cpu);
 }
 
 }  // namespace erbnn
