@@ -106,8 +106,9 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-# er_model: the ER layers as built (lean_train off); er_lean: lean_train on; float_twin: nn.Conv2d in place
-METHODS = ("er_model", "er_lean", "float_twin")
+# er_model: the ER layers as built (lean_train on: packed signs kept for the backward); er_keep: lean_train off
+# (the restored y and w_b kept); float_twin: nn.Conv2d / nn.Linear in place of each ER layer
+METHODS = ("er_model", "er_keep", "float_twin")
 
 
 def measure(model_name, method, batch, steps=6, seed=0):
@@ -118,12 +119,12 @@ def measure(model_name, method, batch, steps=6, seed=0):
     model = build(num_classes=10).train()
     if method == "float_twin":
         model = float_twin(model)
-    elif method == "er_lean":  # the ER layers' steps keep packed signs instead of y and w_b (lean_train)
+    elif method == "er_keep":  # the ER layers' steps keep y and w_b themselves (lean_train off)
         for m in model.modules():
             if hasattr(m, "lean_train"):
-                m.lean_train = True
+                m.lean_train = False
     elif method != "er_model":
-        raise ValueError(f"method must be er_model, er_lean or float_twin, got {method!r}")
+        raise ValueError(f"method must be er_model, er_keep or float_twin, got {method!r}")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, hw, hw, generator=g)
@@ -187,7 +188,7 @@ def format_table(rows):
                 f"{r['saved_bytes'] / MIB:>10.1f} {(r['live_bytes'] or 0) / MIB:>9.1f} "
                 f"{(r['step_s'] or 0) * 1e3:>8.1f}")
         f = by.get((model, "float_twin"))
-        if method in ("er_model", "er_lean") and f is not None:
+        if method in ("er_model", "er_keep") and f is not None:
             ratios = [r[k] / f[k] if r[k] and f[k] else float("nan") for k in keys]
             if r["step_s"] and f["step_s"]:
                 ratios.append(r["step_s"] / f["step_s"])

@@ -8,7 +8,8 @@
 Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
-                                              [--nhwc auto|on|off] [--lean]
+                                              [--nhwc auto|on|off] [--lean default|on|off] [--vs-keep]
+                                              [--no-layers]
 """
 import argparse
 import copy
@@ -24,8 +25,19 @@ from .timing import header, measure_side_by_side, paired_ratio
 
 LAYER_METHODS = ("er_layer", "conv2d")
 MODEL_METHODS = ("er_model", "float_twin")
+# --vs-keep: the ER step with lean_train off (it keeps the restored y and w_b), timed beside the two above
+KEEP_METHODS = {"er_layer": "er_layer_keep", "er_model": "er_model_keep"}
 LABELS = {"er_layer": "ERBinaryConv2d", "conv2d": "nn.Conv2d", "er_model": "ER-BNN model",
-          "float_twin": "float twin"}
+          "float_twin": "float twin", "er_layer_keep": "ERBinaryConv2d (lean_train off)",
+          "er_model_keep": "ER-BNN model (lean_train off)"}
+
+
+def _keep_y(module):
+    """lean_train off on every ER layer of module (the step keeps y and w_b for its backward)."""
+    for m in module.modules():
+        if isinstance(m, enn.ERBinaryConv2d):
+            m.lean_train = False
+    return module
 
 
 def model_builder(name: str):
@@ -62,9 +74,11 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
     """A closure running one training step of one layer of this shape: forward, then backward of a fixed
     random upstream gradient into the input and the weight."""
     g = torch.Generator().manual_seed(seed)
-    cls = {"er_layer": enn.ERBinaryConv2d, "conv2d": torch.nn.Conv2d}[method]
+    cls = {"er_layer": enn.ERBinaryConv2d, "er_layer_keep": enn.ERBinaryConv2d, "conv2d": torch.nn.Conv2d}[method]
     torch.manual_seed(seed)
     layer = cls(shape.cin, shape.cout, shape.k, shape.stride, shape.padding, bias=False).to(device).train()
+    if method == "er_layer_keep":
+        _keep_y(layer)
     x = torch.randn(shape.input_shape(batch), generator=g).to(device).requires_grad_()
     gy = torch.randn((batch, shape.cout, shape.out_hw, shape.out_hw), generator=g).to(device)
     backend = backend or get_backend()
@@ -73,7 +87,7 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
         with use_backend(backend):
             layer.weight.grad = x.grad = None
             layer(x).backward(gy)
-    if method == "er_layer":
+    if method != "conv2d":
         with use_backend(backend):
             step.route = enn.route(layer, x)  # the kernel and layout its steps take (nn.routing)
     return step
@@ -81,12 +95,16 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
 
 def model_step(name, batch, method="er_model", device="cpu", seed=0):
     """A closure running one full training step (forward, cross-entropy, backward, SGD step) of the model
-    (method er_model) or of its float twin (method float_twin)."""
+    (method er_model; er_model_keep: with lean_train off) or of its float twin (method float_twin)."""
+    if method not in ("er_model", "er_model_keep", "float_twin"):
+        raise ValueError(f"method must be er_model, er_model_keep or float_twin, got {method!r}")
     build, hw = model_builder(name)
     torch.manual_seed(seed)
     model = build(num_classes=10).to(device).train()
     if method == "float_twin":
         model = float_twin(model)
+    elif method == "er_model_keep":
+        _keep_y(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, hw, hw, generator=g).to(device)
@@ -112,27 +130,32 @@ def _backend_label(device="cpu"):
     return "native" if not missing else "reference twin (no native kernel: " + ", ".join(missing) + ")"
 
 
-def cases(models, batch, device="cpu", layers=True, whole=True):
+def cases(models, batch, device="cpu", layers=True, whole=True, keep=False):
     """Yield (row, fn) for `erbnn bench`'s training-step section: per model, each layer shape with both
-    methods back to back, then the model and its float twin."""
+    methods back to back, then the model and its float twin; with keep, the ER steps with lean_train off
+    beside them (KEEP_METHODS)."""
+    layer_methods, model_methods = LAYER_METHODS, MODEL_METHODS
+    if keep:
+        layer_methods = ("er_layer", KEEP_METHODS["er_layer"], "conv2d")
+        model_methods = ("er_model", KEEP_METHODS["er_model"], "float_twin")
     for model in models:
         if layers:
             for shape in MODELS[model]:
-                for method in LAYER_METHODS:
+                for method in layer_methods:
                     row = {"section": "train_step", "model": model, "layer": shape.name, "count": shape.count,
                            "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
                            "batch": batch, "method": method, "label": LABELS[method],
-                           "backend": _backend_label(device) if method == "er_layer" else "pytorch", "device": str(device)}
+                           "backend": _backend_label(device) if method != "conv2d" else "pytorch", "device": str(device)}
                     step = layer_step(shape, batch, method, device)
                     route = getattr(step, "route", None)
                     if route is not None:
                         row["route"] = f"{route.kernel}/{route.layout}"
                     yield row, step
         if whole:
-            for method in MODEL_METHODS:
+            for method in model_methods:
                 row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
                        "method": method, "label": LABELS[method],
-                       "backend": _backend_label(device) if method == "er_model" else "pytorch", "device": str(device)}
+                       "backend": _backend_label(device) if method != "float_twin" else "pytorch", "device": str(device)}
                 yield row, model_step(model, batch, method, device)
 
 
@@ -148,31 +171,45 @@ def summarise(rows):
     t = {(r["model"], r["layer"], r["method"]): r for r in rows if r["section"] == "train_step"}
     layers, models = [], []
     for (model, layer, method), r in t.items():
+        keep = t.get((model, layer, KEEP_METHODS.get(method)))
         if method == "er_layer" and (model, layer, "conv2d") in t:
             c = t[(model, layer, "conv2d")]
             layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
                            "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c["time_s"],
-                           "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route")})
+                           "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route"),
+                           **_keep_columns(r, keep)})
         if method == "er_model" and (model, layer, "float_twin") in t:
             f = t[(model, layer, "float_twin")]
             models.append({"model": model, "er_s": r["time_s"], "float_s": f["time_s"], "ratio": paired_ratio(r, f),
-                           "backend": r["backend"]})
+                           "backend": r["backend"], **_keep_columns(r, keep)})
     return {"layers": layers, "models": models, "layer_ratio_geomean": geomean([e["ratio"] for e in layers])}
+
+
+def _keep_columns(r, keep):
+    """The lean_train-off step's time and the default step's time over it (--vs-keep), or nothing."""
+    return {} if keep is None else {"keep_s": keep["time_s"], "vs_keep": paired_ratio(r, keep)}
 
 
 def format_tables(summary, batch, smoke=False):
     """The per-layer and per-model tables (ms per step; ratio = ER / float)."""
     tag = " [SMOKE RUN: a few calls per case, not a measurement]" if smoke else ""
+    keep = any("keep_s" in e for e in summary["layers"])
+    keep_models = any("keep_s" in e for e in summary["models"])
     ratio = (lambda v: f"{'smoke':>7}") if smoke else (lambda v: f"{v:>6.2f}x")  # noqa: E731
     lines = [f"Training step per binary layer, batch {batch}: ms per step (fwd + bwd, input and weight grads); "
              f"ratio = ERBinaryConv2d / nn.Conv2d, median of the per-round ratios{tag}",
-             f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"]
+             f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"
+             + (f" {'keep ms':>9} {'ER/keep':>8}" if keep else "")]
     for e in summary["layers"]:
         lines.append(f"{e['model']:<10} {e['layer']:<16} {e['count']:>2} {'x'.join(map(str, e['input_shape'])):>14} "
-                     f"{e['er_s'] * 1e3:>9.3f} {e['conv_s'] * 1e3:>9.3f} {ratio(e['ratio'])}")
+                     f"{e['er_s'] * 1e3:>9.3f} {e['conv_s'] * 1e3:>9.3f} {ratio(e['ratio'])}"
+                     + (f" {e['keep_s'] * 1e3:>9.3f} {ratio(e['vs_keep'])} " if "keep_s" in e else ""))
     gm = summary["layer_ratio_geomean"]
     if gm and not smoke:
         lines.append(f"geometric mean of the per-layer ratios: {gm:.2f}x")
+        gk = geomean([e["vs_keep"] for e in summary["layers"] if "vs_keep" in e])
+        if gk:
+            lines.append(f"geometric mean of the per-layer ER / keep ratios (lean_train on / off): {gk:.3f}x")
     by_route = {}
     for e in summary["layers"]:
         if e.get("route"):
@@ -186,9 +223,14 @@ def format_tables(summary, batch, smoke=False):
     if summary["models"]:
         lines += ["", f"Training step per model, batch {batch}: ms per step (forward + cross-entropy + backward + "
                       f"SGD step); ratio = ER-BNN model / float twin, median of the per-round ratios{tag}",
-                  f"{'model':<10} {'ER ms':>10} {'float ms':>10} {'ratio':>7}"]
+                  f"{'model':<10} {'ER ms':>10} {'float ms':>10} {'ratio':>7}"
+                  + (f" {'keep ms':>10} {'ER/keep':>8}" if keep_models else "")]
         for e in summary["models"]:
-            lines.append(f"{e['model']:<10} {e['er_s'] * 1e3:>10.2f} {e['float_s'] * 1e3:>10.2f} {ratio(e['ratio'])}")
+            lines.append(f"{e['model']:<10} {e['er_s'] * 1e3:>10.2f} {e['float_s'] * 1e3:>10.2f} {ratio(e['ratio'])}"
+                         + (f" {e['keep_s'] * 1e3:>10.2f} {ratio(e['vs_keep'])} " if "keep_s" in e else ""))
+        if keep_models:
+            lines.append("keep: the same ER model with lean_train off (its steps keep the restored y and w_b); "
+                         "ER/keep: median of the per-round ratios")
     return "\n".join(lines)
 
 
@@ -212,9 +254,9 @@ def measure_group(group, **kw):
 
 
 def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
-        layers=True, whole=True, clock="wall"):
+        layers=True, whole=True, clock="wall", keep=False):
     rows = []
-    for group in pairs(cases(models, batch, device, layers, whole)):
+    for group in pairs(cases(models, batch, device, layers, whole, keep)):
         rows += measure_group(group, repeat=repeat, min_run_time=2 * min_run_time, threads=threads, clock=clock)
     return rows
 
@@ -236,9 +278,13 @@ def main(argv=None):
     ap.add_argument("--nhwc", choices=("auto", "on", "off"), default="auto",
                     help="the ER step's NHWC order (nn.train_route(nhwc=...)): auto (default: in_channels <= "
                          "128), on, off (NCHW throughout)")
-    ap.add_argument("--lean", action="store_true",
-                    help="ER steps keep packed signs instead of y and w_b for the backward (nn.train_route(lean="
-                         "True)): a float conv's memory, the rebuild's time")
+    ap.add_argument("--lean", choices=("default", "on", "off"), default="default",
+                    help="the ER steps' lean_train (nn.train_route(lean=...)): default (the layers' setting: on), on "
+                         "(packed signs kept for the backward), off (the restored y and w_b kept)")
+    ap.add_argument("--vs-keep", action="store_true",
+                    help="also time each ER layer and model with lean_train off, side by side with the default "
+                         "step and the float one (columns keep ms, ER/keep)")
+    ap.add_argument("--no-layers", action="store_true", help="per-model steps only")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
@@ -246,9 +292,12 @@ def main(argv=None):
     conv = "F.conv2d" if a.float_conv else "popcount"
     print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
                  f"NHWC step: {a.nhwc}, lean: {a.lean}", a.device))
+    if a.vs_keep and a.lean != "default":
+        ap.error("--vs-keep compares the layers' own settings: leave --lean at default")
     with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc],
-                         lean=True if a.lean else None):
-        rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
+                         lean={"default": None, "on": True, "off": False}[a.lean]):
+        rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, layers=not a.no_layers,
+                   whole=not a.no_models, clock=a.clock, keep=a.vs_keep)
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 

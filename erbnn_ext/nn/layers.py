@@ -115,8 +115,8 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
     in the paper), stat_buffer (the statistics ring, 1000), and the route settings xnor_train (a training
     step's forward conv on the popcount kernel, default True), nhwc_train (None: the measured rule, or
     True / False), fused_train (the step as one autograd node, default True) and lean_train (the step keeps
-    packed signs instead of the restored y and w_b for its backward: a float conv's memory, a slower
-    backward; default False): see nn.routing.
+    packed signs instead of the restored y and w_b for its backward, a float conv's memory; default True;
+    False keeps y and w_b): see nn.routing.
 
     Same `weight` Parameter and state_dict keys as nn.Conv2d, plus the buffers of weight_sign, act_sign,
     act_mean and act_sigma. Which kernel and layout a forward takes is decided by nn.routing.route(self, x):
@@ -127,7 +127,7 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, padding_mode="zeros", device=None, dtype=None, *, q_buffer=100, stat_buffer=1000,
-                 xnor_train=True, nhwc_train=None, fused_train=True, lean_train=False):
+                 xnor_train=True, nhwc_train=None, fused_train=True, lean_train=True):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)

@@ -18,8 +18,9 @@ Layouts (Route.layout): "nchw", or "nhwc" for an er_step whose restored input is
 
 Settings, per layer (constructor arguments, plain attributes: not state, not in the state_dict):
 xnor_train (the popcount forward in training, default True), nhwc_train (None: the measured rule
-NHWC_MAX_CHANNELS, or True / False), fused_train (the one-node step, default True). `train_route(...)`
-overrides them for every layer inside a `with` block (the benchmarks' --float-conv / --nhwc).
+NHWC_MAX_CHANNELS, or True / False), fused_train (the one-node step, default True), lean_train (the step
+keeps packed signs, not the restored y and w_b, for its backward: default True). `train_route(...)`
+overrides them for every layer inside a `with` block (the benchmarks' --float-conv / --nhwc / --lean).
 """
 import contextlib
 from typing import NamedTuple
@@ -66,7 +67,7 @@ _LINEAR = Route(FLOAT, NCHW, "restored values through F.linear")
 
 _OVERRIDE = {"xnor_train": None, "nhwc_train": None, "fused_train": None, "lean_train": None}
 # a layer pickled without them
-_DEFAULT = {"xnor_train": True, "nhwc_train": None, "fused_train": True, "lean_train": False}
+_DEFAULT = {"xnor_train": True, "nhwc_train": None, "fused_train": True, "lean_train": True}
 
 
 @contextlib.contextmanager
@@ -91,8 +92,9 @@ def _setting(layer, key):
 
 def lean_train(layer) -> bool:
     """Whether layer's fused training step keeps the packed signs of y and w_b for its backward instead of
-    the float tensors (memory of a float conv's step; the backward rebuilds them, bit for bit, at a cost
-    in step time: docs/training.md)."""
+    the float tensors (default: the memory of a float conv's step; the forward writes no y and the backward
+    rebuilds both, bit for bit, in one pass each, at the step time of the float tensors' step: docs/training.md).
+    Off, the step keeps y and w_b themselves."""
     return bool(_setting(layer, "lean_train"))
 
 
