@@ -228,39 +228,51 @@ std::atomic<bool>& disabled() {
 // u8 [N, C, H, W] channels-last: 2 where x >= shift (+1), 0 where below (-1); zero point 1.
 constexpr uint8_t kPos = 2, kNeg = 0;
 
-// One row (n, h) of a float32 x with W contiguous: per 16 pixels x 64 channels, each channel's compare
-// mask over the pixels, then per pixel its 64 channel bits (bit j of each mask) expand to 64 bytes.
-ERBNN_EPI_AVX512 bool u8_row_nchw_avx512(const float* row, int64_t sc, int64_t C, int64_t W, float shift,
-                                         uint8_t* d) {
+// Rows [h0, h1) of one image of a float32 x with W contiguous (at most kRowBlocks 16-pixel blocks):
+// per 64 channels, each channel's compare masks over those rows (read in address order: a channel's
+// rows follow each other in NCHW, where one row of all channels at a time jumped a plane per load), then
+// per pixel its 64 channel bits (bit j of each mask) expand to 64 bytes of the u8 pixel.
+constexpr int64_t kRowBlocks = 128;
+
+ERBNN_EPI_AVX512 bool u8_rows_nchw_avx512(const float* img, int64_t sc, int64_t sh, int64_t C, int64_t h0,
+                                          int64_t h1, int64_t W, float shift, uint8_t* d) {
   const __m512 s = _mm512_set1_ps(shift);
   const __m512i pos = _mm512_set1_epi8(char(kPos));
+  const int64_t Wb = (W + 15) / 16;
   __mmask16 nan = 0;
-  alignas(64) uint16_t m[64];
+  alignas(64) uint16_t m[kRowBlocks][64];  // [row block][channel]
   for (int64_t c0 = 0; c0 < C; c0 += 64) {
     const int64_t nc = std::min<int64_t>(64, C - c0);
     const __mmask64 lanes = nc == 64 ? ~__mmask64(0) : (__mmask64(1) << nc) - 1;
-    for (int64_t w0 = 0; w0 < W; w0 += 16) {
-      const int64_t np = std::min<int64_t>(16, W - w0);
-      const __mmask16 pm = np == 16 ? __mmask16(0xFFFF) : __mmask16((1u << np) - 1);
-      for (int64_t i = 0; i < 64; ++i) {
-        if (i >= nc) {
-          m[i] = 0;
-          continue;
+    for (int64_t i = 0; i < 64; ++i) {
+      if (i >= nc) {
+        for (int64_t b = 0; b < (h1 - h0) * Wb; ++b) m[b][i] = 0;
+        continue;
+      }
+      const float* ch = img + (c0 + i) * sc;
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t wb = 0; wb < Wb; ++wb) {
+          const int64_t np = std::min<int64_t>(16, W - wb * 16);
+          const __mmask16 pm = np == 16 ? __mmask16(0xFFFF) : __mmask16((1u << np) - 1);
+          const __m512 x = _mm512_maskz_loadu_ps(pm, ch + h * sh + wb * 16);
+          nan |= _mm512_mask_cmp_ps_mask(pm, x, x, _CMP_UNORD_Q);
+          m[(h - h0) * Wb + wb][i] = _mm512_mask_cmp_ps_mask(pm, x, s, _CMP_GE_OQ);
         }
-        const __m512 x = _mm512_maskz_loadu_ps(pm, row + (c0 + i) * sc + w0);
-        nan |= _mm512_mask_cmp_ps_mask(pm, x, x, _CMP_UNORD_Q);
-        m[i] = _mm512_mask_cmp_ps_mask(pm, x, s, _CMP_GE_OQ);
-      }
-      const __m512i lo = _mm512_load_si512(m), hi = _mm512_load_si512(m + 32);
-      uint8_t* px = d + w0 * C + c0;
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j) {
-        if (j >= np) break;
-        const uint64_t a = uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(lo, 15 - j)));
-        const uint64_t b = uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(hi, 15 - j)));
-        _mm512_mask_storeu_epi8(px + j * C, lanes, _mm512_maskz_mov_epi8(__mmask64(a | (b << 32)), pos));
-      }
     }
+    for (int64_t h = h0; h < h1; ++h)
+      for (int64_t wb = 0; wb < Wb; ++wb) {
+        const uint16_t* mb = m[(h - h0) * Wb + wb];
+        const __m512i lo = _mm512_load_si512(mb), hi = _mm512_load_si512(mb + 32);
+        const int64_t np = std::min<int64_t>(16, W - wb * 16);
+        uint8_t* px = d + (h * W + wb * 16) * C + c0;
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+          if (j >= np) break;
+          const uint64_t a = uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(lo, 15 - j)));
+          const uint64_t b = uint32_t(_mm512_movepi16_mask(_mm512_slli_epi16(hi, 15 - j)));
+          _mm512_mask_storeu_epi8(px + j * C, lanes, _mm512_maskz_mov_epi8(__mmask64(a | (b << 32)), pos));
+        }
+      }
   }
   return nan != 0;
 }
@@ -287,14 +299,18 @@ void u8_from_typed(const at::Tensor& x, T shift, uint8_t* dst) {
   const T* src = x.const_data_ptr<T>();
   const bool avx512 = std::is_same_v<T, float> && active_cpu_isa() == CpuIsa::kAvx512;
   std::atomic<bool> nan{false};
+  const int64_t Wb = (W + 15) / 16;
   at::parallel_for(0, N * H, 1, [&](int64_t lo, int64_t hi) {
     bool bad = false;
     for (int64_t r = lo; r < hi; ++r) {
       const T* row = src + (r / H) * sn + (r % H) * sh;
       uint8_t* d = dst + r * W * C;
       if constexpr (std::is_same_v<T, float>) {
-        if (avx512 && sw == 1 && W > 1) {
-          bad |= u8_row_nchw_avx512(row, sc, C, W, shift, d);
+        if (avx512 && sw == 1 && W > 1 && Wb <= kRowBlocks) {
+          // as many rows of this image at once as the mask block holds
+          const int64_t h0 = r % H, h1 = std::min({H, h0 + kRowBlocks / Wb, h0 + (hi - r)});
+          bad |= u8_rows_nchw_avx512(src + (r / H) * sn, sc, sh, C, h0, h1, W, shift, dst + (r / H) * H * W * C);
+          r += h1 - h0 - 1;
           continue;
         }
         if (avx512 && sc == 1) {
@@ -395,18 +411,65 @@ struct ConvSums {
   }
 };
 
-// Channels [o0, o1) of the tile: 16 pixels' sums gathered per channel, into the AVX-512 epilogue.
+// 16 x 16 floats: r[j] lane i -> r[i] lane j (32-bit, then 64-bit interleaves within 128-bit lanes, then
+// 128-bit lane shuffles).
+ERBNN_EPI_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  __m512 u[16];  // u[4k + m], 128-bit lane L: element 4L + m of rows 4k .. 4k + 3
+  for (int k = 0; k < 4; ++k) {
+    const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]),
+                  c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
+    u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), x1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 y0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE), y1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    r[m] = _mm512_shuffle_f32x4(x0, x1, 0x88);
+    r[4 + m] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
+    r[8 + m] = _mm512_shuffle_f32x4(y0, y1, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
+  }
+}
+
+// Channels [o0, o1) of the tile into the AVX-512 epilogue. Channels-last y (channel stride 1): per 16
+// channels, the 16 pixels' rows are read as whole vectors (the tile's block of y in address order; a
+// gather per channel straight from y stalled on the misses) and transposed in registers. Other strides:
+// one gather per channel.
 ERBNN_EPI_AVX512 void epilogue_tile_avx512(const ConvGeom& g, const ConvSums& y, const Tile& t, int64_t o0,
                                            int64_t o1, const Epilogue& e, float* out) {
   alignas(64) int32_t off[kTilePx] = {};
   for (int j = 0; j < t.np; ++j) off[j] = int32_t(y.offset(g, t, j));
-  const __m512i base = _mm512_load_si512(off);
   const __mmask16 store = __mmask16((1u << t.np) - 1);
   const float* img = y.image(t);
-  for (int64_t o = o0; o < o1; ++o) {
-    const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(int32_t(o * y.sc)));
-    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), store, idx, img, 4);
-    store_conv_avx512(t, o, _mm512_cvtps_epi32(v), oob_pop_avx512(g, t, o, e), e, store, out, out_offset(g, t, o));
+  if (y.sc != 1) {
+    const __m512i base = _mm512_load_si512(off);
+    for (int64_t o = o0; o < o1; ++o) {
+      const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(int32_t(o * y.sc)));
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), store, idx, img, 4);
+      store_conv_avx512(t, o, _mm512_cvtps_epi32(v), oob_pop_avx512(g, t, o, e), e, store, out,
+                        out_offset(g, t, o));
+    }
+    return;
+  }
+  for (int64_t ob = o0; ob < o1; ob += 16) {
+    const int64_t nc = std::min<int64_t>(16, o1 - ob);
+    const __mmask16 cm = nc == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1);
+    __m512 r[16];
+    for (int j = 0; j < 16; ++j)
+      r[j] = j < t.np ? _mm512_maskz_loadu_ps(cm, img + off[j] + ob) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int64_t i = 0; i < nc; ++i) {
+      const int64_t o = ob + i;
+      store_conv_avx512(t, o, _mm512_cvtps_epi32(r[i]), oob_pop_avx512(g, t, o, e), e, store, out,
+                        out_offset(g, t, o));
+    }
   }
 }
 
@@ -480,27 +543,12 @@ std::string onednn_schema_problem(const std::string& schema) {
   return make_plan(s, conv, p);
 }
 
-void onednn_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
-                     float* out, const BitsOut& bits) {
-  TORCH_CHECK(onednn_available(), "the onednn_int8 engine is not available: ", onednn_status());
-  const Ops& o = ops();
-  const at::Tensor xu = u8_input(g, x, shift);
-  const std::array<int64_t, 6> geom{g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
-  std::shared_ptr<OnednnWeights> ow;
-  {
-    std::lock_guard<std::mutex> lock(w.mu);
-    for (const auto& c : w.onednn)
-      if (c->geom == geom) ow = c;
-    if (!ow) {
-      ow = std::make_shared<OnednnWeights>();
-      ow->geom = geom;
-      ow->packed = prepack(o.prepack, g, w.words.data(), ow->scales, ow->zero_points);
-      w.onednn.push_back(ow);
-      w.onednn_bytes += size_t(g.O * g.C * g.taps + g.O * 12);
-    }
-  }
-  packed_weights_grew();
-  const at::Tensor y = conv(o.conv, g, xu, *ow);
+namespace {
+
+// oneDNN's conv of xu, then the epilogue into out / bits.
+void run_conv_epilogue(const ConvGeom& g, const Ops& o, const OnednnWeights& ow, const at::Tensor& xu, const Epilogue& e,
+               float* out, const BitsOut& bits) {
+  const at::Tensor y = conv(o.conv, g, xu, ow);
   ConvSums sums{y.const_data_ptr<float>(), y.stride(0), y.stride(1), y.stride(2), y.stride(3), false};
   sums.gather = (g.OH - 1) * sums.sh + (g.OW - 1) * sums.sw + (g.O - 1) * sums.sc < (int64_t(1) << 31);
   const bool avx512 = active_cpu_isa() == CpuIsa::kAvx512 && sums.gather;
@@ -526,6 +574,30 @@ void onednn_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, Packe
     }
   };
   run_tiles(g, e.emit_bits ? 64 : 16, [&] { return Worker{g, sums, e, out, bits, avx512}; });
+}
+
+}  // namespace
+
+void onednn_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
+                     float* out, const BitsOut& bits) {
+  TORCH_CHECK(onednn_available(), "the onednn_int8 engine is not available: ", onednn_status());
+  const Ops& o = ops();
+  const std::array<int64_t, 6> geom{g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
+  std::shared_ptr<OnednnWeights> ow;
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    for (const auto& c : w.onednn)
+      if (c->geom == geom) ow = c;
+    if (!ow) {
+      ow = std::make_shared<OnednnWeights>();
+      ow->geom = geom;
+      ow->packed = prepack(o.prepack, g, w.words.data(), ow->scales, ow->zero_points);
+      w.onednn.push_back(ow);
+      w.onednn_bytes += size_t(g.O * g.C * g.taps + g.O * 12);
+    }
+  }
+  packed_weights_grew();
+  run_conv_epilogue(g, o, *ow, u8_input(g, x, shift), e, out, bits);
 }
 
 }  // namespace erbnn
