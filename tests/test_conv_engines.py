@@ -551,16 +551,23 @@ def test_onednn_scalar_paths_identical_to_xnor(native, isa):
 def test_onednn_wide_rows_and_channels(native):
     # The avx512 input pass: rows of more than 16 pixels with a tail, channels over 64 with a tail, both
     # layouts of x; float64 and the packed form.
+    # Several rows per pass, split between threads mid-image; rows of over 2048 pixels take the plain loop.
     _onednn_engine()
-    for c, hw, o in [(200, 21, 70), (64, 33, 16), (65, 16, 3)]:
-        x, w = torch.randn(2, c, hw, hw + 3), torch.randn(o, c, 3, 3)
-        truth = conv_truth(x, w, 1, 1, 1)
-        assert torch.equal(EF.binary_conv2d(x, w, 1, 1), truth)
-        assert torch.equal(EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1), truth)
-        assert torch.equal(EF.binary_conv2d(x.double(), w.double(), 1, 1), truth)
-        wp = ops.pack_conv_weight(w)
-        out, _ = ops.binary_conv2d_bits(ops.pack_signs(torch.where(x >= 0, 1.0, -1.0)).contiguous(), wp, 1, 1, 1, in_channels=c)
-        assert torch.equal(out, truth)
+    prev = torch.get_num_threads()
+    try:
+        for threads, (n, c, h, wd, o) in [(1, (2, 200, 21, 24, 70)), (2, (3, 64, 33, 36, 16)), (2, (2, 65, 16, 19, 3)),
+                                          (2, (1, 3, 2, 2050, 4))]:
+            torch.set_num_threads(threads)
+            x, w = torch.randn(n, c, h, wd), torch.randn(o, c, 3, 3)
+            truth = conv_truth(x, w, 1, 1, 1)
+            assert torch.equal(EF.binary_conv2d(x, w, 1, 1), truth)
+            assert torch.equal(EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1), truth)
+            assert torch.equal(EF.binary_conv2d(x.double(), w.double(), 1, 1), truth)
+            wp = ops.pack_conv_weight(w)
+            xb = ops.pack_signs(torch.where(x >= 0, 1.0, -1.0)).contiguous()
+            assert torch.equal(ops.binary_conv2d_bits(xb, wp, 1, 1, 1, in_channels=c)[0], truth)
+    finally:
+        torch.set_num_threads(prev)
 
 
 def test_onednn_prepack_per_geometry(native):
