@@ -464,3 +464,14 @@ def test_train_step_amp_flag(capsys):
     assert "autocast: bf16" in out and "[under autocast bf16]" in out
     with pytest.raises(ValueError, match="amp must be"):
         train_step.autocast("cpu", "int8")
+
+
+def test_frozen_benchmark_times_the_bf16_twin_beside_fp32(capsys):
+    from erbnn_ext.benchmarks import frozen
+    frozen.main(["--models", "resnet20_1w1a", "--batches", "1", "--min-run-time", "0.01", "--no-layers",
+                 "--clock", "thread"])
+    out = capsys.readouterr().out
+    head, row = out.strip().splitlines()[-2:]
+    assert head.split()[2:] == ["frozen", "float32", "bf16", "vs", "fp32", "vs", "bf16"], head
+    name, batch, *vals = row.split()
+    assert (name, batch) == ("resnet20_1w1a", "1") and len(vals) == 5 and all(float(v.rstrip("x")) > 0 for v in vals)
