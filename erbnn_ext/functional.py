@@ -158,10 +158,15 @@ class ERConv2dStep(torch.autograd.Function):
     the signs), and the backward writes y and w_b, bit for bit, in one pass each (ops.unpack_restored)
     right before the conv backward reads them (in cache), in the order `nhwc` asks for. The step then holds
     what a float conv's does (its input x and weight) instead of x, y, w and w_b. Outputs, gradients and
-    state equal the non-lean step's bit for bit."""
+    state equal the non-lean step's bit for bit.
+
+    amp (a dtype, under CPU autocast): x is float32 (the caller casts it), the restorations and the exact
+    popcount conv run as without it and the output is returned in `amp`; the backward runs the conv's
+    backward in `amp` on y and w_b cast to it (as autocast's F.conv2d would have them), the restorations'
+    backward in float32."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False):
+    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False, amp=None):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
         wp = ops.pack_conv_weight(w_b)
         if lean:  # w_b's signs are the packed weights' bytes
@@ -170,7 +175,8 @@ class ERConv2dStep(torch.autograd.Function):
         n, c, h, wd = x.shape
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
-        ctx.y_shape, ctx.lean = x.shape, lean
+        ctx.y_shape, ctx.lean, ctx.amp = x.shape, lean, amp
+        out_dtype = amp or x.dtype
         bias_f = None if bias is None else bias.detach().float()
         if not x_nhwc and (nhwc or lean):
             # NCHW x, read as it is; the op writes y's packed signs, which the popcount conv reads instead of y,
@@ -188,7 +194,7 @@ class ERConv2dStep(torch.autograd.Function):
             ctx.save_for_backward(xs, w, y_kept, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c, out_scale=sigma,
-                                          ones_scale=mean, out_bias=bias_f)[0].to(x.dtype)
+                                          ones_scale=mean, out_bias=bias_f)[0].to(out_dtype)
         rows = nhwc and x_nhwc
         if rows:  # channels_last x: its NHWC rows are a view, restored as they are
             xs = _nhwc.rows(xs)
@@ -201,7 +207,7 @@ class ERConv2dStep(torch.autograd.Function):
             bits = ops.pack_signs(yr - hi, dim=2) if rows else ops.pack_signs(yr - hi, dim=1).view(n, h * wd, -1)
             y = _nhwc.sign_bytes(bits, c)
         ctx.save_for_backward(xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
-        return out
+        return out.to(out_dtype)
 
     @staticmethod
     @once_differentiable
@@ -212,8 +218,14 @@ class ERConv2dStep(torch.autograd.Function):
             w_b, y = _unpack_step(w_b, w.shape, y, ctx.y_shape, mean, sigma, ctx.x_layout is not None)
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
+        if ctx.amp is not None:
+            grad, y, w_b = grad.to(ctx.amp), y.to(ctx.amp), w_b.to(ctx.amp)
+        if ctx.amp is not None:
+            grad, y, w_b = grad.to(ctx.amp), y.to(ctx.amp), w_b.to(ctx.amp)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
         del y, w_b  # the restored tensors (lean: rebuilt here) go before the restorations' backward allocates
+        if ctx.amp is not None:
+            gy, gwb, gb = (None if t is None else t.to(xs.dtype) for t in (gy, gwb, gb))
         dx = dw = None
         if gy is not None and ctx.x_layout is None:
             dx = ops.restore_activation_backward(gy.contiguous(), xs.view(gy.shape), mean, sigma, rms, x_width,
@@ -229,7 +241,18 @@ class ERConv2dStep(torch.autograd.Function):
         del gy
         if gwb is not None:
             dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
-        return dx, dw, gb, None, None, None, None, None
+        return dx, dw, gb, None, None, None, None, None, None
+
+
+def amp_step_dtype(x: torch.Tensor):
+    """The autocast dtype an ER layer's fused step runs its conv backward in (ERConv2dStep's amp), or None:
+    CPU autocast in bfloat16, a float32 or bfloat16 CPU input, outside torch.compile, native kernels."""
+    if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)):
+        return None
+    if torch.compiler.is_compiling() or not ops.native_now() or not ops.kernel_runs_on("binary_conv2d_packed", x.device):
+        return None
+    return torch.bfloat16
 
 
 _PLUS_MINUS_ONE = (torch.zeros(()), torch.ones(()))  # (mean, sigma) of w_b = +-1, float32

@@ -15,6 +15,8 @@
 
 namespace erbnn {
 
+struct OnednnWeights;  // onednn_conv.cpp
+
 struct PackedWeights {
   int64_t C = 0;                            // channels of x: with the words, the key
   std::vector<uint64_t> words;              // [O, taps, Cw]
@@ -24,6 +26,8 @@ struct PackedWeights {
   std::vector<uint64_t> dense;    // [O, Kd] the full-reduction layout (C < 64), see binary_conv_cpu.h
   std::vector<int8_t> wq_amx;     // int8_conv.cpp layouts
   std::vector<int32_t> wb_vnni;
+  std::vector<std::shared_ptr<OnednnWeights>> onednn;  // per stride / padding / dilation
+  size_t onednn_bytes = 0;
   size_t bytes() const;
 };
 

@@ -9,9 +9,14 @@ Each ER case and its float counterpart are timed in alternating rounds (timing.m
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
                                               [--nhwc auto|on|off] [--lean default|on|off] [--vs-keep]
-                                              [--no-layers]
+                                              [--no-layers] [--amp bf16]
+
+--amp bf16 runs every step, ER and float alike, under torch.autocast("cpu", bfloat16), as `erbnn train
+--amp bf16` does: the float convs of both (the float twin's, and the ER layers' backward and, off the
+popcount route, forward convs) then run in bfloat16 (oneDNN; AMX-BF16 where the CPU has it).
 """
 import argparse
+import contextlib
 import copy
 import math
 
@@ -70,9 +75,21 @@ def float_twin(model: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0):
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, amp):
+    """The autocast context of a step: amp None (float32), "bf16" or "fp16" (CUDA)."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP:
+        raise ValueError(f"amp must be None or one of {sorted(AMP)}, got {amp!r}")
+    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
+
+
+def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0, amp=None):
     """A closure running one training step of one layer of this shape: forward, then backward of a fixed
-    random upstream gradient into the input and the weight."""
+    random upstream gradient into the input and the weight (amp: forward under autocast, as in training)."""
     g = torch.Generator().manual_seed(seed)
     cls = {"er_layer": enn.ERBinaryConv2d, "er_layer_keep": enn.ERBinaryConv2d, "conv2d": torch.nn.Conv2d}[method]
     torch.manual_seed(seed)
@@ -86,16 +103,19 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
     def step():
         with use_backend(backend):
             layer.weight.grad = x.grad = None
-            layer(x).backward(gy)
+            with autocast(device, amp):
+                out = layer(x)
+            out.backward(gy.to(out.dtype))
     if method != "conv2d":
-        with use_backend(backend):
+        with use_backend(backend), autocast(device, amp):
             step.route = enn.route(layer, x)  # the kernel and layout its steps take (nn.routing)
     return step
 
 
-def model_step(name, batch, method="er_model", device="cpu", seed=0):
+def model_step(name, batch, method="er_model", device="cpu", seed=0, amp=None):
     """A closure running one full training step (forward, cross-entropy, backward, SGD step) of the model
-    (method er_model; er_model_keep: with lean_train off) or of its float twin (method float_twin)."""
+    (method er_model; er_model_keep: with lean_train off) or of its float twin (method float_twin); amp:
+    forward and loss under autocast."""
     if method not in ("er_model", "er_model_keep", "float_twin"):
         raise ValueError(f"method must be er_model, er_model_keep or float_twin, got {method!r}")
     build, hw = model_builder(name)
@@ -112,7 +132,9 @@ def model_step(name, batch, method="er_model", device="cpu", seed=0):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
     return step
 
@@ -130,10 +152,10 @@ def _backend_label(device="cpu"):
     return "native" if not missing else "reference twin (no native kernel: " + ", ".join(missing) + ")"
 
 
-def cases(models, batch, device="cpu", layers=True, whole=True, keep=False):
+def cases(models, batch, device="cpu", layers=True, whole=True, amp=None, keep=False):
     """Yield (row, fn) for `erbnn bench`'s training-step section: per model, each layer shape with both
-    methods back to back, then the model and its float twin; with keep, the ER steps with lean_train off
-    beside them (KEEP_METHODS)."""
+    methods back to back, then the model and its float twin (amp: all of them under that autocast); with
+    keep, the ER steps with lean_train off beside them (KEEP_METHODS)."""
     layer_methods, model_methods = LAYER_METHODS, MODEL_METHODS
     if keep:
         layer_methods = ("er_layer", KEEP_METHODS["er_layer"], "conv2d")
@@ -145,8 +167,9 @@ def cases(models, batch, device="cpu", layers=True, whole=True, keep=False):
                     row = {"section": "train_step", "model": model, "layer": shape.name, "count": shape.count,
                            "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
                            "batch": batch, "method": method, "label": LABELS[method],
-                           "backend": _backend_label(device) if method != "conv2d" else "pytorch", "device": str(device)}
-                    step = layer_step(shape, batch, method, device)
+                           "backend": _backend_label(device) if method != "conv2d" else "pytorch", "device": str(device),
+                           "amp": amp}
+                    step = layer_step(shape, batch, method, device, amp=amp)
                     route = getattr(step, "route", None)
                     if route is not None:
                         row["route"] = f"{route.kernel}/{route.layout}"
@@ -155,8 +178,9 @@ def cases(models, batch, device="cpu", layers=True, whole=True, keep=False):
             for method in model_methods:
                 row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
                        "method": method, "label": LABELS[method],
-                       "backend": _backend_label(device) if method != "float_twin" else "pytorch", "device": str(device)}
-                yield row, model_step(model, batch, method, device)
+                       "backend": _backend_label(device) if method != "float_twin" else "pytorch", "device": str(device),
+                       "amp": amp}
+                yield row, model_step(model, batch, method, device, amp=amp)
 
 
 def geomean(values):
@@ -177,11 +201,11 @@ def summarise(rows):
             layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
                            "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c["time_s"],
                            "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route"),
-                           **_keep_columns(r, keep)})
+                           "amp": r.get("amp"), **_keep_columns(r, keep)})
         if method == "er_model" and (model, layer, "float_twin") in t:
             f = t[(model, layer, "float_twin")]
             models.append({"model": model, "er_s": r["time_s"], "float_s": f["time_s"], "ratio": paired_ratio(r, f),
-                           "backend": r["backend"], **_keep_columns(r, keep)})
+                           "backend": r["backend"], "amp": r.get("amp"), **_keep_columns(r, keep)})
     return {"layers": layers, "models": models, "layer_ratio_geomean": geomean([e["ratio"] for e in layers])}
 
 
@@ -196,6 +220,9 @@ def format_tables(summary, batch, smoke=False):
     keep = any("keep_s" in e for e in summary["layers"])
     keep_models = any("keep_s" in e for e in summary["models"])
     ratio = (lambda v: f"{'smoke':>7}") if smoke else (lambda v: f"{v:>6.2f}x")  # noqa: E731
+    amp = {r.get("amp") for r in summary.get("layers", []) + summary.get("models", [])} - {None}
+    if amp:
+        tag = f" [under autocast {'/'.join(sorted(amp))}]" + tag
     lines = [f"Training step per binary layer, batch {batch}: ms per step (fwd + bwd, input and weight grads); "
              f"ratio = ERBinaryConv2d / nn.Conv2d, median of the per-round ratios{tag}",
              f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"
@@ -254,9 +281,9 @@ def measure_group(group, **kw):
 
 
 def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
-        layers=True, whole=True, clock="wall", keep=False):
+        layers=True, whole=True, clock="wall", amp=None, keep=False):
     rows = []
-    for group in pairs(cases(models, batch, device, layers, whole, keep)):
+    for group in pairs(cases(models, batch, device, layers, whole, amp, keep)):
         rows += measure_group(group, repeat=repeat, min_run_time=2 * min_run_time, threads=threads, clock=clock)
     return rows
 
@@ -285,19 +312,21 @@ def main(argv=None):
                     help="also time each ER layer and model with lean_train off, side by side with the default "
                          "step and the float one (columns keep ms, ER/keep)")
     ap.add_argument("--no-layers", action="store_true", help="per-model steps only")
+    ap.add_argument("--amp", choices=sorted(AMP), default=None,
+                    help="every step (ER and float twin) under torch.autocast in this dtype, as `erbnn train --amp`")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
     conv = "F.conv2d" if a.float_conv else "popcount"
     print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
-                 f"NHWC step: {a.nhwc}, lean: {a.lean}", a.device))
+                 f"NHWC step: {a.nhwc}, lean: {a.lean}, autocast: {a.amp or 'off'}", a.device))
     if a.vs_keep and a.lean != "default":
         ap.error("--vs-keep compares the layers' own settings: leave --lean at default")
     with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc],
                          lean={"default": None, "on": True, "off": False}[a.lean]):
         rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, layers=not a.no_layers,
-                   whole=not a.no_models, clock=a.clock, keep=a.vs_keep)
+                   whole=not a.no_models, clock=a.clock, amp=a.amp, keep=a.vs_keep)
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 
