@@ -220,10 +220,17 @@ class ERConv2dStep(torch.autograd.Function):
             grad = _nhwc.channels_last(grad)
         if ctx.amp is not None:
             grad, y, w_b = grad.to(ctx.amp), y.to(ctx.amp), w_b.to(ctx.amp)
-        if ctx.amp is not None:
-            grad, y, w_b = grad.to(ctx.amp), y.to(ctx.amp), w_b.to(ctx.amp)
-        gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
-        del y, w_b  # the restored tensors (lean: rebuilt here) go before the restorations' backward allocates
+            gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
+        else:
+            # The conv's weight gradient first, then its input gradient (the two oneDNN primitives that
+            # convolution_backward runs anyway): y goes before gy arrives, and grad (the channels_last copy)
+            # before dx does, so the step's backward holds two activations of this layer at a time, not three.
+            # The input gradient reads y's shape and strides only: a stand-in of them over x's memory.
+            _, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, False, need[1], need[2])
+            like_y = xs.as_strided(y.shape, y.stride())
+            del y
+            gy = _conv_backward(grad, like_y, w_b, ctx.conv, True, False, False)[0] if need[0] else None
+        del grad, w_b
         if ctx.amp is not None:
             gy, gwb, gb = (None if t is None else t.to(xs.dtype) for t in (gy, gwb, gb))
         dx = dw = None
