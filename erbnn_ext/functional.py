@@ -227,7 +227,7 @@ class ERConv2dStep(torch.autograd.Function):
             # before dx does, so the step's backward holds two activations of this layer at a time, not three.
             # The input gradient reads y's shape and strides only: a stand-in of them over x's memory.
             _, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, False, need[1], need[2])
-            like_y = xs.as_strided(y.shape, y.stride())
+            like_y = _stand_in(y, xs)
             del y
             gy = _conv_backward(grad, like_y, w_b, ctx.conv, True, False, False)[0] if need[0] else None
         del grad, w_b
@@ -249,6 +249,15 @@ class ERConv2dStep(torch.autograd.Function):
         if gwb is not None:
             dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
         return dx, dw, gb, None, None, None, None, None, None
+
+
+def _stand_in(y, xs):
+    """A tensor of y's shape and strides over xs's memory (the step's saved x, as many values as y), for
+    the conv's input gradient, which reads its input's metadata only; y itself where xs's storage is too
+    small for that (an expanded x)."""
+    if xs.dtype == y.dtype and xs.untyped_storage().nbytes() >= (xs.storage_offset() + y.numel()) * y.element_size():
+        return xs.as_strided(y.shape, y.stride())
+    return y
 
 
 def amp_step_dtype(x: torch.Tensor):

@@ -116,3 +116,24 @@ def test_default_step_equals_the_keeping_step(cin, hw, layout):
             assert torch.equal(a, b)
         for (name, a), (_, b) in zip(lean.named_buffers(), keep.named_buffers()):
             assert torch.equal(a, b), name
+
+
+def test_expanded_and_sliced_inputs_equal_the_keeping_step():
+    # The backward's input gradient runs on a stand-in of y's shape over x's memory: an expanded x (fewer
+    # values than y) and a sliced one (an offset into a larger storage) give the keeping step's results.
+    torch.manual_seed(4)
+    lean = enn.ERBinaryConv2d(16, 8, 3, padding=1).train()
+    keep = copy.deepcopy(lean)
+    keep.lean_train = False
+    cases = [(torch.randn(1, 16, 6, 6), lambda t: t.expand(5, 16, 6, 6)),
+             (torch.randn(5, 16, 6, 9), lambda t: t[:, :, :, 2:8])]
+    for source, make in cases:
+        res = []
+        for layer in (lean, keep):
+            layer.zero_grad()
+            leaf = source.clone().requires_grad_()
+            out = layer(make(leaf))
+            out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+            res.append((out.detach(), leaf.grad, layer.weight.grad))
+        for a, b in zip(*res):
+            assert torch.equal(a, b)
