@@ -181,16 +181,15 @@ class ERConv2dStep(torch.autograd.Function):
         if not x_nhwc and (nhwc or lean):
             # NCHW x, read as it is; the op writes y's packed signs, which the popcount conv reads instead of y,
             # and (not lean) y as NHWC rows
+            x3 = xs.reshape(n, c, -1)
             if lean:
-                mean, sigma, rms, x_width, bits = ops.restore_activation_train_bits(xs.reshape(n, c, -1), *act_state,
-                                                                                   native=True)
+                mean, sigma, rms, x_width, bits = ops.restore_activation_train_bits(x3, *act_state, native=True)
                 y_kept = _nhwc.sign_bytes(bits, c)
             else:
-                yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(
-                    xs.reshape(n, c, -1), *act_state, native=True)
+                yr, mean, sigma, rms, x_width, bits = ops.restore_activation_train_nhwc(x3, *act_state, native=True)
                 y_kept = _nhwc.as_nchw(yr, x.shape)
             if nhwc:
-                xs = xs.view(n, c, -1)  # the NHWC backward op's x
+                xs = x3  # the NHWC backward op's x
             ctx.save_for_backward(xs, w, y_kept, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width)
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c, out_scale=sigma,
