@@ -15,8 +15,8 @@ from conftest import NATIVE
 from test_binary_conv import conv_truth, fused_truth
 
 ENGINES = ["xnor", "int8_vnni", "amx"]
-# "amx_emulated": the amx engine (its layout, K padding to 64, tile operands, driver and epilogue) with a
-# scalar TDPBSSD in place of the tile instructions: runs everywhere; the real "amx" needs the hardware.
+# "amx_emulated": the amx engine (its layout, K padding to 64, tile kernel, driver and epilogue) on emulated
+# tile instructions (tests/test_amx_tiles.py): runs everywhere; the real "amx" needs the hardware.
 C = erbnn_ext._native._C if NATIVE else None
 # ERBNN_DISABLE_AMX as the suite was started with: tests that switch AMX off give back this state.
 AMX_DISABLED_AT_START = os.environ.get("ERBNN_DISABLE_AMX", "") not in ("", "0")
@@ -317,11 +317,12 @@ def _tile_config_fields(cfg):
 
 
 def test_tile_config_is_the_intended_one(native):
-    # The configuration object the kernel hands to LDTILECFG (palette 1; C, A, B tiles of 16 rows x 64
-    # bytes; everything else zero), as compiled: a compiler that dropped its stores shows here too.
+    # The configuration object the kernel hands to LDTILECFG (palette 1; the 2x2 register block's 4 C, 2 A
+    # and 2 B tiles of 16 rows x 64 bytes; everything else zero), as compiled: a compiler that dropped its
+    # stores shows here too.
     palette, start_row, reserved, colsb, rows = _tile_config_fields(C._amx_tile_config())
     assert (palette, start_row) == (1, 0) and reserved == bytes(14)
-    assert colsb == [64, 64, 64] + [0] * 13 and rows == [16, 16, 16] + [0] * 13
+    assert colsb == [64] * 8 + [0] * 8 and rows == [16] * 8 + [0] * 8
 
 
 def test_tile_config_loaded_reads_back(native):

@@ -197,6 +197,7 @@ std::vector<ConvEngine> auto_candidates(const ConvGeom& g, std::string& why) {
     return c;
   }
   if (conv_engine_available(ConvEngine::kInt8Vnni)) c.push_back(ConvEngine::kInt8Vnni);
+  // amx's blocked tile kernel has run only on its emulation so far (docs/kernels.md): self-tested per host.
   if (!amx_emulated() && conv_engine_available(ConvEngine::kAmx)) c.push_back(ConvEngine::kAmx);
   if (c.size() == 1) why = "the only engine available";
   return c;

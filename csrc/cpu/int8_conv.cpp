@@ -1,6 +1,6 @@
 // The int8 engines of the CPU binary convolution (layouts and the exactness argument: int8_conv.h):
 // sign -> int8 channels-last conversion, weight unpacking, the per-tile im2col into the AMX B-tile
-// layout, the AVX512-VNNI microkernel, and the AMX driver. The fused epilogue is the XNOR engine's
+// layout, the AVX512-VNNI microkernel, and the AMX driver around the tile kernel of amx_tiles.h. The fused epilogue is the XNOR engine's
 // (conv_epilogue_avx512.h), so every engine yields bit-identical outputs.
 #include "int8_conv.h"
 
@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "conv_epilogue_avx512.h"
 
 #define ERBNN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
@@ -159,9 +161,11 @@ std::vector<int8_t> unpack_weights(const ConvGeom& g, const I8Geom& q, const uin
 }
 
 // im2col of pixels [p0, p0 + np) of image n into At [Kp4][16] words, plus the out-of-frame bookkeeping
-// the epilogue needs (nvalid, part_tap/part_bad, oob_c): the same meaning as build_tile's. Per tap, one
-// masked gather moves 4 channels of all 16 pixels (out-of-frame lanes get the pad word); images of
-// 2^31 words or more (int32 gather offsets) take the scalar copy.
+// the epilogue needs (nvalid, part_tap/part_bad, oob_c): the same meaning as build_tile's. Per tap and
+// 4 channels, one 16-lane vector (out-of-frame lanes get the pad word): at stride 1 the tile's pixels are
+// at most 3 runs along output rows (OW >= 8), each reading consecutive input words, so a masked load per
+// run; otherwise a masked gather, and for images of 2^31 words or more (int32 gather offsets) the
+// scalar copy.
 ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const uint32_t* img, Tile& t,
                                     uint32_t* At) {
   t.part_tap.clear();
@@ -173,6 +177,10 @@ ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const ui
   tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
   const __m512i padv = _mm512_set1_epi32(int32_t(q.pad_word));
+  int nrun = 0, run0[kTilePx];  // first lane of each run of pixels in one output row
+  for (int j = 0; j < t.np && g.sw == 1; ++j)
+    if (j == 0 || iy0[j] != iy0[j - 1]) run0[nrun++] = j;
+  const bool runs = g.sw == 1 && nrun <= 3;
   for (int64_t ky = 0; ky < g.kh; ++ky)
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       const int64_t tap = ky * g.kw + kx;
@@ -184,11 +192,29 @@ ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const ui
         const bool in = j < t.np && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
         ok |= uint32_t(in) << j;
         t.nvalid[j] += in;
-        off[j] = in && gather ? int32_t(iy * row + ix) : 0;
-        if (!gather)
+        off[j] = in && gather && !runs ? int32_t(iy * row + ix) : 0;
+        if (!gather && !runs)
           for (int64_t c = 0; c < Cp4; ++c) dst[c * kTilePx + j] = in ? img[iy * row + c * g.W + ix] : q.pad_word;
       }
-      if (gather) {
+      if (runs) {
+        // Run r's lane j reads word base[r] + j (+ c * W): lane 0's position extrapolated along the row;
+        // only in-frame lanes are loaded (a masked load does not touch the others).
+        __mmask16 mask[3];
+        int64_t base[3];
+        for (int r = 0; r < nrun; ++r) {
+          const int j0 = run0[r], j1 = r + 1 < nrun ? run0[r + 1] : t.np;
+          mask[r] = __mmask16(ok & (((1u << j1) - 1) & ~((1u << j0) - 1)));
+          base[r] = (iy0[j0] + ky * g.dh) * row + ix0[j0] + kx * g.dw - j0;
+        }
+        for (int64_t c = 0; c < Cp4; ++c) {
+          __m512i v = padv;
+          for (int r = 0; r < nrun; ++r)
+            if (mask[r])
+              v = _mm512_mask_loadu_epi32(
+                  v, mask[r], reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(img) + uintptr_t(base[r] + c * g.W) * 4));
+          _mm512_store_si512(dst + c * kTilePx, v);
+        }
+      } else if (gather) {
         __m512i idx = _mm512_load_si512(off);
         const __m512i step = _mm512_set1_epi32(int32_t(g.W));
         for (int64_t c = 0; c < Cp4; ++c, idx = _mm512_add_epi32(idx, step))
@@ -240,19 +266,107 @@ ERBNN_VNNI void block_vnni(const ConvGeom& g, const I8Geom& q, const Tile& t, co
   }
 }
 
-ERBNN_EPI_AVX512 void block_amx(const ConvGeom& g, const I8Geom& q, const Tile& t, const uint32_t* At,
-                                const int8_t* Wq, int64_t o, const Epilogue& e, float* out) {
-  alignas(64) int32_t C[16 * 16];
-  (amx_emulated() ? amx_block_16x16_emulated : amx_block_16x16)(Wq + o * q.Kp, q.Kp,
-                                                                 reinterpret_cast<const uint8_t*>(At), C);
+std::atomic<int64_t>& amx_packs() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+
+// Wt [Op / 16][Kt][16][64] from Wq [Op, Kp]: the A tile of 16 output channels x 64 k at K step kt is the
+// 1 KiB block (o / 16) * Kt + kt.
+std::vector<TileRow> tile_weights(const I8Geom& q, const std::vector<int8_t>& wq) {
+  const int64_t Kt = q.Kp / 64;
+  std::vector<TileRow> out(size_t(q.Op * Kt));
+  at::parallel_for(0, q.Op / 16, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b)
+      for (int64_t kt = 0; kt < Kt; ++kt)
+        for (int64_t r = 0; r < 16; ++r)
+          std::memcpy(out[size_t((b * Kt + kt) * 16 + r)].b, wq.data() + (b * 16 + r) * q.Kp + kt * 64, 64);
+  });
+  amx_packs().fetch_add(1, std::memory_order_relaxed);
+  return out;
+}
+
+// The epilogue of n output channels [o, o + n) of tile t from their int32 rows C[i][16 pixels].
+ERBNN_EPI_AVX512 void amx_epilogue(const ConvGeom& g, const Tile& t, int64_t o, int64_t n, const int32_t* C,
+                                   const Epilogue& e, float* out) {
   const __mmask16 store = __mmask16((1u << t.np) - 1);
-  const int64_t n = std::min<int64_t>(16, g.O - o);
   for (int64_t i = 0; i < n; ++i)
     store_conv_avx512(t, o + i, _mm512_load_si512(C + i * 16), oob_pop_avx512(g, t, o + i, e), e, store, out,
                       out_offset(g, t, o + i));
 }
 
+// The tile state of a thread for one parallel range: configured on entry, released on every exit.
+template <class Tiles>
+struct TileScope {
+  Tiles tiles;
+  TileScope() { tiles.load_config(&amx::kTileConfig); }
+  ~TileScope() { tiles.release(); }
+};
+
+// The amx engine. Tasks: (pair of 16-pixel tiles, chunk of output channels), as run_tiles' but on pairs;
+// per 32 channels one 2 x 2 register block of amx_tiles.h (the edges: 16 channels left, a pair with one
+// tile). Tile 0's channels go through the epilogue as each block is stored; tile 1's wait in a buffer
+// until tile 0's chunk is done, because the packed-output masks (BitsOut) hold one tile at a time.
+template <class Tiles>
+void amx_conv(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const TileRow* Wt, const Epilogue& e,
+              float* out, const BitsOut& bits) {
+  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk, pairs = (tiles + 1) / 2;
+  const int64_t block = e.emit_bits ? 64 : 32, Kt = q.Kp / 64, a_next = Kt * amx::kTileBytes;
+  const int64_t want = 4 * int64_t(at::get_num_threads()), oblocks = (g.O + block - 1) / block;
+  int64_t nch = 1;
+  if (pairs < want) nch = std::min<int64_t>(oblocks, (want + pairs - 1) / pairs);
+  const int64_t ochunk = (oblocks + nch - 1) / nch * block;
+  nch = (g.O + ochunk - 1) / ochunk;
+  const int8_t* W = Wt->b;
+  at::parallel_for(0, pairs * nch, 1, [&](int64_t lo, int64_t hi) {
+    TileScope<Tiles> scope;
+    const int64_t at_words = q.Kp4 * kTilePx;
+    std::vector<int32_t> storage(size_t(2 * at_words + (ochunk + 32) * 16 + 16));
+    int32_t* base = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    uint32_t* At[2] = {reinterpret_cast<uint32_t*>(base), reinterpret_cast<uint32_t*>(base + at_words)};
+    int32_t* C0 = base + 2 * at_words;  // tile 0's block [2][16][16]
+    int32_t* D = C0 + 32 * 16;          // tile 1's chunk [ochunk][16]
+    Tile t[2];
+    int64_t built = -1;
+    int nt = 0;
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t pair = task / nch, ch = task % nch;
+      if (pair != built) {
+        nt = 0;
+        for (int i = 0; i < 2 && 2 * pair + i < tiles; ++i, ++nt) {
+          const int64_t tile = 2 * pair + i;
+          t[i].n = tile / nblk;
+          t[i].p0 = (tile % nblk) * kTilePx;
+          t[i].np = int(std::min<int64_t>(kTilePx, ohw - t[i].p0));
+          build_tile_i8(g, q, X + t[i].n * g.H * g.W * q.Cp4, t[i], At[i]);
+          t[i].masks = bits.for_thread();
+          t[i].nan_at = 64 * bits.Ow;
+        }
+        built = pair;
+      }
+      const int64_t o0 = ch * ochunk, o1 = std::min(g.O, o0 + ochunk);
+      const int8_t* B0 = reinterpret_cast<const int8_t*>(At[0]);
+      const int8_t* B1 = reinterpret_cast<const int8_t*>(At[1]);
+      bits.begin(t[0], o0, o1);
+      for (int64_t o = o0; o < o1; o += 32) {
+        const int64_t n = std::min<int64_t>(32, o1 - o);
+        amx::tile_gemm(scope.tiles, n > 16 ? 2 : 1, nt, W + (o / 16) * a_next, a_next, B0, B1, Kt, C0,
+                       D + (o - o0) * 16);
+        amx_epilogue(g, t[0], o, n, C0, e, out);
+      }
+      bits.finish(g, t[0], o0, o1);
+      if (nt == 2) {
+        bits.begin(t[1], o0, o1);
+        amx_epilogue(g, t[1], o0, o1 - o0, D, e, out);
+        bits.finish(g, t[1], o0, o1);
+      }
+    }
+  });
+}
+
 }  // namespace
+
+int64_t amx_weight_packs() { return amx_packs().load(); }
 
 void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedWeights& w, const Epilogue& e,
                    bool amx, float* out, const BitsOut& bits) {
@@ -260,34 +374,30 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
   const at::Tensor xq = x.scalar_type() == at::kLong ? quantize_bits(g, x, q) : quantize_x(x, shift, q);
   {
     std::lock_guard<std::mutex> lock(w.mu);
-    if (amx && w.wq_amx.empty()) w.wq_amx = unpack_weights(g, q, w.words.data());
+    if (amx && w.wt_amx.empty()) w.wt_amx = tile_weights(q, unpack_weights(g, q, w.words.data()));
     if (!amx && w.wb_vnni.empty()) w.wb_vnni = block_weights(q, unpack_weights(g, q, w.words.data()));
   }
   packed_weights_grew();
-  const std::vector<int8_t>& wq = w.wq_amx;
-  const std::vector<int32_t>& wb = w.wb_vnni;
   const uint32_t* X = reinterpret_cast<const uint32_t*>(xq.const_data_ptr<int8_t>());
+  if (amx) {
+    if (amx_emulated())
+      amx_conv<amx::EmulatedTiles>(g, q, X, w.wt_amx.data(), e, out, bits);
+    else
+      amx_conv<amx::RealTiles>(g, q, X, w.wt_amx.data(), e, out, bits);
+    return;
+  }
+  const std::vector<int32_t>& wb = w.wb_vnni;
 
   struct Worker {
     const ConvGeom& g;
     const I8Geom& q;
     const uint32_t* X;
-    const std::vector<int8_t>& wq;
     const std::vector<int32_t>& wb;
     const Epilogue& e;
     float* out;
     const BitsOut& bits;
-    bool amx, tiles = amx && !amx_emulated();
     std::vector<uint32_t> storage = std::vector<uint32_t>(size_t(q.Kp4 * kTilePx + 16));
     uint32_t* At = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
-    Worker(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const std::vector<int8_t>& wq,
-           const std::vector<int32_t>& wb, const Epilogue& e, float* out, const BitsOut& bits, bool amx)
-        : g(g), q(q), X(X), wq(wq), wb(wb), e(e), out(out), bits(bits), amx(amx) {
-      if (tiles) amx_tiles_configure();
-    }
-    ~Worker() {
-      if (tiles) amx_tiles_release();
-    }
     void build(Tile& t) {
       build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
       t.masks = bits.for_thread();
@@ -295,16 +405,11 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
     }
     void run(const Tile& t, int64_t o0, int64_t o1) {
       bits.begin(t, o0, o1);
-      for (int64_t o = o0; o < o1; o += 16) {
-        if (amx)
-          block_amx(g, q, t, At, wq.data(), o, e, out);
-        else
-          block_vnni(g, q, t, At, wb.data(), o, e, out);
-      }
+      for (int64_t o = o0; o < o1; o += 16) block_vnni(g, q, t, At, wb.data(), o, e, out);
       bits.finish(g, t, o0, o1);
     }
   };
-  run_tiles(g, e.emit_bits ? 64 : 16, [&] { return Worker(g, q, X, wq, wb, e, out, bits, amx); });
+  run_tiles(g, e.emit_bits ? 64 : 16, [&] { return Worker{g, q, X, wb, e, out, bits}; });
 }
 
 }  // namespace erbnn
