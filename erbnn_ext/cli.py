@@ -22,18 +22,44 @@ def _cmd_info(args):
         w = max(len(r["layer"]) for r in info["routes"])
         for r in info["routes"]:
             print(f"  {r['layer']:<{w}}  {r['kernel']:<17} {r['layout']:<5} {r['reason']}")
+        engines = [r for r in info["routes"] if r.get("engine")]
+        if engines:
+            print("\nCPU binary-conv engine per layer (auto: measured on the layer's first call in this process):")
+            for r in engines:
+                print(f"  {r['layer']:<{w}}  {r['engine']:<11} {r['engine_why']}")
     return 0
 
 
 def _layer_routes(name, batch, train):
-    """[{layer, kernel, layout, reason}] of every ER layer of model `name` (erbnn_ext.nn.routes)."""
+    """[{layer, kernel, layout, reason}] of every ER layer of model `name` (erbnn_ext.nn.routes), with
+    {engine, engine_why} for the convs whose route runs the CPU popcount conv (the engine its shape got)."""
     import torch
 
     from . import models as zoo
-    from .nn import routes
+    from .benchmarks.binary_conv import conv_engine_key, engine_of
+    from .nn import ERBinaryConv2d, routes
     key = zoo.model_name(name)
     x = torch.randn(batch, *zoo.INPUT_SIZES[key])
-    return [{"layer": layer, **r._asdict()} for layer, r in routes(zoo.MODELS[key](), x, train=train)]
+    model = zoo.MODELS[key]()
+    inputs = {}  # layer -> input shape; routes() runs a deep copy, which carries these hooks
+
+    def record(name):
+        def hook(mod, args):
+            inputs.setdefault(name, tuple(args[0].shape))  # returns None: the input is left as it is
+        return hook
+    for n, m in model.named_modules():
+        if isinstance(m, ERBinaryConv2d):
+            m.register_forward_pre_hook(record(n))
+    out = []
+    for layer, r in routes(model, x, train=train):
+        row = {"layer": layer, **r._asdict()}
+        m = model.get_submodule(layer)
+        if r.kernel != "float" and isinstance(m, ERBinaryConv2d) and layer in inputs:
+            _, c, h, w = inputs[layer]
+            row["engine"], row["engine_why"] = engine_of(conv_engine_key(
+                c, h, w, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation))
+        out.append(row)
+    return out
 
 
 def build_parser():

@@ -152,10 +152,15 @@ class ERConv2dStep(torch.autograd.Function):
     _restore_activation_backward_nhwc reads grad_y in that order (tiles transposed in cache, no transpose
     pass); a channels_last x is restored as its rows. The forward values and the state are the
     NCHW step's; the backward's float sums (the conv's, the restoration's) are taken in another order and
-    may round differently."""
+    may round differently.
+
+    amp (a dtype, under CPU autocast): x is float32 (the caller casts it), the restorations and the exact
+    popcount conv run as without it and the output is returned in `amp`; the backward runs the conv's
+    backward in `amp` on y and w_b cast to it (as autocast's F.conv2d would have them), the restorations'
+    backward in float32."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False):
+    def forward(ctx, x, w, bias, weight_state, act_state, conv, nhwc, lean=False, amp=None):
         w_b, w_mean, alpha, w_width = ops.restore_weight_train(w.detach(), *weight_state, native=True)
         wp = ops.pack_conv_weight(w_b)
         xs, x_nhwc = x.detach(), _nhwc.is_nhwc(x)
@@ -169,7 +174,8 @@ class ERConv2dStep(torch.autograd.Function):
             yr, mean, sigma, rms, x_width = ops.restore_activation_train(xs, *act_state, native=True)
         ctx.conv = (*conv, None if bias is None else [bias.shape[0]])
         ctx.x_layout = (x.shape, x_nhwc) if nhwc else None
-        ctx.y_shape, ctx.lean = x.shape, lean
+        ctx.y_shape, ctx.lean, ctx.amp = x.shape, lean, amp
+        out_dtype = amp or x.dtype
         n, c, h, wd = x.shape
         # lean: the backward gets y and w_b back from their packed signs (w_b: the conv's packed weights'
         # bytes; y: mean + sigma where the bit is set, else mean - sigma, the float32 sums the op wrote), so
@@ -183,7 +189,7 @@ class ERConv2dStep(torch.autograd.Function):
             # sigma >= 0 (batch statistics); 0-dim float32 scalars, broadcast by the op
             return ops.binary_conv2d_bits(bits.view(n, h, wd, -1), wp, *conv, in_channels=c,
                                           out_scale=sigma, ones_scale=mean,
-                                          out_bias=None if bias is None else bias.detach().float())[0].to(x.dtype)
+                                          out_bias=None if bias is None else bias.detach().float())[0].to(out_dtype)
         y = _nhwc.as_nchw(yr, x.shape) if nhwc else yr
         # contiguous NCHW out, as the composition's (its restored y is contiguous whatever x's layout)
         out = _popcount_conv(y, w_b, mean, sigma, bias, *conv, out_nhwc=False, w_packed=wp)
@@ -195,7 +201,7 @@ class ERConv2dStep(torch.autograd.Function):
             y_kept = y
         ctx.save_for_backward(xs, w, y_kept, w_kept, w_mean, alpha, w_width, mean, sigma, rms, x_width)
         ctx.y_order = "rows" if nhwc else "nchw"
-        return out
+        return out.to(out_dtype)
 
     @staticmethod
     @once_differentiable
@@ -212,7 +218,11 @@ class ERConv2dStep(torch.autograd.Function):
                 y = y.contiguous()
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
+        if ctx.amp is not None:
+            grad, y, w_b = grad.to(ctx.amp), y.to(ctx.amp), w_b.to(ctx.amp)
         gy, gwb, gb = _conv_backward(grad, y, w_b, ctx.conv, need[0], need[1], need[2])
+        if ctx.amp is not None:
+            gy, gwb, gb = (None if t is None else t.to(xs.dtype) for t in (gy, gwb, gb))
         dx = dw = None
         if gy is not None and ctx.x_layout is None:
             dx = ops.restore_activation_backward(gy.contiguous(), xs, mean, sigma, rms, x_width, native=True)
@@ -226,7 +236,18 @@ class ERConv2dStep(torch.autograd.Function):
                                                           native=True).view(shape)
         if gwb is not None:
             dw = ops.restore_weight_backward(gwb.contiguous(), w, w_mean, alpha, w_width, native=True)
-        return dx, dw, gb, None, None, None, None, None
+        return dx, dw, gb, None, None, None, None, None, None
+
+
+def amp_step_dtype(x: torch.Tensor):
+    """The autocast dtype an ER layer's fused step runs its conv backward in (ERConv2dStep's amp), or None:
+    CPU autocast in bfloat16, a float32 or bfloat16 CPU input, outside torch.compile, native kernels."""
+    if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)):
+        return None
+    if torch.compiler.is_compiling() or not ops.native_now() or not ops.kernel_runs_on("binary_conv2d_packed", x.device):
+        return None
+    return torch.bfloat16
 
 
 def xnor_trains(y: torch.Tensor) -> bool:

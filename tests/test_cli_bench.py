@@ -424,3 +424,54 @@ def test_help_documents_sections_and_models():
         assert re.search(section + r" \(~\d+(\.\d+)? min", " ".join(text.split())), text
     for model in MODELS:
         assert model in text
+
+
+def _conv_dtypes(fn):
+    """The dtypes of the float convolutions (forward and backward) fn() runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+                seen.add((func.overloadpacket.__name__, args[0].dtype))
+            return func(*args, **(kwargs or {}))
+    with Spy():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("method", train_step.LAYER_METHODS)
+def test_train_step_amp_runs_the_layer_steps_float_convs_in_bf16(method):
+    shape = MODELS["resnet20"][1]
+    seen = _conv_dtypes(train_step.layer_step(shape, 2, method, amp="bf16"))
+    assert ("convolution_backward", torch.bfloat16) in seen, seen
+    assert all(dt == torch.bfloat16 for _, dt in seen), seen
+    assert all(dt == torch.float32 for _, dt in _conv_dtypes(train_step.layer_step(shape, 2, method))), method
+
+
+@pytest.mark.parametrize("method", train_step.MODEL_METHODS)
+def test_train_step_amp_runs_the_model_steps_float_convs_in_bf16(method):
+    seen = _conv_dtypes(train_step.model_step("resnet20", 2, method, amp="bf16"))
+    assert seen and all(dt == torch.bfloat16 for _, dt in seen), seen
+
+
+def test_train_step_amp_flag(capsys):
+    train_step.main(["--models", "resnet20", "--batch", "2", "--threads", "1", "--min-time", "0.01",
+                     "--no-models", "--clock", "thread", "--amp", "bf16"])
+    out = capsys.readouterr().out
+    assert "autocast: bf16" in out and "[under autocast bf16]" in out
+    with pytest.raises(ValueError, match="amp must be"):
+        train_step.autocast("cpu", "int8")
+
+
+def test_frozen_benchmark_times_the_bf16_twin_beside_fp32(capsys):
+    from erbnn_ext.benchmarks import frozen
+    frozen.main(["--models", "resnet20_1w1a", "--batches", "1", "--min-run-time", "0.01", "--no-layers",
+                 "--clock", "thread"])
+    out = capsys.readouterr().out
+    head, row = out.strip().splitlines()[-2:]
+    assert head.split()[2:] == ["frozen", "float32", "bf16", "vs", "fp32", "vs", "bf16"], head
+    name, batch, *vals = row.split()
+    assert (name, batch) == ("resnet20_1w1a", "1") and len(vals) == 5 and all(float(v.rstrip("x")) > 0 for v in vals)

@@ -97,3 +97,25 @@ def test_info_prints_routes(capsys):
     assert len(routes) == 18 and routes[0]["layer"] == "layer1.0.conv1" and routes[0]["kernel"] == "er_step"
     assert cli.main(["info", "--model", "resnet20", "--eval"]) == 0
     assert "xnor_eval" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", [[], ["--eval"]])
+def test_info_names_each_layers_conv_engine_and_why(capsys, mode):
+    """Every popcount-conv layer gets the engine its shape runs on, with the auto measurement (or the
+    forced engine), in the JSON and the table."""
+    erbnn_ext._native._clear_conv_engine_cache()
+    assert cli.main(["info", "--model", "resnet20", "--json", *mode]) == 0
+    routes = json.loads(capsys.readouterr().out)["routes"]
+    engines = erbnn_ext._native.conv_engines()
+    assert len(routes) == 18 and all(r["engine"] in engines for r in routes), routes
+    assert all(r["engine_why"] for r in routes)
+    assert cli.main(["info", "--model", "resnet20", *mode]) == 0
+    out = capsys.readouterr().out
+    assert "CPU binary-conv engine per layer" in out and f"layer3.2.conv2  {routes[-1]['engine']}" in out
+
+
+def test_info_names_a_forced_engine(capsys, monkeypatch):
+    monkeypatch.setenv("ERBNN_CONV_ENGINE", "xnor")
+    assert cli.main(["info", "--model", "resnet20", "--json", "--eval"]) == 0
+    routes = json.loads(capsys.readouterr().out)["routes"]
+    assert {(r["engine"], r["engine_why"].split()[0]) for r in routes} == {("xnor", "forced")}

@@ -76,7 +76,26 @@ def cases(models, batch, device, methods=METHODS):
 def engine_key(shape: ConvShape) -> str:
     """The key under which the CPU conv engine's auto choice for this layer is recorded."""
     k, s, p = shape.k, shape.stride, shape.padding
-    return f"C{shape.cin} H{shape.hw} W{shape.hw} O{shape.cout} k{k}x{k} s{s},{s} p{p},{p} d1,1"
+    return conv_engine_key(shape.cin, shape.hw, shape.hw, shape.cout, (k, k), (s, s), (p, p), (1, 1))
+
+
+def conv_engine_key(c, h, w, o, kernel, stride, padding, dilation) -> str:
+    """The shape key of the native engine choice (csrc/cpu/conv_engine.cpp, conv_engine_key): the conv's
+    geometry without the batch size."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    return f"C{c} H{h} W{w} O{o} k{kh}x{kw} s{sh},{sw} p{ph},{pw} d{dh},{dw}"
+
+
+def engine_of(key):
+    """(engine, why) the CPU binary conv of this shape key runs on now: the auto choice and its timings,
+    or the forced engine; (None, "") without the native extension or before the shape has run."""
+    import erbnn_ext
+    if not erbnn_ext.native_available():
+        return None, ""
+    N = erbnn_ext._native
+    if erbnn_ext.get_conv_engine() != "auto":
+        return erbnn_ext.get_conv_engine(), "forced (ERBNN_CONV_ENGINE / set_conv_engine)"
+    return N._conv_engine_choices().get(key), N.conv_engine_reasons().get(key, "")
 
 
 def add_engines(rows):

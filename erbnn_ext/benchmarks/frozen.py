@@ -1,5 +1,6 @@
 """Deployment speed: every paper model frozen (deploy.freeze: packed XNOR convs, BN folded, block tails
-fused) against its float32 twin at batch 1 and 16, and per layer the packed binary conv against fp32 and
+fused) against its float32 twin and that twin under bfloat16 autocast (oneDNN; AMX-BF16 where the CPU has
+it) at batch 1 and 16, timed side by side in alternating rounds, and per layer the packed binary conv against fp32 and
 bf16 F.conv2d, side by side in one process (1 thread unless told otherwise).
 
     python -m erbnn_ext.benchmarks.frozen [--models resnet20_1w1a ...] [--batches 1 16] [--threads 1]
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from erbnn_ext import deploy, models, nn as enn, ops
 from erbnn_ext.benchmarks import binary_conv
-from erbnn_ext.benchmarks.timing import header, measure
+from erbnn_ext.benchmarks.timing import header, measure_side_by_side
 
 MODELS = ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a")
 LAYER_MODELS = {"resnet20_1w1a": "resnet20", "resnet18_1w1a": "resnet18", "vgg_small_1w1a": "vgg_small"}
@@ -49,19 +50,24 @@ def float_twin(model):
 
 
 def run(name="resnet20_1w1a", batch=16, threads=1, min_run_time=0.5, with_eval=False, clock="wall"):
-    """{case: seconds per forward} for one model and batch size."""
+    """{case: seconds per forward} for one model and batch size: frozen, float32 (the float twin), bfloat16
+    (the float twin under torch.autocast bfloat16, as a user would run it) and, with_eval, the eval-mode ER
+    model; timed side by side (timing.measure_side_by_side)."""
     model = _calibrated(name)
-    cases = {"frozen": deploy.freeze(model), "float32": float_twin(model)}
+    twin = float_twin(model)
+    cases = {"frozen": (deploy.freeze(model), False), "float32": (twin, False), "bfloat16": (twin, True)}
     if with_eval:
-        cases["eval (XNOR)"] = model
+        cases["eval (XNOR)"] = (model, False)
     x = torch.randn(batch, 3, 32, 32)
-    out = {}
-    for label, net in cases.items():
-        def fn(net=net):
-            with torch.no_grad():
+
+    def forward(net, bf16):
+        def fn():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 net(x)
-        out[label] = measure(fn, min_run_time=min_run_time, threads=threads, clock=clock)["time_s"]
-    return out
+        return fn
+    times = measure_side_by_side([forward(*c) for c in cases.values()], min_run_time=min_run_time * len(cases),
+                                 threads=threads, clock=clock)
+    return {label: t["time_s"] for label, t in zip(cases, times)}
 
 
 def layer_fns(shape, batch):
@@ -96,11 +102,12 @@ def bench_layers(names, batches, threads, min_time, clock="wall"):
 
 def format_models(results, threads):
     lines = [f"Whole models, {threads} thread(s): ms per forward",
-             f"{'model':16s} {'batch':>5s} {'frozen':>10s} {'float32':>10s} {'speedup':>8s}"
+             f"{'model':16s} {'batch':>5s} {'frozen':>10s} {'float32':>10s} {'bf16':>10s} {'vs fp32':>8s} "
+             f"{'vs bf16':>8s}"
              + (f" {'eval':>10s}" if any('eval (XNOR)' in r for r in results.values()) else "")]
     for (name, batch), r in results.items():
         line = (f"{name:16s} {batch:5d} {r['frozen'] * 1e3:10.3f} {r['float32'] * 1e3:10.3f} "
-                f"{r['float32'] / r['frozen']:7.2f}x")
+                f"{r['bfloat16'] * 1e3:10.3f} {r['float32'] / r['frozen']:7.2f}x {r['bfloat16'] / r['frozen']:7.2f}x")
         if "eval (XNOR)" in r:
             line += f" {r['eval (XNOR)'] * 1e3:10.3f}"
         lines.append(line)

@@ -8,9 +8,14 @@
 Each ER case and its float counterpart are timed in alternating rounds (timing.measure_side_by_side).
 
     python -m erbnn_ext.benchmarks.train_step [--models resnet20,resnet18] [--batch 16] [--threads 1] [--float-conv]
-                                              [--nhwc auto|on|off] [--lean]
+                                              [--nhwc auto|on|off] [--lean] [--amp bf16]
+
+--amp bf16 runs every step, ER and float alike, under torch.autocast("cpu", bfloat16), as `erbnn train
+--amp bf16` does: the float convs of both (the float twin's, and the ER layers' backward and, off the
+popcount route, forward convs) then run in bfloat16 (oneDNN; AMX-BF16 where the CPU has it).
 """
 import argparse
+import contextlib
 import copy
 import math
 
@@ -58,9 +63,21 @@ def float_twin(model: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0):
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, amp):
+    """The autocast context of a step: amp None (float32), "bf16" or "fp16" (CUDA)."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP:
+        raise ValueError(f"amp must be None or one of {sorted(AMP)}, got {amp!r}")
+    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
+
+
+def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0, amp=None):
     """A closure running one training step of one layer of this shape: forward, then backward of a fixed
-    random upstream gradient into the input and the weight."""
+    random upstream gradient into the input and the weight (amp: forward under autocast, as in training)."""
     g = torch.Generator().manual_seed(seed)
     cls = {"er_layer": enn.ERBinaryConv2d, "conv2d": torch.nn.Conv2d}[method]
     torch.manual_seed(seed)
@@ -72,16 +89,18 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
     def step():
         with use_backend(backend):
             layer.weight.grad = x.grad = None
-            layer(x).backward(gy)
+            with autocast(device, amp):
+                out = layer(x)
+            out.backward(gy.to(out.dtype))
     if method == "er_layer":
-        with use_backend(backend):
+        with use_backend(backend), autocast(device, amp):
             step.route = enn.route(layer, x)  # the kernel and layout its steps take (nn.routing)
     return step
 
 
-def model_step(name, batch, method="er_model", device="cpu", seed=0):
+def model_step(name, batch, method="er_model", device="cpu", seed=0, amp=None):
     """A closure running one full training step (forward, cross-entropy, backward, SGD step) of the model
-    (method er_model) or of its float twin (method float_twin)."""
+    (method er_model) or of its float twin (method float_twin); amp: forward and loss under autocast."""
     build, hw = model_builder(name)
     torch.manual_seed(seed)
     model = build(num_classes=10).to(device).train()
@@ -94,7 +113,9 @@ def model_step(name, batch, method="er_model", device="cpu", seed=0):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
     return step
 
@@ -112,9 +133,9 @@ def _backend_label(device="cpu"):
     return "native" if not missing else "reference twin (no native kernel: " + ", ".join(missing) + ")"
 
 
-def cases(models, batch, device="cpu", layers=True, whole=True):
+def cases(models, batch, device="cpu", layers=True, whole=True, amp=None):
     """Yield (row, fn) for `erbnn bench`'s training-step section: per model, each layer shape with both
-    methods back to back, then the model and its float twin."""
+    methods back to back, then the model and its float twin (amp: all of them under that autocast)."""
     for model in models:
         if layers:
             for shape in MODELS[model]:
@@ -122,8 +143,9 @@ def cases(models, batch, device="cpu", layers=True, whole=True):
                     row = {"section": "train_step", "model": model, "layer": shape.name, "count": shape.count,
                            "weight_shape": list(shape.weight_shape()), "input_shape": list(shape.input_shape(batch)),
                            "batch": batch, "method": method, "label": LABELS[method],
-                           "backend": _backend_label(device) if method == "er_layer" else "pytorch", "device": str(device)}
-                    step = layer_step(shape, batch, method, device)
+                           "backend": _backend_label(device) if method == "er_layer" else "pytorch", "device": str(device),
+                           "amp": amp}
+                    step = layer_step(shape, batch, method, device, amp=amp)
                     route = getattr(step, "route", None)
                     if route is not None:
                         row["route"] = f"{route.kernel}/{route.layout}"
@@ -132,8 +154,9 @@ def cases(models, batch, device="cpu", layers=True, whole=True):
             for method in MODEL_METHODS:
                 row = {"section": "train_step", "model": model, "layer": "(model)", "count": 1, "batch": batch,
                        "method": method, "label": LABELS[method],
-                       "backend": _backend_label(device) if method == "er_model" else "pytorch", "device": str(device)}
-                yield row, model_step(model, batch, method, device)
+                       "backend": _backend_label(device) if method == "er_model" else "pytorch", "device": str(device),
+                       "amp": amp}
+                yield row, model_step(model, batch, method, device, amp=amp)
 
 
 def geomean(values):
@@ -152,11 +175,12 @@ def summarise(rows):
             c = t[(model, layer, "conv2d")]
             layers.append({"model": model, "layer": layer, "count": r["count"], "input_shape": r["input_shape"],
                            "weight_shape": r["weight_shape"], "er_s": r["time_s"], "conv_s": c["time_s"],
-                           "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route")})
+                           "ratio": paired_ratio(r, c), "backend": r["backend"], "route": r.get("route"),
+                           "amp": r.get("amp")})
         if method == "er_model" and (model, layer, "float_twin") in t:
             f = t[(model, layer, "float_twin")]
             models.append({"model": model, "er_s": r["time_s"], "float_s": f["time_s"], "ratio": paired_ratio(r, f),
-                           "backend": r["backend"]})
+                           "backend": r["backend"], "amp": r.get("amp")})
     return {"layers": layers, "models": models, "layer_ratio_geomean": geomean([e["ratio"] for e in layers])}
 
 
@@ -164,6 +188,9 @@ def format_tables(summary, batch, smoke=False):
     """The per-layer and per-model tables (ms per step; ratio = ER / float)."""
     tag = " [SMOKE RUN: a few calls per case, not a measurement]" if smoke else ""
     ratio = (lambda v: f"{'smoke':>7}") if smoke else (lambda v: f"{v:>6.2f}x")  # noqa: E731
+    amp = {r.get("amp") for r in summary.get("layers", []) + summary.get("models", [])} - {None}
+    if amp:
+        tag = f" [under autocast {'/'.join(sorted(amp))}]" + tag
     lines = [f"Training step per binary layer, batch {batch}: ms per step (fwd + bwd, input and weight grads); "
              f"ratio = ERBinaryConv2d / nn.Conv2d, median of the per-round ratios{tag}",
              f"{'model':<10} {'layer':<16} {'n':>2} {'input':>14} {'ER ms':>9} {'conv ms':>9} {'ratio':>7}"]
@@ -212,9 +239,9 @@ def measure_group(group, **kw):
 
 
 def run(models=("resnet20", "resnet18"), batch=16, threads=1, min_run_time=0.3, repeat=None, device="cpu",
-        layers=True, whole=True, clock="wall"):
+        layers=True, whole=True, clock="wall", amp=None):
     rows = []
-    for group in pairs(cases(models, batch, device, layers, whole)):
+    for group in pairs(cases(models, batch, device, layers, whole, amp)):
         rows += measure_group(group, repeat=repeat, min_run_time=2 * min_run_time, threads=threads, clock=clock)
     return rows
 
@@ -239,16 +266,19 @@ def main(argv=None):
     ap.add_argument("--lean", action="store_true",
                     help="ER steps keep packed signs instead of y and w_b for the backward (nn.train_route(lean="
                          "True)): a float conv's memory, the rebuild's time")
+    ap.add_argument("--amp", choices=sorted(AMP), default=None,
+                    help="every step (ER and float twin) under torch.autocast in this dtype, as `erbnn train --amp`")
     a = ap.parse_args(argv)
     if a.clock == "thread" and a.threads != 1:
         ap.error("--clock thread needs --threads 1")
     torch.set_num_threads(a.threads)
     conv = "F.conv2d" if a.float_conv else "popcount"
     print(header(f"Training step, ER-BNN vs float, ER layers: {_backend_label(a.device)}, forward conv: {conv}, "
-                 f"NHWC step: {a.nhwc}, lean: {a.lean}", a.device))
+                 f"NHWC step: {a.nhwc}, lean: {a.lean}, autocast: {a.amp or 'off'}", a.device))
     with enn.train_route(xnor=False if a.float_conv else None, nhwc={"auto": None, "on": True, "off": False}[a.nhwc],
                          lean=True if a.lean else None):
-        rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock)
+        rows = run(a.models, a.batch, a.threads, a.min_time, device=a.device, whole=not a.no_models, clock=a.clock,
+                   amp=a.amp)
     print(f"clock: {a.clock}")
     print(format_tables(summarise(rows), a.batch))
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import functional as EF, ops
 from .approx_sign import ApproxSign
 from .ring import RingMean
-from .routing import ER_STEP, NHWC, RESTORED_POPCOUNT, XNOR_EVAL, lean_train, route
+from .routing import AMP_STEPS, ER_STEP, NHWC, RESTORED_POPCOUNT, XNOR_EVAL, lean_train, route
 
 
 def running_stats(act_mean: RingMean, act_sigma: RingMean):
@@ -149,9 +149,10 @@ class ERBinaryConv2d(torch.nn.Conv2d, _Restoration):
         if r.kernel == XNOR_EVAL:
             return self._xnor_forward(x, self.stride, self.padding, self.dilation, self.weight)
         if r.kernel == ER_STEP:
-            return EF.ERConv2dStep.apply(x, self.weight, self.bias, self._weight_state(), self._act_state(),
-                                         (self.stride, self.padding, self.dilation), r.layout == NHWC,
-                                         lean_train(self))
+            amp = torch.bfloat16 if r in AMP_STEPS else None
+            return EF.ERConv2dStep.apply(x.float() if amp else x, self.weight, self.bias, self._weight_state(),
+                                         self._act_state(), (self.stride, self.padding, self.dilation),
+                                         r.layout == NHWC, lean_train(self), amp)
         measure = self._measuring(x)
         w_b = self.restored_weight(measure)
         y, mu, sigma = self._restore_input(x, measure)

@@ -8,7 +8,8 @@ Kernels (Route.kernel):
 - "xnor_eval": eval under no_grad on the native backend: the packed XNOR-popcount conv of the running
   statistics (nn.layers._Restoration._xnor_forward; float64 keeps the exact float path).
 - "er_step": a training step as ONE autograd node (functional.ERConv2dStep): the fused training ops, the
-  popcount forward conv, F.conv2d's backward. Eager mode, float32 CPU, native kernels.
+  popcount forward conv, F.conv2d's backward. Eager mode, float32 CPU, native kernels; under CPU bfloat16
+  autocast (AMP_STEPS) the same step on x in float32, its output and its conv backward in bfloat16.
 - "restored_popcount": the composed functions (RestoreWeight + RestoreActivation + RestoredConv2d) with
   the popcount forward conv: a training step the fused node does not take (fused_train off).
 - "float": the restored weights and input through F.conv2d / F.linear: everything else (the reference
@@ -54,10 +55,15 @@ _STEP_NHWC = Route(ER_STEP, NHWC, "training step, eager float32 native: one auto
                                   "(in_channels <= NHWC_MAX_CHANNELS, a channels_last input, or nhwc_train)")
 _STEP_NCHW = Route(ER_STEP, NCHW, "training step, eager float32 native: one autograd node in NCHW order "
                                   "(in_channels > NHWC_MAX_CHANNELS or nhwc_train False)")
+_STEP_AMP_NHWC = Route(ER_STEP, NHWC, "training step under CPU bfloat16 autocast: the NHWC step on x in float32, "
+                                      "popcount forward (exact), output in bfloat16, the conv backward in bfloat16")
+_STEP_AMP_NCHW = Route(ER_STEP, NCHW, "training step under CPU bfloat16 autocast: the NCHW step on x in float32, "
+                                      "popcount forward (exact), output in bfloat16, the conv backward in bfloat16")
+AMP_STEPS = (_STEP_AMP_NHWC, _STEP_AMP_NCHW)
 _COMPOSED = Route(RESTORED_POPCOUNT, NCHW, "training step with fused_train off: composed functions, popcount "
                                            "forward conv")
 _FLOAT_TRAIN = Route(FLOAT, NCHW, "training step off the popcount path (reference backend, torch.compile, "
-                                  "autocast, not float32, CUDA, or xnor_train False): F.conv2d")
+                                  "autocast other than CPU bfloat16, not float32, CUDA, or xnor_train False): F.conv2d")
 _FLOAT_NO_STEP = Route(FLOAT, NCHW, "no training step (no grad, an empty batch, or eval with grad): restored "
                                     "values through F.conv2d")
 _FLOAT_EVAL = Route(FLOAT, NCHW, "eval under no_grad without the native XNOR kernel (reference backend, "
@@ -110,13 +116,18 @@ def route(layer, x: torch.Tensor) -> Route:
         return _LINEAR
     if not layer._measuring(x):
         return _FLOAT_EVAL if not layer.training and not torch.is_grad_enabled() else _FLOAT_NO_STEP
-    if not (_setting(layer, "xnor_train") and EF.xnor_trains(x) and x.dtype == layer.weight.dtype):
+    amp = EF.amp_step_dtype(x) if layer.weight.dtype == torch.float32 else None
+    if not (_setting(layer, "xnor_train") and (amp is not None or (EF.xnor_trains(x) and x.dtype == layer.weight.dtype))):
         return _FLOAT_TRAIN
     if _setting(layer, "fused_train") and ops.kernel_runs_on("restore_activation_train", x.device):
         nhwc = _setting(layer, "nhwc_train")
         if nhwc is None or nhwc == "auto":
             nhwc = layer.in_channels <= NHWC_MAX_CHANNELS or _nhwc.is_nhwc(x)
+        if amp is not None:
+            return _STEP_AMP_NHWC if nhwc else _STEP_AMP_NCHW
         return _STEP_NHWC if nhwc else _STEP_NCHW
+    if amp is not None:  # the composed functions have no autocast form: autocast's F.conv2d
+        return _FLOAT_TRAIN
     b = layer.bias
     if b is not None and b.dtype != x.dtype:  # RestoredConv2d's backward (F.conv2d's) would refuse it
         return _FLOAT_TRAIN
