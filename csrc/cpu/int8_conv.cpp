@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <type_traits>
@@ -112,22 +113,62 @@ at::Tensor quantize_typed(const at::Tensor& x, T shift, const I8Geom& q) {
   return out;
 }
 
+// Packed signs -> Xq for one row of W pixels, 16 pixels at a time: per 64-channel word, the 16 pixels'
+// words (a gather at stride Cw) split into their low and high dwords; channel group i of the word is
+// nibble i, which a 16-entry table (vpermd) turns into its 4 bytes. lut_last: the table of the last
+// group, whose channels past C (bits 0, checked by the caller) are pad bytes.
+ERBNN_EPI_AVX512 void quantize_bits_row_avx512(const uint64_t* row, int64_t W, int64_t Cw, int64_t Cp4,
+                                               const uint32_t* lut_all, const uint32_t* lut_end, uint32_t* d) {
+  const __m512i lut = _mm512_loadu_si512(lut_all), lut_last = _mm512_loadu_si512(lut_end);
+  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int32_t(Cw)));
+  const __m512i nibble = _mm512_set1_epi32(15);
+  for (int64_t w0 = 0; w0 < W; w0 += 16) {
+    const int64_t k = std::min<int64_t>(16, W - w0);
+    const __mmask16 m = k == 16 ? __mmask16(0xFFFF) : __mmask16((1u << k) - 1);
+    for (int64_t cw = 0; cw < Cw; ++cw) {
+      const uint64_t* p = row + w0 * Cw + cw;
+      // the second 8 pixels' base may lie past the row: it is only formed, every lane masked off
+      const auto* p8 = reinterpret_cast<const long long*>(reinterpret_cast<uintptr_t>(p) + uintptr_t(8 * Cw) * 8);
+      const __m512i a = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), __mmask8(m), idx,
+                                                    reinterpret_cast<const long long*>(p), 8);
+      const __m512i b = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), __mmask8(m >> 8), idx, p8, 8);
+      const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
+      const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(a, 32))),
+                                            _mm512_cvtepi64_epi32(_mm512_srli_epi64(b, 32)), 1);
+      for (int i = 0; i < 16 && cw * 16 + i < Cp4; ++i) {
+        const int64_t c4 = cw * 16 + i;
+        const __m512i n = _mm512_and_si512(_mm512_srli_epi32(i < 8 ? lo : hi, unsigned(4 * (i % 8))), nibble);
+        _mm512_mask_storeu_epi32(d + c4 * W + w0, m, _mm512_permutexvar_epi32(n, c4 == Cp4 - 1 ? lut_last : lut));
+      }
+    }
+  }
+}
+
+// The bytes of 4 channels [4 * c4, 4 * c4 + 4) for each nibble of their sign bits (channels >= C: bias).
+std::array<uint32_t, 16> nibble_table(int64_t c4, int64_t C, int8_t pos, int8_t neg, int8_t bias) {
+  std::array<uint32_t, 16> t{};
+  for (uint32_t n = 0; n < 16; ++n)
+    for (int b = 0; b < 4; ++b) {
+      const int8_t v = 4 * c4 + b < C ? ((n >> b) & 1 ? pos : neg) : bias;
+      t[n] |= uint32_t(uint8_t(v)) << (8 * b);
+    }
+  return t;
+}
+
 // The same bytes from packed signs P [N, H, W, Cw] (bit c of a pixel's words: channel c).
 at::Tensor quantize_bits(const ConvGeom& g, const at::Tensor& P, const I8Geom& q) {
   const int64_t H = g.H, W = g.W, Cw = g.Cw, Cp4 = q.Cp4;
   at::Tensor out = at::empty({g.N, H, Cp4, W * 4}, P.options().dtype(at::kChar));
   const uint64_t* src = reinterpret_cast<const uint64_t*>(P.const_data_ptr<int64_t>());
-  int8_t* dst = out.mutable_data_ptr<int8_t>();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int8_t>());
   const int8_t pos = int8_t(1 + q.bias), neg = int8_t(-1 + q.bias);
+  const std::array<uint32_t, 16> lut = nibble_table(0, 4, pos, neg, q.bias),
+                                 lut_last = nibble_table(Cp4 - 1, g.C, pos, neg, q.bias);
+  // AVX-512 only: the int8 engines run on the avx512 path alone (their epilogue is AVX-512), and the
+  // gather offsets j * Cw fit int32 (C * taps < 2^31).
   at::parallel_for(0, g.N * H, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const uint64_t* row = src + r * W * Cw;
-      int8_t* d = dst + r * Cp4 * W * 4;
-      for (int64_t c = 0; c < Cp4 * 4; ++c)
-        for (int64_t w = 0; w < W; ++w)
-          d[((c / 4) * W + w) * 4 + c % 4] =
-              c < g.C ? ((row[w * Cw + c / 64] >> (c % 64)) & 1 ? pos : neg) : q.bias;
-    }
+    for (int64_t r = lo; r < hi; ++r)
+      quantize_bits_row_avx512(src + r * W * Cw, W, Cw, Cp4, lut.data(), lut_last.data(), dst + r * Cp4 * W);
   });
   return out;
 }
