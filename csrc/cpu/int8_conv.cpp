@@ -359,11 +359,13 @@ void amx_conv(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const TileR
   const int64_t ochunk = (oblocks + nch - 1) / nch * block;
   nch = (g.O + ochunk - 1) / ochunk;
   const int8_t* W = Wt->b;
+  // Per thread: the two tiles' im2col, tile 0's block, tile 1's chunk (+ 16 words to align to 64 bytes).
+  const int64_t at_words = q.Kp4 * kTilePx, per_thread = 2 * at_words + (ochunk + 32) * 16 + 16;
+  at::Tensor scratch = at::empty({int64_t(at::get_num_threads()), per_thread}, at::kInt);
   at::parallel_for(0, pairs * nch, 1, [&](int64_t lo, int64_t hi) {
     TileScope<Tiles> scope;
-    const int64_t at_words = q.Kp4 * kTilePx;
-    std::vector<int32_t> storage(size_t(2 * at_words + (ochunk + 32) * 16 + 16));
-    int32_t* base = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    int32_t* mine = scratch.mutable_data_ptr<int32_t>() + int64_t(at::get_thread_num()) * per_thread;
+    int32_t* base = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(mine) + 63) & ~uintptr_t(63));
     uint32_t* At[2] = {reinterpret_cast<uint32_t*>(base), reinterpret_cast<uint32_t*>(base + at_words)};
     int32_t* C0 = base + 2 * at_words;  // tile 0's block [2][16][16]
     int32_t* D = C0 + 32 * 16;          // tile 1's chunk [ochunk][16]
