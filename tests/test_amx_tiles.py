@@ -195,9 +195,9 @@ def test_engine_fused_tail_and_chain_identical_to_xnor(kind, cfg):
     x, wt = torch.randn(n, c, h, w, generator=gen) + 0.2, torch.randn(o, c, k, k, generator=gen)
     wp = ops.pack_conv_weight(wt)
     geo = ([s, s], [p, p], [d, d])
-    kw = dict(out_scale=torch.rand(o, generator=gen) + 0.5, out_bias=torch.randn(o, generator=gen),
-              ones_scale=torch.randn(o, generator=gen),
-              act=torch.stack([torch.randn(o, generator=gen), torch.rand(o, generator=gen), torch.randn(o, generator=gen)]))
+    r = lambda f: f(o, generator=gen)
+    kw = dict(out_scale=r(torch.rand) + 0.5, out_bias=r(torch.randn), ones_scale=r(torch.randn),
+              act=torch.stack([r(torch.randn), r(torch.rand), r(torch.randn)]))
     residual = torch.randn(ops.binary_conv2d_packed(x, wp, *geo).shape, generator=gen)
     runs = lambda: [
         ops.binary_conv2d_packed(x, wp, *geo, x_shift=0.2, residual=residual, **kw),

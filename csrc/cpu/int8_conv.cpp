@@ -1,7 +1,8 @@
 // The int8 engines of the CPU binary convolution (layouts and the exactness argument: int8_conv.h):
 // sign -> int8 channels-last conversion, weight unpacking, the per-tile im2col into the AMX B-tile
-// layout, the AVX512-VNNI microkernel, and the AMX driver around the tile kernel of amx_tiles.h. The fused epilogue is the XNOR engine's
-// (conv_epilogue_avx512.h), so every engine yields bit-identical outputs.
+// layout, the AVX512-VNNI microkernel, and the AMX driver around the tile kernel of amx_tiles.h. The
+// fused epilogue is the XNOR engine's (conv_epilogue_avx512.h), so every engine yields bit-identical
+// outputs.
 #include "int8_conv.h"
 
 #include <ATen/Parallel.h>
@@ -132,7 +133,8 @@ ERBNN_EPI_AVX512 void quantize_bits_row_avx512(const uint64_t* row, int64_t W, i
       const __m512i a = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), __mmask8(m), idx,
                                                     reinterpret_cast<const long long*>(p), 8);
       const __m512i b = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), __mmask8(m >> 8), idx, p8, 8);
-      const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
+      const __m512i lo =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
       const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(a, 32))),
                                             _mm512_cvtepi64_epi32(_mm512_srli_epi64(b, 32)), 1);
       for (int i = 0; i < 16 && cw * 16 + i < Cp4; ++i) {
@@ -249,10 +251,11 @@ ERBNN_EPI_AVX512 void build_tile_i8(const ConvGeom& g, const I8Geom& q, const ui
         }
         for (int64_t c = 0; c < Cp4; ++c) {
           __m512i v = padv;
-          for (int r = 0; r < nrun; ++r)
-            if (mask[r])
-              v = _mm512_mask_loadu_epi32(
-                  v, mask[r], reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(img) + uintptr_t(base[r] + c * g.W) * 4));
+          for (int r = 0; r < nrun; ++r) {
+            if (!mask[r]) continue;
+            const uintptr_t at = reinterpret_cast<uintptr_t>(img) + uintptr_t(base[r] + c * g.W) * 4;
+            v = _mm512_mask_loadu_epi32(v, mask[r], reinterpret_cast<const void*>(at));
+          }
           _mm512_store_si512(dst + c * kTilePx, v);
         }
       } else if (gather) {

@@ -93,7 +93,8 @@ ERBNN_AMX int tile_self_test() {
   }
   amx::EmulatedTiles emu;
   emu.load_config(&kTileConfig);
-  const bool ok = block_matches<2, 2>(A, next, B[0], B[1], Kt, emu) && block_matches<2, 1>(A, next, B[1], B[0], Kt, emu) &&
+  const bool ok = block_matches<2, 2>(A, next, B[0], B[1], Kt, emu) &&
+                  block_matches<2, 1>(A, next, B[1], B[0], Kt, emu) &&
                   block_matches<1, 2>(A + next, next, B[0], B[1], Kt, emu) &&
                   block_matches<1, 1>(A, next, B[1], B[0], Kt, emu);
   return ok ? 0 : 2;
