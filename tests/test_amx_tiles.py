@@ -168,6 +168,9 @@ EDGES = [
     (1, 128, 31, 4, 4, 1, 1, 0, 1),     # 1x1, K = 128; 16 pixels: one tile; O = 31
     (2, 33, 65, 11, 3, 5, 1, 2, 1),     # 5x5, K = 25 * 36 = 900; O = 64 + 1
     (1, 256, 96, 2, 2, 3, 1, 1, 1),     # K = 2304, 4 pixels
+    (3, 8, 20, 9, 9, 3, 1, 1, 1),       # 18 tiles: task groups of 8 tiles (4 pairs), the last of 2
+    (1, 64, 40, 13, 5, 3, 1, 1, 1),     # 5 tiles: one group of 2 pairs and a single tile
+    (1, 512, 20, 10, 10, 3, 1, 1, 1),   # K = 4608: groups of 3 pairs (their im2col within 512 KiB), 7 tiles
     (0, 8, 20, 5, 5, 3, 1, 1, 1),       # empty batch
 ]
 
@@ -185,7 +188,7 @@ def test_engine_edges_exact(kind, cfg):
 
 
 @pytest.mark.parametrize("kind", ["emulated", "real"])
-@pytest.mark.parametrize("cfg", EDGES[:8], ids=lambda c: "n{}c{}o{}h{}w{}k{}s{}p{}d{}".format(*c))
+@pytest.mark.parametrize("cfg", EDGES[:-1], ids=lambda c: "n{}c{}o{}h{}w{}k{}s{}p{}d{}".format(*c))
 def test_engine_fused_tail_and_chain_identical_to_xnor(kind, cfg):
     # The epilogue with a residual and RPReLU, the float output and the packed output for the next layer,
     # from a float input and from packed input signs: every byte equal to the xnor engine's.

@@ -347,64 +347,70 @@ struct TileScope {
   ~TileScope() { tiles.release(); }
 };
 
-// The amx engine. Tasks: (pair of 16-pixel tiles, chunk of output channels), as run_tiles' but on pairs;
-// per 32 channels one 2 x 2 register block of amx_tiles.h (the edges: 16 channels left, a pair with one
-// tile). Tile 0's channels go through the epilogue as each block is stored; tile 1's wait in a buffer
-// until tile 0's chunk is done, because the packed-output masks (BitsOut) hold one tile at a time.
+// Pairs of tiles per amx task: the group's im2col (and its int32 results) stays in a 2 MiB L2 while each
+// 32-channel block of weights is reused over the whole group (one pair per task reread all the weights
+// from L3 per 32 pixels once they outgrew L2, as a 512-channel 3x3 layer's 2.3 MB do). Sized, not
+// measured: the development machine has no AMX.
+constexpr int64_t kAmxGroupBytes = int64_t(512) << 10, kAmxMaxPairs = 4;
+
+// The amx engine. Tasks: (group of up to kAmxMaxPairs pairs of 16-pixel tiles, chunk of output channels),
+// as run_tiles' but on groups; per 32 channels and pair one 2 x 2 register block of amx_tiles.h (the
+// edges: 16 channels left, a pair with one tile). The blocks' int32 results wait in a buffer per tile
+// until the chunk is done, then each tile goes through the epilogue in turn (the packed-output masks of
+// BitsOut hold one tile at a time).
 template <class Tiles>
 void amx_conv(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const TileRow* Wt, const Epilogue& e,
               float* out, const BitsOut& bits) {
-  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk, pairs = (tiles + 1) / 2;
+  const int64_t ohw = g.OH * g.OW, nblk = (ohw + kTilePx - 1) / kTilePx, tiles = g.N * nblk;
+  const int64_t at_words = q.Kp4 * kTilePx;  // one tile's im2col
+  const int64_t gp = std::clamp<int64_t>(kAmxGroupBytes / (2 * 4 * at_words), 1, kAmxMaxPairs);
+  const int64_t gt = 2 * gp, groups = (tiles + gt - 1) / gt;  // tiles per group, groups
   const int64_t block = e.emit_bits ? 64 : 32, Kt = q.Kp / 64, a_next = Kt * amx::kTileBytes;
   const int64_t want = 4 * int64_t(at::get_num_threads()), oblocks = (g.O + block - 1) / block;
   int64_t nch = 1;
-  if (pairs < want) nch = std::min<int64_t>(oblocks, (want + pairs - 1) / pairs);
+  if (groups < want) nch = std::min<int64_t>(oblocks, (want + groups - 1) / groups);
   const int64_t ochunk = (oblocks + nch - 1) / nch * block;
   nch = (g.O + ochunk - 1) / ochunk;
   const int8_t* W = Wt->b;
-  // Per thread: the two tiles' im2col, tile 0's block, tile 1's chunk (+ 16 words to align to 64 bytes).
-  const int64_t at_words = q.Kp4 * kTilePx, per_thread = 2 * at_words + (ochunk + 32) * 16 + 16;
+  // Per thread: each tile's im2col and its results [ochunk][16] (+ 16 words to align to 64 bytes).
+  const int64_t per_tile = at_words + ochunk * 16, per_thread = gt * per_tile + 16;
   at::Tensor scratch = at::empty({int64_t(at::get_num_threads()), per_thread}, at::kInt);
-  at::parallel_for(0, pairs * nch, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, groups * nch, 1, [&](int64_t lo, int64_t hi) {
     TileScope<Tiles> scope;
     int32_t* mine = scratch.mutable_data_ptr<int32_t>() + int64_t(at::get_thread_num()) * per_thread;
     int32_t* base = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(mine) + 63) & ~uintptr_t(63));
-    uint32_t* At[2] = {reinterpret_cast<uint32_t*>(base), reinterpret_cast<uint32_t*>(base + at_words)};
-    int32_t* C0 = base + 2 * at_words;  // tile 0's block [2][16][16]
-    int32_t* D = C0 + 32 * 16;          // tile 1's chunk [ochunk][16]
-    Tile t[2];
-    int64_t built = -1;
-    int nt = 0;
+    auto im2col = [&](int64_t i) { return base + i * per_tile; };
+    auto results = [&](int64_t i) { return base + i * per_tile + at_words; };
+    Tile t[2 * kAmxMaxPairs];
+    int64_t built = -1, nt = 0;
     for (int64_t task = lo; task < hi; ++task) {
-      const int64_t pair = task / nch, ch = task % nch;
-      if (pair != built) {
-        nt = 0;
-        for (int i = 0; i < 2 && 2 * pair + i < tiles; ++i, ++nt) {
-          const int64_t tile = 2 * pair + i;
+      const int64_t group = task / nch, ch = task % nch;
+      if (group != built) {
+        nt = std::min(gt, tiles - group * gt);
+        for (int64_t i = 0; i < nt; ++i) {
+          const int64_t tile = group * gt + i;
           t[i].n = tile / nblk;
           t[i].p0 = (tile % nblk) * kTilePx;
           t[i].np = int(std::min<int64_t>(kTilePx, ohw - t[i].p0));
-          build_tile_i8(g, q, X + t[i].n * g.H * g.W * q.Cp4, t[i], At[i]);
+          build_tile_i8(g, q, X + t[i].n * g.H * g.W * q.Cp4, t[i], reinterpret_cast<uint32_t*>(im2col(i)));
           t[i].masks = bits.for_thread();
           t[i].nan_at = 64 * bits.Ow;
         }
-        built = pair;
+        built = group;
       }
       const int64_t o0 = ch * ochunk, o1 = std::min(g.O, o0 + ochunk);
-      const int8_t* B0 = reinterpret_cast<const int8_t*>(At[0]);
-      const int8_t* B1 = reinterpret_cast<const int8_t*>(At[1]);
-      bits.begin(t[0], o0, o1);
-      for (int64_t o = o0; o < o1; o += 32) {
-        const int64_t n = std::min<int64_t>(32, o1 - o);
-        amx::tile_gemm(scope.tiles, n > 16 ? 2 : 1, nt, W + (o / 16) * a_next, a_next, B0, B1, Kt, C0,
-                       D + (o - o0) * 16);
-        amx_epilogue(g, t[0], o, n, C0, e, out);
-      }
-      bits.finish(g, t[0], o0, o1);
-      if (nt == 2) {
-        bits.begin(t[1], o0, o1);
-        amx_epilogue(g, t[1], o0, o1 - o0, D, e, out);
-        bits.finish(g, t[1], o0, o1);
+      for (int64_t o = o0; o < o1; o += 32)
+        for (int64_t i = 0; i < nt; i += 2) {
+          const int nb = int(std::min<int64_t>(2, nt - i));
+          amx::tile_gemm(scope.tiles, o1 - o > 16 ? 2 : 1, nb, W + (o / 16) * a_next, a_next,
+                         reinterpret_cast<const int8_t*>(im2col(i)),
+                         reinterpret_cast<const int8_t*>(im2col(i + nb - 1)), Kt, results(i) + (o - o0) * 16,
+                         results(i + nb - 1) + (o - o0) * 16);
+        }
+      for (int64_t i = 0; i < nt; ++i) {
+        bits.begin(t[i], o0, o1);
+        amx_epilogue(g, t[i], o0, o1 - o0, results(i), e, out);
+        bits.finish(g, t[i], o0, o1);
       }
     }
   });
