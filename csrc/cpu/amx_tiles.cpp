@@ -9,9 +9,13 @@
 
 namespace erbnn::amx {
 
-ERBNN_AMX void RealTiles::load_config(const TileConfig* cfg) { _tile_loadconfig(cfg); }
+// The asm operands are the whole 64-byte objects (GCC's _tile_loadconfig / _tile_storeconfig name 8 bytes
+// of them), so the compiler keeps every store LDTILECFG reads and every byte STTILECFG writes.
+ERBNN_AMX void RealTiles::load_config(const TileConfig* cfg) { __asm__ volatile("ldtilecfg\t%X0" ::"m"(*cfg)); }
 
-ERBNN_AMX void RealTiles::release() { _tile_release(); }
+ERBNN_AMX void RealTiles::store_config(TileConfig* cfg) { __asm__ volatile("sttilecfg\t%X0" : "=m"(*cfg)); }
+
+ERBNN_AMX void RealTiles::release() { __asm__ volatile("tilerelease" ::: "memory"); }
 
 void EmulatedTiles::load_config(const TileConfig* cfg) {
   // LDTILECFG: palette 0 is the init state; palette 1 checks every field (#GP otherwise) and zeroes

@@ -55,7 +55,9 @@ alignas(64) inline constexpr TileConfig kTileConfig = make_tile_config();
 // keeps the stores that fill an operand before the load (they could be moved past it or dropped as dead,
 // as the configuration's were).
 struct RealTiles {
-  ERBNN_AMX void load_config(const TileConfig* cfg);  // out of line: callers need no AMX target
+  // LDTILECFG / STTILECFG / TILERELEASE; out of line: callers need no AMX target.
+  ERBNN_AMX void load_config(const TileConfig* cfg);
+  ERBNN_AMX void store_config(TileConfig* cfg);
   ERBNN_AMX void release();
   template <int T>
   ERBNN_AMX __attribute__((always_inline)) inline void zero() {
@@ -84,6 +86,7 @@ struct RealTiles {
 class EmulatedTiles {
  public:
   void load_config(const TileConfig* cfg);  // LDTILECFG: validates, zeroes every tile
+  void store_config(TileConfig* cfg) const { *cfg = cfg_; }  // STTILECFG
   void release();                           // TILERELEASE: back to the init state
   template <int T>
   void zero() {

@@ -45,7 +45,7 @@ ERBNN_AMX std::array<uint8_t, 64> amx_tile_config_loaded() {
   alignas(64) TileConfig back{};
   amx::RealTiles tiles;
   tiles.load_config(&kTileConfig);
-  _tile_storeconfig(&back);
+  tiles.store_config(&back);
   tiles.release();
   std::array<uint8_t, 64> out{};
   std::memcpy(out.data(), &back, 64);
@@ -80,7 +80,7 @@ ERBNN_AMX int tile_self_test() {
     amx::RealTiles tiles;
     tiles.load_config(&kTileConfig);
     alignas(64) TileConfig back{};
-    _tile_storeconfig(&back);
+    tiles.store_config(&back);
     tiles.release();
     if (std::memcmp(&back, &kTileConfig, sizeof back) != 0) return 1;
   }
