@@ -13,6 +13,7 @@
 #include "cpu/conv_engine.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/int8_conv.h"
+#include "cpu/onednn_conv.h"
 
 namespace erbnn {
 namespace {
@@ -52,11 +53,15 @@ TORCH_LIBRARY_FRAGMENT(erbnn, m) {
   m.def("_amx_tile_config", [] { return to_ints(amx_tile_config()); });
   m.def("_amx_tile_config_loaded", [] { return to_ints(amx_tile_config_loaded()); });
   m.def("_conv_engines", [] { return available_conv_engines(); });
-  // xnor, int8_vnni, amx or auto; "" defers to ERBNN_CONV_ENGINE.
+  // xnor, int8_vnni, amx, onednn_int8 or auto; "" defers to ERBNN_CONV_ENGINE.
   m.def("_set_conv_engine", [](std::string name) { set_conv_engine(name); });
   m.def("_get_conv_engine", [] { return requested_conv_engine(); });
   m.def("_set_amx_disabled", [](bool disabled) { set_amx_disabled(disabled); });
   m.def("_set_amx_emulated", [](bool on) { set_amx_emulated(on); });
+  // Why the onednn_int8 engine is (not) available; tests: switch it off, read a schema as the engine would.
+  m.def("_onednn_status", [] { return onednn_status(); });
+  m.def("_set_onednn_disabled", [](bool off) { set_onednn_engine_disabled(off); });
+  m.def("_onednn_schema_problem", [](std::string schema) { return onednn_schema_problem(schema); });
   m.def("_clear_conv_engine_cache", [] { clear_conv_engine_cache(); });
   m.def("_conv_engine_choices", [] { return to_dict(conv_engine_choices()); });
   m.def("_conv_engine_reasons", [] { return to_dict(conv_engine_reasons()); });

@@ -31,13 +31,14 @@ def set_cpu_isa(name: str) -> str:
     return _native.set_cpu_isa(name)
 
 
-CONV_ENGINES = ("xnor", "int8_vnni", "amx")
+CONV_ENGINES = ("xnor", "int8_vnni", "amx", "onednn_int8")
 
 
 def set_conv_engine(name) -> None:
     """Force the CPU binary-conv engine: "xnor" (XNOR-popcount), "int8_vnni" (+-1 int8 GEMM, AVX512-VNNI),
-    "amx" (int8 GEMM on AMX tiles) or "auto" (the fastest for each layer shape, measured on its first call in
-    the process: `erbnn_ext._native.conv_engine_reasons()` lists the timings).
+    "amx" (int8 GEMM on AMX tiles), "onednn_int8" (torch's oneDNN int8 conv on the +-1 operands) or "auto"
+    (the fastest for each layer shape, measured on its first call in the process:
+    `erbnn_ext._native.conv_engine_reasons()` lists the timings).
     None hands the choice back to the environment variable ERBNN_CONV_ENGINE (read per call; default
     auto). All engines give bit-identical results; forcing one this machine lacks raises RuntimeError."""
     if not native_available():
@@ -48,7 +49,7 @@ def set_conv_engine(name) -> None:
 
 
 def get_conv_engine() -> str:
-    """The CPU binary-conv engine request in force: "xnor", "int8_vnni", "amx" or "auto"."""
+    """The CPU binary-conv engine request in force: "xnor", "int8_vnni", "amx", "onednn_int8" or "auto"."""
     if not native_available():
         raise RuntimeError(f"the native extension is not loaded: {_native.LOAD_ERROR}")
     return _native.get_conv_engine()
@@ -69,6 +70,7 @@ def backend_info() -> dict:
         "detected_cpu_isa": None,
         "amx": False,
         "amx_status": "native extension not loaded",
+        "onednn_status": "native extension not loaded",
         "conv_engines": [],
         "cuda_compiled": False,
         "cuda_archs": [],
@@ -82,6 +84,7 @@ def backend_info() -> dict:
     if native_available():
         N = _native
         info.update(cpu_isa=N.cpu_isa(), detected_cpu_isa=N.detected_cpu_isa(), amx=N.amx_available(), amx_status=N.amx_status(),
+                    onednn_status=N.onednn_status(),
                     conv_engines=N.conv_engines(), cuda_compiled=N.cuda_compiled(), cuda_archs=N.cuda_archs())
     else:
         info["load_error"] = _native.LOAD_ERROR

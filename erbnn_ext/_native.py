@@ -63,6 +63,22 @@ def amx_status() -> str:
     return _op("_amx_status")()
 
 
+def onednn_status() -> str:
+    """Why the onednn_int8 engine is or is not available (torch's oneDNN int8 conv ops, their schema, a
+    self-test conv through them; checked once per process)."""
+    return _op("_onednn_status")()
+
+
+def _set_onednn_disabled(disabled: bool) -> None:
+    """Tests: make the onednn_int8 engine look absent (or its real state again)."""
+    _op("_set_onednn_disabled")(bool(disabled))
+
+
+def _onednn_schema_problem(schema: str) -> str:
+    """Tests: what the onednn_int8 engine says of an op schema string ("" = understood)."""
+    return _op("_onednn_schema_problem")(schema)
+
+
 def _amx_probe_outcome(mode: str) -> str:
     """Tests: the AMX self-test's child-process verdict for a stand-in child (pass, config, block, fault)."""
     return _op("_amx_probe_outcome")(mode)
@@ -84,7 +100,7 @@ def conv_engines() -> list:
 
 
 def set_conv_engine(name: str) -> None:
-    """Force the CPU binary-conv engine: xnor, int8_vnni, amx or auto; '' defers to ERBNN_CONV_ENGINE."""
+    """Force the CPU binary-conv engine: xnor, int8_vnni, amx, onednn_int8 or auto; '' defers to ERBNN_CONV_ENGINE."""
     _op("_set_conv_engine")(name)
 
 
@@ -152,5 +168,7 @@ _C = types.SimpleNamespace(
     conv_engine_reasons=conv_engine_reasons,
     conv_engines=conv_engines, set_conv_engine=set_conv_engine, get_conv_engine=get_conv_engine,
     _set_amx_disabled=_set_amx_disabled, _set_amx_emulated=_set_amx_emulated,
+    onednn_status=onednn_status, _set_onednn_disabled=_set_onednn_disabled,
+    _onednn_schema_problem=_onednn_schema_problem,
     _clear_conv_engine_cache=_clear_conv_engine_cache, _conv_engine_choices=_conv_engine_choices,
     cuda_compiled=cuda_compiled) if LOAD_ERROR is None else None

@@ -1,5 +1,5 @@
 """CPU binary-conv engines (issue 7): xnor (XNOR-popcount), int8_vnni (+-1 int8 GEMM, AVX512-VNNI),
-amx (int8 GEMM on AMX tiles). Every available engine, forced, must be exact on the conv grid and give
+amx (int8 GEMM on AMX tiles), onednn_int8 (torch's oneDNN int8 conv on the +-1 operands). Every available engine, forced, must be exact on the conv grid and give
 bit-identical fused-epilogue outputs; plus the auto choice, the overrides and the unavailable-engine
 error. An engine this machine lacks is skipped with the reason (AMX: amx_available() is False)."""
 import os
@@ -14,7 +14,7 @@ from erbnn_ext import functional as EF, ops
 from conftest import NATIVE
 from test_binary_conv import conv_truth, fused_truth
 
-ENGINES = ["xnor", "int8_vnni", "amx"]
+ENGINES = ["xnor", "int8_vnni", "amx", "onednn_int8"]
 # "amx_emulated": the amx engine (its layout, K padding to 64, tile kernel, driver and epilogue) on emulated
 # tile instructions (tests/test_amx_tiles.py): runs everywhere; the real "amx" needs the hardware.
 C = erbnn_ext._native._C if NATIVE else None
@@ -39,6 +39,11 @@ def _reset_engine(monkeypatch):
         erbnn_ext.set_conv_engine(None)
         C._set_amx_disabled(AMX_DISABLED_AT_START)
         C._set_amx_emulated(False)
+        C._set_onednn_disabled(False)
+
+
+def _onednn_usable():
+    return C.onednn_status().startswith("usable")
 
 
 @pytest.fixture(params=ENGINES + ["amx_emulated"])
@@ -54,8 +59,8 @@ def engine(request, native):
         yield name
         return
     if name not in _available():
-        why = ("amx_available() is False (no AMX-INT8 on this CPU or the OS refused the tile state)"
-               if name == "amx" else "this CPU has no AVX512-VNNI")
+        why = {"amx": "amx_available() is False (no AMX-INT8 on this CPU or the OS refused the tile state)",
+               "onednn_int8": f"onednn_status: {C.onednn_status()}"}.get(name, "this CPU has no AVX512-VNNI")
         pytest.skip(f"engine {name} not available: {why}")
     erbnn_ext.set_conv_engine(name)
     yield name
@@ -239,7 +244,8 @@ def test_int8_engines_follow_the_isa_cap(native):
     prev = erbnn_ext.backend_info()["cpu_isa"]
     try:
         erbnn_ext.set_cpu_isa("avx2")
-        assert erbnn_ext.backend_info()["conv_engines"] == ["xnor"]
+        # onednn_int8 (oneDNN picks its own ISA; its input pass and epilogue have scalar paths) stays
+        assert erbnn_ext.backend_info()["conv_engines"] == ["xnor"] + (["onednn_int8"] if _onednn_usable() else [])
         erbnn_ext.set_conv_engine("int8_vnni")
         with pytest.raises(RuntimeError, match="int8_vnni"):
             EF.binary_conv2d(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), 1, 1)
@@ -441,3 +447,150 @@ def test_fused_tail_identical_to_xnor(engine, cfg):
     y = ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw)
     erbnn_ext.set_conv_engine("xnor")
     assert torch.equal(y, ops.binary_conv2d_packed(x, wp, *args, residual=residual, **kw))
+
+
+# ------------------------------------------------------------------------------ onednn_int8
+# The schema of onednn::qconv2d_pointwise / qconv_prepack as torch 2.14 declares them.
+QCONV_2_14 = ("onednn::qconv2d_pointwise(Tensor qx, float x_scale, int x_zero_point, Tensor qw, Tensor w_scale, "
+              "Tensor w_zero_point, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, "
+              "float output_scale, int output_zero_point, ScalarType? output_dtype, str attr, Scalar?[] scalars, "
+              "str? algorithm) -> Tensor")
+PREPACK_2_14 = ("onednn::qconv_prepack(Tensor weight, Tensor w_scales, float x_scale, int x_zp, int[] stride, "
+                "int[] padding, int[] dilation, int groups, int[]? x_shape=None) -> Tensor")
+
+
+def test_onednn_schema_reader(native):
+    problem = C._onednn_schema_problem
+    assert problem(QCONV_2_14) == "" and problem(PREPACK_2_14) == ""
+    # an argument added with a default keeps its default; one without a default is refused by name
+    assert problem(QCONV_2_14.replace(") -> Tensor", ", int extra=0) -> Tensor")) == ""
+    assert "mystery" in problem(QCONV_2_14.replace(") -> Tensor", ", int mystery) -> Tensor"))
+    # a known name with a type the engine does not know how to fill
+    assert "x_scale" in problem(QCONV_2_14.replace("float x_scale", "str x_scale"))
+    # the scale as a tensor (the .tensor overload's form) is understood
+    assert problem(QCONV_2_14.replace("float x_scale, int x_zero_point", "Tensor x_scale, Tensor x_zero_point")) == ""
+    assert "missing" in problem(QCONV_2_14.replace("Tensor qw, ", ""))
+    assert "one Tensor" in problem(QCONV_2_14.replace("-> Tensor", "-> (Tensor, Tensor)"))
+
+
+def test_onednn_status_says_why(native):
+    status = C.onednn_status()
+    assert status.startswith("usable") or status.startswith("unavailable: ")
+    assert erbnn_ext.backend_info()["onednn_status"] == status
+    assert ("onednn_int8" in _available()) == status.startswith("usable")
+
+
+@pytest.mark.parametrize("how", ["setter", "env"])
+def test_onednn_unavailable_error_and_auto_skips_it(native, monkeypatch, how):
+    # The path of a torch without the ops or with a schema the engine does not read: no engine, a reason.
+    C._set_onednn_disabled(True)
+    assert C.onednn_status().startswith("disabled")
+    assert "onednn_int8" not in erbnn_ext.backend_info()["conv_engines"]
+    x, w = torch.randn(2, 64, 8, 8), torch.randn(32, 64, 3, 3)
+    if how == "setter":
+        erbnn_ext.set_conv_engine("onednn_int8")
+    else:
+        monkeypatch.setenv("ERBNN_CONV_ENGINE", "onednn_int8")
+    with pytest.raises(RuntimeError, match="onednn_int8: disabled"):
+        EF.binary_conv2d(x, w, 1, 1)
+    erbnn_ext.set_conv_engine("auto")
+    monkeypatch.delenv("ERBNN_CONV_ENGINE", raising=False)
+    C._clear_conv_engine_cache()
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+    key = "C64 H8 W8 O32 k3x3 s1,1 p1,1 d1,1"
+    assert C._conv_engine_choices()[key] != "onednn_int8"
+    assert "onednn_int8" not in erbnn_ext._native.conv_engine_reasons()[key]
+
+
+def test_onednn_is_an_auto_candidate(native):
+    if not _onednn_usable():
+        pytest.skip(f"onednn_int8 not available: {C.onednn_status()}")
+    erbnn_ext.set_conv_engine("auto")
+    C._clear_conv_engine_cache()
+    x, w = torch.randn(2, 64, 8, 8), torch.randn(32, 64, 3, 3)
+    assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+    assert "onednn_int8" in _reason_times(erbnn_ext._native.conv_engine_reasons()["C64 H8 W8 O32 k3x3 s1,1 p1,1 d1,1"])
+
+
+def _onednn_engine():
+    if not _onednn_usable():
+        pytest.skip(f"onednn_int8 not available: {C.onednn_status()}")
+    erbnn_ext.set_conv_engine("onednn_int8")
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_onednn_scalar_paths_identical_to_xnor(native, isa):
+    # Below the avx512 path the u8 input pass and the epilogue run their scalar code: the same bits.
+    _onednn_engine()
+    prev = erbnn_ext.backend_info()["cpu_isa"]
+    cases = [(2, 70, 9, 3, 1, 1, 1, 9, 20), (1, 129, 17, 3, 2, 1, 1, 7, 8), (3, 5, 64, 1, 1, 0, 1, 4, 5),
+             (1, 33, 40, 3, 1, 2, 2, 9, 9)]
+    try:
+        for n, c, o, k, s, p, d, h, wd in cases:
+            x, w = torch.randn(n, c, h, wd) + 0.2, torch.randn(o, c, k, k)
+            wp = ops.pack_conv_weight(w)
+            kw = dict(x_shift=0.2, out_scale=torch.rand(o) + 0.5, out_bias=torch.randn(o), ones_scale=torch.randn(o),
+                      act=torch.stack([torch.randn(o), torch.rand(o), torch.randn(o)]))
+            erbnn_ext.set_cpu_isa(isa)
+            erbnn_ext.set_conv_engine("onednn_int8")
+            y = ops.binary_conv2d_packed(x, wp, s, p, d, **kw)
+            xcl = ops.binary_conv2d_packed(x.contiguous(memory_format=torch.channels_last), wp, s, p, d, **kw)
+            xb = torch.where(x >= 0.2, 1.0, -1.0)
+            bits = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, in_channels=c,
+                                          next_shift=torch.tensor([0.1]), **{k: v for k, v in kw.items() if k != "x_shift"})
+            erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
+            erbnn_ext.set_conv_engine("xnor")
+            assert torch.equal(y, ops.binary_conv2d_packed(x, wp, s, p, d, **kw))
+            assert torch.equal(xcl, y)
+            want = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, in_channels=c,
+                                          next_shift=torch.tensor([0.1]), **{k: v for k, v in kw.items() if k != "x_shift"})
+            assert torch.equal(bits[0], want[0]) and torch.equal(bits[1], want[1])
+    finally:
+        erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
+
+
+def test_onednn_wide_rows_and_channels(native):
+    # The avx512 input pass: rows of more than 16 pixels with a tail, channels over 64 with a tail, both
+    # layouts of x; float64 and the packed form.
+    # Several rows per pass, split between threads mid-image; rows of over 2048 pixels take the plain loop.
+    _onednn_engine()
+    prev = torch.get_num_threads()
+    try:
+        for threads, (n, c, h, wd, o) in [(1, (2, 200, 21, 24, 70)), (2, (3, 64, 33, 36, 16)), (2, (2, 65, 16, 19, 3)),
+                                          (2, (1, 3, 2, 2050, 4))]:
+            torch.set_num_threads(threads)
+            x, w = torch.randn(n, c, h, wd), torch.randn(o, c, 3, 3)
+            truth = conv_truth(x, w, 1, 1, 1)
+            assert torch.equal(EF.binary_conv2d(x, w, 1, 1), truth)
+            assert torch.equal(EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1), truth)
+            assert torch.equal(EF.binary_conv2d(x.double(), w.double(), 1, 1), truth)
+            wp = ops.pack_conv_weight(w)
+            xb = ops.pack_signs(torch.where(x >= 0, 1.0, -1.0)).contiguous()
+            assert torch.equal(ops.binary_conv2d_bits(xb, wp, 1, 1, 1, in_channels=c)[0], truth)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_onednn_prepack_per_geometry(native):
+    # One packed weight used at two strides / paddings: a prepacked copy per geometry, each exact.
+    _onednn_engine()
+    x, w = torch.randn(2, 48, 10, 10), torch.randn(24, 48, 3, 3)
+    wp = ops.pack_conv_weight(w)
+    for s, p, d in [(1, 1, 1), (2, 0, 1), (1, 1, 1), (1, 2, 2)]:
+        assert torch.equal(ops.binary_conv2d_packed(x, wp, s, p, d), conv_truth(x, w, s, p, d))
+
+
+def test_onednn_nan_in_packed_path_and_threads(native):
+    _onednn_engine()
+    x, w = torch.randn(3, 80, 6, 6), torch.randn(130, 80, 3, 3)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(EF.binary_conv2d(x, w, 1, 1), conv_truth(x, w, 1, 1, 1))
+        x[1, 70, 5, 5] = float("nan")
+        with pytest.raises(ValueError, match="NaN"):
+            EF.binary_conv2d(x, w, 1, 1)
+        with pytest.raises(ValueError, match="NaN"):
+            EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1)
+    finally:
+        torch.set_num_threads(prev)

@@ -1,6 +1,7 @@
 // binary_conv2d, binary_linear, pack_conv_weight and binary_conv2d_packed (the deploy path with the
 // fused epilogue), CPU. Packing: sign_pack.cpp; tiles and microkernels: binary_conv_kernels.cpp. The convs
-// run on the engine conv_engine.h picks: XNOR-popcount here, or the int8 engines of int8_conv.h.
+// run on the engine conv_engine.h picks: XNOR-popcount here, the int8 engines of int8_conv.h, or torch's
+// oneDNN int8 conv (onednn_conv.h).
 #include <torch/library.h>
 
 #include <memory>
@@ -14,6 +15,7 @@
 #include "cpu_isa.h"
 #include "cpu_utils.h"
 #include "int8_conv.h"
+#include "onednn_conv.h"
 #include "sign_pack.h"
 #include "simd.h"
 
@@ -172,6 +174,8 @@ std::tuple<at::Tensor, at::Tensor> conv_packed_impl(
     if (eng == ConvEngine::kXnor) {
       const at::Tensor Pf = packed_x ? P : pack_signs_4d_cpu(x.permute({0, 2, 3, 1}), x_shift, "x");
       run_conv(g, words(Pf), Kd > 0 ? dense_weights(g, *pw, Kd) : pw->words.data(), e, dst, Kd, bits);
+    } else if (eng == ConvEngine::kOnednnInt8) {
+      onednn_conv_run(g, packed_x ? P : x, x_shift, *pw, e, dst, bits);
     } else {
       int8_conv_run(g, packed_x ? P : x, x_shift, *pw, e, eng == ConvEngine::kAmx, dst, bits);
     }

@@ -43,7 +43,7 @@ void check_tail_bits(const ConvGeom& g, const uint64_t* Wp) {
 
 size_t PackedWeights::bytes() const {
   return words.size() * 8 + (tap_pop.size() + ones_full.size()) * 4 + dense.size() * 8 + wt_amx.size() * 64 +
-         wb_vnni.size() * 4;
+         wb_vnni.size() * 4 + onednn_bytes;
 }
 
 std::shared_ptr<PackedWeights> packed_weights(const ConvGeom& g, const uint64_t* Wp) {

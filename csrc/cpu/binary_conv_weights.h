@@ -20,6 +20,8 @@ struct alignas(64) TileRow {
   int8_t b[64];
 };
 
+struct OnednnWeights;  // onednn_conv.cpp
+
 struct PackedWeights {
   int64_t C = 0;                            // channels of x: with the words, the key
   std::vector<uint64_t> words;              // [O, taps, Cw]
@@ -29,6 +31,8 @@ struct PackedWeights {
   std::vector<uint64_t> dense;    // [O, Kd] the full-reduction layout (C < 64), see binary_conv_cpu.h
   std::vector<TileRow> wt_amx;    // int8_conv.h layouts
   std::vector<int32_t> wb_vnni;
+  std::vector<std::shared_ptr<OnednnWeights>> onednn;  // per stride / padding / dilation
+  size_t onednn_bytes = 0;
   size_t bytes() const;
 };
 

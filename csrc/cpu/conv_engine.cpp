@@ -18,11 +18,12 @@
 #include "binary_conv_weights.h"
 #include "cpu_isa.h"
 #include "int8_conv.h"
+#include "onednn_conv.h"
 
 namespace erbnn {
 namespace {
 
-constexpr ConvEngine kAll[] = {ConvEngine::kXnor, ConvEngine::kInt8Vnni, ConvEngine::kAmx};
+constexpr ConvEngine kAll[] = {ConvEngine::kXnor, ConvEngine::kInt8Vnni, ConvEngine::kAmx, ConvEngine::kOnednnInt8};
 
 std::atomic<bool>& amx_disabled() {
   static std::atomic<bool> off{[] {
@@ -70,9 +71,9 @@ bool vnni_supported() {
 }
 
 void check_name(const std::string& n) {
-  TORCH_CHECK_VALUE(n == "auto" || n == "xnor" || n == "int8_vnni" || n == "amx",
-                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, auto; got '", n,
-                    "'");
+  TORCH_CHECK_VALUE(n == "auto" || n == "xnor" || n == "int8_vnni" || n == "amx" || n == "onednn_int8",
+                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, onednn_int8, auto; got '",
+                    n, "'");
 }
 
 }  // namespace
@@ -81,6 +82,7 @@ const char* conv_engine_name(ConvEngine e) {
   switch (e) {
     case ConvEngine::kInt8Vnni: return "int8_vnni";
     case ConvEngine::kAmx: return "amx";
+    case ConvEngine::kOnednnInt8: return "onednn_int8";
     default: return "xnor";
   }
 }
@@ -92,6 +94,8 @@ bool conv_engine_available(ConvEngine e) {
     case ConvEngine::kInt8Vnni: return vnni_supported() && active_cpu_isa() == CpuIsa::kAvx512;
     case ConvEngine::kAmx:
       return !amx_disabled().load() && active_cpu_isa() == CpuIsa::kAvx512 && (amx_emulated() || amx_available());
+    // oneDNN picks its own ISA; the input pass and the epilogue have scalar paths: any ISA cap.
+    case ConvEngine::kOnednnInt8: return onednn_available();
   }
   return false;
 }
@@ -134,6 +138,11 @@ std::string amx_engine_status() {
 void set_amx_disabled(bool disabled) {
   amx_disabled().store(disabled);
   clear_conv_engine_cache();  // a cached "amx" must not outlive the switch
+}
+
+void set_onednn_engine_disabled(bool disabled) {
+  set_onednn_disabled(disabled);
+  clear_conv_engine_cache();
 }
 
 namespace {
@@ -199,6 +208,7 @@ std::vector<ConvEngine> auto_candidates(const ConvGeom& g, std::string& why) {
   if (conv_engine_available(ConvEngine::kInt8Vnni)) c.push_back(ConvEngine::kInt8Vnni);
   // amx's blocked tile kernel has run only on its emulation so far (docs/kernels.md): self-tested per host.
   if (!amx_emulated() && conv_engine_available(ConvEngine::kAmx)) c.push_back(ConvEngine::kAmx);
+  if (conv_engine_available(ConvEngine::kOnednnInt8)) c.push_back(ConvEngine::kOnednnInt8);
   if (c.size() == 1) why = "the only engine available";
   return c;
 }
@@ -260,8 +270,9 @@ void run_on_conv_engine(const ConvGeom& g, const std::function<void(ConvEngine)>
       TORCH_CHECK(conv_engine_available(e), "binary conv engine '", want,
                   "' is not available on this machine (available: ",
                   c10::Join(", ", available_conv_engines()), ")",
-                  e == ConvEngine::kAmx ? std::string("; amx: ") + amx_engine_status()
-                                        : std::string("; int8_vnni needs AVX512-VNNI and the avx512 CPU path"));
+                  e == ConvEngine::kAmx          ? std::string("; amx: ") + amx_engine_status()
+                  : e == ConvEngine::kOnednnInt8 ? std::string("; onednn_int8: ") + onednn_status()
+                                                 : std::string("; int8_vnni needs AVX512-VNNI and the avx512 CPU path"));
       return run(e);
     }
   }

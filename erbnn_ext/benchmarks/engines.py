@@ -1,8 +1,11 @@
 """CPU binary-conv engines per layer: the XNOR-popcount engine, the +-1 int8 GEMM engines
-(AVX512-VNNI; AMX where the CPU has it), the engine the auto rule picks, against F.conv2d in float32
-and bfloat16 and torch's own int8 quantized conv2d (the peer: x86/fbgemm/onednn backend on +-1 tensors
-quantized to quint8 x qint8, scale 1; its input quantization is not timed). All binary rows run
-binary_conv2d_packed on pre-packed weights (the deploy path), same threads, one process.
+(AVX512-VNNI; AMX where the CPU has it), torch's oneDNN int8 conv as an engine (onednn_int8), the engine
+the auto rule picks, against F.conv2d in float32 and bfloat16 and torch's own int8 quantized conv2d (the
+peer: x86/fbgemm/onednn backend on +-1 tensors quantized to quint8 x qint8, scale 1; its input
+quantization is not timed). onednn_qconv is the call the onednn_int8 engine makes, alone (u8 input
+already made, float output, no epilogue): onednn_int8 - onednn_qconv is the engine's input pass and
+epilogue. All binary rows run binary_conv2d_packed on pre-packed weights (the deploy path), same threads,
+one process.
 
     python -m erbnn_ext.benchmarks.engines [--models resnet18 ...] [--batches 1 16] [--threads N]
                                            [--clock wall|thread]
@@ -45,6 +48,21 @@ def int8_peer(x, w, stride, padding):
     return lambda: torch.ops.quantized.conv2d(xq, packed, out_scale, 128)
 
 
+def onednn_qconv(x, w, stride, padding):
+    """Zero-argument callable: onednn::qconv2d_pointwise as the onednn_int8 engine calls it (u8 {0, 2}
+    channels-last input with zero point 1, +-1 int8 weights prepacked, float32 output), or None."""
+    if "onednn_int8" not in erbnn_ext.backend_info()["conv_engines"]:
+        return None
+    xu = (torch.where(x >= 0, 2, 0).to(torch.uint8)).contiguous(memory_format=torch.channels_last)
+    wi = torch.where(w >= 0, 1, -1).to(torch.int8)
+    O = w.shape[0]
+    scales, zps = torch.ones(O), torch.zeros(O, dtype=torch.long)
+    geo = ([stride] * 2, [padding] * 2, [1, 1])
+    packed = torch.ops.onednn.qconv_prepack(wi, scales, 1.0, 1, *geo, 1, None)
+    return lambda: torch.ops.onednn.qconv2d_pointwise(xu, 1.0, 1, packed, scales, zps, None, *geo, 1, 1.0, 0,
+                                                      torch.float32, "none", [], "")
+
+
 def layer_fns(shape: ConvShape, batch):
     """name -> zero-argument callable (None where unavailable), for one layer at one batch size."""
     x, w = layer_inputs(shape, batch)
@@ -76,10 +94,12 @@ def layer_fns(shape: ConvShape, batch):
         "xnor": forced("xnor"),
         "int8_vnni": forced("int8_vnni"),
         "amx": forced("amx"),
+        "onednn_int8": forced("onednn_int8"),
         "auto": auto,
         "fp32": lambda: F.conv2d(x, w, stride=s, padding=p),
         "bf16": lambda: F.conv2d(xb, wb, stride=s, padding=p),
         "torch_int8": int8_peer(x, w, s, p),
+        "onednn_qconv": onednn_qconv(x, w, s, p),
     }
 
 
@@ -100,8 +120,15 @@ def bench_layers(models=("resnet18", "resnet20", "vgg_small"), batches=(1, 16), 
     return binary_conv.bench_layers(models, batches, min_time, clock, fns_for=layer_fns, extra=auto_choice)
 
 
-CONV_ENGINES = ["xnor", "int8_vnni", "amx"]
-COLUMNS = CONV_ENGINES + ["auto", "fp32", "bf16", "torch_int8"]
+CONV_ENGINES = ["xnor", "int8_vnni", "amx", "onednn_int8"]
+COLUMNS = CONV_ENGINES + ["auto", "fp32", "bf16", "torch_int8", "onednn_qconv"]
+
+
+def _total(rows, col):
+    """Sum over the rows of col, each layer shape weighted by how many layers of the model have it."""
+    if any(r.get(col) is None for r in rows):
+        return None
+    return sum(r[col] * r["count"] for r in rows)
 
 
 def format_table(rows, clock="wall"):
@@ -117,6 +144,17 @@ def format_table(rows, clock="wall"):
     if rows:
         worst = max(r["auto"] / f for r, f in zip(rows, fastest))
         lines.append(f"auto / fastest forced engine: at most {worst:.2f}x over {len(rows)} layers")
+        for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+            sub = [r for r in rows if (r["model"], r["batch"]) == (model, batch)]
+            tot = {c: _total(sub, c) for c in ("auto", "torch_int8", "onednn_int8", "onednn_qconv")}
+            line = f"  {model} n={batch} summed over its layers: auto {tot['auto'] * 1e3:.3f} ms"
+            if tot["torch_int8"]:
+                line += (f", torch_int8 {tot['torch_int8'] * 1e3:.3f} ms (torch_int8 / auto = "
+                         f"{tot['torch_int8'] / tot['auto']:.2f}x)")
+            if tot["onednn_int8"] and tot["onednn_qconv"]:
+                line += (f"; onednn_int8's input pass + epilogue = {tot['onednn_int8'] / tot['onednn_qconv'] - 1:.0%}"
+                         " of its oneDNN call")
+            lines.append(line)
         lines.append("auto's first-call measurement per layer shape (the choice is made once per shape):")
         seen = set()
         for r in rows:
