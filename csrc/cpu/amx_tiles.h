@@ -44,9 +44,9 @@ constexpr TileConfig make_tile_config() {
   }
   return c;
 }
-// A constant object, not stack stores: the compiler cannot see that _tile_loadconfig reads its operand
-// (its asm names 8 bytes of it), and dropped the stores of a local configuration as dead (LDTILECFG then
-// read garbage and faulted).
+// A constant object (.rodata), not stack stores: GCC's _tile_loadconfig names 8 bytes of its operand, and
+// the compiler dropped the stores of a local configuration as dead (LDTILECFG then read garbage and
+// faulted). RealTiles::load_config names all 64 bytes as well.
 alignas(64) inline constexpr TileConfig kTileConfig = make_tile_config();
 
 // The tile instructions. Tile numbers are immediates, hence template parameters; the asm is written out
