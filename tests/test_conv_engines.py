@@ -593,3 +593,16 @@ def test_onednn_nan_in_packed_path_and_threads(native):
             EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1)
     finally:
         torch.set_num_threads(prev)
+
+
+def test_onednn_wide_kernel_frame(native):
+    # Kernels wider than the epilogue's column-mask table (32 taps) take its per-tap path: the out-of-frame
+    # corrections of the ones term still match xnor's.
+    _onednn_engine()
+    x, w = torch.randn(2, 7, 4, 40), torch.randn(5, 7, 2, 37)
+    wp = ops.pack_conv_weight(w)
+    kw = dict(out_scale=torch.rand(5) + 0.5, out_bias=torch.randn(5), ones_scale=torch.randn(5))
+    y = ops.binary_conv2d_packed(x, wp, 1, 3, 1, **kw)
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 3, 1), conv_truth(x, w, 1, 3, 1))
+    erbnn_ext.set_conv_engine("xnor")
+    assert torch.equal(y, ops.binary_conv2d_packed(x, wp, 1, 3, 1, **kw))

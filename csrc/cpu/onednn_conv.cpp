@@ -372,28 +372,52 @@ at::Tensor u8_input(const ConvGeom& g, const at::Tensor& x, double shift) {
 
 // ------------------------------------------------------------------------------ the epilogue
 // The tile's out-of-frame bookkeeping (nvalid, keff, oob_c, part_tap / part_bad: build_tile's meaning),
-// from the geometry alone: oneDNN did the im2col.
+// from the geometry alone: oneDNN did the im2col. A tap is in frame for a pixel where its row and its
+// column are: per tap, the AND of a row mask and a column mask over the tile's pixels.
 void frame_tile(const ConvGeom& g, Tile& t) {
   t.part_tap.clear();
   t.part_bad.clear();
   int64_t iy0[kTilePx], ix0[kTilePx];
   tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
-  for (int64_t ky = 0; ky < g.kh; ++ky)
+  constexpr int64_t kMaxKw = 32;
+  uint32_t cols[kMaxKw];
+  int32_t ny[kTilePx] = {}, nx[kTilePx] = {};
+  for (int64_t kx = 0; kx < std::min(g.kw, kMaxKw); ++kx) {
+    cols[kx] = 0;
+    for (int j = 0; j < t.np; ++j) {
+      const int64_t ix = ix0[j] + kx * g.dw;
+      const bool in = ix >= 0 && ix < g.W;
+      cols[kx] |= uint32_t(in) << j;
+      nx[j] += in;
+    }
+  }
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    uint32_t row = 0;
+    for (int j = 0; j < t.np; ++j) {
+      const int64_t iy = iy0[j] + ky * g.dh;
+      const bool in = iy >= 0 && iy < g.H;
+      row |= uint32_t(in) << j;
+      ny[j] += in;
+    }
     for (int64_t kx = 0; kx < g.kw; ++kx) {
-      uint32_t ok = 0;
-      for (int j = 0; j < t.np; ++j) {
-        const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
-        const bool in = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-        ok |= uint32_t(in) << j;
-        t.nvalid[j] += in;
+      uint32_t col = 0;
+      if (kx < kMaxKw) {
+        col = cols[kx];
+      } else {
+        for (int j = 0; j < t.np; ++j) col |= uint32_t(ix0[j] + kx * g.dw >= 0 && ix0[j] + kx * g.dw < g.W) << j;
+        if (ky == 0)
+          for (int j = 0; j < t.np; ++j) nx[j] += (col >> j) & 1u;
       }
+      const uint32_t ok = row & col;
       if (ok != full) {
         t.part_tap.push_back(int32_t(ky * g.kw + kx));
         t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
       }
     }
+  }
   for (int j = 0; j < kTilePx; ++j) {
+    t.nvalid[j] = j < t.np ? ny[j] * nx[j] : 0;
     t.keff[j] = int32_t(g.C * t.nvalid[j]);
     t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
   }
