@@ -186,10 +186,10 @@ at::Tensor conv(const Plan& p, const ConvGeom& g, const at::Tensor& xu, const On
   p.op->callBoxed(st);
   TORCH_CHECK(st.size() == 1 && st[0].isTensor(), "onednn::qconv2d_pointwise returned something other than a Tensor");
   at::Tensor y = st[0].toTensor();
-  TORCH_CHECK(y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == g.N && y.size(1) == g.O &&
-                  y.size(2) == g.OH && y.size(3) == g.OW,
-              "onednn::qconv2d_pointwise returned ", y.scalar_type(), " ", y.sizes(), ", expected float [", g.N,
-              ", ", g.O, ", ", g.OH, ", ", g.OW, "]");
+  TORCH_CHECK(y.layout() == at::kStrided && y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == g.N &&
+                  y.size(1) == g.O && y.size(2) == g.OH && y.size(3) == g.OW,
+              "onednn::qconv2d_pointwise returned ", y.layout(), " ", y.scalar_type(), " ", y.sizes(),
+              ", expected a strided float [", g.N, ", ", g.O, ", ", g.OH, ", ", g.OW, "]");
   return y;
 }
 
@@ -357,7 +357,8 @@ void u8_from_bits(const ConvGeom& g, const at::Tensor& P, uint8_t* dst) {
 }
 
 at::Tensor u8_input(const ConvGeom& g, const at::Tensor& x, double shift) {
-  at::Tensor xu = at::empty({g.N, g.C, g.H, g.W}, x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor xu = at::empty({g.N, g.C, g.H, g.W},
+                            x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
   uint8_t* d = xu.mutable_data_ptr<uint8_t>();
   if (x.scalar_type() == at::kLong) {
     u8_from_bits(g, x, d);
@@ -570,8 +571,8 @@ std::string onednn_schema_problem(const std::string& schema) {
 namespace {
 
 // oneDNN's conv of xu, then the epilogue into out / bits.
-void run_conv_epilogue(const ConvGeom& g, const Ops& o, const OnednnWeights& ow, const at::Tensor& xu, const Epilogue& e,
-               float* out, const BitsOut& bits) {
+void run_conv_epilogue(const ConvGeom& g, const Ops& o, const OnednnWeights& ow, const at::Tensor& xu,
+                       const Epilogue& e, float* out, const BitsOut& bits) {
   const at::Tensor y = conv(o.conv, g, xu, ow);
   ConvSums sums{y.const_data_ptr<float>(), y.stride(0), y.stride(1), y.stride(2), y.stride(3), false};
   sums.gather = (g.OH - 1) * sums.sh + (g.OW - 1) * sums.sw + (g.O - 1) * sums.sc < (int64_t(1) << 31);
