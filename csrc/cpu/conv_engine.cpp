@@ -72,7 +72,8 @@ bool vnni_supported() {
 
 void check_name(const std::string& n) {
   TORCH_CHECK_VALUE(n == "auto" || n == "xnor" || n == "int8_vnni" || n == "amx" || n == "onednn_int8",
-                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, onednn_int8, auto; got '",
+                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, onednn_int8, auto; ",
+                    "got '",
                     n, "'");
 }
 
@@ -272,7 +273,7 @@ void run_on_conv_engine(const ConvGeom& g, const std::function<void(ConvEngine)>
                   c10::Join(", ", available_conv_engines()), ")",
                   e == ConvEngine::kAmx          ? std::string("; amx: ") + amx_engine_status()
                   : e == ConvEngine::kOnednnInt8 ? std::string("; onednn_int8: ") + onednn_status()
-                                                 : std::string("; int8_vnni needs AVX512-VNNI and the avx512 CPU path"));
+                                                 : std::string("; int8_vnni needs AVX512-VNNI and the avx512 path"));
       return run(e);
     }
   }
