@@ -1,4 +1,4 @@
-"""pytest-benchmark: binary-conv engines per layer (xnor, int8_vnni, amx, auto) against F.conv2d fp32 /
+"""pytest-benchmark: binary-conv engines per layer (xnor, int8_vnni, amx, onednn_int8, auto) against F.conv2d fp32 /
 bf16 and torch's int8 quantized conv2d.
 
     pytest bench/test_bench_engines.py --benchmark-group-by=param:layer,param:batch

@@ -1,7 +1,8 @@
 """CPU binary-conv engines (issue 7): xnor (XNOR-popcount), int8_vnni (+-1 int8 GEMM, AVX512-VNNI),
-amx (int8 GEMM on AMX tiles), onednn_int8 (torch's oneDNN int8 conv on the +-1 operands). Every available engine, forced, must be exact on the conv grid and give
-bit-identical fused-epilogue outputs; plus the auto choice, the overrides and the unavailable-engine
-error. An engine this machine lacks is skipped with the reason (AMX: amx_available() is False)."""
+amx (int8 GEMM on AMX tiles), onednn_int8 (torch's oneDNN int8 conv on the +-1 operands). Every
+available engine, forced, must be exact on the conv grid and give bit-identical fused-epilogue outputs;
+plus the auto choice, the overrides and the unavailable-engine error. An engine this machine lacks is
+skipped with the reason (AMX: amx_available() is False; onednn_int8: onednn_status())."""
 import os
 import random
 
@@ -15,8 +16,8 @@ from conftest import NATIVE
 from test_binary_conv import conv_truth, fused_truth
 
 ENGINES = ["xnor", "int8_vnni", "amx", "onednn_int8"]
-# "amx_emulated": the amx engine (its layout, K padding to 64, tile operands, driver and epilogue) with a
-# scalar TDPBSSD in place of the tile instructions: runs everywhere; the real "amx" needs the hardware.
+# "amx_emulated": the amx engine (its layout, K padding to 64, tile kernel, driver and epilogue) on emulated
+# tile instructions (tests/test_amx_tiles.py): runs everywhere; the real "amx" needs the hardware.
 C = erbnn_ext._native._C if NATIVE else None
 # ERBNN_DISABLE_AMX as the suite was started with: tests that switch AMX off give back this state.
 AMX_DISABLED_AT_START = os.environ.get("ERBNN_DISABLE_AMX", "") not in ("", "0")
@@ -323,11 +324,12 @@ def _tile_config_fields(cfg):
 
 
 def test_tile_config_is_the_intended_one(native):
-    # The configuration object the kernel hands to LDTILECFG (palette 1; C, A, B tiles of 16 rows x 64
-    # bytes; everything else zero), as compiled: a compiler that dropped its stores shows here too.
+    # The configuration object the kernel hands to LDTILECFG (palette 1; the 2x2 register block's 4 C, 2 A
+    # and 2 B tiles of 16 rows x 64 bytes; everything else zero), as compiled: a compiler that dropped its
+    # stores shows here too.
     palette, start_row, reserved, colsb, rows = _tile_config_fields(C._amx_tile_config())
     assert (palette, start_row) == (1, 0) and reserved == bytes(14)
-    assert colsb == [64, 64, 64] + [0] * 13 and rows == [16, 16, 16] + [0] * 13
+    assert colsb == [64] * 8 + [0] * 8 and rows == [16] * 8 + [0] * 8
 
 
 def test_tile_config_loaded_reads_back(native):
@@ -530,19 +532,18 @@ def test_onednn_scalar_paths_identical_to_xnor(native, isa):
             wp = ops.pack_conv_weight(w)
             kw = dict(x_shift=0.2, out_scale=torch.rand(o) + 0.5, out_bias=torch.randn(o), ones_scale=torch.randn(o),
                       act=torch.stack([torch.randn(o), torch.rand(o), torch.randn(o)]))
+            chain = dict({k: v for k, v in kw.items() if k != "x_shift"}, in_channels=c, next_shift=torch.tensor([0.1]))
             erbnn_ext.set_cpu_isa(isa)
             erbnn_ext.set_conv_engine("onednn_int8")
             y = ops.binary_conv2d_packed(x, wp, s, p, d, **kw)
             xcl = ops.binary_conv2d_packed(x.contiguous(memory_format=torch.channels_last), wp, s, p, d, **kw)
             xb = torch.where(x >= 0.2, 1.0, -1.0)
-            bits = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, in_channels=c,
-                                          next_shift=torch.tensor([0.1]), **{k: v for k, v in kw.items() if k != "x_shift"})
+            bits = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, **chain)
             erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
             erbnn_ext.set_conv_engine("xnor")
             assert torch.equal(y, ops.binary_conv2d_packed(x, wp, s, p, d, **kw))
             assert torch.equal(xcl, y)
-            want = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, in_channels=c,
-                                          next_shift=torch.tensor([0.1]), **{k: v for k, v in kw.items() if k != "x_shift"})
+            want = ops.binary_conv2d_bits(ops.pack_signs(xb).contiguous(), wp, s, p, d, **chain)
             assert torch.equal(bits[0], want[0]) and torch.equal(bits[1], want[1])
     finally:
         erbnn_ext.set_cpu_isa({"avx512_vpopcntdq": "avx512"}.get(prev, prev))
@@ -593,3 +594,16 @@ def test_onednn_nan_in_packed_path_and_threads(native):
             EF.binary_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1)
     finally:
         torch.set_num_threads(prev)
+
+
+def test_onednn_wide_kernel_frame(native):
+    # Kernels wider than the epilogue's column-mask table (32 taps) take its per-tap path: the out-of-frame
+    # corrections of the ones term still match xnor's.
+    _onednn_engine()
+    x, w = torch.randn(2, 7, 4, 40), torch.randn(5, 7, 2, 37)
+    wp = ops.pack_conv_weight(w)
+    kw = dict(out_scale=torch.rand(5) + 0.5, out_bias=torch.randn(5), ones_scale=torch.randn(5))
+    y = ops.binary_conv2d_packed(x, wp, 1, 3, 1, **kw)
+    assert torch.equal(ops.binary_conv2d_packed(x, wp, 1, 3, 1), conv_truth(x, w, 1, 3, 1))
+    erbnn_ext.set_conv_engine("xnor")
+    assert torch.equal(y, ops.binary_conv2d_packed(x, wp, 1, 3, 1, **kw))

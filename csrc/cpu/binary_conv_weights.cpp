@@ -42,7 +42,7 @@ void check_tail_bits(const ConvGeom& g, const uint64_t* Wp) {
 }  // namespace
 
 size_t PackedWeights::bytes() const {
-  return words.size() * 8 + (tap_pop.size() + ones_full.size()) * 4 + dense.size() * 8 + wq_amx.size() +
+  return words.size() * 8 + (tap_pop.size() + ones_full.size()) * 4 + dense.size() * 8 + wt_amx.size() * 64 +
          wb_vnni.size() * 4 + onednn_bytes;
 }
 

@@ -15,6 +15,11 @@
 
 namespace erbnn {
 
+// One 64-byte row of an AMX operand tile, aligned so that a tile load never splits a cache line.
+struct alignas(64) TileRow {
+  int8_t b[64];
+};
+
 struct OnednnWeights;  // onednn_conv.cpp
 
 struct PackedWeights {
@@ -24,7 +29,7 @@ struct PackedWeights {
   // Built on first use by the engine that needs them (guarded by mu).
   std::mutex mu;
   std::vector<uint64_t> dense;    // [O, Kd] the full-reduction layout (C < 64), see binary_conv_cpu.h
-  std::vector<int8_t> wq_amx;     // int8_conv.cpp layouts
+  std::vector<TileRow> wt_amx;    // int8_conv.h layouts
   std::vector<int32_t> wb_vnni;
   std::vector<std::shared_ptr<OnednnWeights>> onednn;  // per stride / padding / dilation
   size_t onednn_bytes = 0;

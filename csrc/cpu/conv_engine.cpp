@@ -72,7 +72,8 @@ bool vnni_supported() {
 
 void check_name(const std::string& n) {
   TORCH_CHECK_VALUE(n == "auto" || n == "xnor" || n == "int8_vnni" || n == "amx" || n == "onednn_int8",
-                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, onednn_int8, auto; got '",
+                    "ERBNN_CONV_ENGINE / set_conv_engine: expected one of xnor, int8_vnni, amx, onednn_int8, auto; ",
+                    "got '",
                     n, "'");
 }
 
@@ -206,6 +207,7 @@ std::vector<ConvEngine> auto_candidates(const ConvGeom& g, std::string& why) {
     return c;
   }
   if (conv_engine_available(ConvEngine::kInt8Vnni)) c.push_back(ConvEngine::kInt8Vnni);
+  // amx's blocked tile kernel has run only on its emulation so far (docs/kernels.md): self-tested per host.
   if (!amx_emulated() && conv_engine_available(ConvEngine::kAmx)) c.push_back(ConvEngine::kAmx);
   if (conv_engine_available(ConvEngine::kOnednnInt8)) c.push_back(ConvEngine::kOnednnInt8);
   if (c.size() == 1) why = "the only engine available";
@@ -271,7 +273,7 @@ void run_on_conv_engine(const ConvGeom& g, const std::function<void(ConvEngine)>
                   c10::Join(", ", available_conv_engines()), ")",
                   e == ConvEngine::kAmx          ? std::string("; amx: ") + amx_engine_status()
                   : e == ConvEngine::kOnednnInt8 ? std::string("; onednn_int8: ") + onednn_status()
-                                                 : std::string("; int8_vnni needs AVX512-VNNI and the avx512 CPU path"));
+                                                 : std::string("; int8_vnni needs AVX512-VNNI and the avx512 path"));
       return run(e);
     }
   }

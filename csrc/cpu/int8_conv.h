@@ -2,9 +2,11 @@
 // Layouts (shared by the VNNI and AMX kernels):
 //   activations Xq[N, H, Cp / 4, W] dwords of 4 int8 channels, sign(x - shift) in {-1, +1} plus `bias`,
 //     channels padded to Cp = ceil(C / 4) * 4;
-//   weights Wq[Op, Kp] int8 row-major (AMX; the VNNI kernel regroups it as [Op / 16][Kp / 4][16] dwords), k = tap * Cp + c, +-1 for c < C and 0 elsewhere (channel pad,
+//   weights Wq[Op, Kp] int8 row-major (regrouped per engine, below), k = tap * Cp + c, +-1 for c < C and 0 elsewhere (channel pad,
 //     K pad up to Kp, rows o >= O up to Op = ceil(O / 16) * 16): the padding contributes exactly 0;
-//   tile At[Kp / 4][16 pixels][4] bytes: one 64-byte row per 4 k (the AMX B-tile / VNNI layout).
+//   tile At[Kp / 4][16 pixels][4] bytes: one 64-byte row per 4 k (the AMX B-tile / VNNI layout);
+//   VNNI weights [Op / 16][Kp / 4][16] dwords;
+//   AMX weights Wt[Op / 16][Kp / 64][16][64] bytes: each A tile (16 channels x 64 k) one contiguous 1 KiB.
 // The AMX kernel multiplies s8 x s8 (bias 0): out-of-frame taps hold 0, so zero padding is free.
 // VPDPBUSD multiplies u8 x s8: activations hold a + 1 in {0, 1 (out of frame), 2}, and
 //   sum_k (a_k + 1) w_k = conv + sum_k w_k = conv + conv(1, W_b with every tap in frame),
@@ -40,15 +42,11 @@ std::string amx_probe_outcome(const std::string& mode);
 // loaded from it, read back with STTILECFG.
 std::array<uint8_t, 64> amx_tile_config();
 std::array<uint8_t, 64> amx_tile_config_loaded();
-// Tile configuration of the calling thread, and one 16 x 16 block:
-// C[o][p] = sum_k W[o][k] * At[k / 4][p][k % 4], W rows at stride Kp (Kp a multiple of 64).
-void amx_tiles_configure();
-void amx_tiles_release();
-void amx_block_16x16(const int8_t* W, int64_t Kp, const uint8_t* At, int32_t* C);
-// Tests on machines without AMX: the "amx" engine runs with amx_block_16x16_emulated (a scalar TDPBSSD
-// over the same tile operands) instead of the tile instructions, so everything but them is exercised.
+// Tests on machines without AMX: the "amx" engine runs its tile kernel (amx_tiles.h) on the emulated
+// tiles instead of the tile instructions: the same blocking, loops, layouts, driver and epilogue.
 bool amx_emulated();
 void set_amx_emulated(bool on);
-void amx_block_16x16_emulated(const int8_t* W, int64_t Kp, const uint8_t* At, int32_t* C);
+// How many weights the amx engine has packed into its tile layout so far (once per weight content).
+int64_t amx_weight_packs();
 
 }  // namespace erbnn

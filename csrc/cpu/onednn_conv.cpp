@@ -186,10 +186,10 @@ at::Tensor conv(const Plan& p, const ConvGeom& g, const at::Tensor& xu, const On
   p.op->callBoxed(st);
   TORCH_CHECK(st.size() == 1 && st[0].isTensor(), "onednn::qconv2d_pointwise returned something other than a Tensor");
   at::Tensor y = st[0].toTensor();
-  TORCH_CHECK(y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == g.N && y.size(1) == g.O &&
-                  y.size(2) == g.OH && y.size(3) == g.OW,
-              "onednn::qconv2d_pointwise returned ", y.scalar_type(), " ", y.sizes(), ", expected float [", g.N,
-              ", ", g.O, ", ", g.OH, ", ", g.OW, "]");
+  TORCH_CHECK(y.layout() == at::kStrided && y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == g.N &&
+                  y.size(1) == g.O && y.size(2) == g.OH && y.size(3) == g.OW,
+              "onednn::qconv2d_pointwise returned ", y.layout(), " ", y.scalar_type(), " ", y.sizes(),
+              ", expected a strided float [", g.N, ", ", g.O, ", ", g.OH, ", ", g.OW, "]");
   return y;
 }
 
@@ -357,7 +357,8 @@ void u8_from_bits(const ConvGeom& g, const at::Tensor& P, uint8_t* dst) {
 }
 
 at::Tensor u8_input(const ConvGeom& g, const at::Tensor& x, double shift) {
-  at::Tensor xu = at::empty({g.N, g.C, g.H, g.W}, x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor xu = at::empty({g.N, g.C, g.H, g.W},
+                            x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
   uint8_t* d = xu.mutable_data_ptr<uint8_t>();
   if (x.scalar_type() == at::kLong) {
     u8_from_bits(g, x, d);
@@ -372,28 +373,52 @@ at::Tensor u8_input(const ConvGeom& g, const at::Tensor& x, double shift) {
 
 // ------------------------------------------------------------------------------ the epilogue
 // The tile's out-of-frame bookkeeping (nvalid, keff, oob_c, part_tap / part_bad: build_tile's meaning),
-// from the geometry alone: oneDNN did the im2col.
+// from the geometry alone: oneDNN did the im2col. A tap is in frame for a pixel where its row and its
+// column are: per tap, the AND of a row mask and a column mask over the tile's pixels.
 void frame_tile(const ConvGeom& g, Tile& t) {
   t.part_tap.clear();
   t.part_bad.clear();
   int64_t iy0[kTilePx], ix0[kTilePx];
   tile_origins(g, t, iy0, ix0);
   const uint32_t full = (1u << t.np) - 1;
-  for (int64_t ky = 0; ky < g.kh; ++ky)
+  constexpr int64_t kMaxKw = 32;
+  uint32_t cols[kMaxKw];
+  int32_t ny[kTilePx] = {}, nx[kTilePx] = {};
+  for (int64_t kx = 0; kx < std::min(g.kw, kMaxKw); ++kx) {
+    cols[kx] = 0;
+    for (int j = 0; j < t.np; ++j) {
+      const int64_t ix = ix0[j] + kx * g.dw;
+      const bool in = ix >= 0 && ix < g.W;
+      cols[kx] |= uint32_t(in) << j;
+      nx[j] += in;
+    }
+  }
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    uint32_t row = 0;
+    for (int j = 0; j < t.np; ++j) {
+      const int64_t iy = iy0[j] + ky * g.dh;
+      const bool in = iy >= 0 && iy < g.H;
+      row |= uint32_t(in) << j;
+      ny[j] += in;
+    }
     for (int64_t kx = 0; kx < g.kw; ++kx) {
-      uint32_t ok = 0;
-      for (int j = 0; j < t.np; ++j) {
-        const int64_t iy = iy0[j] + ky * g.dh, ix = ix0[j] + kx * g.dw;
-        const bool in = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-        ok |= uint32_t(in) << j;
-        t.nvalid[j] += in;
+      uint32_t col = 0;
+      if (kx < kMaxKw) {
+        col = cols[kx];
+      } else {
+        for (int j = 0; j < t.np; ++j) col |= uint32_t(ix0[j] + kx * g.dw >= 0 && ix0[j] + kx * g.dw < g.W) << j;
+        if (ky == 0)
+          for (int j = 0; j < t.np; ++j) nx[j] += (col >> j) & 1u;
       }
+      const uint32_t ok = row & col;
       if (ok != full) {
         t.part_tap.push_back(int32_t(ky * g.kw + kx));
         t.part_bad.push_back(~ok & ((1u << kTilePx) - 1));
       }
     }
+  }
   for (int j = 0; j < kTilePx; ++j) {
+    t.nvalid[j] = j < t.np ? ny[j] * nx[j] : 0;
     t.keff[j] = int32_t(g.C * t.nvalid[j]);
     t.oob_c[j] = int32_t(g.C * (g.taps - t.nvalid[j]));
   }
@@ -546,8 +571,8 @@ std::string onednn_schema_problem(const std::string& schema) {
 namespace {
 
 // oneDNN's conv of xu, then the epilogue into out / bits.
-void run_conv_epilogue(const ConvGeom& g, const Ops& o, const OnednnWeights& ow, const at::Tensor& xu, const Epilogue& e,
-               float* out, const BitsOut& bits) {
+void run_conv_epilogue(const ConvGeom& g, const Ops& o, const OnednnWeights& ow, const at::Tensor& xu,
+                       const Epilogue& e, float* out, const BitsOut& bits) {
   const at::Tensor y = conv(o.conv, g, xu, ow);
   ConvSums sums{y.const_data_ptr<float>(), y.stride(0), y.stride(1), y.stride(2), y.stride(3), false};
   sums.gather = (g.OH - 1) * sums.sh + (g.OW - 1) * sums.sw + (g.O - 1) * sums.sc < (int64_t(1) << 31);
