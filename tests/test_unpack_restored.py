@@ -8,7 +8,8 @@ from erbnn_ext import _nhwc, ops, reference as R
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("_unpack_restored", "cpu"), reason="needs the compiled CPU kernels")
 
-STATS = [(torch.tensor(0.3), torch.tensor(1.7)), (torch.tensor(-2.5, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64)),
+F64 = torch.float64
+STATS = [(torch.tensor(0.3), torch.tensor(1.7)), (torch.tensor(-2.5, dtype=F64), torch.tensor(0.1, dtype=F64)),
          (torch.tensor(1e-3), torch.tensor(0.0))]
 
 
@@ -30,7 +31,8 @@ def test_equals_the_reference(c, channels_first, isa):
 def _state():
     return [torch.zeros(100, dtype=torch.float64), torch.zeros((), dtype=torch.int64),
             torch.ones((), dtype=torch.float64), torch.zeros(10, dtype=torch.float64),
-            torch.zeros((), dtype=torch.int64), torch.zeros(10, dtype=torch.float64), torch.zeros((), dtype=torch.int64)]
+            torch.zeros((), dtype=torch.int64), torch.zeros(10, dtype=torch.float64),
+            torch.zeros((), dtype=torch.int64)]
 
 
 def _train_nhwc(x, state=None):
