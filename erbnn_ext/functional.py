@@ -262,17 +262,6 @@ def _stand_in(y, xs):
     return y
 
 
-def amp_step_dtype(x: torch.Tensor):
-    """The autocast dtype an ER layer's fused step runs its conv backward in (ERConv2dStep's amp), or None:
-    CPU autocast in bfloat16, a float32 or bfloat16 CPU input, outside torch.compile, native kernels."""
-    if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
-            or torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)):
-        return None
-    if torch.compiler.is_compiling() or not ops.native_now() or not ops.kernel_runs_on("binary_conv2d_packed", x.device):
-        return None
-    return torch.bfloat16
-
-
 _PLUS_MINUS_ONE = (torch.zeros(()), torch.ones(()))  # (mean, sigma) of w_b = +-1, float32
 
 
@@ -292,9 +281,22 @@ def xnor_trains(y: torch.Tensor) -> bool:
     autocast its conv dtype; torch 2.11's compiler drops the gradient of RestoredConv2d, zero for the
     input and the weight; the CUDA binary conv has not been measured against cuDNN, so CUDA keeps the
     float conv)."""
-    return (y.dtype == torch.float32 and y.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and ops.native_now()
-            and ops.kernel_runs_on("binary_conv2d_packed", y.device))
+    return y.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and _popcount_runs(y)
+
+
+def amp_step_dtype(x: torch.Tensor):
+    """The autocast dtype an ER layer's fused step runs its conv backward in (ERConv2dStep's amp), or None:
+    CPU autocast in bfloat16, a float32 or bfloat16 CPU input, outside torch.compile, native kernels."""
+    if (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and x.dtype in (torch.float32, torch.bfloat16) and _popcount_runs(x)):
+        return torch.bfloat16
+    return None
+
+
+def _popcount_runs(x: torch.Tensor) -> bool:
+    """What both training forms on the popcount kernel need: a CPU input, eager mode, native kernels."""
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling() and ops.native_now()
+            and ops.kernel_runs_on("binary_conv2d_packed", x.device))
 
 
 def restored_conv2d(y, w_b, mean, sigma, bias=None, stride=1, padding=0, dilation=1, xnor=None):
