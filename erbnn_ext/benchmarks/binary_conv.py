@@ -99,17 +99,16 @@ def engine_of(key):
 
 
 def add_engines(rows):
-    """Fill each CPU binary_conv2d row's engine (and why) from the auto choices recorded in this process."""
+    """Fill each CPU binary_conv2d row's engine (and why) from the auto choices recorded in this process,
+    or the forced engine (engine_of)."""
     import erbnn_ext
     if not erbnn_ext.native_available():
         return
-    N = erbnn_ext._native
-    choices, reasons = N._conv_engine_choices(), N.conv_engine_reasons()
     for r in rows:
         key = r.pop("engine_key", None)
         if key is not None:
-            r["engine"], r["engine_why"] = choices.get(key, "forced" if erbnn_ext.get_conv_engine() != "auto"
-                                                       else "?"), reasons.get(key, "")
+            engine, why = engine_of(key)
+            r["engine"], r["engine_why"] = engine or "?", why
 
 
 # ---------------------------------------------------------------------------------- per layer and batch
