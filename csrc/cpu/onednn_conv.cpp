@@ -138,6 +138,29 @@ std::string find_plan(const char* name, bool conv, Plan& p) {
 }
 
 // ------------------------------------------------------------------------------ weights and calls
+// Calls the plan's op with its argument stack: each slot's value (an undefined tensor for a slot the op
+// does not take), the schema's constants elsewhere; returns the one Tensor it must return.
+at::Tensor call(const Plan& p, const char* name, const ConvGeom& g, const at::Tensor& x, const at::Tensor& w,
+                const at::Tensor& w_scale, const at::Tensor& w_zp) {
+  torch::jit::Stack st;
+  const std::vector<int64_t> stride{g.sh, g.sw}, pad{g.ph, g.pw}, dil{g.dh, g.dw};
+  for (size_t i = 0; i < p.slots.size(); ++i) {
+    switch (p.slots[i]) {
+      case Slot::kX: st.emplace_back(x); break;
+      case Slot::kW: st.emplace_back(w); break;
+      case Slot::kWScale: st.emplace_back(w_scale); break;
+      case Slot::kWZp: st.emplace_back(w_zp); break;
+      case Slot::kStride: st.emplace_back(stride); break;
+      case Slot::kPadding: st.emplace_back(pad); break;
+      case Slot::kDilation: st.emplace_back(dil); break;
+      default: st.push_back(p.consts[i]);
+    }
+  }
+  p.op->callBoxed(st);
+  TORCH_CHECK(st.size() == 1 && st[0].isTensor(), name, " returned something other than a Tensor");
+  return st[0].toTensor();
+}
+
 at::Tensor prepack(const Plan& p, const ConvGeom& g, const uint64_t* words, at::Tensor& scales,
                    at::Tensor& zero_points) {
   // +-1 int8 [O, C, kh, kw] from the packed bits [O, taps, Cw] (a one-time pass per entry)
@@ -151,41 +174,11 @@ at::Tensor prepack(const Plan& p, const ConvGeom& g, const uint64_t* words, at::
   });
   scales = at::ones({g.O}, at::kFloat);  // qconv_prepack: float64 in some versions, float32 in others
   zero_points = at::zeros({g.O}, at::kLong);
-  torch::jit::Stack st;
-  const std::vector<int64_t> stride{g.sh, g.sw}, pad{g.ph, g.pw}, dil{g.dh, g.dw};
-  for (size_t i = 0; i < p.slots.size(); ++i) {
-    switch (p.slots[i]) {
-      case Slot::kW: st.emplace_back(w); break;
-      case Slot::kWScale: st.emplace_back(scales); break;
-      case Slot::kStride: st.emplace_back(stride); break;
-      case Slot::kPadding: st.emplace_back(pad); break;
-      case Slot::kDilation: st.emplace_back(dil); break;
-      default: st.push_back(p.consts[i]);
-    }
-  }
-  p.op->callBoxed(st);
-  TORCH_CHECK(st.size() == 1 && st[0].isTensor(), "onednn::qconv_prepack returned something other than a Tensor");
-  return st[0].toTensor();
+  return call(p, "onednn::qconv_prepack", g, {}, w, scales, {});
 }
 
 at::Tensor conv(const Plan& p, const ConvGeom& g, const at::Tensor& xu, const OnednnWeights& w) {
-  torch::jit::Stack st;
-  const std::vector<int64_t> stride{g.sh, g.sw}, pad{g.ph, g.pw}, dil{g.dh, g.dw};
-  for (size_t i = 0; i < p.slots.size(); ++i) {
-    switch (p.slots[i]) {
-      case Slot::kX: st.emplace_back(xu); break;
-      case Slot::kW: st.emplace_back(w.packed); break;
-      case Slot::kWScale: st.emplace_back(w.scales); break;
-      case Slot::kWZp: st.emplace_back(w.zero_points); break;
-      case Slot::kStride: st.emplace_back(stride); break;
-      case Slot::kPadding: st.emplace_back(pad); break;
-      case Slot::kDilation: st.emplace_back(dil); break;
-      default: st.push_back(p.consts[i]);
-    }
-  }
-  p.op->callBoxed(st);
-  TORCH_CHECK(st.size() == 1 && st[0].isTensor(), "onednn::qconv2d_pointwise returned something other than a Tensor");
-  at::Tensor y = st[0].toTensor();
+  at::Tensor y = call(p, "onednn::qconv2d_pointwise", g, xu, w.packed, w.scales, w.zero_points);
   TORCH_CHECK(y.layout() == at::kStrided && y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == g.N &&
                   y.size(1) == g.O && y.size(2) == g.OH && y.size(3) == g.OW,
               "onednn::qconv2d_pointwise returned ", y.layout(), " ", y.scalar_type(), " ", y.sizes(),
