@@ -223,15 +223,20 @@ def test_bad_engine_name(native):
         C.set_conv_engine("int4")
 
 
+def _request_engine(name, how, monkeypatch):
+    """Ask for engine `name` by erbnn_ext.set_conv_engine ("setter") or ERBNN_CONV_ENGINE ("env")."""
+    if how == "setter":
+        erbnn_ext.set_conv_engine(name)
+    else:
+        monkeypatch.setenv("ERBNN_CONV_ENGINE", name)
+
+
 @pytest.mark.parametrize("how", ["setter", "env"])
 def test_unavailable_engine_error_and_fallback(native, monkeypatch, how):
     C._set_amx_disabled(True)  # simulate a machine without AMX (a no-op where AMX is absent anyway)
     assert "amx" not in erbnn_ext.backend_info()["conv_engines"]
     x, w = torch.randn(1, 8, 5, 5), torch.randn(4, 8, 3, 3)
-    if how == "setter":
-        erbnn_ext.set_conv_engine("amx")
-    else:
-        monkeypatch.setenv("ERBNN_CONV_ENGINE", "amx")
+    _request_engine("amx", how, monkeypatch)
     with pytest.raises(RuntimeError, match="engine 'amx' is not available"):
         EF.binary_conv2d(x, w, 1, 1)
     # auto falls back to the engines that exist, exactly
@@ -488,10 +493,7 @@ def test_onednn_unavailable_error_and_auto_skips_it(native, monkeypatch, how):
     assert C.onednn_status().startswith("disabled")
     assert "onednn_int8" not in erbnn_ext.backend_info()["conv_engines"]
     x, w = torch.randn(2, 64, 8, 8), torch.randn(32, 64, 3, 3)
-    if how == "setter":
-        erbnn_ext.set_conv_engine("onednn_int8")
-    else:
-        monkeypatch.setenv("ERBNN_CONV_ENGINE", "onednn_int8")
+    _request_engine("onednn_int8", how, monkeypatch)
     with pytest.raises(RuntimeError, match="onednn_int8: disabled"):
         EF.binary_conv2d(x, w, 1, 1)
     erbnn_ext.set_conv_engine("auto")
