@@ -16,7 +16,6 @@ Each ER case and its float counterpart are timed in alternating rounds (timing.m
 popcount route, forward convs) then run in bfloat16 (oneDNN; AMX-BF16 where the CPU has it).
 """
 import argparse
-import contextlib
 import copy
 import math
 
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import models as zoo, nn as enn, ops
+from ..training.args import AMP
+from ..training.loop import autocast as training_autocast
 from .._backend import get_backend, native_active, use_backend
 from .shapes import MODELS, parse_models
 from .timing import header, measure_side_by_side, paired_ratio
@@ -75,16 +76,12 @@ def float_twin(model: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def autocast(device, amp):
-    """The autocast context of a step: amp None (float32), "bf16" or "fp16" (CUDA)."""
-    if amp is None:
-        return contextlib.nullcontext()
-    if amp not in AMP:
+    """The autocast context of a step, as training's (training.loop.autocast): amp None (float32), "bf16"
+    or "fp16" (CUDA)."""
+    if amp is not None and amp not in AMP:
         raise ValueError(f"amp must be None or one of {sorted(AMP)}, got {amp!r}")
-    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
+    return training_autocast(torch.device(device), amp)
 
 
 def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed=0, amp=None):
