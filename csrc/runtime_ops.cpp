@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/block_cache.h"
 #include "cpu/conv_engine.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/int8_conv.h"
@@ -20,8 +21,9 @@ namespace {
 
 std::string isa_name(CpuIsa isa) { return cpu_isa_name(isa); }
 
-c10::Dict<std::string, std::string> to_dict(const std::map<std::string, std::string>& m) {
-  c10::Dict<std::string, std::string> out;
+template <typename V>
+c10::Dict<std::string, V> to_dict(const std::map<std::string, V>& m) {
+  c10::Dict<std::string, V> out;
   for (const auto& [key, value] : m) out.insert(key, value);
   return out;
 }
@@ -66,4 +68,12 @@ TORCH_LIBRARY_FRAGMENT(erbnn, m) {
   m.def("_conv_engine_choices", [] { return to_dict(conv_engine_choices()); });
   m.def("_conv_engine_reasons", [] { return to_dict(conv_engine_reasons()); });
   m.def("_cuda_compiled", [] { return cuda_compiled(); });
+  m.def("_block_cache_enable", [](int64_t min_block, int64_t max_cached) {
+    return block_cache_enable(min_block, max_cached);
+  });
+  m.def("_block_cache_disable", [] { block_cache_disable(); });
+  m.def("_block_cache_empty", [] { return block_cache_empty(); });
+  m.def("_block_cache_stats", [] { return to_dict(block_cache_stats()); });
+  m.def("_block_cache_reset_peaks", [] { block_cache_reset_peaks(); });
+  m.def("_block_cache_status", [] { return block_cache_status(); });
 }

@@ -10,8 +10,16 @@ freed pages mapped; raising the mmap threshold keeps large tensors on the heap (
 threshold stops adapting once either is set). The cost: the process keeps up to `trim_threshold` of
 freed memory instead of returning it. jemalloc or tcmalloc (LD_PRELOAD) solve the same problem.
 
+Kept freed memory still fragments: the small tensors of a step (packed signs, statistics, weight
+gradients) are carved out of the holes freed activations leave, so the next activation no longer fits
+there and the heap grows (a ResNet-20 step at batch 64 peaked at about 1.9x its live tensors). So
+keep_freed_memory() also enables the extension's block cache (csrc/cpu/block_cache.h) as PyTorch's CPU
+allocator: a freed block of >= 64 KiB is kept whole for the next request of its size, which a training
+step makes again every step; the resident peak then follows the live tensors.
+
 erbnn_ext applies this in its training entry points (fit, `erbnn train`) and benchmarks; any program can
-call keep_freed_memory() once. ERBNN_KEEP_FREED_MEMORY=0 turns it off everywhere.
+call keep_freed_memory() once. ERBNN_KEEP_FREED_MEMORY=0 turns it all off; ERBNN_BLOCK_CACHE=0 only the
+block cache. empty_block_cache() gives the cached blocks back to malloc.
 """
 import ctypes
 import ctypes.util
@@ -19,7 +27,9 @@ import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers (malloc.h)
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses larger mmap thresholds on 64-bit (HEAP_MAX_SIZE / 2)
-_state = {"applied": False, "reason": "not requested"}
+_state = {"applied": False, "reason": "not requested", "block_cache": "not requested"}
+BLOCK_CACHE_MIN = 64 << 10  # smaller tensors go to malloc: they are many, and fit the heap's small holes
+BLOCK_CACHE_MAX = 1 << 30  # at most this many bytes of unused blocks are kept, as glibc's trim threshold
 
 
 def _glibc():
@@ -36,17 +46,20 @@ def _glibc():
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP_THRESHOLD_MAX,
-                      large: bool = True) -> bool:
+                      large: bool = True, block_cache: bool = True) -> bool:
     """Set glibc malloc's trim threshold (bytes of free heap top kept mapped) and mmap threshold (sizes
-    served by mmap instead of the heap; at most 32 MiB); large=True serves no allocation by mmap at all.
-    Returns True when applied; False where the C library is not glibc, or ERBNN_KEEP_FREED_MEMORY=0 (the
-    reason is in allocator_state()). Idempotent."""
+    served by mmap instead of the heap; at most 32 MiB); large=True serves no allocation by mmap at all;
+    block_cache=True also enables the block cache (enable_block_cache()).
+    Returns True when malloc's policy was applied; False where the C library is not glibc, or
+    ERBNN_KEEP_FREED_MEMORY=0 (the reasons, also the block cache's, are in allocator_state()). Idempotent."""
     if trim_threshold < 0 or not 0 <= mmap_threshold <= _MMAP_THRESHOLD_MAX:
         raise ValueError(f"need trim_threshold >= 0 and 0 <= mmap_threshold <= {_MMAP_THRESHOLD_MAX}, "
                          f"got {trim_threshold}, {mmap_threshold}")
     if os.environ.get("ERBNN_KEEP_FREED_MEMORY", "1") == "0":
-        _state.update(applied=False, reason="ERBNN_KEEP_FREED_MEMORY=0")
+        _state.update(applied=False, reason="ERBNN_KEEP_FREED_MEMORY=0", block_cache="ERBNN_KEEP_FREED_MEMORY=0")
         return False
+    if block_cache:
+        enable_block_cache()
     libc = _glibc()
     if libc is None:
         _state.update(applied=False, reason="the C library is not glibc")
@@ -59,6 +72,68 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP
     return ok
 
 
+def enable_block_cache(min_block: int = BLOCK_CACHE_MIN, max_cached: int = BLOCK_CACHE_MAX) -> bool:
+    """Make the extension's block cache PyTorch's CPU allocator and turn caching on (or set its limits):
+    freed CPU tensors of >= min_block bytes keep their block, rounded up to 4 KiB, for the next request
+    of that size; at most max_cached bytes of unused blocks are kept. Returns whether it is on; False where
+    the native extension is not built, ERBNN_BLOCK_CACHE=0, or another library installed its own CPU
+    allocator (the reason is in allocator_state()["block_cache"])."""
+    if min_block < 0 or max_cached < 0:
+        raise ValueError(f"need min_block >= 0 and max_cached >= 0, got {min_block}, {max_cached}")
+    if os.environ.get("ERBNN_BLOCK_CACHE", "1") == "0":
+        _state["block_cache"] = "ERBNN_BLOCK_CACHE=0"
+        return False
+    from . import _native
+    if not _native.available():
+        _state["block_cache"] = f"the native extension is not loaded ({_native.LOAD_ERROR})"
+        return False
+    ok = bool(_native._op("_block_cache_enable")(int(min_block), int(max_cached)))
+    _state["block_cache"] = _native._op("_block_cache_status")()
+    return ok
+
+
+def disable_block_cache() -> None:
+    """Stop caching and give the cached blocks back to malloc. The cache stays PyTorch's CPU allocator,
+    passing each request to c10's allocation functions: oneDNN frees some memory through whichever CPU
+    allocator is installed when it frees it, so the one that allocated it must stay."""
+    from . import _native
+    if _native.available():
+        _native._op("_block_cache_disable")()
+        _state["block_cache"] = _native._op("_block_cache_status")()
+
+
+def empty_block_cache() -> int:
+    """Give the block cache's unused blocks back to malloc; returns their bytes (0 without the extension)."""
+    from . import _native
+    return int(_native._op("_block_cache_empty")()) if _native.available() else 0
+
+
+def release_free_memory() -> int:
+    """Give what the process keeps of freed memory back to the kernel: the block cache's unused blocks to
+    malloc, then glibc's free heap pages (malloc_trim). Returns the block cache's bytes released."""
+    released = empty_block_cache()
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return released
+
+
+def block_cache_stats() -> dict:
+    """The block cache's counters: enabled (0/1); allocated and peak_allocated (bytes in live CPU tensors
+    allocated since it was first enabled, small ones included); cached (unused blocks kept); peak_reserved (allocated +
+    cached); hits and misses (requests of >= min_block served from / not from the cache); min_block,
+    max_cached. Empty without the extension."""
+    from . import _native
+    return dict(_native._op("_block_cache_stats")()) if _native.available() else {}
+
+
+def reset_block_cache_peaks() -> None:
+    """Start peak_allocated and peak_reserved again from the current values."""
+    from . import _native
+    if _native.available():
+        _native._op("_block_cache_reset_peaks")()
+
+
 def allocator_state() -> dict:
     """{"applied": bool, "reason": str, ...}: what keep_freed_memory did in this process."""
     return dict(_state)
@@ -67,7 +142,9 @@ def allocator_state() -> dict:
 def allocator_line() -> str:
     """One line for benchmark headers."""
     s = _state
+    cache = "block cache on" if s["block_cache"] == "enabled" else f"block cache off ({s['block_cache']})"
     if s["applied"]:
         mmap = "no mmap" if s["large"] else f"mmap threshold {s['mmap_threshold'] >> 20} MiB"
-        return f"malloc keeps freed memory (trim threshold {s['trim_threshold'] >> 20} MiB, {mmap}; erbnn_ext.cpu_allocator)"
-    return f"malloc defaults ({s['reason']})"
+        return (f"malloc keeps freed memory (trim threshold {s['trim_threshold'] >> 20} MiB, {mmap}), {cache}; "
+                f"erbnn_ext.cpu_allocator")
+    return f"malloc defaults ({s['reason']}), {cache}"

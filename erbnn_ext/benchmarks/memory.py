@@ -1,25 +1,26 @@
 """Training-step memory: an ER-BNN model against its float twin, each in a fresh process.
 
 Per model and method (the ER-BNN model, its float twin: nn.Conv2d / nn.Linear in place of each ER layer),
-a child process builds the model, an SGD optimizer and one random batch, records its resident memory
-(start), then runs training steps (forward + cross-entropy + backward + SGD step) and reports
+a child process builds the model, an SGD optimizer and one random batch, gives the freed memory back
+(release_free_memory()), records its resident memory (start), then runs training steps (forward + cross-entropy + backward + SGD step) and reports
 - peak RSS minus start over the first step, and over the second (after one warm-up step; the kernel's
   peak, VmHWM, is reset in between through /proc/self/clear_refs);
 - the bytes of the tensors autograd keeps for the backward (each storage once, weights included),
   counted with saved_tensors_hooks during the second step's forward;
-- the heap bytes in use after the second step's forward less before it (glibc's mallinfo2): the live
-  tensors at the step's peak, free of the allocator's fragmentation, which makes peak RSS vary by tens
-  of MiB from process to process (hence --repeat);
+- the bytes in live tensors after the second step's forward less before it (heap_in_use()): the
+  tensors at the step's peak, free of the allocator's fragmentation, which makes peak RSS vary from
+  process to process (hence --repeat);
 - the seconds per step (median of the steps after the second: a coarse figure beside the memory; the
   timing benchmarks are train_step.py's).
-Linux only (reads /proc/self/status). keep_freed_memory() is applied as in `erbnn train` unless
---no-keep-freed-memory.
+Linux only (reads /proc/self/status). keep_freed_memory() (malloc policy and block cache) is applied
+as in `erbnn train` unless --no-keep-freed-memory; --no-block-cache keeps the malloc policy only.
 
     python -m erbnn_ext.benchmarks.memory [--models resnet20,resnet18] [--batch 64] [--threads 1] [--steps 6]
 """
 import argparse
 import ctypes
 import ctypes.util
+import gc
 import json
 import os
 import statistics
@@ -74,9 +75,13 @@ _MALLINFO2 = _mallinfo2()
 
 
 def heap_in_use():
-    """Bytes malloc has handed out and not had back (glibc >= 2.33, else None): the live tensors on the
-    CPU (PyTorch allocates with malloc) without the freed-but-kept pages and the fragmentation that RSS
-    also counts."""
+    """Bytes in live CPU tensors, without the freed-but-kept pages and the fragmentation that RSS also
+    counts: the block cache's count where it is enabled (its cached blocks are in use for malloc), else
+    what malloc has handed out and not had back (glibc >= 2.33), else None."""
+    from ..cpu_allocator import block_cache_stats
+    stats = block_cache_stats()
+    if stats.get("enabled"):
+        return stats["allocated"]
     if _MALLINFO2 is None:
         return None
     m = _MALLINFO2()
@@ -113,6 +118,7 @@ METHODS = ("er_model", "er_keep", "float_twin")
 
 def measure(model_name, method, batch, steps=6, seed=0):
     """In THIS process (call it in a fresh one): the figures of the module docstring, in bytes / seconds."""
+    from ..cpu_allocator import release_free_memory
     from .train_step import float_twin, model_builder
     build, hw = model_builder(model_name)
     torch.manual_seed(seed)
@@ -145,6 +151,10 @@ def measure(model_name, method, batch, steps=6, seed=0):
         loss.backward()
         opt.step()
 
+    # What building the model left freed (the ER model a float twin is made from) is given back first:
+    # otherwise the step of the model built second reuses it, and its peak minus start looks smaller.
+    gc.collect()
+    release_free_memory()
     start = rss_bytes()
     reset_peak()
     step()
@@ -164,12 +174,14 @@ def measure(model_name, method, batch, steps=6, seed=0):
             "step_s": statistics.median(times) if times else None}
 
 
-def run_child(model_name, method, batch, threads, steps, keep_freed=True):
+def run_child(model_name, method, batch, threads, steps, keep_freed=True, block_cache=True):
     """measure() in a fresh Python process (this package from the same path); returns its dict."""
     args = [sys.executable, "-m", "erbnn_ext.benchmarks.memory", "--child", method, "--models", model_name,
             "--batch", str(batch), "--threads", str(threads), "--steps", str(steps)]
     if not keep_freed:
         args.append("--no-keep-freed-memory")
+    if not block_cache:
+        args.append("--no-block-cache")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
@@ -206,6 +218,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="fresh processes per case (the median is reported)")
     ap.add_argument("--no-keep-freed-memory", action="store_true",
                     help="leave glibc malloc's trimming on (default: keep_freed_memory(), as `erbnn train`)")
+    ap.add_argument("--no-block-cache", action="store_true",
+                    help="keep_freed_memory() without its block cache (malloc's policy only)")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -213,18 +227,20 @@ def main(argv=None):
     if a.child:
         if not a.no_keep_freed_memory:
             from ..cpu_allocator import keep_freed_memory
-            keep_freed_memory()
+            keep_freed_memory(block_cache=not a.no_block_cache)
         print(json.dumps(measure(a.models, a.child, a.batch, a.steps)))
         return
     from .machine import cpu_model
     import erbnn_ext
     print(f"# training-step memory, batch {a.batch}, {a.threads} thread(s), CPU: {cpu_model()}, torch "
           f"{torch.__version__}, erbnn_ext {erbnn_ext.__version__} ({erbnn_ext.backend_info()['backend']}), "
-          f"keep_freed_memory: {not a.no_keep_freed_memory}, median of {a.repeat} process(es) per case")
+          f"keep_freed_memory: {not a.no_keep_freed_memory}, block cache: "
+          f"{not (a.no_keep_freed_memory or a.no_block_cache)}, median of {a.repeat} process(es) per case")
     rows = []
     for model in a.models.split(","):
         for method in METHODS:
-            runs = [run_child(model, method, a.batch, a.threads, a.steps, not a.no_keep_freed_memory)
+            runs = [run_child(model, method, a.batch, a.threads, a.steps, not a.no_keep_freed_memory,
+                              not a.no_block_cache)
                     for _ in range(a.repeat)]
             row = dict(runs[0])
             for k in ("start_bytes", "peak_first_bytes", "peak_bytes", "saved_bytes", "live_bytes", "step_s"):
