@@ -118,7 +118,7 @@ METHODS = ("er_model", "er_keep", "float_twin")
 
 def measure(model_name, method, batch, steps=6, seed=0):
     """In THIS process (call it in a fresh one): the figures of the module docstring, in bytes / seconds."""
-    from ..cpu_allocator import release_free_memory
+    from ..cpu_allocator import allocator_line, release_free_memory
     from .train_step import float_twin, model_builder
     build, hw = model_builder(model_name)
     torch.manual_seed(seed)
@@ -171,7 +171,7 @@ def measure(model_name, method, batch, steps=6, seed=0):
     return {"model": model_name, "method": method, "batch": batch, "start_bytes": start,
             "peak_first_bytes": first, "peak_bytes": second, "saved_bytes": saved.nbytes,
             "live_bytes": live.get("fwd"),
-            "step_s": statistics.median(times) if times else None}
+            "step_s": statistics.median(times) if times else None, "allocator": allocator_line()}
 
 
 def run_child(model_name, method, batch, threads, steps, keep_freed=True, block_cache=True):
@@ -225,9 +225,13 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.child:
-        if not a.no_keep_freed_memory:
-            from ..cpu_allocator import keep_freed_memory
-            keep_freed_memory(block_cache=not a.no_block_cache)
+        # through the environment: the benchmark modules measure() imports apply keep_freed_memory() too
+        if a.no_keep_freed_memory:
+            os.environ["ERBNN_KEEP_FREED_MEMORY"] = "0"
+        if a.no_block_cache:
+            os.environ["ERBNN_BLOCK_CACHE"] = "0"
+        from ..cpu_allocator import keep_freed_memory
+        keep_freed_memory()
         print(json.dumps(measure(a.models, a.child, a.batch, a.steps)))
         return
     from .machine import cpu_model
