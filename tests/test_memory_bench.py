@@ -37,6 +37,5 @@ def test_block_cache_bench_rows(capsys):
     for r in rows:
         cache_ms, malloc_ms, ratio = float(r[2]), float(r[3]), float(r[4].rstrip("x"))
         assert cache_ms > 0 and malloc_ms > 0 and ratio == pytest.approx(cache_ms / malloc_ms, rel=0.02)
-        assert float(r[5]) > 0
     with pytest.raises(SystemExit):
         block_cache_bench.main(["--threads", "2", "--clock", "thread"])

@@ -4,7 +4,7 @@ Per model and method (the ER-BNN model, its float twin), one full training step 
 timed in alternating rounds: the block cache enabled (cpu_allocator.enable_block_cache) or disabled
 (requests pass to malloc, whose freed memory keep_freed_memory() keeps mapped); each round switches the
 mode, runs one untimed step (the cache refills after a switch), then --steps timed steps. Per case: the
-median step time in each mode and their ratio, and the block cache's peak of live plus cached bytes.
+median step time in each mode and their ratio. (Memory: benchmarks.memory, a fresh process per case.)
 
     python -m erbnn_ext.benchmarks.block_cache [--models resnet20,resnet18] [--batch 64] [--threads 1]
                                                [--rounds 6] [--steps 3] [--clock thread|wall]
@@ -16,23 +16,23 @@ import time
 import torch
 
 from .. import cpu_allocator
+from ..cpu_allocator import allocator_line
+from .machine import machine_info, machine_line
 from .shapes import parse_models
-from .timing import header
 from .train_step import model_step
 
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def compare(step, rounds=6, steps=3, clock="thread"):
-    """{"cache_s", "malloc_s", "ratio", "peak_reserved"} for step(), the modes alternating by round (the
-    first mode rotating), the block cache left enabled."""
+    """{"cache_s", "malloc_s", "ratio", "steps"} for step(), the modes alternating by round (the first
+    mode rotating), the block cache left enabled."""
     if not cpu_allocator.enable_block_cache():
         raise RuntimeError(f"the block cache is unavailable: {cpu_allocator.allocator_state()['block_cache']}")
     now = CLOCKS[clock]
     for _ in range(2):
         step()
     times = {"cache": [], "malloc": []}
-    peak = 0
     for r in range(rounds):
         for mode in (("cache", "malloc") if r % 2 == 0 else ("malloc", "cache")):
             if mode == "cache":
@@ -40,17 +40,13 @@ def compare(step, rounds=6, steps=3, clock="thread"):
             else:
                 cpu_allocator.disable_block_cache()
             step()
-            if mode == "cache":
-                cpu_allocator.reset_block_cache_peaks()
             for _ in range(steps):
                 t0 = now()
                 step()
                 times[mode].append(now() - t0)
-            if mode == "cache":
-                peak = max(peak, cpu_allocator.block_cache_stats()["peak_reserved"])
     cpu_allocator.enable_block_cache()
     c, m = statistics.median(times["cache"]), statistics.median(times["malloc"])
-    return {"cache_s": c, "malloc_s": m, "ratio": c / m, "peak_reserved": peak, "steps": len(times["cache"])}
+    return {"cache_s": c, "malloc_s": m, "ratio": c / m, "steps": len(times["cache"])}
 
 
 def main(argv=None):
@@ -68,13 +64,17 @@ def main(argv=None):
     if a.rounds < 1 or a.steps < 1:
         ap.error("--rounds and --steps must be >= 1")
     torch.set_num_threads(a.threads)
-    print(header(f"# training step, block cache against malloc alone, batch {a.batch}, {a.clock} clock"))
-    print(f"{'model':<10} {'method':<11} {'cache ms':>9} {'malloc ms':>10} {'cache/malloc':>13} {'reserved MiB':>13}")
+    m = machine_info()
+    print(f"# training step, block cache against malloc alone, batch {a.batch}\n{machine_line(m)} | load average "
+          f"{m['load_avg_start']} on {m['cpu_count']} CPUs\nTiming: {a.clock} clock per step, median of "
+          f"{a.rounds * a.steps} steps per mode over {a.rounds} alternating rounds "
+          f"| {allocator_line()}")
+    print(f"{'model':<10} {'method':<11} {'cache ms':>9} {'malloc ms':>10} {'cache/malloc':>13}")
     for model in a.models:
         for method in ("er_model", "float_twin"):
             r = compare(model_step(model, a.batch, method), a.rounds, a.steps, a.clock)
             print(f"{model:<10} {method:<11} {r['cache_s'] * 1e3:>9.1f} {r['malloc_s'] * 1e3:>10.1f} "
-                  f"{r['ratio']:>12.3f}x {r['peak_reserved'] / 2**20:>13.1f}", flush=True)
+                  f"{r['ratio']:>12.3f}x", flush=True)
 
 
 if __name__ == "__main__":
