@@ -1,6 +1,7 @@
 # Quickstart targets: each sets up what it needs (venv, dependencies, the compiled extension).
 #   make bench      - the main job: `erbnn bench` on built-in defaults
 #   make test       - the test suite
+#   make amx-check  - the AMX-host speed goals of the CPU engines, measured and checked (benchmarks/amx_goals.py)
 #   make gpu-check  - on a GPU machine with torch installed (no venv, no network): tools/gpu_check.sh
 #   make emu-mutants - the CUDA emulator's mutation check (tools/emu_mutants.py, ~15 min on 2 cores)
 # `make test ARGS="-m cuda_emu"` runs only the CUDA kernels on the CPU emulator (erbnn_ext._C_emu,
@@ -16,7 +17,7 @@ DEPS    := numpy ninja "setuptools>=77" wheel tqdm matplotlib scikit-learn pytes
 # MAX_JOBS (parallel compiles) defaults to every core.
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: bench test build info clean gpu-check emu-mutants
+.PHONY: bench test build info clean gpu-check emu-mutants amx-check
 bench: build
 	$(BIN)/erbnn info
 	$(BIN)/erbnn bench $(ARGS)
@@ -29,6 +30,9 @@ info: build
 
 gpu-check:
 	bash tools/gpu_check.sh $(ARGS)
+
+amx-check: build
+	$(BIN)/python -m erbnn_ext.benchmarks.amx_goals $(ARGS)
 
 emu-mutants: build
 	$(BIN)/python tools/emu_mutants.py $(ARGS)
