@@ -198,3 +198,33 @@ def test_training_step_reserves_what_its_float_twin_does():
     assert er_reserved <= 1.05 * fl_reserved, (er_reserved, fl_reserved)
     assert er_live <= 1.05 * fl_live, (er_live, fl_live)
     assert er_reserved <= 1.25 * er_live, (er_reserved, er_live)
+
+
+def test_threads_allocating_at_once_get_their_own_blocks():
+    """Four threads allocate and free blocks of the same sizes at once (torch ops release the GIL): every
+    result is right, and when they are done every block is back in the cache and none is live."""
+    _run("""
+        import threading
+        assert ca.enable_block_cache()
+        before = ca.block_cache_stats()["allocated"]
+        errors = []
+
+        def work(seed):
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(200):
+                a = torch.randn(1 << 16, generator=g)      # 256 KiB blocks, shared size class
+                b = a * 2 + 1
+                c = torch.empty(1 << 16).copy_(b)
+                if not torch.equal(c, a * 2 + 1):
+                    errors.append(seed)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        s = ca.block_cache_stats()
+        assert not errors, errors
+        assert s["allocated"] == before, s
+        assert s["hits"] > 0 and s["cached"] % 4096 == 0 and s["cached"] > 0, s
+    """)
