@@ -120,9 +120,9 @@ def release_free_memory() -> int:
 
 def block_cache_stats() -> dict:
     """The block cache's counters: enabled (0/1); allocated and peak_allocated (bytes in live CPU tensors
-    allocated since it was first enabled, small ones included); cached (unused blocks kept); peak_reserved (allocated +
-    cached); hits and misses (requests of >= min_block served from / not from the cache); min_block,
-    max_cached. Empty without the extension."""
+    allocated since it was first enabled, small ones included); cached (unused blocks kept);
+    peak_reserved (allocated + cached); hits and misses (requests of >= min_block served from / not from
+    the cache); min_block, max_cached. Empty without the extension."""
     from . import _native
     return dict(_native._op("_block_cache_stats")()) if _native.available() else {}
 

@@ -2,7 +2,8 @@
 
 Per model and method (the ER-BNN model, its float twin: nn.Conv2d / nn.Linear in place of each ER layer),
 a child process builds the model, an SGD optimizer and one random batch, gives the freed memory back
-(release_free_memory()), records its resident memory (start), then runs training steps (forward + cross-entropy + backward + SGD step) and reports
+(release_free_memory()), records its resident memory (start), then runs training steps (forward +
+cross-entropy + backward + SGD step) and reports
 - peak RSS minus start over the first step, and over the second (after one warm-up step; the kernel's
   peak, VmHWM, is reset in between through /proc/self/clear_refs);
 - the bytes of the tensors autograd keeps for the backward (each storage once, weights included),
