@@ -56,7 +56,11 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = _MMAP
         raise ValueError(f"need trim_threshold >= 0 and 0 <= mmap_threshold <= {_MMAP_THRESHOLD_MAX}, "
                          f"got {trim_threshold}, {mmap_threshold}")
     if os.environ.get("ERBNN_KEEP_FREED_MEMORY", "1") == "0":
-        _state.update(applied=False, reason="ERBNN_KEEP_FREED_MEMORY=0", block_cache="ERBNN_KEEP_FREED_MEMORY=0")
+        # what an earlier call applied stays in force (malloc's settings, the cache): the state keeps saying so
+        if not _state["applied"]:
+            _state["reason"] = "ERBNN_KEEP_FREED_MEMORY=0"
+        if _state["block_cache"] != "enabled":
+            _state["block_cache"] = "ERBNN_KEEP_FREED_MEMORY=0"
         return False
     if block_cache:
         enable_block_cache()

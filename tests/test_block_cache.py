@@ -60,6 +60,12 @@ def test_max_cached_bounds_the_unused_blocks():
         assert s["cached"] == 3 << 20 and s["allocated"] == 0, s
         ca.enable_block_cache(min_block=4096, max_cached=1 << 20)  # new limits trim what is cached
         assert ca.block_cache_stats()["cached"] == 1 << 20
+        ca.enable_block_cache(min_block=4096, max_cached=2 << 20)
+        small = torch.empty(2048)                                   # 8 KiB: cached at min_block 4096
+        del small
+        assert ca.block_cache_stats()["cached"] == (1 << 20) + 8192
+        ca.enable_block_cache(min_block=64 << 10, max_cached=2 << 20)  # a class below min_block is dropped
+        assert ca.block_cache_stats()["cached"] == 1 << 20
     """)
 
 

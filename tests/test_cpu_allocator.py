@@ -16,11 +16,25 @@ def test_bad_thresholds_are_refused():
         cpu_allocator.keep_freed_memory(trim_threshold=-1)
 
 
-def test_env_switch_turns_it_off(monkeypatch):
-    monkeypatch.setenv("ERBNN_KEEP_FREED_MEMORY", "0")
-    assert cpu_allocator.keep_freed_memory() is False
-    assert cpu_allocator.allocator_state()["reason"] == "ERBNN_KEEP_FREED_MEMORY=0"
-    assert "defaults" in cpu_allocator.allocator_line()
+_SWITCH = """
+import os
+from erbnn_ext import cpu_allocator as ca
+assert ca.keep_freed_memory() is False
+assert ca.allocator_state()["reason"] == "ERBNN_KEEP_FREED_MEMORY=0"
+assert "defaults" in ca.allocator_line() and "block cache off" in ca.allocator_line()
+os.environ["ERBNN_KEEP_FREED_MEMORY"] = "1"
+assert ca.keep_freed_memory()
+os.environ["ERBNN_KEEP_FREED_MEMORY"] = "0"
+assert ca.keep_freed_memory() is False  # applied before: still in force, and still said
+assert "keeps freed memory" in ca.allocator_line()
+"""
+
+
+def test_env_switch_turns_it_off():
+    env = dict(os.environ, ERBNN_KEEP_FREED_MEMORY="0")
+    env.pop("ERBNN_BLOCK_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", _SWITCH], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 _FAULTS = """

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <new>
 #include <unordered_map>
 #include <vector>
 
@@ -58,7 +59,12 @@ class BlockCache final : public c10::Allocator {
     size_t allocated, reserved;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      live_[data] = {block, size};
+      try {
+        live_.emplace(data, Live{block, size});
+      } catch (...) {  // the block is in no list: give it back before the error propagates
+        c10::free_cpu(data);
+        throw;
+      }
       allocated_ += size;
       peak_allocated_ = std::max(peak_allocated_, allocated_);
       peak_reserved_ = std::max(peak_reserved_, allocated_ + cached_);
@@ -77,7 +83,7 @@ class BlockCache final : public c10::Allocator {
     if (data == nullptr) return;
     BlockCache& c = instance();
     Live entry{};
-    bool ours = false, kept = false;
+    bool ours = false;
     size_t allocated, reserved;
     {
       std::lock_guard<std::mutex> lock(c.mu_);
@@ -87,21 +93,29 @@ class BlockCache final : public c10::Allocator {
         entry = it->second;
         c.live_.erase(it);
         c.allocated_ -= entry.size;
-        if (entry.block && c.caching_ && c.cached_ + entry.block <= c.max_cached_) {
-          c.free_[entry.block].push_back(data);
-          c.cached_ += entry.block;
-          kept = true;
-        }
       }
       allocated = c.allocated_;
       reserved = c.allocated_ + c.cached_;
     }
-    if (!ours) {  // allocated by c10's default allocator before this one was installed
-      c10::free_cpu(data);
+    if (!ours) {  // allocated by c10's default allocator before this one was installed: its own deleter
+      c10::GetDefaultCPUAllocator()->raw_deallocate(data);
       return;
     }
-    if (!kept) c10::free_cpu(data);
+    // Reported before the block can be handed out again, so the profiler never sees it allocated twice.
     c.report(data, -static_cast<int64_t>(entry.size), allocated, reserved);
+    bool kept = false;
+    if (entry.block) {
+      std::lock_guard<std::mutex> lock(c.mu_);
+      if (c.caching_ && entry.block >= c.min_block_ && c.cached_ + entry.block <= c.max_cached_) {
+        try {
+          c.free_[entry.block].push_back(data);
+          c.cached_ += entry.block;
+          kept = true;
+        } catch (const std::bad_alloc&) {  // no room in the list: freed below (a deleter must not throw)
+        }
+      }
+    }
+    if (!kept) c10::free_cpu(data);
   }
 
   bool enable(size_t min_block, size_t max_cached) {
@@ -123,6 +137,15 @@ class BlockCache final : public c10::Allocator {
     max_cached_ = max_cached;
     caching_ = true;
     status_ = "enabled";
+    for (auto it = free_.begin(); it != free_.end();) {  // classes below a raised min_block are never asked for
+      if (it->first >= min_block_) {
+        ++it;
+        continue;
+      }
+      for (void* p : it->second) c10::free_cpu(p);
+      cached_ -= it->first * it->second.size();
+      it = free_.erase(it);
+    }
     trim_locked(max_cached_);
     return true;
   }
