@@ -96,20 +96,26 @@ def enable_block_cache(min_block: int = BLOCK_CACHE_MIN, max_cached: int = BLOCK
     return ok
 
 
+def _cache_op(name):
+    """The block cache's op torch.ops.erbnn.<name>, or None without the native extension."""
+    from . import _native
+    return _native._op(name) if _native.available() else None
+
+
 def disable_block_cache() -> None:
     """Stop caching and give the cached blocks back to malloc. The cache stays PyTorch's CPU allocator,
     passing each request to c10's allocation functions: oneDNN frees some memory through whichever CPU
     allocator is installed when it frees it, so the one that allocated it must stay."""
-    from . import _native
-    if _native.available():
-        _native._op("_block_cache_disable")()
-        _state["block_cache"] = _native._op("_block_cache_status")()
+    disable = _cache_op("_block_cache_disable")
+    if disable is not None:
+        disable()
+        _state["block_cache"] = _cache_op("_block_cache_status")()
 
 
 def empty_block_cache() -> int:
     """Give the block cache's unused blocks back to malloc; returns their bytes (0 without the extension)."""
-    from . import _native
-    return int(_native._op("_block_cache_empty")()) if _native.available() else 0
+    empty = _cache_op("_block_cache_empty")
+    return 0 if empty is None else int(empty())
 
 
 def release_free_memory() -> int:
@@ -127,15 +133,15 @@ def block_cache_stats() -> dict:
     allocated since it was first enabled, small ones included); cached (unused blocks kept);
     peak_reserved (allocated + cached); hits and misses (requests of >= min_block served from / not from
     the cache); min_block, max_cached. Empty without the extension."""
-    from . import _native
-    return dict(_native._op("_block_cache_stats")()) if _native.available() else {}
+    stats = _cache_op("_block_cache_stats")
+    return {} if stats is None else dict(stats())
 
 
 def reset_block_cache_peaks() -> None:
     """Start peak_allocated and peak_reserved again from the current values."""
-    from . import _native
-    if _native.available():
-        _native._op("_block_cache_reset_peaks")()
+    reset = _cache_op("_block_cache_reset_peaks")
+    if reset is not None:
+        reset()
 
 
 def allocator_state() -> dict:

@@ -21,7 +21,7 @@ import torch
 import erbnn_ext
 
 from . import engines, frozen
-from .machine import cpu_model
+from .machine import cpu_flags, cpu_model
 
 GOALS = {"engine_vs_torch_int8": 1.3, "auto_vs_fastest": 1.10, "resnet18_vs_fp32": 12.0,
          "resnet18_vs_bf16": 3.0, "resnet20_vs_fp32": 4.0}
@@ -30,14 +30,7 @@ GOALS = {"engine_vs_torch_int8": 1.3, "auto_vs_fastest": 1.10, "resnet18_vs_fp32
 def amx_flags():
     """The AMX feature flags of this CPU as the kernel reports them (Linux), e.g. ['amx_bf16', 'amx_int8',
     'amx_tile']; [] elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return sorted(w for w in line.split() if w.startswith("amx"))
-    except OSError:
-        pass
-    return []
+    return [f for f in cpu_flags() if f.startswith("amx")]
 
 
 def measure(min_time=0.2, frozen_time=0.5):
@@ -52,12 +45,11 @@ def check(m):
     """[(goal text, measured value, goal value, met)] from measure()'s figures."""
     rows = m["layers"]
     out = []
-    auto = sum(r["auto"] * r["count"] for r in rows)
-    if all(r.get("torch_int8") for r in rows):
-        peer = sum(r["torch_int8"] * r["count"] for r in rows)
+    auto, peer = engines.total(rows, "auto"), engines.total(rows, "torch_int8")
+    if peer:
         out.append(("torch int8 conv / chosen engine, summed over ResNet-18's layers", peer / auto,
                     GOALS["engine_vs_torch_int8"], peer / auto >= GOALS["engine_vs_torch_int8"]))
-    worst = max(r["auto"] / min(r[c] for c in engines.CONV_ENGINES if r.get(c) is not None) for r in rows)
+    worst = engines.auto_over_fastest(rows)
     out.append(("auto / fastest engine, worst layer", worst, GOALS["auto_vs_fastest"],
                 worst <= GOALS["auto_vs_fastest"]))
     r18 = m["frozen"][("resnet18_1w1a", 16)]

@@ -124,11 +124,16 @@ CONV_ENGINES = ["xnor", "int8_vnni", "amx", "onednn_int8"]
 COLUMNS = CONV_ENGINES + ["auto", "fp32", "bf16", "torch_int8", "onednn_qconv"]
 
 
-def _total(rows, col):
+def total(rows, col):
     """Sum over the rows of col, each layer shape weighted by how many layers of the model have it."""
     if any(r.get(col) is None for r in rows):
         return None
     return sum(r[col] * r["count"] for r in rows)
+
+
+def auto_over_fastest(rows):
+    """The largest ratio over the rows of auto's time to the fastest forced engine's."""
+    return max(r["auto"] / min(r[c] for c in CONV_ENGINES if r.get(c) is not None) for r in rows)
 
 
 def format_table(rows, clock="wall"):
@@ -140,13 +145,12 @@ def format_table(rows, clock="wall"):
     for r in rows:
         lines.append(f"{r['model']:10s} {r['layer']:18s} {r['batch']:3d} " + " ".join(ms(r[c]) for c in COLUMNS)
                      + f" {r['chosen']:>10s}")
-    fastest = [min(r[c] for c in CONV_ENGINES if r.get(c) is not None) for r in rows]
     if rows:
-        worst = max(r["auto"] / f for r, f in zip(rows, fastest))
+        worst = auto_over_fastest(rows)
         lines.append(f"auto / fastest forced engine: at most {worst:.2f}x over {len(rows)} layers")
         for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
             sub = [r for r in rows if (r["model"], r["batch"]) == (model, batch)]
-            tot = {c: _total(sub, c) for c in ("auto", "torch_int8", "onednn_int8", "onednn_qconv")}
+            tot = {c: total(sub, c) for c in ("auto", "torch_int8", "onednn_int8", "onednn_qconv")}
             line = f"  {model} n={batch} summed over its layers: auto {tot['auto'] * 1e3:.3f} ms"
             if tot["torch_int8"]:
                 line += (f", torch_int8 {tot['torch_int8'] * 1e3:.3f} ms (torch_int8 / auto = "

@@ -7,16 +7,26 @@ import torch
 import erbnn_ext
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+def _cpuinfo(field: str):
+    """The value of the first /proc/cpuinfo line for field (Linux), else None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
+                if line.lower().startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> list:
+    """The CPU's feature flags as the kernel reports them (Linux /proc/cpuinfo), sorted; [] elsewhere."""
+    return sorted((_cpuinfo("flags") or "").split())
 
 
 def load_average():

@@ -120,16 +120,14 @@ METHODS = ("er_model", "er_keep", "float_twin")
 def measure(model_name, method, batch, steps=6, seed=0):
     """In THIS process (call it in a fresh one): the figures of the module docstring, in bytes / seconds."""
     from ..cpu_allocator import allocator_line, release_free_memory
-    from .train_step import float_twin, model_builder
+    from .train_step import float_twin, lean_train_off, model_builder
     build, hw = model_builder(model_name)
     torch.manual_seed(seed)
     model = build(num_classes=10).train()
     if method == "float_twin":
         model = float_twin(model)
-    elif method == "er_keep":  # the ER layers' steps keep y and w_b themselves (lean_train off)
-        for m in model.modules():
-            if hasattr(m, "lean_train"):
-                m.lean_train = False
+    elif method == "er_keep":  # the ER layers' steps keep y and w_b themselves
+        lean_train_off(model)
     elif method != "er_model":
         raise ValueError(f"method must be er_model, er_keep or float_twin, got {method!r}")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)

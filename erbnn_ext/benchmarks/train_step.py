@@ -38,7 +38,7 @@ LABELS = {"er_layer": "ERBinaryConv2d", "conv2d": "nn.Conv2d", "er_model": "ER-B
           "er_model_keep": "ER-BNN model (lean_train off)"}
 
 
-def _keep_y(module):
+def lean_train_off(module):
     """lean_train off on every ER layer of module (the step keeps y and w_b for its backward)."""
     for m in module.modules():
         if isinstance(m, enn.ERBinaryConv2d):
@@ -92,7 +92,7 @@ def layer_step(shape, batch, method="er_layer", device="cpu", backend=None, seed
     torch.manual_seed(seed)
     layer = cls(shape.cin, shape.cout, shape.k, shape.stride, shape.padding, bias=False).to(device).train()
     if method == "er_layer_keep":
-        _keep_y(layer)
+        lean_train_off(layer)
     x = torch.randn(shape.input_shape(batch), generator=g).to(device).requires_grad_()
     gy = torch.randn((batch, shape.cout, shape.out_hw, shape.out_hw), generator=g).to(device)
     backend = backend or get_backend()
@@ -121,7 +121,7 @@ def model_step(name, batch, method="er_model", device="cpu", seed=0, amp=None):
     if method == "float_twin":
         model = float_twin(model)
     elif method == "er_model_keep":
-        _keep_y(model)
+        lean_train_off(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, hw, hw, generator=g).to(device)
