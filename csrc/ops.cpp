@@ -54,8 +54,10 @@ TORCH_LIBRARY(erbnn, m) {
   // A restored tensor back from its packed signs (the lean training step's backward): bits uint8 [N, P, B]
   // (bit j of byte k = channel 8k + j; B >= ceil(channels / 8)); out = mean + sigma where the bit is set,
   // else mean - sigma (the restoration's float sums, in mean's dtype: float32 or float64), as NHWC rows
-  // [N, P, channels], or [N, channels, P] with channels_first.
-  m.def("_unpack_restored(Tensor bits, int channels, Tensor mean, Tensor sigma, bool channels_first) -> Tensor");
+  // [N, P, channels], or [N, channels, P] with channels_first; dtype: the out dtype (default mean's), the two
+  // values rounded once to it (an autocast step's bfloat16 y).
+  m.def("_unpack_restored(Tensor bits, int channels, Tensor mean, Tensor sigma, bool channels_first, "
+        "ScalarType? dtype=None) -> Tensor");
 
   // ---- adaptive percentile (method.md section 3) ----
   // max(Q_p(|x[x<=0]|), Q_p(x[x>=0])), linear interpolation, exact, by selection. 0-dim float32.

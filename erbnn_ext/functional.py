@@ -213,8 +213,8 @@ class ERConv2dStep(torch.autograd.Function):
     def backward(ctx, grad):
         xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if ctx.lean:
-            w_b, y = _unpack_step(w_b, w.shape, y, ctx.y_shape, mean, sigma, ctx.x_layout is not None)
+        if ctx.lean:  # (under autocast straight in its dtype)
+            w_b, y = _unpack_step(w_b, w.shape, y, ctx.y_shape, mean, sigma, ctx.x_layout is not None, ctx.amp)
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)
         if ctx.amp is not None:
@@ -234,7 +234,9 @@ class ERConv2dStep(torch.autograd.Function):
             gy = _conv_backward(grad, like_y, w_b, ctx.conv, True, False, False)[0] if need[0] else None
         del grad, w_b
         if ctx.amp is not None:
-            gy, gwb, gb = (None if t is None else t.to(xs.dtype) for t in (gy, gwb, gb))
+            # gy stays in bfloat16 for the NHWC restoration backward, which widens it as it reads it
+            keep = ctx.x_layout is not None and gy is not None and gy.dtype == torch.bfloat16
+            gy, gwb, gb = (t if t is None or (keep and t is gy) else t.to(xs.dtype) for t in (gy, gwb, gb))
         dx = dw = None
         if gy is not None and ctx.x_layout is None:
             dx = ops.restore_activation_backward(gy.contiguous(), xs.view(gy.shape), mean, sigma, rms, x_width,
@@ -265,13 +267,14 @@ def _stand_in(y, xs):
 _PLUS_MINUS_ONE = (torch.zeros(()), torch.ones(()))  # (mean, sigma) of w_b = +-1, float32
 
 
-def _unpack_step(w_bytes, w_shape, y_bytes, y_shape, mean, sigma, rows):
+def _unpack_step(w_bytes, w_shape, y_bytes, y_shape, mean, sigma, rows, dtype=None):
     """The lean step's w_b [O, C, kh, kw] (contiguous, +-1) and y of y_shape [N, C, H, W] (NHWC rows in
     channels_last memory with `rows`, else contiguous) from their sign bytes: one ops.unpack_restored pass
-    each."""
+    each, in dtype (default the statistics' dtype)."""
     o, c, kh, kw = w_shape
-    w_b = ops.unpack_restored(w_bytes.view(o, kh * kw, -1), c, *_PLUS_MINUS_ONE, True, native=True).view(w_shape)
-    y = ops.unpack_restored(y_bytes, y_shape[1], mean, sigma, not rows, native=True)
+    w_b = ops.unpack_restored(w_bytes.view(o, kh * kw, -1), c, *_PLUS_MINUS_ONE, True, dtype,
+                              native=True).view(w_shape)
+    y = ops.unpack_restored(y_bytes, y_shape[1], mean, sigma, not rows, dtype, native=True)
     return w_b, (_nhwc.as_nchw(y, y_shape) if rows else y.view(y_shape))
 
 

@@ -127,10 +127,11 @@ def batch_transpose(x, *, native=None):
     return resolve("_batch_transpose", x.device, native)(x)
 
 
-def unpack_restored(bits, channels, mean, sigma, channels_first=False, *, native=None):
+def unpack_restored(bits, channels, mean, sigma, channels_first=False, dtype=None, *, native=None):
     """mean +- sigma from packed sign bytes [N, P, B] (reference.unpack_restored): the lean ER step's
-    rebuild of its restored y (and w_b) for the backward."""
-    return resolve("_unpack_restored", bits.device, native)(bits, int(channels), mean, sigma, bool(channels_first))
+    rebuild of its restored y (and w_b) for the backward; dtype: the out dtype (default mean's)."""
+    return resolve("_unpack_restored", bits.device, native)(bits, int(channels), mean, sigma, bool(channels_first),
+                                                            dtype)
 
 
 def restore_activation_train(x, p, q_values, q_count, width, mean_values, mean_count, sigma_values,
@@ -321,10 +322,10 @@ def _register_fakes():
         return x.new_empty((x.shape[0], x.shape[2], x.shape[1]))
 
     @reg("erbnn::_unpack_restored")
-    def _(bits, channels, mean, sigma, channels_first):
+    def _(bits, channels, mean, sigma, channels_first, dtype=None):
         torch._check(bits.dim() == 3, lambda: "bits must be 3-D [N, P, bytes]")
         n, p, _ = bits.shape
-        return bits.new_empty((n, channels, p) if channels_first else (n, p, channels), dtype=mean.dtype)
+        return bits.new_empty((n, channels, p) if channels_first else (n, p, channels), dtype=dtype or mean.dtype)
 
     @reg("erbnn::restore_activation_fixed")
     def _(x, mean, sigma):

@@ -243,10 +243,13 @@ def restore_activation_train_bits(x, p, q_values, q_count, width, mean_values, m
 
 
 # -------------------------------------------------------------------------------------------- packing
-def unpack_restored(bits, channels, mean, sigma, channels_first):
+def unpack_restored(bits, channels, mean, sigma, channels_first, dtype=None):
     """A restored tensor from its packed sign bytes: bits uint8 [N, P, B] (bit j of byte k = channel 8k + j,
     B >= ceil(channels / 8)); mean + sigma where the bit is set, else mean - sigma (0-dim float32 or float64
-    sums, the out dtype), as [N, P, channels], or [N, channels, P] with channels_first."""
+    sums), as [N, P, channels], or [N, channels, P] with channels_first; in dtype (default mean's), the two
+    values rounded once to it."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     if bits.dtype != torch.uint8:
         raise TypeError(f"bits must be uint8 (packed sign bytes), got {bits.dtype}")
     if bits.dim() != 3:
@@ -263,7 +266,7 @@ def unpack_restored(bits, channels, mean, sigma, channels_first):
     shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
     set_ = ((bits[..., None] >> shifts) & 1).reshape(n, p, nb * 8)[..., :channels].bool()
     mean, sigma = mean.reshape(()), sigma.reshape(())
-    out = torch.where(set_, sigma + mean, mean - sigma)
+    out = torch.where(set_, sigma + mean, mean - sigma).to(dtype or mean.dtype)
     return out.transpose(1, 2).contiguous() if channels_first else out.contiguous()
 
 

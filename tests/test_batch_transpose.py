@@ -28,7 +28,8 @@ def test_equals_transpose_contiguous(shape, dtype):
 
 def test_every_cpu_path(isa):
     """The AVX-512 tile path and the blocked element loop (the other ISAs) give the same bits."""
-    for x in (torch.randn(3, 50, 37), torch.randn(2, 16, 33).double()):
+    for x in (torch.randn(3, 50, 37), torch.randn(2, 16, 33).double(), torch.randn(3, 50, 37).bfloat16(),
+              torch.randn(2, 33, 48).half()):
         assert torch.equal(ops.batch_transpose(x, native=True), x.transpose(1, 2).contiguous())
 
 

@@ -53,6 +53,10 @@ def _opcheck_samples(device, dtype):
         bits = (x3 * 64).to(torch.int32).to(torch.uint8)  # [3, 4, 5] sign bytes, with the layout's strides
         yield layout, "_unpack_restored", (bits, 37, m3, s3, False)
         yield layout, "_unpack_restored", (bits, 40, m3, s3, True)
+        yield layout, "_unpack_restored", (bits, 33, m3, s3, True, torch.bfloat16)
+        if dtype == torch.float32:  # an autocast step's bfloat16 grad_y of a float32 x
+            yield layout, "_restore_activation_backward_nhwc", (g[..., 1].transpose(1, 2).bfloat16(), x3, m3, s3,
+                                                                rms3, b)
 
 
 def _train_samples(device, dtype):

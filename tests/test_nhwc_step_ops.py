@@ -101,6 +101,21 @@ def test_backward_nhwc_equals_backward(isa, shape, dtype):
     assert (got.double() - ref.double()).abs().max().item() <= tol * ref.double().abs().max().item()
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(2, 64, 256 * 3 + 5)])
+def test_backward_nhwc_reads_a_bf16_gradient_as_its_float32_widening(isa, shape):
+    """A bfloat16-autocast step's grad_y (bfloat16 NHWC rows) of a float32 x: widened while it is read,
+    the result is that of its float32 copy, bit for bit."""
+    rows, x, mean, sigma, rms, b = _backward_args(shape, torch.float32)
+    g16 = rows.bfloat16()
+    got = OPS._restore_activation_backward_nhwc(g16, x, mean, sigma, rms, b)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, OPS._restore_activation_backward_nhwc(g16.float(), x, mean, sigma, rms, b))
+    # strided rows (a channels_last tensor's view) are read the same way
+    wide = torch.zeros(shape[0], shape[2], shape[1] + 3, dtype=torch.bfloat16)
+    wide[..., :shape[1]] = g16
+    assert torch.equal(OPS._restore_activation_backward_nhwc(wide[..., :shape[1]], x, mean, sigma, rms, b), got)
+
+
 def test_backward_nhwc_float64_matches_reference():
     rows, x, mean, sigma, rms, b = _backward_args((3, 20, 37), torch.float64, seed=4)
     got = OPS._restore_activation_backward_nhwc(rows, x, mean, sigma, rms, b)

@@ -104,3 +104,26 @@ def test_bad_input_is_refused():
         for args, exc, match in cases:
             with pytest.raises(exc, match=match):
                 ops.unpack_restored(*args, native=native)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("c", [1, 9, 31, 32, 33, 64, 100])
+def test_out_dtype_is_the_restored_tensor_rounded_once(c, channels_first, dtype, isa):
+    """dtype (a bfloat16-autocast step's y and w_b): y.to(dtype) of the float32 result, bit for bit, and
+    the reference's."""
+    g = torch.Generator().manual_seed(c)
+    for n, p in ((2, 17), (1, 49), (3, 1)):
+        bits = torch.randint(0, 256, (n, p, (c + 7) // 8 + 1), generator=g, dtype=torch.uint8)
+        for mean, sigma in STATS:
+            out = ops.unpack_restored(bits, c, mean, sigma, channels_first, dtype, native=True)
+            assert out.dtype == dtype and out.is_contiguous()
+            assert torch.equal(out, ops.unpack_restored(bits, c, mean, sigma, channels_first, native=True).to(dtype))
+            assert torch.equal(out, R.unpack_restored(bits, c, mean, sigma, channels_first, dtype))
+
+
+def test_out_dtype_must_be_floating():
+    bits = torch.zeros(1, 2, 1, dtype=torch.uint8)
+    for native in (True, False):
+        with pytest.raises(TypeError, match="dtype must be a floating-point dtype"):
+            ops.unpack_restored(bits, 3, torch.tensor(0.0), torch.tensor(1.0), False, torch.int32, native=native)

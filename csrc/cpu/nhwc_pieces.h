@@ -153,18 +153,17 @@ void pack_tile_piece(const scalar_t* tile, const NhwcPiece& pc, int64_t C, stat_
 // Prefetches one NhwcPieces piece of the backward's sums pass (grad_y's rows and x's channel runs) into L1
 // while the piece before it is summed: x's runs (one per channel, kBwdCols long) are too short for the
 // hardware prefetcher to ramp up (measured with benchmarks.train_step --batch 64, ResNet-20's layer2.0.conv1).
-template <typename scalar_t, typename Pieces>
-void prefetch_piece(const scalar_t* gp, const scalar_t* xp, const Pieces& np, const NhwcPiece& pc) {
-  constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  const auto fetch = [](const scalar_t* q) { _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0); };
-  const scalar_t* g = gp + np.nhwc(pc);
+template <typename grad_t, typename scalar_t, typename Pieces>
+void prefetch_piece(const grad_t* gp, const scalar_t* xp, const Pieces& np, const NhwcPiece& pc) {
+  const auto fetch = [](const void* q) { _mm_prefetch(static_cast<const char*>(q), _MM_HINT_T0); };
+  const grad_t* g = gp + np.nhwc(pc);
   if (pc.rows == np.C) {  // grad_y's piece is one contiguous run
-    for (int64_t i = 0; i < pc.cols * np.C; i += kLine) fetch(g + i);
+    for (int64_t i = 0; i < pc.cols * np.C; i += int64_t(64 / sizeof(grad_t))) fetch(g + i);
   } else {  // each pixel's channels: at most two lines
     for (int64_t p = 0; p < pc.cols; ++p) fetch(g + p * np.C), fetch(g + p * np.C + pc.rows - 1);
   }
   for (int64_t r = 0; r < pc.rows; ++r)
-    for (int64_t i = 0; i < pc.cols; i += kLine) fetch(xp + np.nchw(pc, r) + i);
+    for (int64_t i = 0; i < pc.cols; i += int64_t(64 / sizeof(scalar_t))) fetch(xp + np.nchw(pc, r) + i);
 }
 
 }  // namespace erbnn

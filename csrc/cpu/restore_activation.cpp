@@ -334,7 +334,10 @@ at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in
   const double bw = read_width(b);
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return dx.zero_();
-  at::Tensor g = grad_in.to(x.scalar_type()).contiguous();
+  // A bfloat16 grad_y of a float32 x in NHWC rows (a bfloat16-autocast step's conv backward) is read as it
+  // is: the sums pass widens it exactly while it transposes each piece, so no float32 copy of it is made.
+  const bool bf16_rows = nhwc && x.scalar_type() == at::kFloat && grad_in.scalar_type() == at::kBFloat16;
+  at::Tensor g = bf16_rows ? grad_in.contiguous() : grad_in.to(x.scalar_type()).contiguous();
   // Half and bfloat16 recompute g * surrogate' in the write pass from g in x's order: transpose it first.
   if (nhwc && stat_dtype(x) != x.scalar_type()) {
     g = g.transpose(1, 2).contiguous();
@@ -349,17 +352,24 @@ at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in
     const stat_t mu = *mean.const_data_ptr<stat_t>(), sc = clamp_eps(*sigma.const_data_ptr<stat_t>());
     const stat_t inv_b = stat_t(1) / stat_t(bw), scale = surrogate_scale(stat_t(bw));
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    // with bf16_rows (scalar_t float32 only), grad_y is read through gb
+    const scalar_t* gp = bf16_rows ? nullptr : g.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
     std::vector<GradSums> part(N * per_sample);
     if (nhwc) {
       if constexpr (kStore) {  // gs into dx in x's order; grad_y's piece transposed into a tile first
+        const c10::BFloat16* gb = bf16_rows ? g.const_data_ptr<c10::BFloat16>() : nullptr;
         at::parallel_for(0, np.items(), 1, [&](int64_t lo, int64_t hi) {
           scalar_t tile[kTransposeTile * kBwdCols];
           for (int64_t it = lo; it < hi; ++it) {
             const NhwcPiece pc = np.piece(it);
-            if (it + 1 < np.items()) prefetch_piece(gp, xp, np, np.piece(it + 1));
-            transpose_block(gp + np.nhwc(pc), np.C, tile, pc.cols, pc.cols, pc.rows);
+            if (gb) {
+              if (it + 1 < np.items()) prefetch_piece(gb, xp, np, np.piece(it + 1));
+              transpose_block(gb + np.nhwc(pc), np.C, tile, pc.cols, pc.cols, pc.rows);
+            } else {
+              if (it + 1 < np.items()) prefetch_piece(gp, xp, np, np.piece(it + 1));
+              transpose_block(gp + np.nhwc(pc), np.C, tile, pc.cols, pc.cols, pc.rows);
+            }
             GradSums sum;
             // whole rows (cols == P): the tile and x's piece are one contiguous run each
             const int64_t runs = pc.cols == np.P ? 1 : pc.rows, len = pc.cols == np.P ? pc.rows * pc.cols : pc.cols;

@@ -1,7 +1,8 @@
 // _batch_transpose, CPU: x [B, R, S] -> x.transpose(1, 2).contiguous() [B, S, R]. It moves an ER layer's
 // activations between NCHW and NHWC (channels_last) inside its training step, where oneDNN's conv
 // backward runs without its own layout reorders; ATen's strided copy does the same transpose at about a
-// fifth of copy bandwidth on small C, this one at copy bandwidth (16x16 register tiles for 4-byte types).
+// fifth of copy bandwidth on small C, this one at copy bandwidth (16x16 register tiles for 4- and 2-byte
+// types).
 #include <torch/library.h>
 
 #include <ATen/ATen.h>

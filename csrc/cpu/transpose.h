@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+
+#include <c10/util/BFloat16.h>
 
 #include "cpu_isa.h"
 
@@ -18,11 +21,10 @@ constexpr int64_t kTransposeTile = 16;
 
 ERBNN_TRANSPOSE_AVX512 inline __m512d transpose_pd(__m512 v) { return _mm512_castps_pd(v); }
 
-// One 16x16 tile of 4-byte elements transposed in registers: o[c] = (src[r * ls + c])_r, by 16 row loads
-// and the unpack and 128-bit-lane shuffle network.
-ERBNN_TRANSPOSE_AVX512 inline void transpose16_regs(const float* src, int64_t ls, __m512 o[16]) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+// One 16x16 tile of 4-byte elements transposed in registers: o[c] = (r[i] lane c)_i, by the unpack and
+// 128-bit-lane shuffle network (r is clobbered).
+ERBNN_TRANSPOSE_AVX512 inline void transpose16_net(__m512 r[16], __m512 o[16]) {
+  __m512 t[16];
   for (int i = 0; i < 16; i += 2) {  // 32-bit interleave of row pairs
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -47,22 +49,73 @@ ERBNN_TRANSPOSE_AVX512 inline void transpose16_regs(const float* src, int64_t ls
   }
 }
 
+// o[c] = (src[r * ls + c])_r for one 16x16 tile, by 16 row loads and transpose16_net.
+ERBNN_TRANSPOSE_AVX512 inline void transpose16_regs(const float* src, int64_t ls, __m512 o[16]) {
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  transpose16_net(r, o);
+}
+
 // dst[c * ld + r] = src[r * ls + c] for one 16x16 tile.
 ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16(const float* src, int64_t ls, float* dst, int64_t ld) {
   __m512 o[16];
   transpose16_regs(src, ls, o);
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, o[i]);
 }
+
+// transpose_tile16 from bfloat16 rows (bit patterns) into float32: each value widened exactly (its bits
+// shifted into the float's high half) as it is loaded.
+ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16_bf16(const uint16_t* src, int64_t ls, float* dst, int64_t ld) {
+  __m512 r[16], o[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ls))), 16));
+  transpose16_net(r, o);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, o[i]);
+}
+
+// transpose_tile16 of 2-byte elements (bit patterns): each row widened to 32-bit lanes as it is loaded,
+// transposed by the same network, narrowed as it is stored.
+ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16_w16(const uint16_t* src, int64_t ls, uint16_t* dst, int64_t ld) {
+  __m512 r[16], o[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ls))));
+  transpose16_net(r, o);
+  for (int i = 0; i < 16; ++i)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i * ld), _mm512_cvtepi32_epi16(_mm512_castps_si512(o[i])));
+}
 #endif
 
-// dst[c * ld + r] = src[r * ls + c] for r < rows, c < cols: 16x16 register tiles for 4-byte types on
-// AVX-512, element loops blocked by 16 columns otherwise and for the tails.
-template <typename T>
-void transpose_block(const T* src, int64_t ls, T* dst, int64_t ld, int64_t rows, int64_t cols) {
+// dst[c * ld + r] = src[r * ls + c] for r < rows, c < cols, converted to D: 16x16 register tiles for 4- and
+// 2-byte types and for bfloat16 into float32 on AVX-512, element loops blocked by 16 columns otherwise and
+// for the tails.
+template <typename T, typename D>
+void transpose_block(const T* src, int64_t ls, D* dst, int64_t ld, int64_t rows, int64_t cols) {
   constexpr int64_t K = kTransposeTile;
   int64_t r0 = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-  if constexpr (sizeof(T) == 4) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<D, float>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) {
+      const auto* s = reinterpret_cast<const uint16_t*>(src);
+      for (; r0 + K <= rows; r0 += K) {
+        int64_t c = 0;
+        for (; c + K <= cols; c += K) transpose_tile16_bf16(s + r0 * ls + c, ls, dst + c * ld + r0, ld);
+        for (; c < cols; ++c)
+          for (int64_t i = 0; i < K; ++i) dst[c * ld + r0 + i] = static_cast<float>(src[(r0 + i) * ls + c]);
+      }
+    }
+  } else if constexpr (sizeof(T) == 2 && std::is_same_v<T, D>) {
+    if (active_cpu_isa() == CpuIsa::kAvx512) {
+      const auto* s = reinterpret_cast<const uint16_t*>(src);
+      auto* d = reinterpret_cast<uint16_t*>(dst);
+      for (; r0 + K <= rows; r0 += K) {
+        int64_t c = 0;
+        for (; c + K <= cols; c += K) transpose_tile16_w16(s + r0 * ls + c, ls, d + c * ld + r0, ld);
+        for (; c < cols; ++c)
+          for (int64_t i = 0; i < K; ++i) d[c * ld + r0 + i] = s[(r0 + i) * ls + c];
+      }
+    }
+  } else if constexpr (sizeof(T) == 4 && std::is_same_v<T, D>) {
     if (active_cpu_isa() == CpuIsa::kAvx512) {
       const auto* s = reinterpret_cast<const float*>(src);
       auto* d = reinterpret_cast<float*>(dst);
@@ -78,7 +131,7 @@ void transpose_block(const T* src, int64_t ls, T* dst, int64_t ld, int64_t rows,
   for (int64_t c0 = 0; c0 < cols; c0 += K) {
     const int64_t c1 = std::min(c0 + K, cols);
     for (int64_t r = r0; r < rows; ++r)
-      for (int64_t c = c0; c < c1; ++c) dst[c * ld + r] = src[r * ls + c];
+      for (int64_t c = c0; c < c1; ++c) dst[c * ld + r] = static_cast<D>(src[r * ls + c]);
   }
 }
 

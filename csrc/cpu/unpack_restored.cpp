@@ -2,7 +2,8 @@
 // that keeps one bit per value for its backward (the lean step, erbnn_ext.functional.ERConv2dStep)
 // rebuilds y = mean + sigma * s (and w_b = +-1) here, straight into the layout the conv backward reads:
 // NHWC rows [N, P, C], or channels first [N, C, P]. The two values are the float sums the restoration
-// wrote (mean + sigma, mean - sigma in the statistics dtype), so the result equals its y bit for bit.
+// wrote (mean + sigma, mean - sigma in the statistics dtype), so the result equals its y bit for bit; in
+// another out dtype (a bfloat16 autocast step's conv backward), y.to(dtype) bit for bit.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 
 #include "cpu_isa.h"
@@ -110,10 +112,83 @@ ERBNN_AVX512_BW void cf_avx512(const Signs& s, float lo, float hi, float* out, i
   }
 }
 
+// 2-byte dtypes (bfloat16, float16) on AVX-512, as bit patterns: a row's 32 channels are four bytes, the
+// blend mask of one 64-byte store (16 channels: two bytes, a 32-byte store).
+ERBNN_AVX512_BW void rows_avx512_w16(const Signs& s, uint16_t lo, uint16_t hi, uint16_t* out, int64_t r0,
+                                     int64_t r1) {
+  const __m512i vlo = _mm512_set1_epi16(static_cast<short>(lo)), vhi = _mm512_set1_epi16(static_cast<short>(hi));
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = s.bits + r * s.B;
+    uint16_t* o = out + r * s.C;
+    int64_t c = 0;
+    for (; c + 32 <= s.C; c += 32) {
+      uint32_t m;
+      std::memcpy(&m, row + (c >> 3), 4);
+      _mm512_storeu_si512(o + c, _mm512_mask_blend_epi16(m, vlo, vhi));
+    }
+    if (c + 16 <= s.C) {  // 16 channels: two bytes, one 32-byte store
+      uint16_t m;
+      std::memcpy(&m, row + (c >> 3), 2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c),
+                          _mm256_mask_blend_epi16(m, _mm512_castsi512_si256(vlo), _mm512_castsi512_si256(vhi)));
+      c += 16;
+    }
+    if (c < s.C) {  // fewer than 16 channels left: one or two bytes (never read past the row's last byte)
+      const int64_t n = s.C - c;
+      uint32_t m = row[c >> 3];
+      if (n > 8) m |= uint32_t(row[(c >> 3) + 1]) << 8;
+      const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << n) - 1);
+      _mm256_mask_storeu_epi16(o + c, keep,
+                               _mm256_mask_blend_epi16(static_cast<__mmask16>(m), _mm512_castsi512_si256(vlo),
+                                                       _mm512_castsi512_si256(vhi)));
+    }
+  }
+}
+
+// The channels-first blocks in a 2-byte dtype: cf_avx512's gather, then channel c's 16 pixels one 32-byte
+// blended store.
+ERBNN_AVX512_BW void cf_avx512_w16(const Signs& s, uint16_t lo, uint16_t hi, uint16_t* out, int64_t i0,
+                                   int64_t i1) {
+  const __m256i vlo = _mm256_set1_epi16(static_cast<short>(lo)), vhi = _mm256_set1_epi16(static_cast<short>(hi));
+  const int64_t pblocks = (s.P + kPix - 1) / kPix, nbytes = (s.C + 7) / 8;
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(s.B)),
+                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  alignas(64) uint32_t words[kPix];
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
+    const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << np) - 1);
+    const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
+    uint16_t* o = out + n * s.C * s.P + p0;
+    for (int64_t k = 0; k < nbytes; k += 4) {
+      __m512i v;
+      if (k + 4 <= s.B) {
+        v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, stride, rows + k, 1);
+      } else {
+        std::memset(words, 0, sizeof words);
+        for (int64_t p = 0; p < np; ++p) std::memcpy(&words[p], rows + p * s.B + k, s.B - k);
+        v = _mm512_load_si512(words);
+      }
+      const int64_t cend = std::min<int64_t>(32, s.C - 8 * k);
+      for (int64_t j = 0; j < cend; ++j) {
+        const __mmask16 m = _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j)));
+        _mm256_mask_storeu_epi16(o + (8 * k + j) * s.P, keep, _mm256_mask_blend_epi16(m, vlo, vhi));
+      }
+    }
+  }
+}
+
+template <typename T>
+uint16_t bits16(T v) {
+  uint16_t b;
+  std::memcpy(&b, &v, 2);
+  return b;
+}
+
 // One parallel pass writing out (float32 on AVX-512 where the ISA allows, else the scalar loops).
 template <typename T>
 void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
-  const bool avx512 = std::is_same_v<T, float> && active_cpu_isa() == CpuIsa::kAvx512;
+  constexpr bool kW16 = sizeof(T) == 2;
+  const bool avx512 = (std::is_same_v<T, float> || kW16) && active_cpu_isa() == CpuIsa::kAvx512;
   if (channels_first) {
     // the gather's int32 byte offsets: 15 rows of B bytes
     const bool gather = avx512 && s.B <= (int64_t(1) << 31) / kPix;
@@ -121,6 +196,8 @@ void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
     at::parallel_for(0, items, std::max<int64_t>(1, kElemGrain / (kPix * s.C)), [&](int64_t a, int64_t b) {
       if constexpr (std::is_same_v<T, float>) {
         if (gather) return cf_avx512(s, lo, hi, out, a, b);
+      } else if constexpr (kW16) {
+        if (gather) return cf_avx512_w16(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
       }
       cf_scalar<T>(s, lo, hi, out, a, b);
     });
@@ -128,6 +205,8 @@ void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
     at::parallel_for(0, s.N * s.P, std::max<int64_t>(1, kElemGrain / s.C), [&](int64_t a, int64_t b) {
       if constexpr (std::is_same_v<T, float>) {
         if (avx512) return rows_avx512(s, lo, hi, out, a, b);
+      } else if constexpr (kW16) {
+        if (avx512) return rows_avx512_w16(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
       }
       rows_scalar<T>(s, lo, hi, out, a, b);
     });
@@ -135,7 +214,7 @@ void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
 }
 
 at::Tensor unpack_restored_cpu(const at::Tensor& bits_in, int64_t channels, const at::Tensor& mean,
-                               const at::Tensor& sigma, bool channels_first) {
+                               const at::Tensor& sigma, bool channels_first, std::optional<at::ScalarType> dtype) {
   TORCH_CHECK(bits_in.device().is_cpu(), "bits must be a CPU tensor, got one on ", bits_in.device());
   TORCH_CHECK_TYPE(bits_in.scalar_type() == at::kByte, "bits must be uint8 (packed sign bytes), got ",
                    bits_in.scalar_type());
@@ -150,16 +229,24 @@ at::Tensor unpack_restored_cpu(const at::Tensor& bits_in, int64_t channels, cons
   TORCH_CHECK_VALUE(mean.numel() == 1 && sigma.numel() == 1, "mean and sigma must hold one value each, got ",
                     mean.numel(), " and ", sigma.numel());
   TORCH_CHECK(mean.device().is_cpu() && sigma.device().is_cpu(), "mean and sigma must be CPU tensors");
+  const at::ScalarType out_type = dtype.value_or(mean.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(out_type), "dtype must be a floating-point dtype, got ", out_type);
   const at::Tensor bits = bits_in.contiguous();
   const int64_t N = bits.size(0), P = bits.size(1);
   at::Tensor out = at::empty(channels_first ? at::IntArrayRef{N, channels, P} : at::IntArrayRef{N, P, channels},
-                             bits.options().dtype(mean.scalar_type()));
+                             bits.options().dtype(out_type));
   if (out.numel() == 0) return out;
   const Signs s{bits.const_data_ptr<uint8_t>(), N, P, bits.size(2), channels};
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "_unpack_restored", [&] {
-    // the restoration's two values: its float sums in the statistics dtype
-    const scalar_t m = *mean.contiguous().const_data_ptr<scalar_t>(), sg = *sigma.contiguous().const_data_ptr<scalar_t>();
-    unpack<scalar_t>(s, m - sg, sg + m, out.mutable_data_ptr<scalar_t>(), channels_first);
+    // the restoration's two values: its float sums in the statistics dtype, then rounded once to the out
+    // dtype (as y.to(dtype) rounds them)
+    using stat_t = scalar_t;
+    const stat_t m = *mean.contiguous().const_data_ptr<stat_t>(), sg = *sigma.contiguous().const_data_ptr<stat_t>();
+    const stat_t lo = m - sg, hi = sg + m;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_type, "_unpack_restored_out", [&] {
+      unpack<scalar_t>(s, static_cast<scalar_t>(lo), static_cast<scalar_t>(hi), out.mutable_data_ptr<scalar_t>(),
+                       channels_first);
+    });
   });
   return out;
 }
