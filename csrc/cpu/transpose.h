@@ -86,6 +86,26 @@ ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16_w16(const uint16_t* src, int
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The AVX-512 part of transpose_block: whole 16-row bands by tile (on the elements' bit patterns, TS / TD),
+// each band's last columns element by element; returns how many rows it did.
+template <typename T, typename D, typename TS, typename TD>
+int64_t transpose_bands(const T* src, int64_t ls, D* dst, int64_t ld, int64_t rows, int64_t cols,
+                        void (*tile)(const TS*, int64_t, TD*, int64_t)) {
+  constexpr int64_t K = kTransposeTile;
+  const auto* s = reinterpret_cast<const TS*>(src);
+  auto* d = reinterpret_cast<TD*>(dst);
+  int64_t r0 = 0;
+  for (; r0 + K <= rows; r0 += K) {
+    int64_t c = 0;
+    for (; c + K <= cols; c += K) tile(s + r0 * ls + c, ls, d + c * ld + r0, ld);
+    for (; c < cols; ++c)
+      for (int64_t i = 0; i < K; ++i) dst[c * ld + r0 + i] = static_cast<D>(src[(r0 + i) * ls + c]);
+  }
+  return r0;
+}
+#endif
+
 // dst[c * ld + r] = src[r * ls + c] for r < rows, c < cols, converted to D: 16x16 register tiles for 4- and
 // 2-byte types and for bfloat16 into float32 on AVX-512, element loops blocked by 16 columns otherwise and
 // for the tails.
@@ -94,38 +114,13 @@ void transpose_block(const T* src, int64_t ls, D* dst, int64_t ld, int64_t rows,
   constexpr int64_t K = kTransposeTile;
   int64_t r0 = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<D, float>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) {
-      const auto* s = reinterpret_cast<const uint16_t*>(src);
-      for (; r0 + K <= rows; r0 += K) {
-        int64_t c = 0;
-        for (; c + K <= cols; c += K) transpose_tile16_bf16(s + r0 * ls + c, ls, dst + c * ld + r0, ld);
-        for (; c < cols; ++c)
-          for (int64_t i = 0; i < K; ++i) dst[c * ld + r0 + i] = static_cast<float>(src[(r0 + i) * ls + c]);
-      }
-    }
-  } else if constexpr (sizeof(T) == 2 && std::is_same_v<T, D>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) {
-      const auto* s = reinterpret_cast<const uint16_t*>(src);
-      auto* d = reinterpret_cast<uint16_t*>(dst);
-      for (; r0 + K <= rows; r0 += K) {
-        int64_t c = 0;
-        for (; c + K <= cols; c += K) transpose_tile16_w16(s + r0 * ls + c, ls, d + c * ld + r0, ld);
-        for (; c < cols; ++c)
-          for (int64_t i = 0; i < K; ++i) d[c * ld + r0 + i] = s[(r0 + i) * ls + c];
-      }
-    }
-  } else if constexpr (sizeof(T) == 4 && std::is_same_v<T, D>) {
-    if (active_cpu_isa() == CpuIsa::kAvx512) {
-      const auto* s = reinterpret_cast<const float*>(src);
-      auto* d = reinterpret_cast<float*>(dst);
-      for (; r0 + K <= rows; r0 += K) {
-        int64_t c = 0;
-        for (; c + K <= cols; c += K) transpose_tile16(s + r0 * ls + c, ls, d + c * ld + r0, ld);
-        for (; c < cols; ++c)
-          for (int64_t i = 0; i < K; ++i) d[c * ld + r0 + i] = s[(r0 + i) * ls + c];
-      }
-    }
+  if (active_cpu_isa() == CpuIsa::kAvx512) {
+    if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<D, float>)
+      r0 = transpose_bands(src, ls, dst, ld, rows, cols, &transpose_tile16_bf16);
+    else if constexpr (sizeof(T) == 2 && std::is_same_v<T, D>)
+      r0 = transpose_bands(src, ls, dst, ld, rows, cols, &transpose_tile16_w16);
+    else if constexpr (sizeof(T) == 4 && std::is_same_v<T, D>)
+      r0 = transpose_bands(src, ls, dst, ld, rows, cols, &transpose_tile16);
   }
 #endif
   for (int64_t c0 = 0; c0 < cols; c0 += K) {

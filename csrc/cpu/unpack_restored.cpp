@@ -81,33 +81,57 @@ void cf_scalar(const Signs& s, T lo, T hi, T* out, int64_t i0, int64_t i1) {
   }
 }
 
-// float32 on AVX-512: 32 channels of the block's 16 pixels are one dword per pixel (a masked gather at
-// the rows' stride), and channel c's 16 pixels then one test-mask and one blended store.
-ERBNN_AVX512_BW void cf_avx512(const Signs& s, float lo, float hi, float* out, int64_t i0, int64_t i1) {
-  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+// The byte offsets of a block's 16 pixel rows (B bytes apart), for pixel_dwords' gather.
+ERBNN_AVX512_BW inline __m512i row_offsets(const Signs& s) {
+  return _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(s.B)),
+                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+
+// Bytes k..k+3 of each of the block's np pixel rows, one dword per pixel: a masked gather at the rows'
+// offsets, or for a row's last bytes copies that never read past them.
+ERBNN_AVX512_BW inline __m512i pixel_dwords(const Signs& s, const uint8_t* rows, int64_t k, int64_t np,
+                                            __mmask16 keep, __m512i offsets) {
+  if (k + 4 <= s.B) return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, offsets, rows + k, 1);
+  alignas(64) uint32_t words[kPix] = {};
+  for (int64_t p = 0; p < np; ++p) std::memcpy(&words[p], rows + p * s.B + k, size_t(s.B - k));
+  return _mm512_load_si512(words);
+}
+
+// Channel c's 16 pixels of a block: one blended store of lo / hi (float32, or a 2-byte dtype's bit patterns).
+struct F32Pixels {
+  __m512 lo, hi;
+  ERBNN_AVX512_BW explicit F32Pixels(float l, float h) : lo(_mm512_set1_ps(l)), hi(_mm512_set1_ps(h)) {}
+  ERBNN_AVX512_BW void store(float* at, __mmask16 keep, __mmask16 m) const {
+    _mm512_mask_storeu_ps(at, keep, _mm512_mask_blend_ps(m, lo, hi));
+  }
+};
+struct W16Pixels {
+  __m256i lo, hi;
+  ERBNN_AVX512_BW explicit W16Pixels(uint16_t l, uint16_t h)
+      : lo(_mm256_set1_epi16(static_cast<short>(l))), hi(_mm256_set1_epi16(static_cast<short>(h))) {}
+  ERBNN_AVX512_BW void store(uint16_t* at, __mmask16 keep, __mmask16 m) const {
+    _mm256_mask_storeu_epi16(at, keep, _mm256_mask_blend_epi16(m, lo, hi));
+  }
+};
+
+// Channels-first blocks on AVX-512: 32 channels of the block's 16 pixels are one dword per pixel
+// (pixel_dwords), and channel c's 16 pixels then one test-mask and one blended store.
+template <typename Pixels, typename T>
+ERBNN_AVX512_BW void cf_avx512(const Signs& s, T lo, T hi, T* out, int64_t i0, int64_t i1) {
+  const Pixels px(lo, hi);
   const int64_t pblocks = (s.P + kPix - 1) / kPix, nbytes = (s.C + 7) / 8;
-  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(s.B)),
-                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  alignas(64) uint32_t words[kPix];
+  const __m512i offsets = row_offsets(s);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
     const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << np) - 1);
     const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
-    float* o = out + n * s.C * s.P + p0;
+    T* o = out + n * s.C * s.P + p0;
     for (int64_t k = 0; k < nbytes; k += 4) {
-      __m512i v;
-      if (k + 4 <= s.B) {  // bytes k..k+3 of each pixel, inside its row
-        v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, stride, rows + k, 1);
-      } else {  // the row's last bytes (never read past them)
-        std::memset(words, 0, sizeof words);
-        for (int64_t p = 0; p < np; ++p) std::memcpy(&words[p], rows + p * s.B + k, s.B - k);
-        v = _mm512_load_si512(words);
-      }
+      const __m512i v = pixel_dwords(s, rows, k, np, keep, offsets);
       const int64_t cend = std::min<int64_t>(32, s.C - 8 * k);
-      for (int64_t j = 0; j < cend; ++j) {
-        const __mmask16 m = _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j)));
-        _mm512_mask_storeu_ps(o + (8 * k + j) * s.P, keep, _mm512_mask_blend_ps(m, vlo, vhi));
-      }
+      for (int64_t j = 0; j < cend; ++j)
+        px.store(o + (8 * k + j) * s.P, keep,
+                 _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j))));
     }
   }
 }
@@ -145,38 +169,6 @@ ERBNN_AVX512_BW void rows_avx512_w16(const Signs& s, uint16_t lo, uint16_t hi, u
   }
 }
 
-// The channels-first blocks in a 2-byte dtype: cf_avx512's gather, then channel c's 16 pixels one 32-byte
-// blended store.
-ERBNN_AVX512_BW void cf_avx512_w16(const Signs& s, uint16_t lo, uint16_t hi, uint16_t* out, int64_t i0,
-                                   int64_t i1) {
-  const __m256i vlo = _mm256_set1_epi16(static_cast<short>(lo)), vhi = _mm256_set1_epi16(static_cast<short>(hi));
-  const int64_t pblocks = (s.P + kPix - 1) / kPix, nbytes = (s.C + 7) / 8;
-  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(s.B)),
-                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  alignas(64) uint32_t words[kPix];
-  for (int64_t i = i0; i < i1; ++i) {
-    const int64_t n = i / pblocks, p0 = (i % pblocks) * kPix, np = std::min(kPix, s.P - p0);
-    const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << np) - 1);
-    const uint8_t* rows = s.bits + (n * s.P + p0) * s.B;
-    uint16_t* o = out + n * s.C * s.P + p0;
-    for (int64_t k = 0; k < nbytes; k += 4) {
-      __m512i v;
-      if (k + 4 <= s.B) {
-        v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, stride, rows + k, 1);
-      } else {
-        std::memset(words, 0, sizeof words);
-        for (int64_t p = 0; p < np; ++p) std::memcpy(&words[p], rows + p * s.B + k, s.B - k);
-        v = _mm512_load_si512(words);
-      }
-      const int64_t cend = std::min<int64_t>(32, s.C - 8 * k);
-      for (int64_t j = 0; j < cend; ++j) {
-        const __mmask16 m = _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j)));
-        _mm256_mask_storeu_epi16(o + (8 * k + j) * s.P, keep, _mm256_mask_blend_epi16(m, vlo, vhi));
-      }
-    }
-  }
-}
-
 template <typename T>
 uint16_t bits16(T v) {
   uint16_t b;
@@ -195,9 +187,9 @@ void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
     const int64_t items = s.N * ((s.P + kPix - 1) / kPix);
     at::parallel_for(0, items, std::max<int64_t>(1, kElemGrain / (kPix * s.C)), [&](int64_t a, int64_t b) {
       if constexpr (std::is_same_v<T, float>) {
-        if (gather) return cf_avx512(s, lo, hi, out, a, b);
+        if (gather) return cf_avx512<F32Pixels>(s, lo, hi, out, a, b);
       } else if constexpr (kW16) {
-        if (gather) return cf_avx512_w16(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
+        if (gather) return cf_avx512<W16Pixels>(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
       }
       cf_scalar<T>(s, lo, hi, out, a, b);
     });
