@@ -79,13 +79,24 @@ def kernel_runs_on(op_name: str, device: torch.device) -> bool:
     return False
 
 
+# (op name, device) -> its native OpOverload, for the devices kernel_runs_on accepted: both fixed for the
+# process (the kernels registered at import, a GPU's architecture), so a hit is what the lookup would give.
+# A frozen model's layers resolve their op per call: the lookup cost as much as a batch-1 layer's packing.
+_native_ops = {}
+
+
 def resolve(name, device, native=None):
     """THE backend choice: the native op when the native backend is active (or `native` is True) and a
     kernel can run on `device`, else the reference twin of the same name."""
     if native is None:
         native = _backend.native_active()
-    if native and kernel_runs_on(name, device):
-        return getattr(torch.ops.erbnn, name).default
+    if native:
+        op = _native_ops.get((name, device))
+        if op is not None:
+            return op
+        if kernel_runs_on(name, device):
+            op = _native_ops[(name, device)] = getattr(torch.ops.erbnn, name).default
+            return op
     return getattr(reference, name.lstrip("_"))
 
 

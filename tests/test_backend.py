@@ -127,3 +127,13 @@ def test_supported_torch_range_is_stated_once_everywhere():
     # the isolated build pins the build's torch to the one installed here
     assert backend.torch_requirement() == f"torch=={metadata.version('torch')}"
     assert backend.get_requires_for_build_wheel()[-1] == backend.torch_requirement()
+
+
+def test_resolve_follows_the_backend_on_every_call():
+    from erbnn_ext import ops, reference as R
+    cpu = torch.device("cpu")
+    for _ in range(2):  # the second round hits resolve's memo of the native op
+        assert ops.resolve("binary_conv2d_bits", cpu) is torch.ops.erbnn.binary_conv2d_bits.default
+        with erbnn_ext.use_backend("reference"):
+            assert ops.resolve("binary_conv2d_bits", cpu) is R.binary_conv2d_bits
+        assert ops.resolve("binary_conv2d_bits", cpu, native=False) is R.binary_conv2d_bits

@@ -380,3 +380,18 @@ def test_chained_model_on_cuda(name):
     x = torch.randn(3, 3, 32, 32, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), plain(x), rtol=1e-3, atol=1e-3)
+
+
+def test_frozen_layers_read_their_buffers_as_they_are_now(native):
+    # the forward reads the buffer dict on every call: a buffer assigned after freezing is the one used
+    model = _trained("resnet20_1w1a", steps=1)
+    frozen = deploy.freeze(model)
+    x = torch.randn(2, 3, 32, 32)
+    conv = _convs(frozen)[-1]
+    with torch.no_grad():
+        before, bias = frozen(x), conv.out_bias
+        conv.out_bias = bias + 1.0
+        after = frozen(x)
+        conv.out_bias = bias
+        assert not torch.equal(after, before)
+        assert torch.equal(frozen(x), before)

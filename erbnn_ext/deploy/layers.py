@@ -93,20 +93,23 @@ class _FrozenBinary(torch.nn.Module):
 
     def _conv(self, x4d, geom, residual=None, x_bits=None):
         """geom: (stride, padding, dilation) as pairs. The op is resolved here and called with positional
-        arguments (ops' keyword wrappers cost as much as a small layer's conv at batch 1)."""
+        arguments (ops' keyword wrappers cost as much as a small layer's conv at batch 1); the buffers are
+        read from the module's buffer dict, each read through nn.Module.__getattr__ cost about as much."""
+        b = self._buffers
         dev = (x_bits if x_bits is not None else x4d).device
-        if x_bits is not None or self.next_shift is not None:
+        next_shift = b["next_shift"]
+        if x_bits is not None or next_shift is not None:
             packed = x_bits is not None
             out, bits = ops.resolve("binary_conv2d_bits", dev)(
-                x_bits if packed else x4d, self.w_packed, *geom, self.channels if packed else -1,
-                None if packed else self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act,
-                self.next_shift, self.float_out)
+                x_bits if packed else x4d, b["w_packed"], *geom, self.channels if packed else -1,
+                None if packed else b["x_shift"], b["out_scale"], b["out_bias"], b["ones_scale"], residual, b["act"],
+                next_shift, self.float_out)
             want = x4d.dtype if x4d is not None else self.out_dtype  # the op returns float32
             if self.float_out and want != out.dtype:
                 out = out.to(want)
-            return out if self.next_shift is None else (out, bits)
+            return out if next_shift is None else (out, bits)
         out = ops.resolve("binary_conv2d_packed", dev)(
-            x4d, self.w_packed, *geom, self.x_shift, self.out_scale, self.out_bias, self.ones_scale, residual, self.act)
+            x4d, b["w_packed"], *geom, b["x_shift"], b["out_scale"], b["out_bias"], b["ones_scale"], residual, b["act"])
         return out if x4d.dtype == out.dtype else out.to(x4d.dtype)  # the op returns float32
 
 
