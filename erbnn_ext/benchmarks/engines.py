@@ -124,7 +124,7 @@ def fastest_engine(row):
     return min((c for c in CONV_ENGINES if row.get(c) is not None), key=lambda c: row[c])
 
 
-def pair_auto(rows, min_time=0.2, clock="wall", rounds=5):
+def pair_auto(rows, min_time=0.2, clock="wall", rounds=7):
     """Adds to each row auto_vs_fastest: auto's time over the fastest forced engine's, the two timed again in
     alternating rounds (timing.measure_side_by_side; the median of the per-round ratios). Separate
     timings of the same kernel differ by the machine's noise (up to 1.1x here, once 1.7x), which the
@@ -134,8 +134,9 @@ def pair_auto(rows, min_time=0.2, clock="wall", rounds=5):
         for r in rows:
             fast = fastest_engine(r)
             fns = layer_fns(shapes[(r["model"], r["layer"])], r["batch"])
-            auto, forced = measure_side_by_side([fns["auto"], fns[fast]], rounds=rounds, min_run_time=2 * min_time,
-                                                clock=clock)
+            # 2 * rounds * min_time per case: a round's measurement must span many calls of a 0.3 ms layer
+            auto, forced = measure_side_by_side([fns["auto"], fns[fast]], rounds=rounds,
+                                                min_run_time=2 * rounds * min_time, clock=clock)
             r["auto_vs_fastest"] = paired_ratio(auto, forced)
     return rows
 
