@@ -101,7 +101,10 @@ void run_tiles(const ConvGeom& g, int64_t block, const MakeWorker& make_worker) 
   nch = (g.O + ochunk - 1) / ochunk;
   at::parallel_for(0, tiles * nch, 1, [&](int64_t lo, int64_t hi) {
     auto worker = make_worker();
-    Tile t;
+    // The thread's tile, kept across calls: its buffers (im2col words, partial-tap lists) keep their
+    // capacity, so after a shape's first call none is allocated per call; every build overwrites what the
+    // kernels then read, as it does for the next tile of the same task.
+    thread_local Tile t;
     int64_t built = -1;
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t tile = task / nch, ch = task % nch;

@@ -24,6 +24,14 @@
 namespace erbnn {
 namespace {
 
+// The calling thread's 64-byte aligned im2col tile of at least n dwords, kept across calls (grown when a
+// larger layer needs more): no allocation per call.
+uint32_t* tile_scratch(size_t n) {
+  thread_local std::vector<uint32_t> buf;
+  if (buf.size() < n + 16) buf.resize(n + 16);
+  return reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+}
+
 struct I8Geom {
   int64_t Cp, Cp4;  // channels padded to a multiple of 4; in 32-bit words
   int64_t Kp, Kp4;  // reduction length padded (to 64 for AMX, 4 for VNNI); in 4-byte rows
@@ -381,7 +389,7 @@ void amx_conv(const ConvGeom& g, const I8Geom& q, const uint32_t* X, const TileR
     int32_t* base = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(mine) + 63) & ~uintptr_t(63));
     auto im2col = [&](int64_t i) { return base + i * per_tile; };
     auto results = [&](int64_t i) { return base + i * per_tile + at_words; };
-    Tile t[2 * kAmxMaxPairs];
+    thread_local Tile t[2 * kAmxMaxPairs];  // kept across calls, as run_tiles' (its partial-tap lists)
     int64_t built = -1, nt = 0;
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t group = task / nch, ch = task % nch;
@@ -448,8 +456,7 @@ void int8_conv_run(const ConvGeom& g, const at::Tensor& x, double shift, PackedW
     const Epilogue& e;
     float* out;
     const BitsOut& bits;
-    std::vector<uint32_t> storage = std::vector<uint32_t>(size_t(q.Kp4 * kTilePx + 16));
-    uint32_t* At = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    uint32_t* At = tile_scratch(size_t(q.Kp4 * kTilePx));
     void build(Tile& t) {
       build_tile_i8(g, q, X + t.n * g.H * g.W * q.Cp4, t, At);
       t.masks = bits.for_thread();
