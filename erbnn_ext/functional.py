@@ -213,7 +213,7 @@ class ERConv2dStep(torch.autograd.Function):
     def backward(ctx, grad):
         xs, w, y, w_b, w_mean, alpha, w_width, mean, sigma, rms, x_width = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if ctx.lean:  # (under autocast straight in its dtype)
+        if ctx.lean:  # straight in the autocast dtype where the step has one
             w_b, y = _unpack_step(w_b, w.shape, y, ctx.y_shape, mean, sigma, ctx.x_layout is not None, ctx.amp)
         if ctx.x_layout is not None:
             grad = _nhwc.channels_last(grad)

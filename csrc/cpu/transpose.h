@@ -79,7 +79,8 @@ ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16_bf16(const uint16_t* src, in
 ERBNN_TRANSPOSE_AVX512 inline void transpose_tile16_w16(const uint16_t* src, int64_t ls, uint16_t* dst, int64_t ld) {
   __m512 r[16], o[16];
   for (int i = 0; i < 16; ++i)
-    r[i] = _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ls))));
+    r[i] = _mm512_castsi512_ps(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ls))));
   transpose16_net(r, o);
   for (int i = 0; i < 16; ++i)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i * ld), _mm512_cvtepi32_epi16(_mm512_castps_si512(o[i])));

@@ -2,10 +2,10 @@
 (AVX512-VNNI; AMX where the CPU has it), torch's oneDNN int8 conv as an engine (onednn_int8), the engine
 the auto rule picks (auto/fast: auto against the fastest engine, the two timed again side by side),
 against F.conv2d in float32 and bfloat16 and torch's own int8 quantized conv2d (the peer: x86/fbgemm/onednn
-backend on +-1 tensors quantized to quint8 x qint8, scale 1; its input quantization is not timed). onednn_qconv is the call the onednn_int8 engine makes, alone (u8 input
-already made, float output, no epilogue): onednn_int8 - onednn_qconv is the engine's input pass and
-epilogue. All binary rows run binary_conv2d_packed on pre-packed weights (the deploy path), same threads,
-one process.
+backend on +-1 tensors quantized to quint8 x qint8, scale 1; its input quantization is not timed).
+onednn_qconv is the call the onednn_int8 engine makes, alone (u8 input already made, float output, no
+epilogue): onednn_int8 - onednn_qconv is the engine's input pass and epilogue. All binary rows run
+binary_conv2d_packed on pre-packed weights (the deploy path), same threads, one process.
 
     python -m erbnn_ext.benchmarks.engines [--models resnet18 ...] [--batches 1 16] [--threads N]
                                            [--clock wall|thread]
@@ -127,7 +127,7 @@ def fastest_engine(row):
 def pair_auto(rows, min_time=0.2, clock="wall", rounds=7):
     """Adds to each row auto_vs_fastest: auto's time over the fastest forced engine's, the two timed again in
     alternating rounds (timing.measure_side_by_side; the median of the per-round ratios). Separate
-    timings of the same kernel differ by the machine's noise (up to 1.1x here, once 1.7x), which the
+    timings of the same kernel differ by the machine's noise (on a shared 2-core VM up to 1.1x, once 1.7x), which the
     10% goal on auto cannot tell from a wrong choice; paired rounds cancel the drift."""
     shapes = {(m, s.name): s for m in dict.fromkeys(r["model"] for r in rows) for s in MODELS[m]}
     with torch.no_grad():
@@ -166,7 +166,8 @@ def format_table(rows, clock="wall"):
     ms = lambda v: f"{v * 1e3:9.3f}" if v is not None else f"{'-':>9s}"
     lines = [header(f"Binary-conv engines per layer (ms per call; clock={clock})"), f"isa={info['cpu_isa']}  engines="
              f"{','.join(info['conv_engines'])}  torch int8 backend={quantized_engine()}  (times in ms)",
-             f"{'model':10s} {'layer':18s} {'n':>3s} " + " ".join(f"{c:>9s}" for c in COLUMNS) + f" {'chosen':>10s} {'auto/fast':>9s}"]
+             f"{'model':10s} {'layer':18s} {'n':>3s} " + " ".join(f"{c:>9s}" for c in COLUMNS)
+             + f" {'chosen':>10s} {'auto/fast':>9s}"]
     for r in rows:
         pair = f"{r['auto_vs_fastest']:8.2f}x" if r.get("auto_vs_fastest") else f"{'-':>9s}"
         lines.append(f"{r['model']:10s} {r['layer']:18s} {r['batch']:3d} " + " ".join(ms(r[c]) for c in COLUMNS)
