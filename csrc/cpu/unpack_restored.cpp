@@ -46,28 +46,6 @@ void rows_scalar(const Signs& s, T lo, T hi, T* out, int64_t r0, int64_t r1) {
   }
 }
 
-// float32 on AVX-512: a row's 16 channels are two bytes, the blend mask of one store.
-ERBNN_AVX512_BW void rows_avx512(const Signs& s, float lo, float hi, float* out, int64_t r0, int64_t r1) {
-  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = s.bits + r * s.B;
-    float* o = out + r * s.C;
-    int64_t c = 0;
-    for (; c + 16 <= s.C; c += 16) {
-      uint16_t m;
-      std::memcpy(&m, row + (c >> 3), 2);
-      _mm512_storeu_ps(o + c, _mm512_mask_blend_ps(m, vlo, vhi));
-    }
-    if (c < s.C) {  // fewer than 16 channels left: one or two bytes (never read past the row's last byte)
-      const int64_t n = s.C - c;
-      uint32_t m = row[c >> 3];
-      if (n > 8) m |= uint32_t(row[(c >> 3) + 1]) << 8;
-      const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << n) - 1);
-      _mm512_mask_storeu_ps(o + c, keep, _mm512_mask_blend_ps(static_cast<__mmask16>(m), vlo, vhi));
-    }
-  }
-}
-
 // Channels-first blocks [i0, i1) (block = one sample's kPix pixels), any dtype.
 template <typename T>
 void cf_scalar(const Signs& s, T lo, T hi, T* out, int64_t i0, int64_t i1) {
@@ -97,8 +75,10 @@ ERBNN_AVX512_BW inline __m512i pixel_dwords(const Signs& s, const uint8_t* rows,
   return _mm512_load_si512(words);
 }
 
-// Channel c's 16 pixels of a block: one blended store of lo / hi (float32, or a 2-byte dtype's bit patterns).
+// 16 values blended from a 16-bit sign mask, the `keep` lanes stored: float32, or a 2-byte dtype's bit
+// patterns (which also store 32 at once from a 32-bit mask: kWide).
 struct F32Pixels {
+  static constexpr bool kWide = false;
   __m512 lo, hi;
   ERBNN_AVX512_BW explicit F32Pixels(float l, float h) : lo(_mm512_set1_ps(l)), hi(_mm512_set1_ps(h)) {}
   ERBNN_AVX512_BW void store(float* at, __mmask16 keep, __mmask16 m) const {
@@ -106,13 +86,48 @@ struct F32Pixels {
   }
 };
 struct W16Pixels {
-  __m256i lo, hi;
+  static constexpr bool kWide = true;
+  __m512i lo, hi;
   ERBNN_AVX512_BW explicit W16Pixels(uint16_t l, uint16_t h)
-      : lo(_mm256_set1_epi16(static_cast<short>(l))), hi(_mm256_set1_epi16(static_cast<short>(h))) {}
+      : lo(_mm512_set1_epi16(static_cast<short>(l))), hi(_mm512_set1_epi16(static_cast<short>(h))) {}
   ERBNN_AVX512_BW void store(uint16_t* at, __mmask16 keep, __mmask16 m) const {
-    _mm256_mask_storeu_epi16(at, keep, _mm256_mask_blend_epi16(m, lo, hi));
+    _mm256_mask_storeu_epi16(at, keep,
+                             _mm256_mask_blend_epi16(m, _mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi)));
+  }
+  ERBNN_AVX512_BW void store_wide(uint16_t* at, __mmask32 m) const {
+    _mm512_storeu_si512(at, _mm512_mask_blend_epi16(m, lo, hi));
   }
 };
+
+// Rows [r0, r1) of the NHWC form on AVX-512: a row's 16 channels are two bytes, the blend mask of one
+// store (32 channels, four bytes, where the dtype has kWide).
+template <typename Pixels, typename T>
+ERBNN_AVX512_BW void rows_avx512(const Signs& s, T lo, T hi, T* out, int64_t r0, int64_t r1) {
+  const Pixels px(lo, hi);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = s.bits + r * s.B;
+    T* o = out + r * s.C;
+    int64_t c = 0;
+    if constexpr (Pixels::kWide) {
+      for (; c + 32 <= s.C; c += 32) {
+        uint32_t m;
+        std::memcpy(&m, row + (c >> 3), 4);
+        px.store_wide(o + c, m);
+      }
+    }
+    for (; c + 16 <= s.C; c += 16) {
+      uint16_t m;
+      std::memcpy(&m, row + (c >> 3), 2);
+      px.store(o + c, 0xFFFF, m);
+    }
+    if (c < s.C) {  // fewer than 16 channels left: one or two bytes (never read past the row's last byte)
+      const int64_t n = s.C - c;
+      uint32_t m = row[c >> 3];
+      if (n > 8) m |= uint32_t(row[(c >> 3) + 1]) << 8;
+      px.store(o + c, static_cast<__mmask16>((uint32_t(1) << n) - 1), static_cast<__mmask16>(m));
+    }
+  }
+}
 
 // Channels-first blocks on AVX-512: 32 channels of the block's 16 pixels are one dword per pixel
 // (pixel_dwords), and channel c's 16 pixels then one test-mask and one blended store.
@@ -132,39 +147,6 @@ ERBNN_AVX512_BW void cf_avx512(const Signs& s, T lo, T hi, T* out, int64_t i0, i
       for (int64_t j = 0; j < cend; ++j)
         px.store(o + (8 * k + j) * s.P, keep,
                  _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(uint32_t(1) << j))));
-    }
-  }
-}
-
-// 2-byte dtypes (bfloat16, float16) on AVX-512, as bit patterns: a row's 32 channels are four bytes, the
-// blend mask of one 64-byte store (16 channels: two bytes, a 32-byte store).
-ERBNN_AVX512_BW void rows_avx512_w16(const Signs& s, uint16_t lo, uint16_t hi, uint16_t* out, int64_t r0,
-                                     int64_t r1) {
-  const __m512i vlo = _mm512_set1_epi16(static_cast<short>(lo)), vhi = _mm512_set1_epi16(static_cast<short>(hi));
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = s.bits + r * s.B;
-    uint16_t* o = out + r * s.C;
-    int64_t c = 0;
-    for (; c + 32 <= s.C; c += 32) {
-      uint32_t m;
-      std::memcpy(&m, row + (c >> 3), 4);
-      _mm512_storeu_si512(o + c, _mm512_mask_blend_epi16(m, vlo, vhi));
-    }
-    if (c + 16 <= s.C) {  // 16 channels: two bytes, one 32-byte store
-      uint16_t m;
-      std::memcpy(&m, row + (c >> 3), 2);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c),
-                          _mm256_mask_blend_epi16(m, _mm512_castsi512_si256(vlo), _mm512_castsi512_si256(vhi)));
-      c += 16;
-    }
-    if (c < s.C) {  // fewer than 16 channels left: one or two bytes (never read past the row's last byte)
-      const int64_t n = s.C - c;
-      uint32_t m = row[c >> 3];
-      if (n > 8) m |= uint32_t(row[(c >> 3) + 1]) << 8;
-      const __mmask16 keep = static_cast<__mmask16>((uint32_t(1) << n) - 1);
-      _mm256_mask_storeu_epi16(o + c, keep,
-                               _mm256_mask_blend_epi16(static_cast<__mmask16>(m), _mm512_castsi512_si256(vlo),
-                                                       _mm512_castsi512_si256(vhi)));
     }
   }
 }
@@ -196,9 +178,9 @@ void unpack(const Signs& s, T lo, T hi, T* out, bool channels_first) {
   } else {
     at::parallel_for(0, s.N * s.P, std::max<int64_t>(1, kElemGrain / s.C), [&](int64_t a, int64_t b) {
       if constexpr (std::is_same_v<T, float>) {
-        if (avx512) return rows_avx512(s, lo, hi, out, a, b);
+        if (avx512) return rows_avx512<F32Pixels>(s, lo, hi, out, a, b);
       } else if constexpr (kW16) {
-        if (avx512) return rows_avx512_w16(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
+        if (avx512) return rows_avx512<W16Pixels>(s, bits16(lo), bits16(hi), reinterpret_cast<uint16_t*>(out), a, b);
       }
       rows_scalar<T>(s, lo, hi, out, a, b);
     });
